@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both set up first: a local
+# virtual environment (unless one is active), torch installed on its own, then the
+# project with its extras. Torch is pinned to whatever is installed, so nothing here
+# ever replaces a CPU or CUDA build the user chose.
+SHELL := /bin/bash
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+ifdef VIRTUAL_ENV
+PYTHON := python
+ENV_DIR := $(VIRTUAL_ENV)
+else
+PYTHON := $(VENV)/bin/python
+ENV_DIR := $(VENV)
+endif
+STAMP := $(ENV_DIR)/.selfmem-installed
+TORCHRUN := $(PYTHON) -m torch.distributed.run
+DEMO := configs/demo.yaml
+
+.PHONY: setup demo test bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@[ -n "$(VIRTUAL_ENV)" ] || [ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH)"
+	$(PYTHON) -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/torch-constraint.txt
+	$(PYTHON) -m pip install -q -c $(ENV_DIR)/torch-constraint.txt -e ".[fast,es,plot,test,bench]"
+	touch $@
+
+demo: setup
+	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_tokenizer.py --config $(DEMO)
+	$(TORCHRUN) --standalone --nproc_per_node 2 launch/retrieve.py --config $(DEMO)
+	@echo "generator training, candidates, selector and the lift loop: not yet built"
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+bench: setup
+	$(PYTHON) bench/bm25.py

@@ -1,0 +1,280 @@
+"""Typed run configuration: YAML files with nested sections plus dotted overrides.
+
+A config is a tree of dataclasses. YAML values and command-line overrides
+(``train.lr=5e-4``) are checked against the declared field types; an unknown key
+or a wrong type raises ``ConfigError`` naming the key, the file and the valid keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from selfmem.common.io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    root: str = "runs"  # the run directory is ROOT/NAME
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/demo"  # holds train.jsonl, dev.jsonl, test.jsonl
+    task: Literal["translation", "summarization", "dialogue"] = "translation"
+    source_field: str = "src"
+    target_field: str = "trg"
+    turn_separator: str = " | "  # joins a dialogue's list of turns into one source
+    max_examples: Optional[int] = None  # per split, for quick runs
+    metric: Literal["bleu", "rouge"] = "bleu"
+    bleu_tokenize: str = "13a"
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["sentencepiece", "hf"] = "sentencepiece"
+    path: Optional[str] = None  # a Hugging Face checkpoint directory (kind: hf)
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    character_coverage: float = 0.9995
+    max_sentences: int = 2_000_000  # sentences sampled for SentencePiece training
+
+
+@dataclass
+class RetrievalConfig:
+    backend: Literal["bm25s", "elasticsearch"] = "bm25s"
+    topk: int = 5
+    k1: float = 1.2
+    b: float = 0.75
+    exclude_self: bool = True  # a train query never retrieves its own pair
+    batch_size: int = 1024  # queries per retrieval call
+    index_name: Optional[str] = None  # Elasticsearch index; default selfmem-RUNNAME
+
+
+@dataclass
+class GeneratorConfig:
+    engine: Literal["native", "hf"] = "native"
+    memory: Literal["none", "joint", "dual"] = "joint"
+    init: Optional[str] = None  # a Hugging Face checkpoint directory to import
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    d_model: int = 512
+    heads: int = 8
+    ffn_dim: int = 2048
+    pre_norm: bool = False
+    positions: Literal["learned", "sinusoidal"] = "sinusoidal"
+    scale_embedding: bool = True
+    activation: Literal["relu", "gelu"] = "relu"
+    share_embeddings: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    max_source_len: int = 256
+    max_memory_len: int = 256
+    max_target_len: int = 256
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 7e-4
+    warmup_steps: int = 4000
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    max_tokens: int = 4096  # per rank and step: encoder input plus target tokens
+    accumulate: int = 1
+    clip_norm: float = 1.0
+    max_epochs: int = 30
+    max_steps: Optional[int] = None
+    patience: int = 5  # epochs without a better dev metric before stopping
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    save_every: int = 1000  # steps between resumable checkpoints
+    max_nonfinite: int = 10  # consecutive non-finite steps before giving up
+    eval_beams: int = 1
+
+
+@dataclass
+class CandidatesConfig:
+    num_beams: int = 50
+    num_return: int = 50
+    hypothesis_beams: int = 5
+    length_penalty: float = 1.0
+    min_len: int = 1
+    max_len: int = 256
+    no_repeat_ngram: int = 0
+    early_stopping: bool = True
+    max_tokens: int = 8192
+
+
+@dataclass
+class SelectorConfig:
+    backbone: Literal["generator", "hf"] = "generator"
+    path: Optional[str] = None  # a Hugging Face encoder directory (backbone: hf)
+    temperature: float = 0.5
+    rouge_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    lr: float = 5e-5
+    group_size: int = 16
+    train_from: Literal["train", "dev", "crossfit"] = "train"
+    train_subset: int = 10000
+    max_epochs: int = 5
+    mode: Literal["replace", "augment"] = "replace"
+    beam: int = 1  # B, memories kept per example
+    max_memories: int = 4  # augment mode
+    keep_retrieved: bool = True  # augment mode
+
+
+@dataclass
+class LiftConfig:
+    max_rounds: int = 5
+    patience: int = 1
+    no_memory_baseline: bool = False
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.root) / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if _is_optional(tp):
+        return f"{_type_name(_strip_optional(tp))} or null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _strip_optional(tp: Any) -> Any:
+    return next(a for a in typing.get_args(tp) if a is not type(None))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the field type ``tp``; return it (ints widen to float)."""
+    if _is_optional(tp):
+        if value is None:
+            return None
+        try:
+            return _coerce(value, _strip_optional(tp), where)
+        except ConfigError:  # name the whole type: "int or null", not just "int"
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}") from None
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(v, item_tp, where) for v in value]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _apply(section: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+    """Set the fields of the dataclass ``section`` from a nested dict."""
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    hints = typing.get_type_hints(type(section))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            valid = ", ".join(fields)
+            raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys here: {valid}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section and needs a mapping, got {value!r}")
+            _apply(current, value, f"{dotted}.", source)
+        else:
+            setattr(section, key, _coerce(value, hints[key], f"{source}: '{dotted}'"))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b=value`` into ``{"a": {"b": value}}`` (the value read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=5e-4")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    tree: dict[str, Any] = {}
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), then apply overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        _apply(config, values, "", str(path))
+    for override in overrides:
+        _apply(config, parse_override(override), "", f"override {override!r}")
+    return config
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parse ``--config FILE [key=value ...]`` plus any launcher-specific flags left in the namespace."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4")
+    args = parser.parse_args(argv)
+    return load_config(args.config, args.overrides), args
+
+
+def save_config(config: Config, run_dir: str | Path) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` (atomically)."""
+    path = Path(run_dir) / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    return path
