@@ -1,0 +1,80 @@
+"""torch.distributed under torchrun: process-group set-up, sharding and object collectives.
+
+Every function also works in a plain single process (no torchrun): world size 1,
+rank 0, collectives that return their input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+    def cpu_threads(self) -> int:
+        """This process's fair share of the node's CPU cores."""
+        return max(1, (os.cpu_count() or 1) // self.local_world_size)
+
+
+def init_distributed() -> DistEnv:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs) when launched by torchrun."""
+    env = DistEnv(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+    )
+    if env.world_size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(env.local_rank)
+            dist.init_process_group("nccl", device_id=env.device)
+        else:
+            dist.init_process_group("gloo")
+    return env
+
+
+def close_distributed() -> None:
+    """Leave the process group (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shard_range(n: int, rank: int, world_size: int) -> range:
+    """Rank ``rank``'s contiguous block of ``range(n)``; block sizes differ by at most one."""
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (rank < extra))
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0; None on the others."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+

@@ -1,0 +1,41 @@
+"""The run directory (DESIGN section 3): where each artifact of a run lives, and its set-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfmem.common.config import Config, save_config
+from selfmem.common.distributed import DistEnv, barrier
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def bm25_index(self) -> Path:
+        return self.root / "memory" / "bm25" / "index"
+
+    def bm25_memory(self, split: str) -> Path:
+        return self.root / "memory" / "bm25" / f"{split}.jsonl"
+
+
+def start_run(config: Config, env: DistEnv) -> RunPaths:
+    """Create the run directory and record the resolved config (rank 0); set up logging."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [selfmem rank {env.rank}] %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("selfmem")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if env.is_main else logging.WARNING)
+    paths = RunPaths(config.run_dir)
+    if env.is_main:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        save_config(config, paths.root)
+    barrier()
+    return paths

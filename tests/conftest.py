@@ -1,0 +1,59 @@
+"""Shared test helpers: repo paths and real torchrun launches on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_DATA = REPO / "data" / "demo"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _check(procs: list[subprocess.Popen], timeout: float) -> None:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        if p.returncode != 0:
+            pytest.fail(f"{' '.join(map(str, p.args))} exited {p.returncode}:\n{out[-6000:]}")
+
+
+def run_single(script: str, args: list[str], timeout: float = 300) -> None:
+    """Run a launch script as one plain process (no torchrun)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _check([proc], timeout)
+
+
+def run_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1, timeout: float = 300) -> None:
+    """Run a launch script under torchrun with gloo on 127.0.0.1.
+
+    ``nnodes > 1`` starts one torchrun launcher per simulated node, each with
+    ``--node_rank`` set, all meeting at one loopback address.
+    """
+    port = free_port()
+    procs = []
+    for node_rank in range(nnodes):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+               "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
+               str(REPO / script), *args]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    _check(procs, timeout)

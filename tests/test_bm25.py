@@ -1,0 +1,166 @@
+"""The embedded BM25 against a brute-force implementation of Lucene's BM25Similarity."""
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_DATA
+from selfmem.retrieve import bm25
+from selfmem.retrieve.bm25 import BM25Retriever, analyze, lucene_length
+
+K1, B = 1.2, 0.75
+
+
+def read_field(path, field, n):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)[field] for _, line in zip(range(n), f)]
+
+
+# --- Lucene's SmallFloat, ported line by line from org.apache.lucene.util.SmallFloat ---
+def long_to_int4(i):
+    num_bits = i.bit_length()
+    if num_bits < 4:
+        return i
+    shift = num_bits - 4
+    encoded = (i >> shift) & 0x07
+    return encoded | ((shift + 1) << 3)
+
+
+def int4_to_long(i):
+    bits = i & 0x07
+    shift = (i >> 3) - 1
+    return bits if shift == -1 else (bits | 0x08) << shift
+
+
+NUM_FREE_VALUES = 255 - long_to_int4(2**31 - 1)  # 24
+
+
+def int_to_byte4(i):
+    return i if i < NUM_FREE_VALUES else NUM_FREE_VALUES + long_to_int4(i - NUM_FREE_VALUES)
+
+
+def byte4_to_int(b):
+    return b if b < NUM_FREE_VALUES else NUM_FREE_VALUES + int4_to_long(b - NUM_FREE_VALUES)
+
+
+def brute_force(documents, query, k1=K1, b=B):
+    """Lucene BM25Similarity, one document at a time: {doc id: score} of matching docs."""
+    docs = [analyze(d) for d in documents]
+    n = sum(1 for d in docs if d)
+    avgdl = sum(len(d) for d in docs) / n
+    df = Counter(t for d in docs for t in set(d))
+    scores = {}
+    for doc_id, tokens in enumerate(docs):
+        tf = Counter(tokens)
+        length = byte4_to_int(int_to_byte4(len(tokens)))
+        score = 0.0
+        for term in analyze(query):
+            if tf[term]:
+                idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
+                score += idf * tf[term] / (tf[term] + k1 * (1 - b + b * length / avgdl))
+        if score > 0:
+            scores[doc_id] = score
+    return scores
+
+
+def assert_hits_match(hits, expected, topk, exclude=None):
+    """Our hits are the brute-force top-k (score desc, id asc), up to float32 near-ties."""
+    if exclude is not None:
+        expected = {d: s for d, s in expected.items() if d != exclude}
+    ranked = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:topk]
+    assert len(hits) == len(ranked)
+    for (doc, score), (want_doc, want_score) in zip(hits, ranked):
+        assert score == pytest.approx(want_score, abs=1e-4)
+        # a different id is only acceptable when both documents score the same
+        assert doc == want_doc or abs(expected[doc] - want_score) < 1e-4
+
+
+def test_lucene_length_equals_smallfloat_round_trip():
+    lengths = np.arange(0, 20000)
+    assert lucene_length(lengths).tolist() == [byte4_to_int(int_to_byte4(int(n))) for n in lengths]
+    # exact below 24, four significant bits of (length - 24) above
+    assert lucene_length(np.array([23, 24, 40, 41, 56, 57, 100])).tolist() == [23, 24, 40, 40, 56, 56, 96]
+
+
+def test_analyze_lowercases_words_without_stemming_or_stopwords():
+    text = "The Don't e.g. 3.14 1,000 foo_bar A-B Größe running, the"
+    assert analyze(text) == ["the", "don't", "e.g", "3.14", "1,000", "foo_bar", "a", "b", "größe", "running", "the"]
+    assert analyze("!= <> ;;") == []
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    documents = read_field(DEMO_DATA / "train.jsonl", "src", 400)
+    documents.append("!= ;")  # no word token: not counted in N nor avgdl, never retrieved
+    queries = read_field(DEMO_DATA / "dev.jsonl", "src", 60)
+    return documents, queries, BM25Retriever.build(documents, K1, B)
+
+
+def test_scores_and_ranking_equal_lucene_formula_on_real_documents(corpus):
+    documents, queries, retriever = corpus
+    for query, hits in zip(queries, retriever.search(queries, topk=10)):
+        assert_hits_match(hits, brute_force(documents, query), topk=10)
+
+
+def test_train_queries_never_retrieve_themselves(corpus):
+    documents, _, retriever = corpus
+    queries = documents[:80]
+    with_self = retriever.search(queries, topk=5)
+    without_self = retriever.search(queries, topk=5, exclude=list(range(80)))
+    assert sum(hits[0][0] == i for i, hits in enumerate(with_self)) >= 75  # a document is its own best match
+    for i, (query, hits) in enumerate(zip(queries, without_self)):
+        assert i not in [doc for doc, _ in hits]
+        assert_hits_match(hits, brute_force(documents, query), topk=5, exclude=i)
+
+
+def test_ties_are_broken_by_lower_document_id():
+    documents = ["red apple", "green pear", "red apple", "Red, apple!", "red apple tree"]
+    hits = BM25Retriever.build(documents).search(["red apple"], topk=4)[0]
+    assert [doc for doc, _ in hits] == [0, 2, 3, 4]
+    assert hits[0][1] == hits[1][1] == hits[2][1] > hits[3][1]
+
+
+def test_a_repeated_query_token_counts_each_time():
+    # Lucene folds duplicate SHOULD clauses of a match query into one with boost 2
+    retriever = BM25Retriever.build(["red apple", "green pear", "red pear", "blue sky"])
+    [[(doc, single)]], [[(same_doc, double)]] = (retriever.search([q], topk=1) for q in ("apple", "apple apple"))
+    assert doc == same_doc == 0
+    assert double == pytest.approx(2 * single, rel=1e-6)
+
+
+def test_queries_without_shared_tokens_get_no_hits(corpus):
+    _, _, retriever = corpus
+    assert retriever.search(["zzzqqq xxyyzz", "!!!", ""], topk=3) == [[], [], []]
+
+
+def test_fewer_matching_documents_than_topk():
+    hits = BM25Retriever.build(["red apple", "green pear", "blue sky"]).search(["red pear"], topk=5)[0]
+    assert [doc for doc, _ in hits] == [0, 1] or [doc for doc, _ in hits] == [1, 0]
+    assert len(hits) == 2
+
+
+def test_saved_index_loads_and_gives_the_same_hits(corpus, tmp_path):
+    _, queries, retriever = corpus
+    retriever.save(tmp_path / "index")
+    retriever.save(tmp_path / "index")  # replacing an existing index
+    loaded = BM25Retriever.load(tmp_path / "index")
+    assert loaded.search(queries, topk=5) == retriever.search(queries, topk=5)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.skipif(bm25.numba is None, reason="numba (the `fast` extra) is not installed")
+def test_numpy_path_equals_numba_kernel(corpus):
+    documents, queries, retriever = corpus
+    vocab, scores = retriever.index.vocab_dict, retriever.index.scores
+    token_ids = [[vocab[t] for t in analyze(q) if t in vocab] for q in queries + documents[:50]]
+    pointers = np.cumsum([0] + [len(t) for t in token_ids]).astype(np.int64)
+    flat = np.array([t for ids in token_ids for t in ids], dtype=np.int64)
+    exclude = np.array([-1] * len(queries) + list(range(50)), dtype=np.int64)
+    args = (pointers, flat, exclude, scores["data"], scores["indices"], scores["indptr"], scores["num_docs"], 7)
+    ids_np, scores_np = bm25._top_k_numpy(*args)
+    ids_jit, scores_jit = bm25._top_k_jit(*args)
+    np.testing.assert_array_equal(ids_np, ids_jit)
+    np.testing.assert_array_equal(scores_np, scores_jit)
