@@ -1,0 +1,378 @@
+import base64
+import json
+import logging
+import os
+import traceback
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from elastic_transport import ApiResponseMeta, BaseNode, HttpHeaders
+from elasticsearch import Elasticsearch
+
+from selfmem.retrieve import elastic
+from selfmem.retrieve.bm25 import BM25Retriever
+from selfmem.retrieve.elastic import (
+    MAX_QUERY_WORDS,
+    ElasticsearchRetrievalError,
+    ElasticsearchRetriever,
+    bulk_actions,
+    connect_from_env,
+    index_body,
+    msearch_body,
+    parse_msearch_response,
+    redact_url,
+    truncate_query,
+)
+
+DEMO_TRAIN = Path(__file__).parent.parent / "data" / "demo" / "train.jsonl"
+ENV_VARS = ("SELFMEM_ES_URL", "SELFMEM_ES_API_KEY", "SELFMEM_ES_USER", "SELFMEM_ES_PASSWORD", "SELFMEM_ES_CA_CERTS")
+# Nothing listens on the discard port of the loopback interface: a refused connection,
+# and no traffic leaves the machine.
+LOOPBACK = "127.0.0.1:9"
+
+
+def _search(exclude=None, size=5, text="a query"):
+    boolean = {"must": {"match": {"text": text}}}
+    if exclude is not None:
+        boolean["must_not"] = {"ids": {"values": [exclude]}}
+    return {
+        "query": {"bool": boolean},
+        "size": size,
+        "sort": [{"_score": "desc"}, {"row": "asc"}],
+        "track_scores": True,
+        "track_total_hits": False,
+        "_source": False,
+        "docvalue_fields": ["row"],
+    }
+
+
+def _hit(row, score):
+    return {"_index": "idx", "_id": str(row), "_score": score, "fields": {"row": [row]}, "sort": [score, row]}
+
+
+@pytest.fixture
+def es_env(monkeypatch):
+    """No SELFMEM_ES_* variable from the caller's environment leaks into a test."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+def test_index_body():
+    assert index_body(1.2, 0.75) == {
+        "settings": {
+            "number_of_shards": 1,
+            "number_of_replicas": 0,
+            "similarity": {"selfmem_bm25": {"type": "BM25", "k1": 1.2, "b": 0.75}},
+        },
+        "mappings": {
+            "properties": {
+                "text": {"type": "text", "analyzer": "standard", "similarity": "selfmem_bm25"},
+                "row": {"type": "integer"},
+            }
+        },
+    }
+
+
+def test_bulk_actions():
+    actions = list(bulk_actions("idx", ["first doc", "", "Third, doc."]))
+    assert actions == [
+        {"_op_type": "index", "_index": "idx", "_id": "0", "_source": {"text": "first doc", "row": 0}},
+        {"_op_type": "index", "_index": "idx", "_id": "1", "_source": {"text": "", "row": 1}},
+        {"_op_type": "index", "_index": "idx", "_id": "2", "_source": {"text": "Third, doc.", "row": 2}},
+    ]
+
+
+def test_msearch_body_without_exclusion():
+    assert msearch_body(["a query", ""], 5) == [{}, _search(), {}, _search(text="")]
+
+
+def test_msearch_body_with_exclusion():
+    body = msearch_body(["a query", "a query", "a query"], 5, exclude=[3, -1, 0])
+    assert body == [{}, _search(exclude="3"), {}, _search(), {}, _search(exclude="0")]
+
+
+def test_msearch_body_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="topk must be between 1 and 10000"):
+        msearch_body(["q"], 10_001)
+    with pytest.raises(ValueError, match="topk must be between 1 and 10000"):
+        msearch_body(["q"], 0)
+    with pytest.raises(ValueError, match="exclude has 1 entries for 2 queries"):
+        msearch_body(["q", "r"], 5, exclude=[0])
+
+
+def test_long_queries_are_truncated_to_max_query_words():
+    words = [f"w{i}" for i in range(MAX_QUERY_WORDS + 500)]
+    long_query = " -- ".join(words) + " !"
+    expected = " -- ".join(words[:MAX_QUERY_WORDS])
+    assert truncate_query(long_query) == expected
+    assert msearch_body([long_query], 3)[1]["query"]["bool"]["must"] == {"match": {"text": expected}}
+    exact = " ".join(words[:MAX_QUERY_WORDS]) + " ?!"
+    assert truncate_query(exact) == exact
+    # words are the embedded backend's tokens: "don't" and "3.14" are one word each
+    assert truncate_query("Don't stop at 3.14, please", max_words=3) == "Don't stop at"
+    assert truncate_query("Don't stop at 3.14, please", max_words=4) == "Don't stop at 3.14"
+    assert truncate_query("", max_words=2) == ""
+
+
+# ---------------------------------------------------------------- response parsing
+
+
+def test_parse_msearch_response_orders_ties_by_row_and_drops_zero_scores():
+    response = {
+        "took": 3,
+        "responses": [
+            {"status": 200, "hits": {"hits": [_hit(7, 2.5), _hit(3, 2.5), _hit(5, 3.0), _hit(9, 0.0)]}},
+            {"status": 200, "hits": {"hits": []}},
+            {"status": 200, "hits": {"hits": [_hit(0, 0.25)]}},
+        ],
+    }
+    assert parse_msearch_response(response) == [[(5, 3.0), (3, 2.5), (7, 2.5)], [], [(0, 0.25)]]
+
+
+def test_parse_msearch_response_raises_on_an_error_item():
+    response = {
+        "responses": [
+            {"status": 200, "hits": {"hits": [_hit(1, 1.0)]}},
+            {
+                "status": 400,
+                "error": {
+                    "root_cause": [
+                        {"type": "too_many_nested_clauses", "reason": "Query contains too many nested clauses"}
+                    ],
+                    "type": "search_phase_execution_exception",
+                    "reason": "all shards failed",
+                },
+            },
+        ]
+    }
+    with pytest.raises(
+        ElasticsearchRetrievalError,
+        match=r"query 257 \(status 400\): search_phase_execution_exception: all shards failed "
+        r"\(root cause: Query contains too many nested clauses\)",
+    ):
+        parse_msearch_response(response, first_query=256)
+
+
+# ---------------------------------------------------------------- connection and secrets
+
+
+def test_connect_from_env_requires_the_url(es_env):
+    with pytest.raises(RuntimeError, match="SELFMEM_ES_URL is not set"):
+        connect_from_env()
+    with pytest.raises(RuntimeError, match="SELFMEM_ES_URL is not set"):
+        ElasticsearchRetriever.open("idx")
+
+
+def test_connect_from_env_passes_credentials_to_the_client(es_env):
+    made = []
+    es_env.setattr(elastic, "Elasticsearch", lambda *args, **kwargs: made.append((args, kwargs)))
+    es_env.setenv("SELFMEM_ES_URL", "https://es.example:9200")
+    es_env.setenv("SELFMEM_ES_API_KEY", "key")
+    es_env.setenv("SELFMEM_ES_CA_CERTS", "/certs/ca.pem")
+    connect_from_env()
+    es_env.delenv("SELFMEM_ES_API_KEY")
+    es_env.setenv("SELFMEM_ES_USER", "elastic")
+    es_env.setenv("SELFMEM_ES_PASSWORD", "pw")
+    connect_from_env()
+    timeout = elastic.REQUEST_TIMEOUT_S
+    url, ca = "https://es.example:9200", "/certs/ca.pem"
+    assert made == [
+        ((url,), {"request_timeout": timeout, "api_key": "key", "ca_certs": ca}),
+        ((url,), {"request_timeout": timeout, "basic_auth": ("elastic", "pw"), "ca_certs": ca}),
+    ]
+
+
+def test_connect_from_env_rejects_incomplete_or_conflicting_credentials(es_env):
+    es_env.setenv("SELFMEM_ES_URL", f"http://{LOOPBACK}")
+    es_env.setenv("SELFMEM_ES_USER", "elastic")
+    with pytest.raises(RuntimeError, match="SELFMEM_ES_PASSWORD is not set"):
+        connect_from_env()
+    es_env.setenv("SELFMEM_ES_API_KEY", "key")
+    with pytest.raises(RuntimeError, match="either SELFMEM_ES_API_KEY or SELFMEM_ES_USER"):
+        connect_from_env()
+
+
+def test_redact_url():
+    assert redact_url("https://user:secret@es.example:9243/prefix?x=1") == "https://es.example:9243/prefix?x=1"
+    assert redact_url("http://user:secret@[::1]:9200") == "http://[::1]:9200"
+    assert redact_url("http://es.example:9200") == "http://es.example:9200"
+    assert redact_url("http://user:secret@es.example:port") == "<unparseable URL>"
+
+
+def _all_error_text(error):
+    return "".join(traceback.format_exception(error)) + repr(error)
+
+
+def test_unparseable_url_error_hides_the_password(es_env):
+    es_env.setenv("SELFMEM_ES_URL", "http://user:secret@127.0.0.1:notaport")
+    with pytest.raises(RuntimeError, match="cannot configure an Elasticsearch client") as raised:
+        connect_from_env()
+    assert "secret" not in _all_error_text(raised.value)
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SELFMEM_ES_URL": f"http://user:secret@{LOOPBACK}"},
+        {"SELFMEM_ES_URL": f"http://{LOOPBACK}", "SELFMEM_ES_USER": "user", "SELFMEM_ES_PASSWORD": "secret"},
+        {"SELFMEM_ES_URL": f"http://{LOOPBACK}", "SELFMEM_ES_API_KEY": "secret"},
+    ],
+    ids=["url-userinfo", "user-password", "api-key"],
+)
+def test_connection_errors_and_logs_hide_credentials(es_env, caplog, capsys, env):
+    for name, value in env.items():
+        es_env.setenv(name, value)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Exception) as raised:
+        ElasticsearchRetriever.open("selfmem-test")
+    text = _all_error_text(raised.value) + caplog.text + "".join(capsys.readouterr())
+    assert LOOPBACK in caplog.text  # the client did try, and logged its attempt
+    for secret in ("secret", base64.b64encode(b"user:secret").decode()):
+        assert secret not in text
+
+
+# ---------------------------------------------------------------- calls issued, through a fake transport node
+
+
+class _Reply(NamedTuple):
+    meta: ApiResponseMeta
+    body: bytes
+
+
+def _ndjson(body):
+    return [json.loads(line) for line in body.decode().splitlines() if line]
+
+
+def fake_client(answer):
+    """A real client whose transport node records requests and answers ``answer(method, path, body)``.
+
+    The node never opens a socket; ``answer`` returns (status, JSON payload or None).
+    """
+    calls = []
+
+    class FakeNode(BaseNode):
+        def perform_request(self, method, target, body=None, headers=None, request_timeout=None):
+            calls.append((method, target, body))
+            status, payload = answer(method, target, body)
+            headers = HttpHeaders({"content-type": "application/json", "x-elastic-product": "Elasticsearch"})
+            meta = ApiResponseMeta(status=status, http_version="1.1", headers=headers, duration=0.0, node=self.config)
+            return _Reply(meta, b"" if payload is None else json.dumps(payload).encode())
+
+    return Elasticsearch(f"http://{LOOPBACK}", node_class=FakeNode), calls
+
+
+def _index_server(exists):
+    def answer(method, target, body):
+        if method == "HEAD":
+            return (200 if exists else 404), None
+        if target.startswith("/_bulk"):
+            items = [{"index": {"_id": a["index"]["_id"], "status": 201}} for a in _ndjson(body)[::2]]
+            return 200, {"took": 1, "errors": False, "items": items}
+        return 200, {"acknowledged": True}
+
+    return answer
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_build_recreates_the_index_then_bulk_indexes_and_refreshes(monkeypatch, exists):
+    monkeypatch.setattr(elastic, "BULK_CHUNK", 2)
+    client, calls = fake_client(_index_server(exists))
+    retriever = ElasticsearchRetriever.build(["first doc", "second", "Third, doc."], 0.9, 0.4, "idx", client=client)
+    assert (retriever.client, retriever.index_name) == (client, "idx")
+
+    expected = [("HEAD", "/idx")] + ([("DELETE", "/idx")] if exists else [])
+    expected += [("PUT", "/idx"), ("PUT", "/_bulk"), ("PUT", "/_bulk"), ("POST", "/idx/_refresh")]
+    assert [(m, t.split("?")[0]) for m, t, _ in calls] == expected
+    creates = [json.loads(body) for m, t, body in calls if (m, t) == ("PUT", "/idx")]
+    assert creates == [index_body(0.9, 0.4)]
+    bulks = [_ndjson(body) for _, t, body in calls if t.startswith("/_bulk")]
+    assert bulks == [
+        [
+            {"index": {"_index": "idx", "_id": "0"}}, {"text": "first doc", "row": 0},
+            {"index": {"_index": "idx", "_id": "1"}}, {"text": "second", "row": 1},
+        ],
+        [{"index": {"_index": "idx", "_id": "2"}}, {"text": "Third, doc.", "row": 2}],
+    ]
+
+
+def test_open_requires_an_existing_index():
+    client, calls = fake_client(_index_server(exists=False))
+    with pytest.raises(LookupError, match="Elasticsearch index 'idx' does not exist"):
+        ElasticsearchRetriever.open("idx", client=client)
+    client, calls = fake_client(_index_server(exists=True))
+    assert ElasticsearchRetriever.open("idx", client=client).index_name == "idx"
+    assert [(m, t) for m, t, _ in calls] == [("HEAD", "/idx")]
+
+
+def test_search_sends_chunks_and_returns_hits_in_query_order(monkeypatch):
+    monkeypatch.setattr(elastic, "MSEARCH_CHUNK", 2)
+
+    def answer(method, target, body):
+        # query "qN" hits row N + 10 with score N + 1, and row 99 with score 0 (dropped)
+        searches = _ndjson(body)[1::2]
+        numbers = [int(s["query"]["bool"]["must"]["match"]["text"][1:]) for s in searches]
+        items = [{"status": 200, "hits": {"hits": [_hit(99, 0.0), _hit(n + 10, n + 1.0)]}} for n in numbers]
+        return 200, {"responses": items}
+
+    client, calls = fake_client(answer)
+    retriever = ElasticsearchRetriever(client, "idx")
+    queries = [f"q{n}" for n in range(5)]
+    assert retriever.search(queries, 3, exclude=[-1, 1, 2, -1, 4]) == [[(n + 10, n + 1.0)] for n in range(5)]
+
+    assert [(m, t.split("?")[0]) for m, t, _ in calls] == [("POST", "/idx/_msearch")] * 3
+    sent = [_ndjson(body) for _, _, body in calls]
+    assert sent == [
+        [{}, _search(size=3, text="q0"), {}, _search("1", size=3, text="q1")],
+        [{}, _search("2", size=3, text="q2"), {}, _search(size=3, text="q3")],
+        [{}, _search("4", size=3, text="q4")],
+    ]
+    assert retriever.search([], 3) == []
+    with pytest.raises(ValueError, match="exclude has 1 entries for 2 queries"):
+        retriever.search(["q0", "q1"], 3, exclude=[0])
+
+
+def test_search_reports_the_failing_query_across_chunks(monkeypatch):
+    monkeypatch.setattr(elastic, "MSEARCH_CHUNK", 2)
+
+    def answer(method, target, body):
+        n = len(_ndjson(body)) // 2
+        items = [{"status": 200, "hits": {"hits": []}}] * n
+        if len(calls) == 2:  # the second chunk: its first item fails
+            items[0] = {"status": 400, "error": {"type": "parse_exception", "reason": "bad query"}}
+        return 200, {"responses": items}
+
+    client, calls = fake_client(answer)
+    with pytest.raises(ElasticsearchRetrievalError, match=r"query 2 \(status 400\): parse_exception: bad query"):
+        ElasticsearchRetriever(client, "idx").search(["a", "b", "c"], 3)
+
+
+# ---------------------------------------------------------------- against a real server
+
+
+def test_agrees_with_the_embedded_backend():
+    if not os.environ.get("SELFMEM_ES_URL"):
+        pytest.skip("SELFMEM_ES_URL not set: no Elasticsearch server to test against")
+    with open(DEMO_TRAIN, encoding="utf-8") as f:
+        documents = [json.loads(line)["src"] for _, line in zip(range(300), f)]
+    queries = documents[:50]
+    exclude = list(range(50))
+    reference = BM25Retriever.build(documents, k1=1.2, b=0.75).search(queries, 10, exclude)
+
+    index_name = f"selfmem-test-{uuid.uuid4().hex}"
+    retriever = ElasticsearchRetriever.build(documents, 1.2, 0.75, index_name)
+    try:
+        hits = ElasticsearchRetriever.open(index_name).search(queries, 10, exclude)
+    finally:
+        retriever.client.indices.delete(index=index_name)
+
+    assert sum(len(h) for h in reference) > 100
+    for i, (got, want) in enumerate(zip(hits, reference, strict=True)):
+        assert [row for row, _ in got] == [row for row, _ in want], f"query {i}"
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4), f"query {i}"
