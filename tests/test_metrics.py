@@ -16,6 +16,7 @@ from selfmem.common.metrics import (
     corpus_ter,
     evaluate,
     headline,
+    headline_score,
     sentence_bleu,
     sentence_rouge,
 )
@@ -239,3 +240,10 @@ def test_unknown_metric_lists_valid_names():
         evaluate("meteor", ["a"], ["a"])
     with pytest.raises(ValueError, match=r"'meteor'.*bleu, rouge"):
         headline("meteor", {})
+
+
+@pytest.mark.parametrize("metric", ["bleu", "rouge"])
+def test_headline_score_equals_headline_of_evaluate(metric):
+    refs = ["the cat sat on the mat", "a quick brown fox jumps", "hello world again"]
+    hyps = ["the cat sat on a mat", "a quick fox jumps over", "hello again world"]
+    assert headline_score(metric, hyps, refs) == headline(metric, evaluate(metric, hyps, refs))

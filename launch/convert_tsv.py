@@ -1,0 +1,20 @@
+"""Convert a tab-separated parallel file (JRC-Acquis as the Selfmem authors distribute it) to JSON lines.
+
+    python launch/convert_tsv.py raw/train.txt data/jrc_ende/train.jsonl
+
+Each line is ``source<TAB>target``; subword-nmt ``@@ `` markers are removed.
+"""
+
+import argparse
+
+from selfmem.common.data import convert_parallel_tsv
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="tab-separated source/target file")
+    parser.add_argument("output", help="JSON-lines file to write")
+    parser.add_argument("--source-field", default="src")
+    parser.add_argument("--target-field", default="trg")
+    args = parser.parse_args()
+    count = convert_parallel_tsv(args.input, args.output, args.source_field, args.target_field)
+    print(f"{args.output}: {count} examples")

@@ -1,0 +1,75 @@
+"""The BM25 memory stage: top-k train targets for every train, dev and test source.
+
+Queries are sharded over ranks; rank 0 builds the index (the others load it or attach
+to the Elasticsearch index) and writes ``memory/bm25/{split}.jsonl`` in dataset order,
+so the files are byte-identical whatever the number of ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tqdm import tqdm
+
+from selfmem.common.config import Config
+from selfmem.common.data import SPLITS, Example, load_split
+from selfmem.common.distributed import DistEnv, barrier, gather_to_main, shard_range
+from selfmem.common.io import atomic_write_jsonl
+from selfmem.common.metrics import headline_score
+from selfmem.common.run import RunPaths
+from selfmem.retrieve.bm25 import BM25Retriever, Hits
+
+log = logging.getLogger(__name__)
+
+
+def open_retriever(config: Config, env: DistEnv, train: list[Example], paths: RunPaths):
+    """Rank 0 indexes the train sources; the other ranks wait, then open that index."""
+    documents = [ex.source for ex in train]
+    cfg = config.retrieval
+    if cfg.backend == "elasticsearch":
+        from selfmem.retrieve.elastic import ElasticsearchRetriever
+
+        index_name = cfg.index_name or f"selfmem-{config.run.name}".lower()
+        if env.is_main:
+            ElasticsearchRetriever.build(documents, cfg.k1, cfg.b, index_name)
+        barrier()
+        return ElasticsearchRetriever.open(index_name)
+    if env.is_main:
+        retriever = BM25Retriever.build(documents, cfg.k1, cfg.b, threads=env.cpu_threads())
+        retriever.save(paths.bm25_index)
+    barrier()
+    return retriever if env.is_main else BM25Retriever.load(paths.bm25_index, threads=env.cpu_threads())
+
+
+def memory_record(hits: Hits, train: list[Example]) -> dict:
+    """One line of a memory file: the hits' train targets, scores and train ids."""
+    return {
+        "memories": [train[i].target for i, _ in hits],
+        "scores": [round(score, 4) for _, score in hits],
+        "ids": [i for i, _ in hits],
+    }
+
+
+def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
+    """Write ``memory/bm25/{split}.jsonl`` for train, dev and test."""
+    cfg = config.retrieval
+    splits = {split: load_split(config.data, split) for split in SPLITS}
+    train = splits["train"]
+    retriever = open_retriever(config, env, train, paths)
+    for split, examples in splits.items():
+        shard = shard_range(len(examples), env.rank, env.world_size)
+        hits: list[Hits] = []
+        batches = range(shard.start, shard.stop, cfg.batch_size)
+        for start in tqdm(batches, desc=f"bm25 {split}", unit="batch", disable=not env.is_main):
+            rows = range(start, min(start + cfg.batch_size, shard.stop))
+            exclude = list(rows) if split == "train" and cfg.exclude_self else None
+            hits += retriever.search([examples[i].source for i in rows], cfg.topk, exclude)
+        gathered = gather_to_main(hits)
+        if env.is_main:
+            all_hits = [h for rank_hits in gathered for h in rank_hits]
+            atomic_write_jsonl(paths.bm25_memory(split), (memory_record(h, train) for h in all_hits))
+            if split != "train":
+                top = [train[h[0][0]].target if h else "" for h in all_hits]
+                score = headline_score(config.data.metric, top, [ex.target for ex in examples], config.data.bleu_tokenize)
+                log.info("%s: top BM25 memory vs reference: %s %.2f", split, config.data.metric, score)
+    barrier()

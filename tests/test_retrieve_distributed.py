@@ -1,0 +1,51 @@
+"""The BM25 memory stage: its files, and the same bytes from 1 process, 2 processes and 2 nodes."""
+
+import json
+
+import pytest
+
+from conftest import DEMO_DATA, REPO, run_single, run_torchrun
+
+SPLITS = ("train", "dev", "test")
+CONFIG = str(REPO / "configs" / "demo.yaml")
+
+
+def memory_files(root):
+    return {split: (root / "demo" / "memory" / "bm25" / f"{split}.jsonl").read_bytes() for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    # a small batch size puts several batches, and a partial last one, in each shard
+    run_single("launch/retrieve.py", ["--config", CONFIG, f"run.root={root}", "retrieval.batch_size=700"])
+    return root
+
+
+def test_memory_files_hold_train_targets_of_the_hits(single_process_run):
+    train = [json.loads(line) for line in open(DEMO_DATA / "train.jsonl", encoding="utf-8")]
+    for split in SPLITS:
+        lines = memory_files(single_process_run)[split].decode("utf-8").splitlines()
+        assert len(lines) == sum(1 for _ in open(DEMO_DATA / f"{split}.jsonl", encoding="utf-8"))
+        for i, line in enumerate(lines):
+            record = json.loads(line)
+            assert list(record) == ["memories", "scores", "ids"]
+            assert 1 <= len(record["ids"]) <= 5 or record == {"memories": [], "scores": [], "ids": []}
+            assert record["memories"] == [train[j]["trg"] for j in record["ids"]]
+            assert record["scores"] == sorted(record["scores"], reverse=True)
+            if split == "train":
+                assert i not in record["ids"]
+    config = (single_process_run / "demo" / "config.yaml").read_text()
+    assert f"root: {single_process_run}" in config
+
+
+def test_two_processes_write_the_same_bytes(single_process_run, tmp_path):
+    run_torchrun("launch/retrieve.py", ["--config", CONFIG, f"run.root={tmp_path}", "retrieval.batch_size=700"],
+                 nproc=2)
+    assert memory_files(tmp_path) == memory_files(single_process_run)
+
+
+def test_two_nodes_on_loopback_write_the_same_bytes(single_process_run, tmp_path):
+    run_torchrun("launch/retrieve.py", ["--config", CONFIG, f"run.root={tmp_path}", "retrieval.batch_size=700"],
+                 nproc=1, nnodes=2)
+    assert memory_files(tmp_path) == memory_files(single_process_run)
