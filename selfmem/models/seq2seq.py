@@ -1,0 +1,439 @@
+"""The generator: an encoder-decoder Transformer with no, joint or dual memory.
+
+Memory modes (``ModelConfig.memory``):
+
+* ``none``: a plain encoder-decoder.
+* ``joint``: the caller feeds ``source <sep> memory`` as one encoder input, so the model
+  sees a single input and nothing is special.
+* ``dual``: the memories go through the same encoder (shared weights), each one encoded
+  on its own, and every decoder layer attends to all of them together in an extra
+  cross-attention (with its own layer norm) after the source cross-attention.
+
+Inputs are right-padded with ``pad_id``. Attention masks are boolean (True = attend) and
+go to ``scaled_dot_product_attention`` as such, so no additive -inf/-1e9 mask can
+overflow in fp16. Decoder self-attention is causal only: right padding in the decoder
+input never reaches a real token.
+
+Dual memory contract: ``memory_ids`` has shape (batch, num_memories, mem_len), and every
+example has at least one memory with at least one non-pad token (the data side encodes an
+empty memory as just eos), so no attention row is fully masked. Extra memory slots that
+are entirely padding are allowed; they are masked out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from selfmem.models.config import ModelConfig
+
+WEIGHTS_NAME = "model.safetensors"
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+@dataclass
+class EncoderOut:
+    """The encoder's output as the decoder reads it; masks are True at real tokens."""
+
+    source: Tensor  # (batch, src_len, d_model)
+    source_mask: Tensor  # (batch, src_len), bool
+    memory: Tensor | None = None  # (batch, num_memories * mem_len, d_model), dual only
+    memory_mask: Tensor | None = None  # (batch, num_memories * mem_len), bool
+
+
+@dataclass
+class LayerCache:
+    """One decoder layer's attention keys and values, each (batch, heads, length, head_dim).
+
+    The cross-attention entries are projected once from the encoder output; the
+    self-attention entries grow by the new tokens at every decoding step.
+    """
+
+    source_k: Tensor
+    source_v: Tensor
+    memory_k: Tensor | None = None
+    memory_v: Tensor | None = None
+    self_k: Tensor | None = None
+    self_v: Tensor | None = None
+
+
+DecoderCache = list[LayerCache]  # one entry per decoder layer
+
+_Rows = TypeVar("_Rows", EncoderOut, LayerCache)
+
+
+def _select_rows(value: _Rows, index: Tensor) -> _Rows:
+    """``value`` with every tensor field narrowed to the batch rows ``index``."""
+    return type(value)(**{
+        f.name: None if (t := getattr(value, f.name)) is None else t.index_select(0, index)
+        for f in dataclasses.fields(value)
+    })
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
+    """Marian/Pegasus sinusoids: sin of every frequency in the first half, cos in the second."""
+    # float64 as in HF's numpy construction, so imported checkpoints see the same table
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    sin_freqs = torch.arange((dim + 1) // 2, dtype=torch.float64)
+    cos_freqs = torch.arange(dim // 2, dtype=torch.float64)
+    sin = torch.sin(position / torch.pow(10000.0, 2 * sin_freqs / dim))
+    cos = torch.cos(position / torch.pow(10000.0, 2 * cos_freqs / dim))
+    return torch.cat([sin, cos], dim=1).float()
+
+
+def _check_positions(end: int, max_positions: int) -> None:
+    if end > max_positions:
+        raise ValueError(f"a sequence reaching position {end} exceeds max_positions = {max_positions}")
+
+
+class LearnedPositionalEmbedding(nn.Embedding):
+    """A trained position table; position ``i`` is row ``offset + i`` (BART keeps 2 spare rows)."""
+
+    def __init__(self, max_positions: int, dim: int, offset: int) -> None:
+        super().__init__(max_positions + offset, dim)
+        self.max_positions = max_positions
+        self.offset = offset
+
+    def forward(self, start: int, length: int) -> Tensor:
+        """Embeddings of positions ``start .. start + length - 1``, shape (length, dim)."""
+        _check_positions(start + length, self.max_positions)
+        rows = torch.arange(start + self.offset, start + length + self.offset, device=self.weight.device)
+        return super().forward(rows)
+
+
+class SinusoidalPositionalEmbedding(nn.Module):
+    """Fixed sinusoidal positions (``sinusoidal_table``); not saved, rebuilt from the config."""
+
+    def __init__(self, max_positions: int, dim: int) -> None:
+        super().__init__()
+        self.max_positions = max_positions
+        self.register_buffer("table", sinusoidal_table(max_positions, dim), persistent=False)
+
+    def forward(self, start: int, length: int) -> Tensor:
+        """Embeddings of positions ``start .. start + length - 1``, shape (length, dim)."""
+        _check_positions(start + length, self.max_positions)
+        return self.table[start:start + length]
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head scaled dot-product attention with biased q/k/v/out projections."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, T, d) -> (B, H, T, d/H)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Project ``x`` (batch, length, d_model) to per-head keys and values."""
+        return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
+                causal: bool = False) -> Tensor:
+        """Attend from ``x`` to ``keys``/``values``; ``mask`` is boolean, True = attend."""
+        out = F.scaled_dot_product_attention(
+            self._split_heads(self.q_proj(x)), keys, values, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class TransformerLayer(nn.Module):
+    """Residual wiring (pre- or post-norm) and the feed-forward block shared by both layer kinds."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATIONS[config.activation]
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)  # the feed-forward block's norm (fairseq's name)
+
+    def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """What a sublayer reads: normalised first under pre-norm."""
+        return norm(x) if self.pre_norm else x
+
+    def residual(self, x: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """Add a sublayer's output ``y`` to ``x``; post-norm normalises the sum."""
+        x = x + self.dropout(y)
+        return x if self.pre_norm else norm(x)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        h = self.sublayer_input(x, self.final_layer_norm)
+        h = self.fc2(self.activation_dropout(self.activation(self.fc1(h))))
+        return self.residual(x, h, self.final_layer_norm)
+
+
+class EncoderLayer(TransformerLayer):
+    """Self-attention, then feed-forward."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.self_attn = MultiheadAttention(config.d_model, config.heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        h = self.sublayer_input(x, self.self_attn_layer_norm)
+        x = self.residual(x, self.self_attn(h, *self.self_attn.keys_values(h), mask=key_mask),
+                          self.self_attn_layer_norm)
+        return self.feed_forward(x)
+
+
+class DecoderLayer(TransformerLayer):
+    """Causal self-attention, source cross-attention, memory cross-attention (dual), feed-forward."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        d, heads, p = config.d_model, config.heads, config.attention_dropout
+        self.self_attn = MultiheadAttention(d, heads, p)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.encoder_attn = MultiheadAttention(d, heads, p)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d)
+        dual = config.memory == "dual"
+        self.memory_attn = MultiheadAttention(d, heads, p) if dual else None
+        self.memory_attn_layer_norm = nn.LayerNorm(d) if dual else None
+
+    def cross_cache(self, encoder_out: EncoderOut) -> LayerCache:
+        """Project the encoder output to this layer's cross-attention keys and values, once."""
+        source_k, source_v = self.encoder_attn.keys_values(encoder_out.source)
+        if self.memory_attn is None:
+            return LayerCache(source_k, source_v)
+        return LayerCache(source_k, source_v, *self.memory_attn.keys_values(encoder_out.memory))
+
+    def forward(self, x: Tensor, cache: LayerCache, source_mask: Tensor, memory_mask: Tensor | None,
+                self_mask: Tensor | None, causal: bool) -> tuple[Tensor, LayerCache]:
+        h = self.sublayer_input(x, self.self_attn_layer_norm)
+        k, v = self.self_attn.keys_values(h)
+        if cache.self_k is not None:
+            k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)
+        x = self.residual(x, self.self_attn(h, k, v, mask=self_mask, causal=causal), self.self_attn_layer_norm)
+
+        h = self.sublayer_input(x, self.encoder_attn_layer_norm)
+        x = self.residual(x, self.encoder_attn(h, cache.source_k, cache.source_v, mask=source_mask),
+                          self.encoder_attn_layer_norm)
+
+        if self.memory_attn is not None:
+            h = self.sublayer_input(x, self.memory_attn_layer_norm)
+            x = self.residual(x, self.memory_attn(h, cache.memory_k, cache.memory_v, mask=memory_mask),
+                              self.memory_attn_layer_norm)
+
+        return self.feed_forward(x), dataclasses.replace(cache, self_k=k, self_v=v)
+
+
+class TransformerStack(nn.Module):
+    """Embedding (tokens, positions, optional layer norm) and the optional final layer norm
+    around a stack of layers."""
+
+    def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        if config.positions == "learned":
+            self.embed_positions = LearnedPositionalEmbedding(config.max_positions, config.d_model,
+                                                              config.position_offset)
+        else:
+            self.embed_positions = SinusoidalPositionalEmbedding(config.max_positions, config.d_model)
+        self.layernorm_embedding = nn.LayerNorm(config.d_model) if config.layernorm_embedding else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(layers)
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.final_layer_norm else None
+
+    def embed(self, ids: Tensor, start: int = 0) -> Tensor:
+        """Token plus position embeddings of ``ids`` (batch, length), positions from ``start``."""
+        x = self.embed_tokens(ids) * self.embed_scale + self.embed_positions(start, ids.size(1))
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        return self.dropout(x)
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        return x if self.layer_norm is None else self.layer_norm(x)
+
+
+class Encoder(TransformerStack):
+    """The Transformer encoder."""
+
+    def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__(config, embed_tokens, [EncoderLayer(config) for _ in range(config.encoder_layers)])
+        self.pad_id = config.pad_id
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode ``ids`` (batch, length); return the states and the mask of real tokens."""
+        mask = ids.ne(self.pad_id)
+        key_mask = mask[:, None, None, :]  # broadcast over heads and queries
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return self.final_norm(x), mask
+
+
+class Decoder(TransformerStack):
+    """The Transformer decoder, run over a prefix or incrementally with a ``DecoderCache``."""
+
+    def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__(config, embed_tokens, [DecoderLayer(config) for _ in range(config.decoder_layers)])
+
+    def init_cache(self, encoder_out: EncoderOut) -> DecoderCache:
+        """A cache holding every layer's cross-attention keys/values and no decoded tokens yet."""
+        return [layer.cross_cache(encoder_out) for layer in self.layers]
+
+    def forward(self, ids: Tensor, encoder_out: EncoderOut, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+        """Decode the new tokens ``ids`` (batch, length) after those already in ``cache``."""
+        past = 0 if cache[0].self_k is None else cache[0].self_k.size(2)
+        length = ids.size(1)
+        # Every cached key is visible; only new tokens hide from later new tokens, and a
+        # single new token needs no mask at all.
+        causal = past == 0 and length > 1
+        self_mask = None
+        if past > 0 and length > 1:
+            self_mask = torch.ones(length, past + length, dtype=torch.bool, device=ids.device).tril(past)
+        source_mask = encoder_out.source_mask[:, None, None, :]
+        memory_mask = None if encoder_out.memory_mask is None else encoder_out.memory_mask[:, None, None, :]
+
+        x = self.embed(ids, start=past)
+        new_cache = []
+        for layer, layer_cache in zip(self.layers, cache):
+            x, layer_cache = layer(x, layer_cache, source_mask, memory_mask, self_mask, causal)
+            new_cache.append(layer_cache)
+        return self.final_norm(x), new_cache
+
+
+class Seq2SeqModel(nn.Module):
+    """Encoder-decoder Transformer with ``memory`` none, joint or dual (see the module doc)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        encoder_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        decoder_embed = (encoder_embed if config.share_embeddings
+                         else nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id))
+        self.encoder = Encoder(config, encoder_embed)
+        self.decoder = Decoder(config, decoder_embed)
+        self.output_projection = None if config.tie_output else nn.Linear(config.d_model, config.vocab_size,
+                                                                          bias=False)
+        # A buffer, not a parameter: HF keeps BART's final_logits_bias fixed during fine-tuning
+        self.register_buffer("final_logits_bias",
+                             torch.zeros(config.vocab_size) if config.final_logits_bias else None)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def encode(self, src_ids: Tensor, memory_ids: Tensor | None = None) -> EncoderOut:
+        """Encode the source (batch, src_len) and, for dual memory, the memories
+        (batch, num_memories, mem_len), each memory on its own."""
+        if (memory_ids is not None) != (self.config.memory == "dual"):
+            raise ValueError(f"memory_ids must be given exactly when memory is 'dual' "
+                             f"(memory = {self.config.memory!r}, memory_ids given: {memory_ids is not None})")
+        source, source_mask = self.encoder(src_ids)
+        if memory_ids is None:
+            return EncoderOut(source, source_mask)
+        if memory_ids.dim() != 3:
+            raise ValueError("memory_ids must have shape (batch, num_memories, mem_len), "
+                             f"got {tuple(memory_ids.shape)}")
+        batch, slots, length = memory_ids.shape
+        flat = memory_ids.reshape(batch * slots, length)
+        mask = flat.ne(self.config.pad_id)
+        # A fully padded slot would give all-masked attention rows inside the encoder,
+        # which some SDPA kernels (older torch) fill with NaN, and NaN survives a zero
+        # attention weight downstream. It is encoded as a lone eos instead; its states
+        # stay masked out by ``mask``.
+        empty = ~mask.any(dim=1)
+        flat = flat.clone()
+        flat[:, 0] = torch.where(empty, self.config.eos_id, flat[:, 0])
+        memory, _ = self.encoder(flat)
+        return EncoderOut(source, source_mask, memory.reshape(batch, slots * length, -1),
+                          mask.reshape(batch, slots * length))
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits (float32) of decoder states."""
+        weight = self.decoder.embed_tokens.weight if self.output_projection is None else self.output_projection.weight
+        logits = F.linear(hidden, weight)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
+        return logits.float()
+
+    def decode_step(self, decoder_input_ids: Tensor, encoder_out: EncoderOut,
+                    cache: DecoderCache | None = None) -> tuple[Tensor, DecoderCache]:
+        """Run the decoder over the tokens not yet in ``cache``; return their logits and the new cache.
+
+        With ``cache`` None, ``decoder_input_ids`` (batch, length) is the whole prefix (usually
+        the start token) and the cross-attention keys/values are computed from
+        ``encoder_out``; afterwards pass only the newly chosen tokens, usually (batch, 1).
+        Positions continue from the cache length. Logits are float32, (batch, length, vocab).
+        """
+        if cache is None:
+            cache = self.decoder.init_cache(encoder_out)
+        hidden, cache = self.decoder(decoder_input_ids, encoder_out, cache)
+        return self.output_logits(hidden), cache
+
+    def forward(self, src_ids: Tensor, decoder_input_ids: Tensor, memory_ids: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (batch, tgt_len, vocab), float32, for training."""
+        logits, _ = self.decode_step(decoder_input_ids, self.encode(src_ids, memory_ids))
+        return logits
+
+    @staticmethod
+    def reorder_encoder_out(encoder_out: EncoderOut, index: Tensor) -> EncoderOut:
+        """Select batch rows ``index``, e.g. ``arange(batch).repeat_interleave(beams)`` to expand to beams."""
+        return _select_rows(encoder_out, index)
+
+    @staticmethod
+    def reorder_cache(cache: DecoderCache, index: Tensor) -> DecoderCache:
+        """Select batch rows ``index`` of every layer's cache, e.g. the beams that survive a step."""
+        return [_select_rows(layer_cache, index) for layer_cache in cache]
+
+    def num_parameters(self) -> int:
+        """Trainable and frozen parameters, each shared tensor counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_model(self, tmp)  # writes each shared tensor once; load_model restores the tie
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / WEIGHTS_NAME)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        # config last: a directory with a config.json holds complete weights
+        self.config.save(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Seq2SeqModel:
+        """Load a model written by ``save``, on ``map_location``, in eval mode (call ``train()`` to train)."""
+        directory = Path(directory)
+        model = cls(ModelConfig.load(directory))
+        load_model(model, directory / WEIGHTS_NAME, strict=True)
+        return model.to(map_location).eval()
