@@ -42,8 +42,8 @@ def run_single(script: str, args: list[str], timeout: float = 300) -> None:
     _check([proc], timeout)
 
 
-def run_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1, timeout: float = 300) -> None:
-    """Run a launch script under torchrun with gloo on 127.0.0.1.
+def start_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1) -> list[subprocess.Popen]:
+    """Start a launch script under torchrun with gloo on 127.0.0.1; each launcher in its own session.
 
     ``nnodes > 1`` starts one torchrun launcher per simulated node, each with
     ``--node_rank`` set, all meeting at one loopback address.
@@ -54,6 +54,11 @@ def run_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1, 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
                "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
                str(REPO / script), *args]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    _check(procs, timeout)
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True))
+    return procs
+
+
+def run_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1, timeout: float = 300) -> None:
+    """Run a launch script under torchrun (see ``start_torchrun``) and fail the test if it fails."""
+    _check(start_torchrun(script, args, nproc, nnodes), timeout)

@@ -68,6 +68,7 @@ class RetrievalConfig:
 class GeneratorConfig:
     engine: Literal["native", "hf"] = "native"
     memory: Literal["none", "joint", "dual"] = "joint"
+    num_memories: int = 1  # memories per example (top BM25 hits during training)
     init: Optional[str] = None  # a Hugging Face checkpoint directory to import
     encoder_layers: int = 6
     decoder_layers: int = 6
@@ -100,6 +101,7 @@ class TrainConfig:
     patience: int = 5  # epochs without a better dev metric before stopping
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     save_every: int = 1000  # steps between resumable checkpoints
+    log_every: int = 50  # steps between training-log records
     max_nonfinite: int = 10  # consecutive non-finite steps before giving up
     eval_beams: int = 1
 

@@ -78,3 +78,21 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     dist.gather_object(obj, gathered, dst=0)
     return gathered
 
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -22,6 +22,10 @@ class RunPaths:
     def bm25_index(self) -> Path:
         return self.root / "memory" / "bm25" / "index"
 
+    @property
+    def generator(self) -> Path:
+        return self.root / "generator"
+
     def bm25_memory(self, split: str) -> Path:
         return self.root / "memory" / "bm25" / f"{split}.jsonl"
 

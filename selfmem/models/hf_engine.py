@@ -1,0 +1,46 @@
+"""`engine: hf`: any Hugging Face AutoModelForSeq2SeqLM behind the native model's training interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class HFSeq2Seq(nn.Module):
+    """Wraps a transformers seq2seq model: ``forward(src, decoder_input, memory=None) -> logits``.
+
+    Memory ``none`` or ``joint`` only (joint memory is part of ``src``).
+    """
+
+    def __init__(self, path: str | Path, pad_id: int):
+        super().__init__()
+        from transformers import AutoModelForSeq2SeqLM
+
+        self.hf = AutoModelForSeq2SeqLM.from_pretrained(str(path), local_files_only=True)
+        self.pad_id = pad_id
+
+    @property
+    def decoder_start_id(self) -> int:
+        return self.hf.config.decoder_start_token_id
+
+    def forward(self, src_ids, decoder_input_ids, memory_ids=None) -> torch.Tensor:
+        if memory_ids is not None:
+            raise ValueError("engine hf supports generator.memory none or joint, not dual")
+        return self.hf(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id),
+                       decoder_input_ids=decoder_input_ids).logits
+
+    @torch.no_grad()
+    def greedy(self, src_ids: torch.Tensor, max_len: int, eos_id: int) -> list[list[int]]:
+        """Greedy continuations without start and eos (as ``infer.greedy.greedy_decode``)."""
+        out = self.hf.generate(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id), num_beams=1,
+                               do_sample=False, max_new_tokens=max_len)
+        hyps = []
+        for row in out[:, 1:].tolist():
+            row = row[: row.index(eos_id)] if eos_id in row else row
+            hyps.append([t for t in row if t != self.pad_id])
+        return hyps
+
+    def save(self, directory: str | Path) -> None:
+        self.hf.save_pretrained(str(directory))

@@ -1,0 +1,41 @@
+"""Token-budget batches of similar-length examples, the same list on every rank.
+
+An epoch's micro-batches depend only on the example sizes, the budget, the seed and
+the epoch number, never on the number of ranks: a global step takes the next
+``world_size * accumulate`` micro-batches and rank r takes every world_size-th of them.
+So 2 ranks x 1 micro-batch and 1 rank x 2 accumulated micro-batches see the same data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_budget_batches(sizes: list[tuple[int, ...]], max_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled micro-batches of example indices whose padded size fits ``max_tokens``.
+
+    ``sizes[i]`` holds the lengths of example i's padded parts (e.g. encoder input and
+    target); a batch of n examples costs n * sum(max of each part). Examples are sorted
+    by size with a seeded random tie order, packed greedily, and the batch order is
+    shuffled, all from (seed, epoch).
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    noise = torch.rand(len(sizes), generator=generator).tolist()
+    order = sorted(range(len(sizes)), key=lambda i: (sum(sizes[i]), noise[i]))
+    batches, current, widest = [], [], None
+    for i in order:
+        grown = sizes[i] if widest is None else tuple(max(a, b) for a, b in zip(widest, sizes[i]))
+        if current and (len(current) + 1) * sum(grown) > max_tokens:
+            batches.append(current)
+            current, grown = [], sizes[i]
+        current.append(i)
+        widest = grown
+    if current:
+        batches.append(current)
+    permutation = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[p] for p in permutation]
+
+
+def rank_share(step_batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """This rank's micro-batches of one global step (every world_size-th, from ``rank``)."""
+    return step_batches[rank::world_size]

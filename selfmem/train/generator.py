@@ -1,0 +1,162 @@
+"""The generator stage: train G on (source, retrieved memory) -> target with the shared loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from selfmem.common.config import Config
+from selfmem.common.data import Example, load_split
+from selfmem.common.distributed import DistEnv, broadcast_from_main, gather_to_main, shard_range
+from selfmem.common.io import read_jsonl
+from selfmem.common.metrics import headline_score
+from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import Tokenizer, load_tokenizer
+from selfmem.infer.greedy import greedy_decode
+from selfmem.models.config import ModelConfig
+from selfmem.models.hf_engine import HFSeq2Seq
+from selfmem.models.hf_import import import_hf
+from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.train.batching import token_budget_batches
+from selfmem.train.generator_data import (
+    EncodedExample,
+    SpecialIds,
+    collate,
+    encode_examples,
+    example_sizes,
+)
+from selfmem.train.loop import TrainState, fit, inverse_sqrt_schedule
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorTask:
+    """Label-smoothed cross entropy on token-budget batches; dev loss and greedy-decoded metric."""
+
+    def __init__(self, config: Config, env: DistEnv, ids: SpecialIds, tokenizer: Tokenizer,
+                 train: list[EncodedExample], dev: list[EncodedExample], dev_references: list[str]):
+        self.config, self.env, self.ids, self.tokenizer = config, env, ids, tokenizer
+        self.mode = config.generator.memory
+        self.train, self.dev, self.dev_references = train, dev, dev_references
+        self.train_sizes = [example_sizes(ex, self.mode, ids) for ex in train]
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return token_budget_batches(self.train_sizes, self.config.train.max_tokens, self.config.run.seed, epoch)
+
+    def num_targets(self, batch: list[int]) -> int:
+        return sum(self.train_sizes[i][1] for i in batch)
+
+    def num_tokens(self, batch: list[int]) -> int:
+        return sum(sum(self.train_sizes[i]) for i in batch)
+
+    def _batch_loss(self, model, examples: list[EncodedExample], smoothing: float) -> torch.Tensor:
+        batch = {k: v.to(self.env.device) for k, v in collate(examples, self.mode, self.ids).items()}
+        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"))
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=self.ids.pad,
+                               label_smoothing=smoothing, reduction="sum")
+
+    def loss(self, model, batch: list[int]) -> torch.Tensor:
+        return self._batch_loss(model, [self.train[i] for i in batch], self.config.train.label_smoothing)
+
+    def _dev_batches(self, indices: range) -> list[list[int]]:
+        sizes = [example_sizes(self.dev[i], self.mode, self.ids) for i in indices]
+        # a fixed order (epoch 0, seed 0) keeps evaluation identical across epochs
+        return [[indices[j] for j in b] for b in token_budget_batches(sizes, self.config.train.max_tokens, 0, 0)]
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        """Dev loss (no smoothing) and the dev metric of greedy outputs; each rank takes a shard."""
+        model.eval()
+        shard = shard_range(len(self.dev), self.env.rank, self.env.world_size)
+        loss_and_count = torch.zeros(2, dtype=torch.float64, device=self.env.device)
+        hyps: dict[int, str] = {}
+        max_len = self.config.generator.max_target_len
+        for batch in self._dev_batches(shard):
+            examples = [self.dev[i] for i in batch]
+            loss_and_count[0] += self._batch_loss(model, examples, 0.0).double()
+            loss_and_count[1] += sum(len(ex.target) + 1 for ex in examples)
+            tensors = collate(examples, self.mode, self.ids)
+            src = tensors["src"].to(self.env.device)
+            if isinstance(model, HFSeq2Seq):
+                outputs = model.greedy(src, max_len, self.ids.eos)
+            else:
+                memory = tensors["memory"].to(self.env.device) if "memory" in tensors else None
+                outputs = greedy_decode(model, src, memory, max_len, self.ids.decoder_start, self.ids.eos)
+            hyps.update((i, self.tokenizer.decode(out)) for i, out in zip(batch, outputs))
+        if dist.is_initialized():
+            dist.all_reduce(loss_and_count)
+        gathered = gather_to_main(hyps)
+        metric = None
+        if self.env.is_main:
+            merged = {i: h for part in gathered for i, h in part.items()}
+            ordered = [merged[i] for i in range(len(self.dev))]
+            metric = headline_score(self.config.data.metric, ordered, self.dev_references,
+                                    self.config.data.bleu_tokenize)
+        model.train()
+        return {"metric": broadcast_from_main(metric), "dev_loss": (loss_and_count[0] / loss_and_count[1]).item()}
+
+    def save_model(self, model, directory: Path) -> None:
+        model.save(directory)
+
+
+def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
+    """A fresh native model, a native model imported from a HF checkpoint, or an `engine: hf` model."""
+    g = config.generator
+    if g.engine == "hf":
+        if not g.init:
+            raise ValueError("generator.engine is 'hf' but generator.init (a checkpoint directory) is not set")
+        if g.memory == "dual":
+            raise ValueError("generator.engine 'hf' supports generator.memory none or joint, not dual")
+        return HFSeq2Seq(g.init, tokenizer.pad_id)
+    if g.init:
+        return import_hf(g.init, memory=g.memory)
+    joint_len = g.max_source_len + g.num_memories * g.max_memory_len + 1
+    return Seq2SeqModel(ModelConfig(
+        vocab_size=tokenizer.vocab_size, d_model=g.d_model, encoder_layers=g.encoder_layers,
+        decoder_layers=g.decoder_layers, heads=g.heads, ffn_dim=g.ffn_dim, pre_norm=g.pre_norm,
+        positions=g.positions, max_positions=max(joint_len, g.max_target_len, g.max_memory_len) + 1,
+        scale_embedding=g.scale_embedding, final_layer_norm=g.pre_norm, activation=g.activation,
+        share_embeddings=g.share_embeddings, dropout=g.dropout, attention_dropout=g.attention_dropout,
+        memory=g.memory, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+        sep_id=tokenizer.sep_id, decoder_start_id=tokenizer.bos_id,
+    ))
+
+
+def decoder_start_id(model: torch.nn.Module) -> int:
+    return model.decoder_start_id if isinstance(model, HFSeq2Seq) else model.config.decoder_start_id
+
+
+def load_memories(path: Path, split: str) -> list[list[str]]:
+    """The retrieved memories of every example of a split, in dataset order."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no BM25 memory for {split}; run launch/retrieve.py with this config first")
+    return [record["memories"] for record in read_jsonl(path)]
+
+
+def train_generator(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
+    """Train the run's generator on its data and BM25 memory; the best dev model lands in ``generator/``."""
+    if not paths.tokenizer.exists():
+        raise FileNotFoundError(f"{paths.tokenizer}: no tokenizer; run launch/train_tokenizer.py with this config first")
+    tokenizer = load_tokenizer(paths.tokenizer)
+    torch.manual_seed(config.run.seed)  # the same initial weights on every rank
+    model = build_model(config, tokenizer)
+    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
+                     decoder_start=decoder_start_id(model))
+    splits: dict[str, list[Example]] = {s: load_split(config.data, s) for s in ("train", "dev")}
+    encoded = {}
+    for split, examples in splits.items():
+        memories = ([[] for _ in examples] if config.generator.memory == "none"
+                    else load_memories(paths.bm25_memory(split), split))
+        encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
+    task = GeneratorTask(config, env, ids, tokenizer, encoded["train"], encoded["dev"],
+                         [ex.target for ex in splits["dev"]])
+    if env.is_main:
+        params = sum(p.numel() for p in model.parameters())
+        log.info("generator: %s memory, %.2fM parameters, %d train / %d dev examples", config.generator.memory,
+                 params / 1e6, len(encoded["train"]), len(encoded["dev"]))
+    return fit(model, task, config.train, env, paths.generator, config.run.seed,
+               inverse_sqrt_schedule(config.train.warmup_steps))

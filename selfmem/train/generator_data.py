@@ -1,0 +1,99 @@
+"""Generator inputs: (source, memories) -> target as token ids, and their padded batches.
+
+Encoder input by memory mode (BART convention: each sequence ends with eos):
+  none   source eos
+  joint  source sep memory_1 sep memory_2 ... eos   (the source keeps its own budget;
+                                                     only memories are truncated)
+  dual   source eos, and each memory as its own sequence: memory eos
+Decoder: input ``start target``, labels ``target eos``. An example without memory gets
+one memory of just ``eos`` in dual mode, so no attention row is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfmem.common.config import GeneratorConfig
+from selfmem.common.data import Example
+from selfmem.common.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    source: list[int]
+    memories: list[list[int]]
+    target: list[int]
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int
+    eos: int
+    sep: int
+    decoder_start: int
+
+
+def encode_examples(
+    examples: list[Example], memories: list[list[str]], tokenizer: Tokenizer, config: GeneratorConfig
+) -> list[EncodedExample]:
+    """Tokenize and truncate every example with its first ``config.num_memories`` memories."""
+    if len(memories) != len(examples):
+        raise ValueError(f"{len(memories)} memory lines for {len(examples)} examples")
+    encoded = []
+    for example, example_memories in zip(examples, memories):
+        kept = example_memories[: config.num_memories] if config.memory != "none" else []
+        encoded.append(
+            EncodedExample(
+                source=tokenizer.encode(example.source)[: config.max_source_len - 1],
+                memories=[tokenizer.encode(m)[: config.max_memory_len - 1] for m in kept],
+                target=tokenizer.encode(example.target)[: config.max_target_len - 1],
+            )
+        )
+    return encoded
+
+
+def encoder_input(example: EncodedExample, mode: str, ids: SpecialIds) -> list[int]:
+    """The encoder's token ids for ``mode`` (see the module docstring)."""
+    if mode != "joint":
+        return example.source + [ids.eos]
+    tokens = list(example.source)
+    for memory in example.memories:
+        tokens += [ids.sep] + memory
+    return tokens + [ids.eos]
+
+
+def memory_inputs(example: EncodedExample, ids: SpecialIds) -> list[list[int]]:
+    """Dual mode: each memory as its own encoder sequence (at least one)."""
+    return [m + [ids.eos] for m in example.memories] or [[ids.eos]]
+
+
+def example_sizes(example: EncodedExample, mode: str, ids: SpecialIds) -> tuple[int, ...]:
+    """The padded parts of an example, as the token budget counts them."""
+    sizes = (len(encoder_input(example, mode, ids)), len(example.target) + 1)
+    if mode == "dual":
+        memories = memory_inputs(example, ids)
+        sizes += (len(memories) * max(len(m) for m in memories),)
+    return sizes
+
+
+def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def collate(examples: list[EncodedExample], mode: str, ids: SpecialIds) -> dict[str, torch.Tensor]:
+    """Padded tensors: ``src`` (B, S), ``decoder_input`` and ``labels`` (B, T), ``memory`` (B, M, L) in dual mode."""
+    batch = {
+        "src": _pad([encoder_input(ex, mode, ids) for ex in examples], ids.pad),
+        "decoder_input": _pad([[ids.decoder_start] + ex.target for ex in examples], ids.pad),
+        "labels": _pad([ex.target + [ids.eos] for ex in examples], ids.pad),
+    }
+    if mode == "dual":
+        memories = [memory_inputs(ex, ids) for ex in examples]
+        slots = max(len(m) for m in memories)
+        width = max(len(seq) for m in memories for seq in m)
+        rows = [seq + [ids.pad] * (width - len(seq)) for m in memories for seq in m + [[]] * (slots - len(m))]
+        batch["memory"] = torch.tensor(rows, dtype=torch.long).view(len(examples), slots, width)
+    return batch

@@ -1,0 +1,277 @@
+"""One hand-written DDP + AMP training loop, shared by the generator and the selector.
+
+Read top to bottom: set-up (DDP, precision, optimizer, resume), then epochs of global
+steps (micro-batches with ``no_sync`` accumulation, clipping, a non-finite guard),
+evaluation at each epoch end (best-checkpoint keeping, early stop), and periodic,
+atomic checkpoints that resume exactly.
+
+Exact resume needs no saved random state: dropout is reseeded from the seed and the
+micro-batch's global number, and the data order is a function of (seed, epoch). Both
+are independent of the number of ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from selfmem.common.config import TrainConfig
+from selfmem.common.distributed import DistEnv, all_gather
+from selfmem.common.io import atomic_open, json_line
+from selfmem.train.batching import rank_share
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+class TrainTask(Protocol):
+    """What the loop needs from a model family: data, loss, evaluation, saving."""
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's micro-batches (example indices), identical on every rank."""
+
+    def num_targets(self, batch: list[int]) -> int:
+        """How many loss terms the summed loss of ``batch`` adds up (e.g. target tokens)."""
+
+    def num_tokens(self, batch: list[int]) -> int:
+        """Tokens processed for ``batch`` (for the tokens/s figure)."""
+
+    def loss(self, model: torch.nn.Module, batch: list[int]) -> torch.Tensor:
+        """Summed (not averaged) loss of ``batch``."""
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Dev figures, the same on every rank; key "metric" is maximised."""
+
+    def save_model(self, model: torch.nn.Module, directory: Path) -> None:
+        """Write the model as the stage's artifact (rank 0 only)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_metric: float = -math.inf
+    bad_epochs: int = 0
+    nonfinite_steps: int = 0
+    evaluated_step: int = -1
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: "auto" is bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """Linear warmup to the peak, then decay with 1/sqrt(step) (Vaswani et al.)."""
+    warmup = max(1, warmup_steps)
+    return lambda step: min(step / warmup, math.sqrt(warmup / max(step, 1)))
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal digests mean bit-identical models."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: TrainState) -> None:
+    with atomic_open(path, "wb") as f:
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "state": asdict(state)},
+            f,
+        )
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log records past the resumed checkpoint, so the log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the crash
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    with atomic_open(path) as f:
+        f.writelines(kept)
+
+
+def fit(
+    model: torch.nn.Module,
+    task: TrainTask,
+    config: TrainConfig,
+    env: DistEnv,
+    out_dir: Path,
+    seed: int,
+    lr_schedule: Callable[[int], float],
+) -> TrainState:
+    """Train ``model`` on ``task`` until max_epochs, max_steps or early stop; resume if possible.
+
+    ``out_dir`` receives the checkpoint, the JSON-lines log and (through
+    ``task.save_model``) the best model on dev.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = env.device
+    model.to(device)
+    ddp = DistributedDataParallel(model) if env.world_size > 1 else None
+    train_model = ddp or model
+    dtype = autocast_dtype(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
+
+    state = TrainState()
+    checkpoint_path, log_path = out_dir / CHECKPOINT, out_dir / TRAIN_LOG
+    if checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        state = TrainState(**saved["state"])
+        log.info("resumed from %s at step %d (epoch %d)", checkpoint_path, state.step, state.epoch)
+        if env.is_main:
+            _trim_log(log_path, state.step)
+    per_step = env.world_size * config.accumulate
+    max_steps = config.max_steps or math.inf
+
+    def should_train() -> bool:
+        return state.epoch < config.max_epochs and state.step < max_steps and state.bad_epochs < config.patience
+
+    if not should_train() and state.evaluated_step == state.step:
+        return state  # finished before, with these limits
+    total = config.max_steps or None
+    progress = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not env.is_main)
+    log_file = open(log_path, "a", encoding="utf-8") if env.is_main else None
+    window_tokens, window_start = 0, time.perf_counter()
+
+    def save() -> None:
+        if env.is_main:
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state)
+
+    def write_log(record: dict) -> None:
+        if log_file is not None:
+            log_file.write(json_line(record))
+            log_file.flush()
+
+    def evaluate_and_keep_best() -> None:
+        figures = task.evaluate(model)
+        improved = figures["metric"] > state.best_metric
+        if improved:
+            state.best_metric, state.bad_epochs = figures["metric"], 0
+            if env.is_main:
+                task.save_model(model, out_dir)
+        else:
+            state.bad_epochs += 1
+        state.evaluated_step = state.step
+        write_log({"step": state.step, "epoch": state.epoch, "eval": figures, "best": improved})
+        log.info("epoch %d step %d: %s%s", state.epoch, state.step,
+                 ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), " (best)" if improved else "")
+
+    while should_train():
+        batches = task.epoch_batches(state.epoch)
+        steps_in_epoch = len(batches) // per_step  # a last partial step is dropped
+        if steps_in_epoch == 0:
+            raise ValueError(f"an epoch has {len(batches)} micro-batches, fewer than one step needs "
+                             f"({env.world_size} ranks x train.accumulate {config.accumulate}): lower train.max_tokens")
+        train_model.train()
+        while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
+            step_batches = batches[state.step_in_epoch * per_step : (state.step_in_epoch + 1) * per_step]
+            # every rank knows the whole step, so the normaliser needs no communication
+            num_targets = sum(task.num_targets(b) for b in step_batches)
+            mine = rank_share(step_batches, env.rank, env.world_size)
+            step_loss = torch.zeros((), device=device)
+            for i, batch in enumerate(mine):
+                last = i == len(mine) - 1
+                # dropout seeded by the micro-batch's global number: the same masks whichever
+                # rank takes it, so results do not depend on the world size
+                torch.manual_seed(seed * 1_000_003 + state.step * per_step + env.rank + i * env.world_size)
+                with (nullcontext() if last or ddp is None else ddp.no_sync()):
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                        loss = task.loss(train_model, batch)
+                    # DDP averages gradients over ranks: scale so the result is the global mean
+                    scaler.scale(loss * env.world_size / num_targets).backward()
+                step_loss += loss.detach().float()
+                window_tokens += task.num_tokens(batch)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            # gradients are all-reduced, so every rank takes the same decision
+            if torch.isfinite(grad_norm):
+                scaler.step(optimizer)
+                state.nonfinite_steps = 0
+            else:
+                state.nonfinite_steps += 1
+                if state.nonfinite_steps >= config.max_nonfinite:
+                    raise RuntimeError(
+                        f"stopping: {state.nonfinite_steps} consecutive steps with non-finite gradients at step "
+                        f"{state.step} (lower train.lr, raise train.warmup_steps, or use train.precision=fp32)"
+                    )
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            state.step_in_epoch += 1
+
+            if dist.is_initialized():
+                dist.all_reduce(step_loss)
+            loss_per_target = step_loss.item() / num_targets
+            progress.update(1)
+            if state.step % config.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                tokens = torch.tensor(float(window_tokens), device=device)
+                if dist.is_initialized():
+                    dist.all_reduce(tokens)
+                tokens_per_s = tokens.item() / max(elapsed, 1e-9)
+                lr = optimizer.param_groups[0]["lr"]
+                progress.set_postfix(loss=f"{loss_per_target:.3f}", tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
+                write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
+                           "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s})
+                window_tokens, window_start = 0, time.perf_counter()
+            if state.step % config.save_every == 0:
+                save()
+
+        if state.step_in_epoch >= steps_in_epoch:
+            evaluate_and_keep_best()
+            state.epoch += 1
+            state.step_in_epoch = 0
+            save()
+            if state.bad_epochs >= config.patience:
+                log.info("early stop: no better dev metric for %d epochs", state.bad_epochs)
+    if state.evaluated_step != state.step:  # stopped by max_steps, or a crash cut the last evaluation
+        evaluate_and_keep_best()
+    digests = all_gather(parameters_digest(model))
+    write_log({"step": state.step, "params_sha256": digests})
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"ranks finished with different parameters: {digests}")
+    save()
+    progress.close()
+    if log_file is not None:
+        log_file.close()
+    return state
