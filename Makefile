@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@[ -n "$(VIRTUAL_ENV)" ] || [ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH)"
-	$(PYTHON) -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/torch-constraint.txt
+	$(PYTHON) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/torch-constraint.txt
 	$(PYTHON) -m pip install -q -c $(ENV_DIR)/torch-constraint.txt -e ".[fast,es,plot,test,bench]"
 	touch $@
 
