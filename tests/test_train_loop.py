@@ -1,0 +1,121 @@
+"""The shared training loop on a toy task, in one process: schedule, early stop, non-finite guard."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from selfmem.common.config import TrainConfig
+from selfmem.common.distributed import DistEnv
+from selfmem.train.batching import token_budget_batches
+from selfmem.train.loop import autocast_dtype, fit, inverse_sqrt_schedule
+
+ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+
+
+class ToyTask:
+    """Least squares y = 3x on 64 points; dev figures scripted per evaluation."""
+
+    def __init__(self, dev_metrics=None, poison=False):
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(64, 1, generator=generator)
+        self.y = 3 * self.x
+        self.dev_metrics = list(dev_metrics or [])
+        self.poison = poison
+        self.saved_at_eval = []
+        self.evaluations = 0
+
+    def epoch_batches(self, epoch):
+        return token_budget_batches([(1,)] * 64, max_tokens=8, seed=0, epoch=epoch)
+
+    def num_targets(self, batch):
+        return len(batch)
+
+    def num_tokens(self, batch):
+        return len(batch)
+
+    def loss(self, model, batch):
+        error = model(self.x[batch]) - self.y[batch]
+        loss = (error**2).sum()
+        return loss * math.nan if self.poison else loss
+
+    def evaluate(self, model):
+        self.evaluations += 1
+        with torch.no_grad():
+            mse = float(((model(self.x) - self.y) ** 2).mean())
+        return {"metric": self.dev_metrics.pop(0) if self.dev_metrics else -mse}
+
+    def save_model(self, model, directory):
+        self.saved_at_eval.append(self.evaluations)
+
+
+def toy_config(**overrides):
+    values = dict(lr=0.05, warmup_steps=1, max_tokens=8, max_epochs=50, patience=100, clip_norm=10.0,
+                  save_every=1000, log_every=1, precision="fp32")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_inverse_sqrt_schedule_warms_up_linearly_then_decays():
+    schedule = inverse_sqrt_schedule(100)
+    assert [schedule(s) for s in (0, 50, 100, 400, 10_000)] == [0.0, 0.5, 1.0, 0.5, 0.1]
+
+
+def test_autocast_dtype_on_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == torch.float32
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp16", cpu) == torch.float16
+
+
+def test_training_fits_the_toy_problem(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1, bias=False)
+    task = ToyTask()
+    state = fit(model, task, toy_config(max_epochs=20, lr=0.1), ONE_PROCESS, tmp_path, seed=0,
+                lr_schedule=lambda s: 1.0)
+    assert state.step == 20 * 8 and state.epoch == 20
+    assert model.weight.item() == pytest.approx(3.0, abs=1e-2)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 160 and losses[-1] < 1e-3 < 1 < losses[0]
+    assert task.evaluations == 20 and task.saved_at_eval[0] == 1
+
+
+def test_early_stop_after_patience_epochs_without_a_better_metric(tmp_path):
+    task = ToyTask(dev_metrics=[1.0, 2.0, 2.0, 1.5, 9.0])
+    state = fit(nn.Linear(1, 1), task, toy_config(patience=2), ONE_PROCESS, tmp_path, seed=0,
+                lr_schedule=lambda s: 1.0)
+    assert task.evaluations == 4  # epochs 0-3: the metric stopped rising after epoch 1
+    assert state.epoch == 4 and state.best_metric == 2.0 and state.bad_epochs == 2
+    assert task.saved_at_eval == [1, 2]  # the model is saved only when dev improves
+
+
+def test_consecutive_non_finite_steps_stop_with_a_clear_message(tmp_path):
+    model = nn.Linear(1, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="3 consecutive steps with non-finite gradients at step 2"):
+        fit(model, ToyTask(poison=True), toy_config(max_nonfinite=3), ONE_PROCESS, tmp_path, seed=0,
+            lr_schedule=lambda s: 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no poisoned update applied
+
+
+def test_too_few_batches_for_one_step_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="8 micro-batches, fewer than one step needs .* train.accumulate 16"):
+        fit(nn.Linear(1, 1), ToyTask(), toy_config(accumulate=16), ONE_PROCESS, tmp_path, seed=0,
+            lr_schedule=lambda s: 1.0)
+
+
+def test_a_finished_run_resumed_with_more_steps_continues(tmp_path):
+    torch.manual_seed(0)
+    straight = nn.Linear(1, 1)
+    resumed = nn.Linear(1, 1)
+    resumed.load_state_dict(straight.state_dict())
+    fit(straight, ToyTask(), toy_config(max_steps=12), ONE_PROCESS, tmp_path / "a", seed=0, lr_schedule=lambda s: 1.0)
+    fit(resumed, ToyTask(), toy_config(max_steps=5), ONE_PROCESS, tmp_path / "b", seed=0, lr_schedule=lambda s: 1.0)
+    state = fit(resumed, ToyTask(), toy_config(max_steps=12), ONE_PROCESS, tmp_path / "b", seed=0,
+                lr_schedule=lambda s: 1.0)
+    assert state.step == 12
+    assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
