@@ -24,8 +24,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import bm25s
-import numpy as np
+# bm25s probes JAX at import when it is installed, and JAX then claims 75% of every
+# GPU's memory for itself; this project never uses bm25s' JAX backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import bm25s  # noqa: E402
+import numpy as np  # noqa: E402
 
 from selfmem.common.distributed import shard_range
 
