@@ -141,9 +141,10 @@ def fit(
     train_model = ddp or model
     dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # fused: one kernel for all parameters, on GPUs and CPUs alike (the per-tensor
+    # default costs a sixth of a small model's step time on a CPU)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=config.weight_decay, fused=True
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
 
