@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_tokenizer.py --config $(DEMO)
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/retrieve.py --config $(DEMO)
-	@echo "generator training, candidates, selector and the lift loop: not yet built"
+	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_generator.py --config $(DEMO)
+	@echo "candidates (beam search), the selector and the lift loop: not yet built"
 
 test: setup
 	$(PYTHON) -m pytest -q

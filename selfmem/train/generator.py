@@ -137,8 +137,8 @@ def load_memories(path: Path, split: str) -> list[list[str]]:
     return [record["memories"] for record in read_jsonl(path)]
 
 
-def train_generator(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
-    """Train the run's generator on its data and BM25 memory; the best dev model lands in ``generator/``."""
+def prepare_generator(config: Config, env: DistEnv, paths: RunPaths) -> tuple[torch.nn.Module, GeneratorTask]:
+    """The untrained generator and its training task, from the run's tokenizer, data and BM25 memory."""
     if not paths.tokenizer.exists():
         raise FileNotFoundError(f"{paths.tokenizer}: no tokenizer; run launch/train_tokenizer.py with this config first")
     tokenizer = load_tokenizer(paths.tokenizer)
@@ -158,5 +158,11 @@ def train_generator(config: Config, env: DistEnv, paths: RunPaths) -> TrainState
         params = sum(p.numel() for p in model.parameters())
         log.info("generator: %s memory, %.2fM parameters, %d train / %d dev examples", config.generator.memory,
                  params / 1e6, len(encoded["train"]), len(encoded["dev"]))
+    return model, task
+
+
+def train_generator(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
+    """Train the run's generator on its data and BM25 memory; the best dev model lands in ``generator/``."""
+    model, task = prepare_generator(config, env, paths)
     return fit(model, task, config.train, env, paths.generator, config.run.seed,
                inverse_sqrt_schedule(config.train.warmup_steps))

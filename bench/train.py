@@ -1,0 +1,168 @@
+"""Generator training throughput: this project's loop against a plain baseline loop.
+
+    python bench/train.py [--config configs/libreoffice_ende.yaml] [--steps 30] [--repeats 3]
+
+Both train the same model (same initial weights) on the same examples (train sources
+with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
+- ours: `selfmem.train.loop.fit` with token-budget batches of similar length
+  (train.max_tokens), fp32 and bf16 autocast;
+- baseline: a plain loop, fixed-size batches in random order padded to the longest
+  example, fp32, with the batch size that holds as many real tokens per step on average.
+Throughput counts real (non-pad) encoder and target tokens per second. Medians of
+--repeats runs. The tokenizer and BM25 memory are prepared first in a temporary run
+directory (or reused from --run-root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from selfmem.common.config import load_config  # noqa: E402
+from selfmem.common.distributed import DistEnv  # noqa: E402
+from selfmem.common.run import RunPaths  # noqa: E402
+from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
+from selfmem.retrieve.memory import build_bm25_memory  # noqa: E402
+from selfmem.train.generator import prepare_generator  # noqa: E402
+from selfmem.train.loop import fit, inverse_sqrt_schedule  # noqa: E402
+
+ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+
+
+PEAK_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "V100": 125, "P100": 19}  # dense fp16/bf16 tensor cores
+
+
+def training_flops_per_token(config, task, batches: list[list[int]]) -> float:
+    """Model FLOPs (forward + backward = 3x forward, multiply-adds counted twice) per real token.
+
+    Matrix products of the encoder layers over encoder tokens, of the decoder layers and the
+    output projection over target tokens, the cross-attention keys/values over encoder
+    tokens, and attention scores and mixes over the real lengths of each example.
+    """
+    g = config.generator
+    d, ffn, vocab = g.d_model, g.ffn_dim, task.tokenizer.vocab_size
+    forward = 0.0
+    for batch in batches:
+        for i in batch:
+            source, target = task.train_sizes[i][0], task.train_sizes[i][1]
+            forward += 2 * source * g.encoder_layers * (4 * d * d + 2 * d * ffn)
+            forward += 2 * target * (g.decoder_layers * (6 * d * d + 2 * d * ffn) + d * vocab)
+            forward += 2 * source * g.decoder_layers * 2 * d * d  # cross-attention keys and values
+            forward += 4 * d * (g.encoder_layers * source**2 + g.decoder_layers * (target**2 / 2 + target * source))
+    tokens = sum(task.num_tokens(b) for b in batches)
+    return 3 * forward / tokens
+
+
+def ours(config, paths, steps: int, precision: str) -> float:
+    """Tokens/s of `fit` over the second half of ``steps`` steps (its own log's figure).
+
+    The first half warms up (allocator, kernel selection for new shapes); evaluation is
+    outside the timed window.
+    """
+    config.train.precision = precision
+    config.train.max_steps = steps
+    config.train.log_every = steps // 2
+    config.train.save_every = 10**9
+    model, task = prepare_generator(config, ONE_PROCESS, paths)
+    task.dev, task.dev_references = task.dev[:8], task.dev_references[:8]  # keep the closing evaluation short
+    with tempfile.TemporaryDirectory() as out:
+        fit(model, task, config.train, ONE_PROCESS, Path(out), config.run.seed,
+            inverse_sqrt_schedule(config.train.warmup_steps))
+        records = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+    return [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]
+
+
+def baseline(config, paths, steps: int) -> float:
+    """Tokens/s of a plain loop (second half of ``steps``): random fixed-size batches padded to the longest, fp32."""
+    model, task = prepare_generator(config, ONE_PROCESS, paths)
+    budget_batches = task.epoch_batches(0)
+    batch_size = round(sum(len(b) for b in budget_batches) / len(budget_batches))
+    order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][:steps]
+    device = ONE_PROCESS.device
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.98))
+    tokens, start = 0, time.perf_counter()
+    for step, batch in enumerate(batches):
+        if step == steps // 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tokens, start = 0, time.perf_counter()
+        loss = task.loss(model, batch) / task.num_targets(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += task.num_tokens(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/libreoffice_ende.yaml")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-root", help="reuse the tokenizer and BM25 memory prepared under this root")
+    parser.add_argument("--precisions", default="fp32,bf16", help="autocast dtypes for our loop, e.g. fp16,bf16")
+    parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides")
+    args = parser.parse_args()
+    logging.getLogger("selfmem").setLevel(logging.WARNING)
+    root = Path(args.run_root or tempfile.mkdtemp(prefix="bench-train-"))
+    config = load_config(REPO / args.config, [f"run.root={root}", *args.overrides])
+    if not Path(config.data.dir).is_absolute():
+        config.data.dir = str((REPO / config.data.dir).resolve())
+    paths = RunPaths(config.run_dir)
+    if not (paths.tokenizer.exists() and paths.bm25_memory("dev").exists()):
+        prepare_run_tokenizer(config, ONE_PROCESS, paths.tokenizer)
+        build_bm25_memory(config, ONE_PROCESS, paths)
+
+    device = ONE_PROCESS.device
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}")
+    print(f"config: {args.config} ({config.generator.memory} memory, d_model {config.generator.d_model}, "
+          f"{config.generator.encoder_layers}+{config.generator.decoder_layers} layers), "
+          f"max_tokens {config.train.max_tokens}, {args.steps} steps, median of {args.repeats}")
+    precisions = args.precisions.split(",")
+    figures = {name: [] for name in ["baseline fp32"] + [f"ours {p}" for p in precisions]}
+    for _ in range(args.repeats):
+        figures["baseline fp32"].append(baseline(config, paths, args.steps))
+        for precision in precisions:
+            figures[f"ours {precision}"].append(ours(config, paths, args.steps, precision))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as profiler:
+            ours(config, paths, args.steps, args.profile)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+    base = statistics.median(figures["baseline fp32"])
+    model, task = prepare_generator(config, ONE_PROCESS, paths)
+    flops_per_token = training_flops_per_token(config, task, task.epoch_batches(0)[: args.steps])
+    peak = next((tflops for name, tflops in PEAK_TFLOPS.items() if device.type == "cuda"
+                 and name in torch.cuda.get_device_name()), None)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+          f"parameters, {flops_per_token / 1e6:.1f} MFLOP per training token")
+    for name, values in figures.items():
+        median = statistics.median(values)
+        mfu = f", MFU {median * flops_per_token / (peak * 1e12):.1%} of {peak} TFLOP/s" if peak else ""
+        print(f"{name:14s} {median:9.0f} tokens/s  ({median / base:.2f}x baseline{mfu}; runs: "
+              f"{', '.join(f'{v:.0f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
