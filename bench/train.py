@@ -5,7 +5,8 @@
 Both train the same model (same initial weights) on the same examples (train sources
 with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
 - ours: `selfmem.train.loop.fit` with token-budget batches of similar length
-  (train.max_tokens), fp32 and bf16 autocast;
+  (train.max_tokens), in each precision of --precisions (fp32 on CPUs by default: bf16
+  matrix products are slow on CPUs without bf16 instructions);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
   example, fp32, with the batch size that holds as many real tokens per step on average.
 Throughput counts real (non-pad) encoder and target tokens per second. Medians of
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-root", help="reuse the tokenizer and BM25 memory prepared under this root")
-    parser.add_argument("--precisions", default="fp32,bf16", help="autocast dtypes for our loop, e.g. fp16,bf16")
+    parser.add_argument("--precisions", default="fp32", help="autocast dtypes for our loop, e.g. fp32,fp16,bf16")
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
