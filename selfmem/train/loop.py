@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
