@@ -167,7 +167,8 @@ def fit(
 
     if not should_train() and state.evaluated_step == state.step:
         return state  # finished before, with these limits
-    total = config.max_steps or None
+    # the epoch length varies by a batch or so with the shuffle: a close estimate for the bar
+    total = config.max_steps or config.max_epochs * (len(task.epoch_batches(state.epoch)) // per_step)
     progress = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not env.is_main)
     log_file = open(log_path, "a", encoding="utf-8") if env.is_main else None
     window_tokens, window_start = 0, time.perf_counter()
