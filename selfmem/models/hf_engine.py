@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ class HFSeq2Seq(nn.Module):
 
         self.hf = AutoModelForSeq2SeqLM.from_pretrained(str(path), local_files_only=True)
         self.pad_id = pad_id
+        if self.hf.config.decoder_start_token_id is None:
+            raise ValueError(f"{path}: the model config has no decoder_start_token_id; set it in its config.json")
 
     @property
     def decoder_start_id(self) -> int:
@@ -33,9 +37,19 @@ class HFSeq2Seq(nn.Module):
 
     @torch.no_grad()
     def greedy(self, src_ids: torch.Tensor, max_len: int, eos_id: int) -> list[list[int]]:
-        """Greedy continuations without start and eos (as ``infer.greedy.greedy_decode``)."""
-        out = self.hf.generate(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id), num_beams=1,
-                               do_sample=False, max_new_tokens=max_len)
+        """Greedy continuations without start and eos, as ``infer.greedy.greedy_decode`` decodes.
+
+        The checkpoint's own generation settings (forced tokens, n-gram blocking, minimum
+        length, repetition penalty) are overridden: the dev metric compares plain argmax decoding.
+        """
+        from transformers import GenerationConfig
+
+        plain = GenerationConfig(
+            num_beams=1, do_sample=False, max_new_tokens=max_len, eos_token_id=eos_id, pad_token_id=self.pad_id,
+            decoder_start_token_id=self.decoder_start_id, no_repeat_ngram_size=0, min_length=0,
+            forced_bos_token_id=None, forced_eos_token_id=None, repetition_penalty=1.0,
+        )
+        out = self.hf.generate(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id), generation_config=plain)
         hyps = []
         for row in out[:, 1:].tolist():
             row = row[: row.index(eos_id)] if eos_id in row else row
@@ -43,4 +57,12 @@ class HFSeq2Seq(nn.Module):
         return hyps
 
     def save(self, directory: str | Path) -> None:
-        self.hf.save_pretrained(str(directory))
+        """``save_pretrained`` into a staging folder, then move the files in (the config last)."""
+        directory = Path(directory)
+        staging = directory / ".hf-save.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.hf.save_pretrained(str(staging))
+        files = sorted(staging.iterdir(), key=lambda f: f.name == "config.json")
+        for file in files:
+            os.replace(file, directory / file.name)
+        staging.rmdir()
