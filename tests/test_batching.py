@@ -93,6 +93,8 @@ def test_collate_pads_and_shifts_the_target():
     # an example without memory gets one memory of just eos
     assert batch["memory"].tolist() == [[[8, 9, 2]], [[2, 0, 0]]]
     assert example_sizes(examples[0], "dual", IDS) == (4, 3, 3)
+    # a batch pads memories to its most memories x its longest: the budget counts the upper bound
+    assert example_sizes(examples[1], "dual", IDS, num_memories=4) == (2, 2, 4)
 
 
 def test_collate_dual_masks_missing_memory_slots():

@@ -42,7 +42,11 @@ class GeneratorTask:
         self.config, self.env, self.ids, self.tokenizer = config, env, ids, tokenizer
         self.mode = config.generator.memory
         self.train, self.dev, self.dev_references = train, dev, dev_references
-        self.train_sizes = [example_sizes(ex, self.mode, ids) for ex in train]
+        self.train_sizes = self._sizes(train)
+        self.dev_sizes = self._sizes(dev)
+
+    def _sizes(self, examples: list[EncodedExample]) -> list[tuple[int, ...]]:
+        return [example_sizes(ex, self.mode, self.ids, self.config.generator.num_memories) for ex in examples]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         return token_budget_batches(self.train_sizes, self.config.train.max_tokens, self.config.run.seed, epoch)
@@ -63,7 +67,7 @@ class GeneratorTask:
         return self._batch_loss(model, [self.train[i] for i in batch], self.config.train.label_smoothing)
 
     def _dev_batches(self, indices: range) -> list[list[int]]:
-        sizes = [example_sizes(self.dev[i], self.mode, self.ids) for i in indices]
+        sizes = [self.dev_sizes[i] for i in indices]
         # a fixed order (epoch 0, seed 0) keeps evaluation identical across epochs
         return [[indices[j] for j in b] for b in token_budget_batches(sizes, self.config.train.max_tokens, 0, 0)]
 
@@ -78,7 +82,7 @@ class GeneratorTask:
         for batch in self._dev_batches(shard):
             examples = [self.dev[i] for i in batch]
             loss_and_count[0] += self._batch_loss(model, examples, 0.0).double()
-            loss_and_count[1] += sum(len(ex.target) + 1 for ex in examples)
+            loss_and_count[1] += sum(self.dev_sizes[i][1] for i in batch)
             tensors = collate(examples, self.mode, self.ids)
             src = tensors["src"].to(self.env.device)
             if isinstance(model, HFSeq2Seq):

@@ -69,12 +69,15 @@ def memory_inputs(example: EncodedExample, ids: SpecialIds) -> list[list[int]]:
     return [m + [ids.eos] for m in example.memories] or [[ids.eos]]
 
 
-def example_sizes(example: EncodedExample, mode: str, ids: SpecialIds) -> tuple[int, ...]:
-    """The padded parts of an example, as the token budget counts them."""
+def example_sizes(example: EncodedExample, mode: str, ids: SpecialIds, num_memories: int = 1) -> tuple[int, ...]:
+    """The padded parts of an example, as the token budget counts them.
+
+    In dual mode a batch pads its memories to (most memories) x (longest memory); counting
+    ``num_memories`` slots of this example's longest memory bounds that from above.
+    """
     sizes = (len(encoder_input(example, mode, ids)), len(example.target) + 1)
     if mode == "dual":
-        memories = memory_inputs(example, ids)
-        sizes += (len(memories) * max(len(m) for m in memories),)
+        sizes += (max(num_memories, len(example.memories)) * max(len(m) for m in memory_inputs(example, ids)),)
     return sizes
 
 

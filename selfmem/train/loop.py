@@ -81,7 +81,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Linear warmup to the peak, then decay with 1/sqrt(step) (Vaswani et al.)."""
+    """Linear warmup to the peak, then decay with 1/sqrt(step) (Vaswani et al.).
+
+    The factor at step 0 is 0, so the first update has learning rate 0 (fairseq's
+    default warmup_init_lr); the peak is reached at step ``warmup_steps``.
+    """
     warmup = max(1, warmup_steps)
     return lambda step: min(step / warmup, math.sqrt(warmup / max(step, 1)))
 
@@ -113,7 +117,8 @@ def _trim_log(path: Path, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the crash
             continue
-        if record.get("step", 0) <= step:
+        # the closing parameter digest belongs to the run that ended, not to the continued one
+        if record.get("step", 0) <= step and "params_sha256" not in record:
             kept.append(line + "\n")
     with atomic_open(path) as f:
         f.writelines(kept)
@@ -182,15 +187,17 @@ def fit(
             log_file.write(json_line(record))
             log_file.flush()
 
-    def evaluate_and_keep_best() -> None:
+    def evaluate_and_keep_best(epoch_end: bool) -> None:
+        """Keep the model if dev improved; only epoch ends count towards patience, so a run
+        stopped mid-epoch by max_steps and continued later evaluates as an uninterrupted one."""
         figures = task.evaluate(model)
         improved = figures["metric"] > state.best_metric
         if improved:
-            state.best_metric, state.bad_epochs = figures["metric"], 0
+            state.best_metric = figures["metric"]
             if env.is_main:
                 task.save_model(model, out_dir)
-        else:
-            state.bad_epochs += 1
+        if epoch_end:
+            state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.evaluated_step = state.step
         write_log({"step": state.step, "epoch": state.epoch, "eval": figures, "best": improved})
         log.info("epoch %d step %d: %s%s", state.epoch, state.step,
@@ -259,14 +266,15 @@ def fit(
                 save()
 
         if state.step_in_epoch >= steps_in_epoch:
-            evaluate_and_keep_best()
+            evaluate_and_keep_best(epoch_end=True)
             state.epoch += 1
             state.step_in_epoch = 0
             save()
+            window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
             if state.bad_epochs >= config.patience:
                 log.info("early stop: no better dev metric for %d epochs", state.bad_epochs)
     if state.evaluated_step != state.step:  # stopped by max_steps, or a crash cut the last evaluation
-        evaluate_and_keep_best()
+        evaluate_and_keep_best(epoch_end=False)
     digests = all_gather(parameters_digest(model))
     write_log({"step": state.step, "params_sha256": digests})
     if len(set(digests)) > 1:
