@@ -37,19 +37,12 @@ class HFSeq2Seq(nn.Module):
 
     @torch.no_grad()
     def greedy(self, src_ids: torch.Tensor, max_len: int, eos_id: int) -> list[list[int]]:
-        """Greedy continuations without start and eos, as ``infer.greedy.greedy_decode`` decodes.
-
-        The checkpoint's own generation settings (forced tokens, n-gram blocking, minimum
-        length, repetition penalty) are overridden: the dev metric compares plain argmax decoding.
-        """
+        """Greedy continuations without start and eos, as ``infer.greedy.greedy_decode`` decodes."""
         from transformers import GenerationConfig
 
-        plain = GenerationConfig(
-            num_beams=1, do_sample=False, max_new_tokens=max_len, eos_token_id=eos_id, pad_token_id=self.pad_id,
-            decoder_start_token_id=self.decoder_start_id, no_repeat_ngram_size=0, min_length=0,
-            forced_bos_token_id=None, forced_eos_token_id=None, repetition_penalty=1.0,
-        )
-        out = self.hf.generate(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id), generation_config=plain)
+        plain = GenerationConfig(num_beams=1, do_sample=False, max_new_tokens=max_len, eos_token_id=eos_id,
+                                 pad_token_id=self.pad_id, decoder_start_token_id=self.decoder_start_id)
+        out = plain_generate(self.hf, src_ids, self.pad_id, plain)
         hyps = []
         for row in out[:, 1:].tolist():
             row = row[: row.index(eos_id)] if eos_id in row else row
@@ -66,3 +59,21 @@ class HFSeq2Seq(nn.Module):
         for file in files:
             os.replace(file, directory / file.name)
         staging.rmdir()
+
+
+def plain_generate(hf_model, src_ids: torch.Tensor, pad_id: int, generation_config):
+    """``hf_model.generate`` with exactly ``generation_config``.
+
+    ``generate`` fills every setting left unset with the checkpoint's own generation config
+    (forced bos/eos tokens, n-gram blocking, minimum length, repetition penalty, bad words);
+    those are hidden for the call so that both engines decode by the same rules.
+    """
+    from transformers import GenerationConfig
+
+    own = hf_model.generation_config
+    hf_model.generation_config = GenerationConfig()
+    try:
+        return hf_model.generate(input_ids=src_ids, attention_mask=src_ids.ne(pad_id),
+                                 generation_config=generation_config)
+    finally:
+        hf_model.generation_config = own

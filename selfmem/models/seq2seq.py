@@ -28,7 +28,6 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -67,18 +66,20 @@ class LayerCache:
     self_k: Tensor | None = None
     self_v: Tensor | None = None
 
+    def select(self, rows: Tensor, examples: Tensor | None = None) -> LayerCache:
+        """The self-attention entries narrowed to batch rows ``rows``; the cross-attention
+        entries to ``examples``, or left as they are when None (beam search keeps one
+        cross-attention row per example, shared by its beams)."""
+        def pick(t: Tensor | None, index: Tensor | None) -> Tensor | None:
+            return t if t is None or index is None else t.index_select(0, index)
+
+        return LayerCache(pick(self.source_k, examples), pick(self.source_v, examples),
+                          pick(self.memory_k, examples), pick(self.memory_v, examples),
+                          pick(self.self_k, rows), pick(self.self_v, rows))
+
 
 DecoderCache = list[LayerCache]  # one entry per decoder layer
 
-_Rows = TypeVar("_Rows", EncoderOut, LayerCache)
-
-
-def _select_rows(value: _Rows, index: Tensor) -> _Rows:
-    """``value`` with every tensor field narrowed to the batch rows ``index``."""
-    return type(value)(**{
-        f.name: None if (t := getattr(value, f.name)) is None else t.index_select(0, index)
-        for f in dataclasses.fields(value)
-    })
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
@@ -147,12 +148,18 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
-        """Attend from ``x`` to ``keys``/``values``; ``mask`` is boolean, True = attend."""
+        """Attend from ``x`` to ``keys``/``values``; ``mask`` is boolean, True = attend.
+
+        ``keys`` may have fewer batch rows than ``x`` when consecutive rows of ``x`` share
+        them (the beams of one example attending to its encoder output): those rows' queries
+        are then stacked along the length axis, so the shared keys are never copied per beam.
+        """
+        queries = x if keys.size(0) == x.size(0) else x.reshape(keys.size(0), -1, x.size(-1))
         out = F.scaled_dot_product_attention(
-            self._split_heads(self.q_proj(x)), keys, values, attn_mask=mask, is_causal=causal,
+            self._split_heads(self.q_proj(queries)), keys, values, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return self.out_proj(out.transpose(1, 2).flatten(2)).reshape(x.shape)
 
 
 class TransformerLayer(nn.Module):
@@ -402,12 +409,13 @@ class Seq2SeqModel(nn.Module):
     @staticmethod
     def reorder_encoder_out(encoder_out: EncoderOut, index: Tensor) -> EncoderOut:
         """Select batch rows ``index``, e.g. ``arange(batch).repeat_interleave(beams)`` to expand to beams."""
-        return _select_rows(encoder_out, index)
+        return EncoderOut(*(None if (t := getattr(encoder_out, f.name)) is None else t.index_select(0, index)
+                            for f in dataclasses.fields(encoder_out)))
 
     @staticmethod
     def reorder_cache(cache: DecoderCache, index: Tensor) -> DecoderCache:
         """Select batch rows ``index`` of every layer's cache, e.g. the beams that survive a step."""
-        return [_select_rows(layer_cache, index) for layer_cache in cache]
+        return [layer_cache.select(index, index) for layer_cache in cache]
 
     def num_parameters(self) -> int:
         """Trainable and frozen parameters, each shared tensor counted once."""

@@ -1,0 +1,142 @@
+"""Batched beam search over the native model's incremental decoding API.
+
+The rules are Hugging Face ``generate``'s (transformers 5), so that the two return the same
+hypotheses on the same weights:
+
+- every step ranks the ``2 * num_beams`` best continuations of an example over all of its
+  beams (sum of token log-probabilities; min length and n-gram blocking set a token's
+  log-probability to -inf after the softmax);
+- an eos continuation among the first ``num_beams`` of them is a finished hypothesis,
+  scored ``sum_logprobs / length ** length_penalty`` (the length counts the eos); the best
+  ``num_beams`` non-eos continuations are the next step's beams;
+- at ``max_len`` the first ``num_beams`` continuations finish, eos or not;
+- an example keeps its ``num_beams`` best finished hypotheses and is done when
+  ``early_stopping`` is True and it holds ``num_beams`` of them (fairseq's and
+  CTranslate2's rule, the project's default: it is the faster one, and longer searches
+  rarely change the best hypothesis), or, when False, when moreover its best running
+  beam's current normalised score cannot beat the worst finished one (HF's default).
+
+Speed comes from what the decoder does not repeat: an example's encoder output and its
+cross-attention keys/values exist once and are shared by its beams (see
+``MultiheadAttention``), the first step runs one row per example, and an example that is
+done leaves the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    """How to search. Lengths count generated tokens: ``max_len`` includes the eos,
+    ``min_len`` is the fewest tokens before it (HF's ``max_new_tokens``/``min_new_tokens``)."""
+
+    num_beams: int = 5
+    num_return: int = 1
+    length_penalty: float = 1.0
+    min_len: int = 0
+    max_len: int = 200
+    no_repeat_ngram: int = 0
+    early_stopping: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
+        if not 1 <= self.num_return <= self.num_beams:
+            raise ValueError(f"num_return must be between 1 and num_beams = {self.num_beams}, got {self.num_return}")
+        if not 0 <= self.min_len < self.max_len:
+            raise ValueError(f"need 0 <= min_len < max_len, got min_len {self.min_len}, max_len {self.max_len}")
+
+
+@dataclass
+class Hypothesis:
+    """A finished sequence: its tokens without the start token and eos, and its score
+    ``sum of token log-probabilities / length ** length_penalty``."""
+
+    tokens: list[int]
+    score: float
+
+
+def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
+    """(rows, vocab) True where a token would repeat an ``n``-gram of its row of ``tokens``."""
+    rows, length = tokens.shape
+    banned = torch.zeros(rows, vocab_size + 1, dtype=torch.bool, device=tokens.device)
+    if length >= n:
+        ngrams = tokens.unfold(1, n, 1)  # (rows, length - n + 1, n)
+        repeats = (ngrams[:, :, :-1] == tokens[:, None, length - n + 1:]).all(-1)
+        # non-repeating n-grams write into the spare last column, so no write conflicts
+        banned.scatter_(1, torch.where(repeats, ngrams[:, :, -1], vocab_size), True)
+    return banned[:, :vocab_size]
+
+
+@torch.no_grad()
+def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
+                start_id: int, eos_id: int) -> list[list[Hypothesis]]:
+    """The ``settings.num_return`` best hypotheses of every row of ``src``, best first.
+
+    ``model`` is a ``Seq2SeqModel``; ``memory`` its dual-memory input or None.
+    """
+    num_examples, device = src.size(0), src.device
+    beams, lp = settings.num_beams, settings.length_penalty
+    encoder_out = model.encode(src, memory)
+    cache = None
+    alive = torch.arange(num_examples, device=device)  # the example each active row group decodes
+    tokens = torch.full((num_examples, 1, 1), start_id, device=device)  # (examples, beams, length)
+    running = torch.zeros(num_examples, 1, device=device)  # sum of log-probs of each beam
+    pool = torch.full((num_examples, beams), -torch.inf, device=device)  # best finished scores, sorted
+    finished: list[list[Hypothesis]] = [[] for _ in range(num_examples)]
+
+    for step in range(1, settings.max_len + 1):
+        active, width = running.shape
+        logits, cache = model.decode_step(tokens[:, :, -1].reshape(-1, 1), encoder_out, cache)
+        log_probs = torch.log_softmax(logits[:, -1], dim=-1)
+        vocab = log_probs.size(-1)
+        if step <= settings.min_len:
+            log_probs[:, eos_id] = -torch.inf
+        if settings.no_repeat_ngram > 0:
+            ngram_ban = banned_ngram_tokens(tokens.flatten(0, 1), settings.no_repeat_ngram, vocab)
+            log_probs.masked_fill_(ngram_ban, -torch.inf)
+        scores = (running[:, :, None] + log_probs.view(active, width, vocab)).flatten(1)
+        top_scores, top_index = scores.topk(min(2 * beams, width * vocab), dim=1)
+        top_beam, top_token = top_index // vocab, top_index % vocab
+        ends = top_token.eq(eos_id) if step < settings.max_len else torch.ones_like(top_token, dtype=torch.bool)
+
+        # finished hypotheses: ending continuations among the first `beams`, if they enter the pool
+        normalised = top_scores / step ** lp
+        offered = ends & top_scores.isfinite() & (normalised > pool[alive, -1:])
+        offered[:, beams:] = False
+        if offered.any():
+            pool[alive] = torch.cat([pool[alive], normalised.masked_fill(~offered, -torch.inf)], 1).topk(beams).values
+            e, k = offered.nonzero(as_tuple=True)
+            seqs = torch.cat([tokens[e, top_beam[e, k], 1:], top_token[e, k, None]], dim=1).tolist()
+            for example, seq, score in zip(alive[e].tolist(), seqs, normalised[e, k].tolist()):
+                finished[example].append(Hypothesis(seq[:-1] if seq[-1] == eos_id else seq, score))
+
+        # the next beams: the best continuations that do not end
+        running, keep = top_scores.masked_fill(ends, -torch.inf).topk(min(beams, top_scores.size(1)), dim=1)
+        next_beam, next_token = top_beam.gather(1, keep), top_token.gather(1, keep)
+        full = pool[alive, -1].isfinite()
+        if settings.early_stopping:
+            done = full
+        else:
+            done = full & (running[:, 0] / step ** lp <= pool[alive, -1])
+        done |= ~running[:, 0].isfinite()
+        if step == settings.max_len or done.all():
+            break
+
+        kept = (~done).nonzero().squeeze(1)
+        rows = (kept[:, None] * width + next_beam[kept]).flatten()
+        examples = None
+        if len(kept) < active:
+            alive = alive[kept]
+            encoder_out = model.reorder_encoder_out(encoder_out, kept)
+            examples = kept
+        cache = [layer.select(rows, examples) for layer in cache]
+        tokens = torch.cat([tokens[kept[:, None], next_beam[kept]], next_token[kept, :, None]], dim=2)
+        running = running[kept]
+
+    return [sorted(hyps, key=lambda h: -h.score)[: settings.num_return] for hyps in finished]

@@ -1,0 +1,153 @@
+"""Beam search: exhaustive search on a tiny vocabulary, HF ``generate`` parity, batch invariance."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from test_models import HF_FAMILIES, padded
+from transformers import BartForConditionalGeneration, MarianMTModel
+
+from selfmem.infer.beam import BeamSettings, Hypothesis, banned_ngram_tokens, beam_search
+from selfmem.infer.hf_beam import hf_beam_search
+from selfmem.models import ModelConfig, Seq2SeqModel
+from selfmem.models.hf_import import import_hf
+
+torch.set_num_threads(1)
+
+PAD, START, EOS, SEP = 0, 1, 2, 3
+
+
+def tiny_model(vocab_size: int, memory: str = "none") -> Seq2SeqModel:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=vocab_size, d_model=16, encoder_layers=1, decoder_layers=2, heads=2,
+                         ffn_dim=32, max_positions=32, dropout=0.0, init_std=0.5, memory=memory, pad_id=PAD,
+                         eos_id=EOS, sep_id=SEP, decoder_start_id=START)
+    return Seq2SeqModel(config).eval()
+
+
+def repeats_ngram(history: tuple[int, ...], token: int, n: int) -> bool:
+    """Whether ``history + (token,)`` ends with an ``n``-gram already in ``history``."""
+    gram = history[len(history) - n + 1:] + (token,)
+    return len(gram) == n and any(history[i:i + n] == gram for i in range(len(history) - n + 1))
+
+
+@torch.no_grad()
+def exhaustive(model, src: torch.Tensor, memory, settings: BeamSettings) -> list[Hypothesis]:
+    """Every sequence the rules allow (eos-ended, or cut at max_len), scored by teacher forcing."""
+    vocab, max_len = model.config.vocab_size, settings.max_len
+    longest = list(itertools.product(range(vocab), repeat=max_len))
+    encoder_out = model.encode(src.expand(len(longest), -1),
+                               None if memory is None else memory.expand(len(longest), -1, -1))
+    logits, _ = model.decode_step(torch.tensor([(START,) + seq[:-1] for seq in longest]), encoder_out)
+    log_probs = dict(zip(longest, torch.log_softmax(logits, dim=-1).tolist()))  # seq -> [step][token]
+    scored = []
+    for length in range(1, max_len + 1):
+        for seq in itertools.product(range(vocab), repeat=length):
+            if EOS in seq[:-1] or (seq[-1] != EOS and length < max_len):
+                continue
+            steps = log_probs[seq + (0,) * (max_len - length)]  # any sequence with this prefix
+            if seq[-1] == EOS and length - 1 < settings.min_len:
+                continue
+            if settings.no_repeat_ngram and any(repeats_ngram((START,) + seq[:t], seq[t], settings.no_repeat_ngram)
+                                                for t in range(length)):
+                continue
+            score = sum(steps[t][token] for t, token in enumerate(seq)) / length ** settings.length_penalty
+            scored.append(Hypothesis(list(seq[:-1]) if seq[-1] == EOS else list(seq), score))
+    return sorted(scored, key=lambda h: -h.score)
+
+
+@pytest.mark.parametrize("memory", ["none", "dual"])
+@pytest.mark.parametrize("settings", [
+    dict(length_penalty=1.0),
+    dict(length_penalty=0.6, early_stopping=False),
+    dict(length_penalty=0.0, min_len=2),
+    dict(length_penalty=1.0, no_repeat_ngram=2),
+])
+def test_beam_search_equals_exhaustive_search(memory, settings):
+    # 5 tokens, sequences of at most 4: 4**3 live prefixes x 5 tokens = 320 continuations at
+    # the last step, so 320 beams keep every candidate and the search is exhaustive.
+    model = tiny_model(vocab_size=5, memory=memory)
+    settings = BeamSettings(num_beams=320, num_return=20, max_len=4, **settings)
+    sources = [torch.tensor([4, 3, 4, EOS]), torch.tensor([3, EOS, PAD, PAD])]
+    memories = [None, None] if memory == "none" else [torch.tensor([[4, 4, EOS]]), torch.tensor([[3, EOS, PAD]])]
+    got = beam_search(model, torch.stack(sources), None if memory == "none" else torch.stack(memories), settings,
+                      START, EOS)
+    for hyps, src, mem in zip(got, sources, memories):
+        expected = exhaustive(model, src, mem, settings)[: settings.num_return]
+        assert [h.tokens for h in hyps] == [h.tokens for h in expected]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-5)
+
+
+def test_banned_ngram_tokens():
+    tokens = torch.tensor([[1, 5, 6, 5, 7, 5], [1, 5, 6, 7, 8, 9]])
+    banned = banned_ngram_tokens(tokens, 2, 10)
+    assert banned[0].nonzero().flatten().tolist() == [6, 7]  # "5 6" and "5 7" were seen; the row ends with 5
+    assert not banned[1].any()
+    assert banned_ngram_tokens(tokens[:, :2], 3, 10).sum() == 0  # no complete 3-gram yet
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="num_return must be between 1 and num_beams = 5"):
+        BeamSettings(num_beams=5, num_return=6)
+    with pytest.raises(ValueError, match="min_len < max_len"):
+        BeamSettings(min_len=10, max_len=10)
+
+
+def random_sources(count: int, vocab: int, eos: int, pad: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 16, (count,), generator=g).tolist()
+    return padded([torch.randint(5, vocab - 2, (n,), generator=g).tolist() + [eos] for n in lengths], pad)
+
+
+@pytest.fixture(scope="module", params=["bart", "marian"])
+def hf_pair(request, tmp_path_factory):
+    """A tiny random HF model and the native model imported from it."""
+    make_config, model_class, sinusoidal = HF_FAMILIES[request.param]
+    assert model_class in (BartForConditionalGeneration, MarianMTModel)
+    torch.manual_seed(0)
+    hf = model_class(make_config())
+    with torch.no_grad():  # larger weights than the init: varied, peaked next-token distributions
+        for name, p in hf.named_parameters():
+            if not (sinusoidal and "embed_positions" in name):
+                p.add_(torch.randn_like(p) * 0.3)
+    directory = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(directory)
+    return hf.eval(), import_hf(directory, memory="none"), hf.config
+
+
+SETTINGS = [dict(num_beams=b, num_return=r, length_penalty=lp, early_stopping=es)
+            for b, r in ((5, 1), (50, 1), (50, 50)) for lp in (1.0, 0.6) for es in (True, False)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+def test_beam_search_equals_hf_generate(hf_pair, settings):
+    hf, native, config = hf_pair
+    settings = BeamSettings(max_len=20, **settings)
+    src = random_sources(40, config.vocab_size, config.eos_token_id, config.pad_token_id)
+    ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
+    ours = beam_search(native, src, None, settings, **ids)
+    theirs = hf_beam_search(hf, src, settings, pad_id=config.pad_token_id, **ids)
+    # A mismatch can only come from a near tie: two hypotheses whose scores differ by less
+    # than float32 rounding (about 1e-7) may be ranked in either order, because the two
+    # implementations sum the same log-probabilities in a different order. Here all 24 x 40
+    # examples agree; with other random inputs we saw one swapped pair of Marian's 50
+    # returned hypotheses (scores -1.82952917 and -1.82952940) in 40 examples.
+    same = [len(a) == len(b) and all(x.tokens == y.tokens and abs(x.score - y.score) < 1e-4 for x, y in zip(a, b))
+            for a, b in zip(ours, theirs)]
+    assert sum(same) >= 0.98 * len(src)
+    assert all(len(hyps) == settings.num_return for hyps in ours)
+
+
+def test_output_does_not_depend_on_batch_composition(hf_pair):
+    _, native, config = hf_pair
+    settings = BeamSettings(num_beams=8, num_return=3, max_len=20)
+    src = random_sources(12, config.vocab_size, config.eos_token_id, config.pad_token_id, seed=5)
+    ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
+    together = beam_search(native, src, None, settings, **ids)
+    for i in range(len(src)):
+        length = int(src[i].ne(config.pad_token_id).sum())
+        alone = beam_search(native, src[i:i + 1, :length], None, settings, **ids)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in together[i]], abs=1e-5)
