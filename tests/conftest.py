@@ -13,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "data" / "demo"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+# demo.yaml overrides for a run that takes seconds: a small vocabulary, corpus and model
+TINY = [
+    "tokenizer.vocab_size=1000", "data.max_examples=300",
+    "generator.d_model=32", "generator.encoder_layers=1", "generator.decoder_layers=1", "generator.heads=2",
+    "generator.ffn_dim=64", "generator.max_source_len=32", "generator.max_memory_len=32",
+    "generator.max_target_len=32", "train.max_tokens=1200", "train.warmup_steps=10", "train.lr=1e-3",
+    "train.log_every=1",
+]
 
 
 def free_port() -> int:

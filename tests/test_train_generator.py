@@ -9,16 +9,9 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_single, run_torchrun, start_torchrun
+from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun, start_torchrun
 
-CONFIG = str(REPO / "configs" / "demo.yaml")
-TINY = [
-    "tokenizer.vocab_size=1000", "data.max_examples=300",
-    "generator.d_model=32", "generator.encoder_layers=1", "generator.decoder_layers=1", "generator.heads=2",
-    "generator.ffn_dim=64", "generator.max_source_len=32", "generator.max_memory_len=32",
-    "generator.max_target_len=32", "train.max_tokens=1200", "train.warmup_steps=10", "train.lr=1e-3",
-    "train.log_every=1",
-]
+CONFIG = str(DEMO_CONFIG)
 
 
 @pytest.fixture(scope="module")

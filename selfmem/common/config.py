@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal, Optional
 
 import yaml
@@ -266,12 +267,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return config
 
 
-def parse_args(description: str, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
-    """Parse ``--config FILE [key=value ...]`` plus any launcher-specific flags left in the namespace."""
+def parse_args(description: str, argv: list[str] | None = None,
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+               ) -> tuple[Config, argparse.Namespace]:
+    """Parse ``--config FILE [key=value ...]``; ``add_arguments`` adds a launcher's own flags,
+    which come back in the namespace."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file")
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     return load_config(args.config, args.overrides), args
 
 

@@ -29,6 +29,15 @@ class RunPaths:
     def bm25_memory(self, split: str) -> Path:
         return self.root / "memory" / "bm25" / f"{split}.jsonl"
 
+    def round_dir(self, k: int) -> Path:
+        return self.root / f"round_{k}"
+
+    def candidates(self, k: int, split: str) -> Path:
+        return self.round_dir(k) / "candidates" / f"{split}.jsonl"
+
+    def hyps(self, k: int, split: str) -> Path:
+        return self.round_dir(k) / "hyps" / f"{split}.txt"
+
 
 def start_run(config: Config, env: DistEnv) -> RunPaths:
     """Create the run directory and record the resolved config (rank 0); set up logging."""

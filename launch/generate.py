@@ -1,0 +1,23 @@
+"""Decode a split with the run's generator:
+torchrun ... launch/generate.py --config C --split test --mode candidates|hypotheses [--memory PATH] [--round K] [k=v ...]"""
+
+from pathlib import Path
+
+from selfmem.common.config import parse_args
+from selfmem.common.distributed import close_distributed, init_distributed
+from selfmem.common.run import start_run
+from selfmem.infer.generate import MODES, generate
+
+
+def add_arguments(parser):
+    parser.add_argument("--split", required=True, choices=["train", "dev", "test"])
+    parser.add_argument("--mode", required=True, choices=MODES)
+    parser.add_argument("--memory", type=Path, help="memory file (default: the run's BM25 memory of the split)")
+    parser.add_argument("--round", type=int, default=0, help="the output goes to runs/NAME/round_K/")
+
+
+if __name__ == "__main__":
+    config, args = parse_args(__doc__, add_arguments=add_arguments)
+    env = init_distributed()
+    generate(config, env, start_run(config, env), args.split, args.mode, args.memory, args.round)
+    close_distributed()

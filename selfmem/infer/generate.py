@@ -1,0 +1,176 @@
+"""Distributed generation: candidates (many beams, many returned) or hypotheses of a split.
+
+An example may come with several memory inputs (the top-B memories of a later round);
+it is decoded once per memory input. Work units (example, memory input) are packed into
+length-sorted token-budget batches that depend only on the data and the settings, and
+rank r decodes every world_size-th batch, so the output is the same for any number of
+ranks. Each rank writes its shard; rank 0 merges the shards in dataset order.
+
+Memory files: a line's ``"memories"`` is either a ranked list of strings (retrieval: the
+first ``num_memories`` form the one memory input, as in training) or a list of memory
+inputs, each a list of strings (one input per kept memory, or an augmented list).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from selfmem.common.config import Config
+from selfmem.common.data import load_split
+from selfmem.common.distributed import DistEnv, barrier
+from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl
+from selfmem.common.metrics import headline_score
+from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import Tokenizer, load_tokenizer
+from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
+from selfmem.infer.hf_beam import hf_beam_search
+from selfmem.models.hf_engine import HFSeq2Seq
+from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.train.batching import token_budget_batches
+from selfmem.train.generator_data import SpecialIds, collate, encode_examples, encoder_input, memory_inputs
+
+log = logging.getLogger(__name__)
+
+MODES = ("candidates", "hypotheses")
+
+
+def beam_settings(config: Config, mode: str) -> BeamSettings:
+    """The candidates config as search settings: many beams, all returned, or a few beams, one returned."""
+    c = config.candidates
+    beams, returned = (c.num_beams, c.num_return) if mode == "candidates" else (c.hypothesis_beams, 1)
+    return BeamSettings(num_beams=beams, num_return=returned, length_penalty=c.length_penalty, min_len=c.min_len,
+                        max_len=min(c.max_len, config.generator.max_target_len), no_repeat_ngram=c.no_repeat_ngram,
+                        early_stopping=c.early_stopping)
+
+
+def memory_sets(record: dict, num_memories: int) -> list[list[str]]:
+    """The memory inputs of one memory-file line (see the module docstring)."""
+    memories = record["memories"]
+    if all(isinstance(m, str) for m in memories):
+        return [memories[:num_memories]]
+    return [list(m) for m in memories]
+
+
+def load_generator(config: Config, paths: RunPaths, device: torch.device, pad_id: int) -> torch.nn.Module:
+    """The run's trained generator, in eval mode on ``device``."""
+    if not (paths.generator / "config.json").exists():
+        raise FileNotFoundError(f"{paths.generator}: no trained generator; run launch/train_generator.py first")
+    if config.generator.engine == "hf":
+        return HFSeq2Seq(paths.generator, pad_id).to(device).eval()
+    return Seq2SeqModel.load(paths.generator, map_location=device)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One decoding: example ``example`` with its memory input number ``slot``."""
+
+    example: int
+    slot: int
+
+
+class Generator:
+    """Decodes batches of work units with the native beam search or HF ``generate``."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, settings: BeamSettings):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.mode = config.generator.memory
+        start = model.decoder_start_id if isinstance(model, HFSeq2Seq) else model.config.decoder_start_id
+        self.ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id, decoder_start=start)
+
+    def decode(self, encoded: list, device: torch.device) -> list[list[Hypothesis]]:
+        tensors = collate(encoded, self.mode, self.ids)
+        src = tensors["src"].to(device)
+        if isinstance(self.model, HFSeq2Seq):
+            return hf_beam_search(self.model.hf, src, self.settings, self.ids.decoder_start, self.ids.eos,
+                                  self.ids.pad)
+        memory = tensors["memory"].to(device) if "memory" in tensors else None
+        return beam_search(self.model, src, memory, self.settings, self.ids.decoder_start, self.ids.eos)
+
+
+def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
+             round_k: int) -> Path:
+    """Decode ``split`` with the memories in ``memory_path`` (None: the run's BM25 memory) and
+    write ``round_K/candidates/{split}.jsonl`` or ``round_K/hyps/{split}.txt``; returns that path."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    gcfg = config.generator
+    settings = beam_settings(config, mode)
+    tokenizer = load_tokenizer(paths.tokenizer)
+    model = load_generator(config, paths, env.device, tokenizer.pad_id)
+    generator = Generator(model, tokenizer, config, settings)
+    examples = load_split(config.data, split)
+    if gcfg.memory == "none":
+        sets = [[[]] for _ in examples]
+    else:
+        memory_path = memory_path or paths.bm25_memory(split)
+        records = read_jsonl(memory_path)
+        if len(records) != len(examples):
+            raise ValueError(f"{memory_path}: {len(records)} lines for {len(examples)} {split} examples")
+        sets = [memory_sets(r, gcfg.num_memories) for r in records]
+    units = [Unit(i, s) for i, example_sets in enumerate(sets) for s in range(len(example_sets))]
+    encoded = encode_examples([examples[u.example] for u in units], [sets[u.example][u.slot] for u in units],
+                              tokenizer, gcfg)
+    sizes = [(settings.num_beams * (len(encoder_input(e, gcfg.memory, generator.ids))
+                                    + sum(map(len, memory_inputs(e, generator.ids))) * (gcfg.memory == "dual")),)
+             for e in encoded]
+    batches = token_budget_batches(sizes, config.candidates.max_tokens, seed=0, epoch=0)[env.rank::env.world_size]
+
+    results: dict[int, list[Hypothesis]] = {}
+    started = time.perf_counter()
+    bar = tqdm(total=sum(map(len, batches)), desc=f"{mode} {split}", unit="ex", disable=not env.is_main)
+    for batch in batches:
+        for u, hyps in zip(batch, generator.decode([encoded[u] for u in batch], env.device)):
+            results[u] = hyps
+        bar.update(len(batch))
+    bar.close()
+    shard = paths.round_dir(round_k) / f".{mode}-{split}.rank{env.rank}.jsonl"
+    atomic_write_jsonl(shard, ({"unit": u, "tokens": [h.tokens for h in hyps], "scores": [h.score for h in hyps]}
+                               for u, hyps in sorted(results.items())))
+    barrier()
+    output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
+    if env.is_main:
+        merged = {}
+        for rank in range(env.world_size):
+            rank_shard = paths.round_dir(round_k) / f".{mode}-{split}.rank{rank}.jsonl"
+            merged.update((r["unit"], r) for r in read_jsonl(rank_shard))
+        if len(merged) != len(units):
+            raise RuntimeError(f"the shards hold {len(merged)} of {len(units)} decodings")
+        write_output(output, mode, units, sets, merged, tokenizer)
+        for rank in range(env.world_size):
+            (paths.round_dir(round_k) / f".{mode}-{split}.rank{rank}.jsonl").unlink()
+        elapsed = time.perf_counter() - started
+        log.info("%s %s: %d examples x %d memory inputs in %.1f s -> %s", mode, split, len(examples),
+                 len(units) // max(len(examples), 1), elapsed, output)
+        if mode == "hypotheses":
+            hyps = output.read_text(encoding="utf-8").splitlines()
+            score = headline_score(config.data.metric, hyps, [ex.target for ex in examples], config.data.bleu_tokenize)
+            log.info("%s hypotheses: %s %.2f", split, config.data.metric, score)
+    barrier()
+    return output
+
+
+def write_output(path: Path, mode: str, units: list[Unit], sets: list[list[list[str]]], decoded: dict[int, dict],
+                 tokenizer: Tokenizer) -> None:
+    """Candidates: one line per example, one candidate list per memory input. Hypotheses: per
+    example the best-scoring top hypothesis over its memory inputs."""
+    per_example: list[list[dict]] = [[] for _ in sets]
+    for u, unit in enumerate(units):
+        per_example[unit.example].append(decoded[u])
+    if mode == "candidates":
+        atomic_write_jsonl(path, ({
+            "memories": example_sets,
+            "candidates": [[tokenizer.decode(t) for t in d["tokens"]] for d in outs],
+            "scores": [[round(s, 4) for s in d["scores"]] for d in outs],
+        } for example_sets, outs in zip(sets, per_example)))
+        return
+    lines = []
+    for outs in per_example:
+        best = max(outs, key=lambda d: d["scores"][0] if d["scores"] else -float("inf"))
+        lines.append(tokenizer.decode(best["tokens"][0]) if best["tokens"] else "")
+    atomic_write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
