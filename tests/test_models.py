@@ -179,7 +179,7 @@ def test_incremental_decoding_matches_forward(memory):
     for t in range(1, dec.size(1)):
         logits, cache = model.decode_step(dec[:, t:t + 1], encoder_out, cache)
         steps.append(logits)
-    assert cache[0].self_k.size(2) == dec.size(1)
+    assert cache[0].length == dec.size(1)
     assert (torch.cat(steps, dim=1) - expected).abs().max() < 1e-5
 
     # a longer prefix first, then several new tokens at once (a partly causal mask)

@@ -73,6 +73,22 @@ def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
     return banned[:, :vocab_size]
 
 
+def stable_slots(parent: Tensor) -> Tensor:
+    """The slot (batch row) of each new beam, given its parent's slot (examples, beams).
+
+    A parent's first child keeps the parent's slot; its other children take the slots of
+    parents without children, in order. Only those rows' caches need copying, instead of
+    every row's: the copies dominate a step with many beams.
+    """
+    beams = parent.size(1)
+    order = torch.arange(beams, device=parent.device)
+    seen_before = ((parent[:, :, None] == parent[:, None, :]) & (order[None, :] < order[:, None])).any(2)
+    has_child = torch.zeros_like(parent, dtype=torch.bool).scatter_(1, parent, True)
+    free = (has_child.long() * beams + order).sort(dim=1).values % beams  # childless slots first
+    rank = (seen_before.long().cumsum(1) - 1).clamp(min=0)
+    return torch.where(seen_before, free.gather(1, rank), parent)
+
+
 @torch.no_grad()
 def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
                 start_id: int, eos_id: int) -> list[list[Hypothesis]]:
@@ -118,25 +134,36 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
 
         # the next beams: the best continuations that do not end
         running, keep = top_scores.masked_fill(ends, -torch.inf).topk(min(beams, top_scores.size(1)), dim=1)
-        next_beam, next_token = top_beam.gather(1, keep), top_token.gather(1, keep)
+        parent, next_token = top_beam.gather(1, keep), top_token.gather(1, keep)
+        best_running = running[:, 0]
         full = pool[alive, -1].isfinite()
         if settings.early_stopping:
             done = full
         else:
-            done = full & (running[:, 0] / step ** lp <= pool[alive, -1])
-        done |= ~running[:, 0].isfinite()
+            done = full & (best_running / step ** lp <= pool[alive, -1])
+        done |= ~best_running.isfinite()
         if step == settings.max_len or done.all():
             break
 
         kept = (~done).nonzero().squeeze(1)
-        rows = (kept[:, None] * width + next_beam[kept]).flatten()
-        examples = None
-        if len(kept) < active:
-            alive = alive[kept]
-            encoder_out = model.reorder_encoder_out(encoder_out, kept)
-            examples = kept
-        cache = [layer.select(rows, examples) for layer in cache]
-        tokens = torch.cat([tokens[kept[:, None], next_beam[kept]], next_token[kept, :, None]], dim=2)
+        if width == parent.size(1):  # a full beam: put the new beams where their caches mostly are
+            slots = stable_slots(parent)
+            parent, next_token, running = (torch.empty_like(t).scatter_(1, slots, t)
+                                           for t in (parent, next_token, running))
+        if len(kept) == active and width == parent.size(1):
+            moved = parent.ne(torch.arange(width, device=device))
+            e, slot = moved.nonzero(as_tuple=True)
+            for layer in cache:
+                layer.copy_rows(e * width + parent[e, slot], e * width + slot)
+        else:  # the first step, a narrow beam, or examples leaving: gather whole rows
+            rows = (kept[:, None] * width + parent[kept]).flatten()
+            examples = None
+            if len(kept) < active:
+                alive = alive[kept]
+                encoder_out = model.reorder_encoder_out(encoder_out, kept)
+                examples = kept
+            cache = [layer.select(rows, examples) for layer in cache]
+        tokens = torch.cat([tokens[kept[:, None], parent[kept]], next_token[kept, :, None]], dim=2)
         running = running[kept]
 
     return [sorted(hyps, key=lambda h: -h.score)[: settings.num_return] for hyps in finished]

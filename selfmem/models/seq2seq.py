@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -55,8 +56,12 @@ class EncoderOut:
 class LayerCache:
     """One decoder layer's attention keys and values, each (batch, heads, length, head_dim).
 
-    The cross-attention entries are projected once from the encoder output; the
-    self-attention entries grow by the new tokens at every decoding step.
+    The cross-attention entries are projected once from the encoder output. The
+    self-attention entries live in buffers with spare room: positions ``< length`` hold
+    the decoded tokens' keys/values and each step writes after them, so a step copies no
+    past keys. The room is small (``GROWTH`` positions at a time), since beam search copies
+    whole buffers when it reorders beams. A step writes into the buffers it was given:
+    continue from each cache once, or ``select`` (which copies) to branch.
     """
 
     source_k: Tensor
@@ -65,6 +70,34 @@ class LayerCache:
     memory_v: Tensor | None = None
     self_k: Tensor | None = None
     self_v: Tensor | None = None
+    length: int = 0
+
+    GROWTH: ClassVar[int] = 16
+
+    def append(self, k: Tensor, v: Tensor) -> LayerCache:
+        """This cache with the keys/values of new tokens written after the past ones."""
+        if self.self_k is None:
+            return dataclasses.replace(self, self_k=k, self_v=v, length=k.size(2))
+        end = self.length + k.size(2)
+        self_k, self_v = self.self_k, self.self_v
+        if end > self_k.size(2):
+            room = end + self.GROWTH
+            self_k, self_v = (torch.cat([t[:, :, :self.length], t.new_empty(*t.shape[:2], room - self.length,
+                                                                              t.size(3))], dim=2)
+                              for t in (self_k, self_v))
+        self_k[:, :, self.length:end] = k
+        self_v[:, :, self.length:end] = v
+        return dataclasses.replace(self, self_k=self_k, self_v=self_v, length=end)
+
+    def past(self) -> tuple[Tensor, Tensor]:
+        """The self-attention keys and values of every decoded token."""
+        return self.self_k[:, :, :self.length], self.self_v[:, :, :self.length]
+
+    def copy_rows(self, source: Tensor, target: Tensor) -> None:
+        """In place: the self-attention entries of rows ``source`` become those of rows ``target``
+        (beam search: a beam's second child takes over the row of a beam without children)."""
+        for t in (self.self_k, self.self_v):
+            t[target, :, :self.length] = t[source, :, :self.length]
 
     def select(self, rows: Tensor, examples: Tensor | None = None) -> LayerCache:
         """The self-attention entries narrowed to batch rows ``rows``; the cross-attention
@@ -75,7 +108,7 @@ class LayerCache:
 
         return LayerCache(pick(self.source_k, examples), pick(self.source_v, examples),
                           pick(self.memory_k, examples), pick(self.memory_v, examples),
-                          pick(self.self_k, rows), pick(self.self_v, rows))
+                          pick(self.self_k, rows), pick(self.self_v, rows), self.length)
 
 
 DecoderCache = list[LayerCache]  # one entry per decoder layer
@@ -229,10 +262,9 @@ class DecoderLayer(TransformerLayer):
     def forward(self, x: Tensor, cache: LayerCache, source_mask: Tensor, memory_mask: Tensor | None,
                 self_mask: Tensor | None, causal: bool) -> tuple[Tensor, LayerCache]:
         h = self.sublayer_input(x, self.self_attn_layer_norm)
-        k, v = self.self_attn.keys_values(h)
-        if cache.self_k is not None:
-            k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)
-        x = self.residual(x, self.self_attn(h, k, v, mask=self_mask, causal=causal), self.self_attn_layer_norm)
+        cache = cache.append(*self.self_attn.keys_values(h))
+        x = self.residual(x, self.self_attn(h, *cache.past(), mask=self_mask, causal=causal),
+                          self.self_attn_layer_norm)
 
         h = self.sublayer_input(x, self.encoder_attn_layer_norm)
         x = self.residual(x, self.encoder_attn(h, cache.source_k, cache.source_v, mask=source_mask),
@@ -243,7 +275,7 @@ class DecoderLayer(TransformerLayer):
             x = self.residual(x, self.memory_attn(h, cache.memory_k, cache.memory_v, mask=memory_mask),
                               self.memory_attn_layer_norm)
 
-        return self.feed_forward(x), dataclasses.replace(cache, self_k=k, self_v=v)
+        return self.feed_forward(x), cache
 
 
 class TransformerStack(nn.Module):
@@ -304,7 +336,7 @@ class Decoder(TransformerStack):
 
     def forward(self, ids: Tensor, encoder_out: EncoderOut, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
         """Decode the new tokens ``ids`` (batch, length) after those already in ``cache``."""
-        past = 0 if cache[0].self_k is None else cache[0].self_k.size(2)
+        past = cache[0].length
         length = ids.size(1)
         # Every cached key is visible; only new tokens hide from later new tokens, and a
         # single new token needs no mask at all.
@@ -382,10 +414,7 @@ class Seq2SeqModel(nn.Module):
     def output_logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits (float32) of decoder states."""
         weight = self.decoder.embed_tokens.weight if self.output_projection is None else self.output_projection.weight
-        logits = F.linear(hidden, weight)
-        if self.final_logits_bias is not None:
-            logits = logits + self.final_logits_bias
-        return logits.float()
+        return F.linear(hidden, weight, self.final_logits_bias).float()
 
     def decode_step(self, decoder_input_ids: Tensor, encoder_out: EncoderOut,
                     cache: DecoderCache | None = None) -> tuple[Tensor, DecoderCache]:
