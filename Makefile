@@ -32,7 +32,8 @@ demo: setup
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_tokenizer.py --config $(DEMO)
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/retrieve.py --config $(DEMO)
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_generator.py --config $(DEMO)
-	@echo "candidates (beam search), the selector and the lift loop: not yet built"
+	$(TORCHRUN) --standalone --nproc_per_node 2 launch/generate.py --config $(DEMO) --split test --mode hypotheses
+	@echo "the selector and the lift loop: not yet built"
 
 test: setup
 	$(PYTHON) -m pytest -q

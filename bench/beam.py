@@ -9,8 +9,10 @@ same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in
 process, for (5 beams, 1 returned) and (50 beams, 50 returned). Printed: examples per
 second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
 CPU: growth of the resident set during decoding, sampled every 2 ms) and the share of
-examples whose best hypothesis is the same. `bench/marian_init.py` makes the Marian model
-the README's figures come from.
+examples whose best hypothesis is the same. Where the ``ctranslate2`` package is installed
+and the model is a Marian one, CTranslate2's float32 beam search on the converted weights
+is a third line (on CPU). `bench/marian_init.py` makes the Marian model the README's
+figures come from.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
-from selfmem.infer.beam import BeamSettings, beam_search  # noqa: E402
+from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search  # noqa: E402
 from selfmem.infer.hf_beam import hf_beam_search  # noqa: E402
 from selfmem.models.hf_import import import_hf  # noqa: E402
 
@@ -80,6 +84,57 @@ def batches(sources: list[list[int]], size: int, pad: int, device) -> list[torch
     return out
 
 
+def ctranslate2_engine(model_dir: Path, tokenizer_dir: Path, work_dir: Path):
+    """A decode function over CTranslate2's float32 beam search on the same weights, or None
+    when the ``ctranslate2`` package is missing or the checkpoint is not a Marian model.
+
+    The converter reads the vocabulary through a Marian tokenizer, so one is written next to
+    the weights from the run's SentencePiece model. Its Marian loader also assumes Marian's
+    own layout, pad last and decoding from a zero embedding; here decoding starts from pad's
+    trained embedding (as in HF), and every id keeps its row.
+    """
+    try:
+        import ctranslate2
+        from ctranslate2.converters import transformers as ct2_transformers
+    except ImportError:
+        return None
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") != "marian":
+        return None
+    sp = load_tokenizer(tokenizer_dir)._sp
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    source = work_dir / "hf"
+    shutil.copytree(model_dir, source)
+    for name in ("source.spm", "target.spm"):
+        shutil.copy(tokenizer_dir / "spm.model", source / name)
+    (source / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(pieces)}))
+    (source / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": pieces[config["eos_token_id"]], "unk_token": pieces[3], "pad_token": pieces[config["pad_token_id"]]}))
+    loader = ct2_transformers.MarianMTLoader
+    loader._remove_pad_weights = lambda self, spec: None
+    loader.set_decoder = ct2_transformers.BartLoader.set_decoder
+
+    def set_config(self, ct2_config, model, tokenizer):
+        ct2_config.eos_token, ct2_config.unk_token = tokenizer.eos_token, tokenizer.unk_token
+        ct2_config.decoder_start_token = pieces[config["decoder_start_token_id"]]
+
+    loader.set_config = set_config
+    ctranslate2.converters.TransformersConverter(str(source)).convert(str(work_dir / "ct2"))
+    translator = ctranslate2.Translator(str(work_dir / "ct2"), device="cpu", intra_threads=torch.get_num_threads())
+    piece_id = {p: i for i, p in enumerate(pieces)}
+
+    def decode(src: torch.Tensor, settings: BeamSettings) -> list[list[Hypothesis]]:
+        batch = [[pieces[i] for i in row if i != config["pad_token_id"]] for row in src.tolist()]
+        results = translator.translate_batch(
+            batch, beam_size=settings.num_beams, num_hypotheses=settings.num_return, length_penalty=settings.length_penalty,
+            max_decoding_length=settings.max_len, min_decoding_length=settings.min_len, return_scores=True,
+            patience=1)  # stop an example once it holds num_beams finished hypotheses
+        return [[Hypothesis([piece_id[p] for p in hyp], score) for hyp, score in zip(r.hypotheses, r.scores)]
+                for r in results]
+
+    return decode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="a local HF seq2seq checkpoint directory")
@@ -112,6 +167,10 @@ def main() -> None:
         "selfmem": lambda src, s: beam_search(native, src, None, s, **ids),
         "hf generate": lambda src, s: hf_beam_search(hf, src, s, pad_id=config.pad_token_id, **ids),
     }
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-beam-"))
+    ct2 = ctranslate2_engine(args.model, args.tokenizer, work_dir) if device.type == "cpu" else None
+    if ct2 is not None:
+        engines["ctranslate2"] = ct2
     for beams, returned in (map(int, pair.split(":")) for pair in args.settings.split(",")):
         settings = BeamSettings(num_beams=beams, num_return=returned, max_len=args.max_len, early_stopping=True)
         inputs = batches(sources, args.batch, config.pad_token_id, device)
@@ -130,14 +189,15 @@ def main() -> None:
                     speed[name].append(len(sources) / (time.perf_counter() - started))
                 peak[name] = max(peak.get(name, 0), memory.peak)
                 best[name] = outputs
-        same = sum(a == b for a, b in zip(best["selfmem"], best["hf generate"])) / len(sources)
-        print(f"\nbeams {beams}, returned {returned}: same best hypothesis on {same:.1%} of examples")
+        print(f"\nbeams {beams}, returned {returned}:")
         for name in engines:
             runs = ", ".join(f"{x:.1f}" for x in speed[name])
+            same = sum(a == b for a, b in zip(best[name], best["selfmem"])) / len(sources)
+            ratio = statistics.median(speed["selfmem"]) / statistics.median(speed[name])
             print(f"  {name:12s} {statistics.median(speed[name]):8.1f} examples/s (runs: {runs}), "
-                  f"peak memory {peak[name] / 2**20:.0f} MiB")
-        ratio = statistics.median(speed["selfmem"]) / statistics.median(speed["hf generate"])
-        print(f"  ratio selfmem / hf generate: {ratio:.2f}x")
+                  f"peak memory {peak[name] / 2**20:.0f} MiB, best hypothesis as selfmem's on {same:.1%}"
+                  + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster"))
+    shutil.rmtree(work_dir)
 
 
 if __name__ == "__main__":

@@ -151,3 +151,17 @@ def test_output_does_not_depend_on_batch_composition(hf_pair):
         alone = beam_search(native, src[i:i + 1, :length], None, settings, **ids)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in together[i]], abs=1e-5)
+
+
+def test_one_source_with_several_memories_is_encoded_once():
+    model = tiny_model(vocab_size=12, memory="dual")
+    src = torch.tensor([[5, 6, 7, EOS], [8, 9, EOS, PAD]])
+    memory = torch.tensor([[[5, 5, EOS]], [[9, 6, EOS]], [[7, EOS, PAD]]])  # source 0 twice, then source 1
+    source_index = torch.tensor([0, 0, 1])
+    settings = BeamSettings(num_beams=4, num_return=4, max_len=6)
+    shared = beam_search(model, src, memory, settings, START, EOS, source_index=source_index)
+    repeated = beam_search(model, src[source_index], memory, settings, START, EOS)
+    assert [[h.tokens for h in hyps] for hyps in shared] == [[h.tokens for h in hyps] for hyps in repeated]
+    assert [h.score for hyps in shared for h in hyps] == pytest.approx([h.score for hyps in repeated for h in hyps],
+                                                                       abs=1e-6)
+    assert [h.tokens for h in shared[0]] != [h.tokens for h in shared[1]]  # the memory matters

@@ -1,6 +1,7 @@
 """Distributed generation for real: 1 rank against 2 (torchrun, gloo), batch sizes, memory inputs, modes."""
 
 import json
+import shutil
 
 import pytest
 
@@ -22,8 +23,21 @@ def run_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def dual_root(run_root, tmp_path_factory):
+    """The same run's tokenizer and memory with a briefly trained dual-memory generator."""
+    root = tmp_path_factory.mktemp("generate-dual")
+    for part in ("tokenizer", "memory"):
+        shutil.copytree(run_root / "demo" / part, root / "demo" / part)
+    args = ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL, "generator.memory=dual"]
+    run_single("launch/train_generator.py", [*args, "train.max_steps=30", "train.max_epochs=100"])
+    return root
+
+
 def generate(root, round_k, *extra, nproc=1, split="dev", mode="candidates"):
-    args = ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL, "--split", split, "--mode", mode,
+    memory = "dual" if root.name.startswith("generate-dual") else "joint"
+    args = ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL, f"generator.memory={memory}",
+            "--split", split, "--mode", mode,
             "--round", str(round_k), *extra]
     if nproc == 1:
         run_single("launch/generate.py", args)
@@ -55,7 +69,10 @@ def test_two_ranks_and_any_batch_size_give_the_same_candidates(run_root):
         assert a["scores"][0] == pytest.approx(b["scores"][0], abs=2e-4)  # padding moves float rounding only
 
 
-def test_each_memory_input_is_decoded_on_its_own(run_root, tmp_path):
+@pytest.mark.parametrize("memory", ["joint", "dual"])
+def test_each_memory_input_is_decoded_on_its_own(memory, request, tmp_path):
+    # dual memory encodes the source once for both memory inputs
+    run_root = request.getfixturevalue("run_root" if memory == "joint" else "dual_root")
     bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
     two_inputs = tmp_path / "dev.jsonl"
     two_inputs.write_text("".join(json.dumps({"memories": [r["memories"][:1], r["memories"][1:2]]}) + "\n"

@@ -91,14 +91,16 @@ def stable_slots(parent: Tensor) -> Tensor:
 
 @torch.no_grad()
 def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
-                start_id: int, eos_id: int) -> list[list[Hypothesis]]:
-    """The ``settings.num_return`` best hypotheses of every row of ``src``, best first.
+                start_id: int, eos_id: int, source_index: Tensor | None = None) -> list[list[Hypothesis]]:
+    """The ``settings.num_return`` best hypotheses of every input row, best first.
 
-    ``model`` is a ``Seq2SeqModel``; ``memory`` its dual-memory input or None.
+    ``model`` is a ``Seq2SeqModel``; ``memory`` its dual-memory input or None. With
+    ``source_index`` (dual memory), the inputs are the rows of ``memory``, row i with
+    source row ``source_index[i]``: one source decoded with several memories.
     """
-    num_examples, device = src.size(0), src.device
+    encoder_out = model.encode(src, memory, source_index)
+    num_examples, device = encoder_out.source.size(0), src.device
     beams, lp = settings.num_beams, settings.length_penalty
-    encoder_out = model.encode(src, memory)
     cache = None
     alive = torch.arange(num_examples, device=device)  # the example each active row group decodes
     tokens = torch.full((num_examples, 1, 1), start_id, device=device)  # (examples, beams, length)

@@ -1,8 +1,8 @@
 """Distributed generation: candidates (many beams, many returned) or hypotheses of a split.
 
 An example may come with several memory inputs (the top-B memories of a later round);
-it is decoded once per memory input. Work units (example, memory input) are packed into
-length-sorted token-budget batches that depend only on the data and the settings, and
+it is decoded once per memory input. Examples, with all of their memory inputs, are packed
+into length-sorted token-budget batches that depend only on the data and the settings, and
 rank r decodes every world_size-th batch, so the output is the same for any number of
 ranks. Each rank writes its shard; rank 0 merges the shards in dataset order.
 
@@ -83,14 +83,25 @@ class Generator:
         start = model.decoder_start_id if isinstance(model, HFSeq2Seq) else model.config.decoder_start_id
         self.ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id, decoder_start=start)
 
-    def decode(self, encoded: list, device: torch.device) -> list[list[Hypothesis]]:
+    def decode(self, encoded: list, examples: list[int], device: torch.device) -> list[list[Hypothesis]]:
+        """The hypotheses of each encoded input; ``examples`` says which example each one is.
+
+        With dual memory an example's source is encoded once for all of its memory inputs.
+        """
         tensors = collate(encoded, self.mode, self.ids)
         src = tensors["src"].to(device)
         if isinstance(self.model, HFSeq2Seq):
             return hf_beam_search(self.model.hf, src, self.settings, self.ids.decoder_start, self.ids.eos,
                                   self.ids.pad)
-        memory = tensors["memory"].to(device) if "memory" in tensors else None
-        return beam_search(self.model, src, memory, self.settings, self.ids.decoder_start, self.ids.eos)
+        if self.mode != "dual":
+            return beam_search(self.model, src, None, self.settings, self.ids.decoder_start, self.ids.eos)
+        first: dict[int, int] = {}  # example -> its first input
+        for i, example in enumerate(examples):
+            first.setdefault(example, i)
+        position = {example: p for p, example in enumerate(first)}
+        source_index = torch.tensor([position[e] for e in examples], device=device)
+        return beam_search(self.model, src[list(first.values())], tensors["memory"].to(device), self.settings,
+                           self.ids.decoder_start, self.ids.eos, source_index)
 
 
 def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
@@ -116,17 +127,22 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
     units = [Unit(i, s) for i, example_sets in enumerate(sets) for s in range(len(example_sets))]
     encoded = encode_examples([examples[u.example] for u in units], [sets[u.example][u.slot] for u in units],
                               tokenizer, gcfg)
-    sizes = [(settings.num_beams * (len(encoder_input(e, gcfg.memory, generator.ids))
-                                    + sum(map(len, memory_inputs(e, generator.ids))) * (gcfg.memory == "dual")),)
-             for e in encoded]
+    units_of: list[list[int]] = [[] for _ in examples]
+    for u, unit in enumerate(units):
+        units_of[unit.example].append(u)
+    sizes = [(sum(settings.num_beams * input_size(encoded[u], gcfg.memory, generator.ids) for u in example_units),)
+             for example_units in units_of]
+    # whole examples per batch (a dual-memory source is encoded once for all its memories)
     batches = token_budget_batches(sizes, config.candidates.max_tokens, seed=0, epoch=0)[env.rank::env.world_size]
 
     results: dict[int, list[Hypothesis]] = {}
     started = time.perf_counter()
     bar = tqdm(total=sum(map(len, batches)), desc=f"{mode} {split}", unit="ex", disable=not env.is_main)
     for batch in batches:
-        for u, hyps in zip(batch, generator.decode([encoded[u] for u in batch], env.device)):
-            results[u] = hyps
+        batch_units = [u for i in batch for u in units_of[i]]
+        decoded = generator.decode([encoded[u] for u in batch_units], [units[u].example for u in batch_units],
+                                   env.device)
+        results.update(zip(batch_units, decoded))
         bar.update(len(batch))
     bar.close()
     shard = paths.round_dir(round_k) / f".{mode}-{split}.rank{env.rank}.jsonl"
@@ -153,6 +169,12 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
             log.info("%s hypotheses: %s %.2f", split, config.data.metric, score)
     barrier()
     return output
+
+
+def input_size(example, mode: str, ids: SpecialIds) -> int:
+    """Encoder tokens of one input: the encoder input, plus the memories in dual mode."""
+    size = len(encoder_input(example, mode, ids))
+    return size + sum(map(len, memory_inputs(example, ids))) if mode == "dual" else size
 
 
 def write_output(path: Path, mode: str, units: list[Unit], sets: list[list[list[str]]], decoded: dict[int, dict],

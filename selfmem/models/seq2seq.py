@@ -385,13 +385,20 @@ class Seq2SeqModel(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
-    def encode(self, src_ids: Tensor, memory_ids: Tensor | None = None) -> EncoderOut:
+    def encode(self, src_ids: Tensor, memory_ids: Tensor | None = None,
+               source_index: Tensor | None = None) -> EncoderOut:
         """Encode the source (batch, src_len) and, for dual memory, the memories
-        (batch, num_memories, mem_len), each memory on its own."""
+        (batch, num_memories, mem_len), each memory on its own.
+
+        ``source_index`` pairs several memory rows with one source: row i of the output
+        reads source row ``source_index[i]``, which is encoded once.
+        """
         if (memory_ids is not None) != (self.config.memory == "dual"):
             raise ValueError(f"memory_ids must be given exactly when memory is 'dual' "
                              f"(memory = {self.config.memory!r}, memory_ids given: {memory_ids is not None})")
         source, source_mask = self.encoder(src_ids)
+        if source_index is not None:
+            source, source_mask = source.index_select(0, source_index), source_mask.index_select(0, source_index)
         if memory_ids is None:
             return EncoderOut(source, source_mask)
         if memory_ids.dim() != 3:
