@@ -128,7 +128,7 @@ def main() -> None:
         config.data.dir = str((REPO / config.data.dir).resolve())
     paths = RunPaths(config.run_dir)
     if not (paths.tokenizer.exists() and paths.bm25_memory("dev").exists()):
-        prepare_run_tokenizer(config, ONE_PROCESS, paths.tokenizer)
+        prepare_run_tokenizer(config, paths.tokenizer)
         build_bm25_memory(config, ONE_PROCESS, paths)
 
     device = ONE_PROCESS.device

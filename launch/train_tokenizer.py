@@ -11,6 +11,6 @@ if __name__ == "__main__":
     config, _ = parse_args(__doc__)
     env = init_distributed()
     paths = start_run(config, env)
-    tokenizer = prepare_run_tokenizer(config, env, paths.tokenizer)
+    tokenizer = prepare_run_tokenizer(config, paths.tokenizer)
     logging.getLogger("selfmem").info("tokenizer in %s: %d ids", paths.tokenizer, tokenizer.vocab_size)
     close_distributed()

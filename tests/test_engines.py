@@ -50,7 +50,7 @@ def prepared_run(tmp_path, checkpoint, *overrides):
         "generator.max_target_len=32", "train.max_tokens=3000", "train.warmup_steps=5", "train.lr=3e-3",
         "train.max_steps=15", "train.log_every=1", *overrides])
     paths = RunPaths(config.run_dir)
-    prepare_run_tokenizer(config, ONE_PROCESS, paths.tokenizer)
+    prepare_run_tokenizer(config, paths.tokenizer)
     build_bm25_memory(config, ONE_PROCESS, paths)
     return config, paths
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DEMO_DATA, REPO, run_single, run_torchrun
+from conftest import DEMO_DATA, REPO, run_single, run_torchrun, start_torchrun
 
 SPLITS = ("train", "dev", "test")
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -49,3 +49,28 @@ def test_two_nodes_on_loopback_write_the_same_bytes(single_process_run, tmp_path
     run_torchrun("launch/retrieve.py", ["--config", CONFIG, f"run.root={tmp_path}", "retrieval.batch_size=700"],
                  nproc=1, nnodes=2)
     assert memory_files(tmp_path) == memory_files(single_process_run)
+
+
+ON_MAIN_SCRIPT = """
+from selfmem.common.distributed import close_distributed, init_distributed, on_main
+
+def fail():
+    raise OSError("No space left on device")
+
+env = init_distributed()
+assert on_main(lambda: 41 + 1) == (42 if env.is_main else None)
+try:
+    on_main(fail)
+except Exception as exc:
+    print(f"rank {env.rank} raised {type(exc).__name__}: {exc}", flush=True)
+close_distributed()
+"""
+
+
+def test_a_failure_on_rank_0_reaches_every_rank(tmp_path):
+    # without this, rank 1 would wait at its next collective until the 30-minute timeout
+    script = tmp_path / "on_main.py"
+    script.write_text(ON_MAIN_SCRIPT)
+    (out,) = [p.communicate(timeout=120)[0] for p in start_torchrun(str(script), [])]
+    assert "rank 0 raised OSError: No space left on device" in out
+    assert "rank 1 raised RuntimeError: rank 0 failed: OSError: No space left on device" in out

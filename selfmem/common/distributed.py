@@ -7,11 +7,14 @@ rank 0, collectives that return their input.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,23 @@ def all_gather(obj: Any) -> list[Any]:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def on_main(work: Callable[[], T]) -> T | None:
+    """Run ``work`` on rank 0 only (its result there, None elsewhere), as a barrier.
+
+    If it raises, every rank raises (the others with its message), instead of waiting
+    forever at their next collective for a rank that is gone.
+    """
+    result, error = None, None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others are told
+            error = exc
+    message = broadcast_from_main(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"rank 0 failed: {message}")
+    return result

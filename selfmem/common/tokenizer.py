@@ -30,7 +30,7 @@ import sentencepiece as spm
 
 from selfmem.common.config import Config, TokenizerConfig
 from selfmem.common.data import load_split
-from selfmem.common.distributed import DistEnv, barrier
+from selfmem.common.distributed import on_main
 from selfmem.common.io import atomic_open
 
 SPM_FILE = "spm.model"
@@ -242,14 +242,15 @@ def _reservoir_sample(items: Iterable[str], k: int, seed: int) -> list[str]:
     return sample
 
 
-def prepare_run_tokenizer(config: Config, env: DistEnv, tokenizer_dir: Path) -> Tokenizer:
+def prepare_run_tokenizer(config: Config, tokenizer_dir: Path) -> Tokenizer:
     """The tokenizer stage: rank 0 trains (or copies) the run's tokenizer, every rank loads it.
 
     SentencePiece trains one joint vocabulary on the train sources and targets.
     """
-    if env.is_main:
+    def train_and_save() -> None:
         train = load_split(config.data, "train")
         texts = (text for ex in train for text in (ex.source, ex.target))
         build_tokenizer(config.tokenizer, texts, config.run.seed).save(tokenizer_dir)
-    barrier()
+
+    on_main(train_and_save)
     return load_tokenizer(tokenizer_dir)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from selfmem.common.config import Config
 from selfmem.common.data import load_split
-from selfmem.common.distributed import DistEnv, barrier
+from selfmem.common.distributed import DistEnv, barrier, on_main
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
@@ -145,29 +145,27 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
         results.update(zip(batch_units, decoded))
         bar.update(len(batch))
     bar.close()
-    shard = paths.round_dir(round_k) / f".{mode}-{split}.rank{env.rank}.jsonl"
-    atomic_write_jsonl(shard, ({"unit": u, "tokens": [h.tokens for h in hyps], "scores": [h.score for h in hyps]}
-                               for u, hyps in sorted(results.items())))
+    shards = [paths.round_dir(round_k) / f".{mode}-{split}.rank{rank}.jsonl" for rank in range(env.world_size)]
+    atomic_write_jsonl(shards[env.rank], ({"unit": u, "tokens": [h.tokens for h in hyps],
+                                           "scores": [h.score for h in hyps]} for u, hyps in sorted(results.items())))
     barrier()
     output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
-    if env.is_main:
-        merged = {}
-        for rank in range(env.world_size):
-            rank_shard = paths.round_dir(round_k) / f".{mode}-{split}.rank{rank}.jsonl"
-            merged.update((r["unit"], r) for r in read_jsonl(rank_shard))
+
+    def merge() -> None:
+        merged = {r["unit"]: r for shard in shards for r in read_jsonl(shard)}
         if len(merged) != len(units):
             raise RuntimeError(f"the shards hold {len(merged)} of {len(units)} decodings")
         write_output(output, mode, units, sets, merged, tokenizer)
-        for rank in range(env.world_size):
-            (paths.round_dir(round_k) / f".{mode}-{split}.rank{rank}.jsonl").unlink()
-        elapsed = time.perf_counter() - started
-        log.info("%s %s: %d examples x %d memory inputs in %.1f s -> %s", mode, split, len(examples),
-                 len(units) // max(len(examples), 1), elapsed, output)
+        for shard in shards:
+            shard.unlink()
+        log.info("%s %s: %d examples, %d decodings in %.1f s -> %s", mode, split, len(examples), len(units),
+                 time.perf_counter() - started, output)
         if mode == "hypotheses":
             hyps = output.read_text(encoding="utf-8").splitlines()
             score = headline_score(config.data.metric, hyps, [ex.target for ex in examples], config.data.bleu_tokenize)
             log.info("%s hypotheses: %s %.2f", split, config.data.metric, score)
-    barrier()
+
+    on_main(merge)
     return output
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, Example, load_split
-from selfmem.common.distributed import DistEnv, barrier, gather_to_main, shard_range
+from selfmem.common.distributed import DistEnv, barrier, gather_to_main, on_main, shard_range
 from selfmem.common.io import atomic_write_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
@@ -65,11 +65,13 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
             exclude = list(rows) if split == "train" and cfg.exclude_self else None
             hits += retriever.search([examples[i].source for i in rows], cfg.topk, exclude)
         gathered = gather_to_main(hits)
-        if env.is_main:
+
+        def write(split=split, examples=examples) -> None:
             all_hits = [h for rank_hits in gathered for h in rank_hits]
             atomic_write_jsonl(paths.bm25_memory(split), (memory_record(h, train) for h in all_hits))
             if split != "train":
                 top = [train[h[0][0]].target if h else "" for h in all_hits]
                 score = headline_score(config.data.metric, top, [ex.target for ex in examples], config.data.bleu_tokenize)
                 log.info("%s: top BM25 memory vs reference: %s %.2f", split, config.data.metric, score)
-    barrier()
+
+        on_main(write)

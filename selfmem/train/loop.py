@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from selfmem.common.config import TrainConfig
-from selfmem.common.distributed import DistEnv, all_gather
+from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_open, json_line
 from selfmem.train.batching import rank_share
 
@@ -179,8 +179,7 @@ def fit(
     window_tokens, window_start = 0, time.perf_counter()
 
     def save() -> None:
-        if env.is_main:
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state)
+        on_main(lambda: _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state))
 
     def write_log(record: dict) -> None:
         if log_file is not None:
@@ -194,8 +193,7 @@ def fit(
         improved = figures["metric"] > state.best_metric
         if improved:
             state.best_metric = figures["metric"]
-            if env.is_main:
-                task.save_model(model, out_dir)
+            on_main(lambda: task.save_model(model, out_dir))
         if epoch_end:
             state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.evaluated_step = state.step
