@@ -1,0 +1,97 @@
+"""The memory selector S: a cross-encoder that scores a (source, candidate) pair.
+
+Input ``[cls] source [sep] candidate [sep]`` (or the HF backbone's own pair format); the
+first token's final state goes through a classification head with one output
+(dropout -> dense -> tanh -> dense). Backbones:
+
+- ``generator``: the trained generator's encoder (and its tokenizer: bilingual, nothing to
+  download), with the tokenizer's bos as cls and its memory separator as sep;
+- ``hf``: any Hugging Face encoder directory loaded with ``AutoModel`` (XLM-R, RoBERTa,
+  all-MiniLM-L6-v2, ...), with its tokenizer's special tokens.
+
+A pair longer than the budget keeps its candidate and loses the end of its source first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from selfmem.models.config import ModelConfig
+from selfmem.models.seq2seq import Encoder
+
+
+def pair_ids(source: list[int], candidate: list[int], cls_id: int, sep_id: int, max_len: int) -> list[int]:
+    """``[cls] source [sep] candidate [sep]`` within ``max_len`` tokens, cutting the source first."""
+    candidate = candidate[: max_len - 3]
+    source = source[: max_len - 3 - len(candidate)]
+    return [cls_id, *source, sep_id, *candidate, sep_id]
+
+
+class ClassificationHead(nn.Module):
+    """First-token state -> dropout -> dense -> tanh -> dense -> one score."""
+
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(hidden, hidden)
+        self.out_proj = nn.Linear(hidden, 1)
+
+    def forward(self, first_token: Tensor) -> Tensor:
+        return self.out_proj(torch.tanh(self.dense(self.dropout(first_token)))).squeeze(-1)
+
+
+class GeneratorEncoderBackbone(nn.Module):
+    """The generator's encoder as the selector's backbone."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config, nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id))
+
+    @classmethod
+    def from_generator(cls, generator) -> GeneratorEncoderBackbone:
+        """A copy of a trained ``Seq2SeqModel``'s encoder (the selector trains its own weights)."""
+        backbone = cls(generator.config)
+        backbone.encoder.load_state_dict(generator.encoder.state_dict())
+        return backbone
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.d_model
+
+    def forward(self, ids: Tensor) -> Tensor:
+        states, _ = self.encoder(ids)
+        return states
+
+
+class HFEncoderBackbone(nn.Module):
+    """A Hugging Face encoder (``AutoModel``) as the selector's backbone."""
+
+    def __init__(self, path: str | Path, pad_id: int):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.hf = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self.pad_id = pad_id
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf.config.hidden_size
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.hf(input_ids=ids, attention_mask=ids.ne(self.pad_id)).last_hidden_state
+
+
+class Selector(nn.Module):
+    """Scores a batch of encoded pairs (batch, length), right-padded with ``pad_id``: (batch,)."""
+
+    def __init__(self, backbone: nn.Module, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = ClassificationHead(backbone.hidden_size, dropout)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.backbone(ids)[:, 0])

@@ -1,0 +1,91 @@
+"""The memory selector: its loss against hand-computed values, the cross-encoder model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from selfmem.models import ModelConfig, Seq2SeqModel
+from selfmem.models.selector import GeneratorEncoderBackbone, HFEncoderBackbone, Selector, pair_ids
+from selfmem.train.selector import listwise_kl, metric_targets
+
+torch.set_num_threads(1)
+
+
+def test_loss_equals_the_hand_computed_kl():
+    metric = torch.tensor([[10.0, 20.0, 40.0]])
+    scores = torch.tensor([[0.1, 0.2, 0.3]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # by hand: min-max normalised 0, 1/3, 1; over temperature 0.5: 0, 2/3, 2
+    logits = [0.0, 2 / 3, 2.0]
+    target = [math.exp(x) / sum(math.exp(y) for y in logits) for x in logits]
+    predicted = [math.exp(x) / sum(math.exp(y) for y in (0.1, 0.2, 0.3)) for x in (0.1, 0.2, 0.3)]
+    expected = sum(t * math.log(t / p) for t, p in zip(target, predicted))
+    assert metric_targets(metric, mask, 0.5)[0].tolist() == pytest.approx(target, rel=1e-6)
+    assert listwise_kl(scores, metric, mask, 0.5).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_raises_the_best_candidate():
+    metric = torch.tensor([[30.0, 55.0, 12.0, 40.0]])
+    scores = torch.zeros(1, 4, requires_grad=True)
+    listwise_kl(scores, metric, torch.ones(1, 4, dtype=torch.bool), 0.5).backward()
+    assert scores.grad[0].argmin().item() == 1  # gradient descent moves the best score up most
+    assert scores.grad[0, 1] < 0 and scores.grad[0, 2] > 0
+
+
+def test_padding_and_ties():
+    metric = torch.tensor([[10.0, 20.0, 40.0, 0.0], [7.0, 7.0, 0.0, 0.0]])
+    scores = torch.tensor([[0.1, 0.2, 0.3, 9.0], [1.0, -1.0, 5.0, 5.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    targets = metric_targets(metric, mask, 0.5)
+    assert targets[1].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0])  # equal metrics: uniform
+    assert targets[0, 3] == 0
+    alone = listwise_kl(scores[:1, :3], metric[:1, :3], mask[:1, :3], 0.5)
+    second = listwise_kl(scores[1:, :2], metric[1:, :2], mask[1:, :2], 0.5)
+    assert listwise_kl(scores, metric, mask, 0.5).item() == pytest.approx((alone + second).item(), rel=1e-6)
+
+
+def test_pair_truncation_cuts_the_source_first():
+    assert pair_ids([5, 6, 7], [8, 9], cls_id=1, sep_id=4, max_len=16) == [1, 5, 6, 7, 4, 8, 9, 4]
+    assert pair_ids([5, 6, 7], [8, 9], cls_id=1, sep_id=4, max_len=6) == [1, 5, 4, 8, 9, 4]
+    assert pair_ids([5, 6, 7], list(range(10, 20)), cls_id=1, sep_id=4, max_len=8) == [1, 4, 10, 11, 12, 13, 14, 4]
+
+
+def padded(rows, pad):
+    width = max(map(len, rows))
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+
+
+def test_generator_encoder_selector():
+    torch.manual_seed(0)
+    generator = Seq2SeqModel(ModelConfig(vocab_size=40, d_model=16, encoder_layers=2, decoder_layers=1, heads=2,
+                                         ffn_dim=32, max_positions=32, dropout=0.0, memory="joint"))
+    backbone = GeneratorEncoderBackbone.from_generator(generator)
+    for name, value in generator.encoder.state_dict().items():
+        assert torch.equal(backbone.encoder.state_dict()[name], value)
+    selector = Selector(backbone, dropout=0.0).eval()
+    pairs = [pair_ids([5, 6, 7], [8, 9], 1, 4, 32), pair_ids([5, 6, 7], [8, 10, 11, 12], 1, 4, 32)]
+    scores = selector(padded(pairs, 0))
+    assert scores.shape == (2,)
+    assert scores[0].item() == pytest.approx(selector(torch.tensor([pairs[0]]))[0].item(), abs=1e-6)  # padding
+    assert scores[0] != scores[1]
+    # the copy is the selector's own: training it leaves the generator as it was
+    assert backbone.encoder.embed_tokens.weight.data_ptr() != generator.encoder.embed_tokens.weight.data_ptr()
+
+
+def test_hf_encoder_selector(tmp_path):
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=32, pad_token_id=0), add_pooling_layer=False)
+    bert.save_pretrained(tmp_path)
+    selector = Selector(HFEncoderBackbone(tmp_path, pad_id=0), dropout=0.0).eval()
+    ids = padded([[2, 5, 6, 3, 7, 3], [2, 8, 3, 9, 3]], 0)
+    with torch.no_grad():
+        expected = selector.head(bert.eval()(input_ids=ids, attention_mask=ids.ne(0)).last_hidden_state[:, 0])
+        scores = selector(ids)
+        alone = selector(ids[1:, :5])
+    assert scores.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert alone[0].item() == pytest.approx(scores[1].item(), abs=1e-5)
