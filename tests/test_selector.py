@@ -10,6 +10,7 @@ from transformers import BertConfig, BertModel
 
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.selector import GeneratorEncoderBackbone, HFEncoderBackbone, Selector, pair_ids
+from selfmem.select.pick import augment, top_b
 from selfmem.train.selector import listwise_kl, metric_targets
 
 torch.set_num_threads(1)
@@ -89,3 +90,24 @@ def test_hf_encoder_selector(tmp_path):
         alone = selector(ids[1:, :5])
     assert scores.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
     assert alone[0].item() == pytest.approx(scores[1].item(), abs=1e-5)
+
+
+def test_top_b_breaks_ties_by_candidate_order_and_drops_duplicates():
+    candidates = ["a", "b", "c", "b", "d", "e"]
+    scores = [0.5, 0.9, 0.5, 0.95, 0.1, 0.5]
+    assert top_b(candidates, scores, 1) == ["b"]
+    assert top_b(candidates, scores, 4) == ["b", "a", "c", "e"]  # "b" once; a, c, e tie in candidate order
+    assert top_b(candidates, scores, 10) == ["b", "a", "c", "e", "d"]
+    with pytest.raises(ValueError, match="6 candidates but 2 scores"):
+        top_b(candidates, scores[:2], 1)
+
+
+def test_augment_grows_by_one_up_to_the_bound_without_duplicates():
+    memories = ["retrieved"]
+    for round_pick in ["p1", "p2", "p2", "p3", "p4"]:
+        memories = augment(memories, round_pick, max_memories=3)
+    assert memories == ["retrieved", "p3", "p4"]  # p2 was not added twice; p1, p2 left oldest first
+    assert augment(["retrieved", "p1"], "p2", max_memories=3) == ["retrieved", "p1", "p2"]
+    assert augment(["retrieved", "p1", "p2"], "p3", max_memories=3, keep_retrieved=False) == ["p1", "p2", "p3"]
+    with pytest.raises(ValueError, match="max_memories must leave room"):
+        augment(["retrieved"], "p1", max_memories=1)
