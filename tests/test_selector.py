@@ -60,7 +60,7 @@ def padded(rows, pad):
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
 
 
-def test_generator_encoder_selector():
+def test_generator_encoder_selector(tmp_path):
     torch.manual_seed(0)
     generator = Seq2SeqModel(ModelConfig(vocab_size=40, d_model=16, encoder_layers=2, decoder_layers=1, heads=2,
                                          ffn_dim=32, max_positions=32, dropout=0.0, memory="joint"))
@@ -69,12 +69,18 @@ def test_generator_encoder_selector():
         assert torch.equal(backbone.encoder.state_dict()[name], value)
     selector = Selector(backbone, dropout=0.0).eval()
     pairs = [pair_ids([5, 6, 7], [8, 9], 1, 4, 32), pair_ids([5, 6, 7], [8, 10, 11, 12], 1, 4, 32)]
-    scores = selector(padded(pairs, 0))
+    with torch.no_grad():
+        scores = selector(padded(pairs, 0))
     assert scores.shape == (2,)
-    assert scores[0].item() == pytest.approx(selector(torch.tensor([pairs[0]]))[0].item(), abs=1e-6)  # padding
+    with torch.no_grad():
+        alone = selector(torch.tensor([pairs[0]]))
+    assert scores[0].item() == pytest.approx(alone[0].item(), abs=1e-6)  # padding
     assert scores[0] != scores[1]
     # the copy is the selector's own: training it leaves the generator as it was
     assert backbone.encoder.embed_tokens.weight.data_ptr() != generator.encoder.embed_tokens.weight.data_ptr()
+    selector.save(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(Selector.load(tmp_path)(padded(pairs, 0)), scores)
 
 
 def test_hf_encoder_selector(tmp_path):
@@ -90,6 +96,9 @@ def test_hf_encoder_selector(tmp_path):
         alone = selector(ids[1:, :5])
     assert scores.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
     assert alone[0].item() == pytest.approx(scores[1].item(), abs=1e-5)
+    selector.save(tmp_path / "selector")
+    with torch.no_grad():
+        assert torch.equal(Selector.load(tmp_path / "selector")(ids), scores)
 
 
 def test_top_b_breaks_ties_by_candidate_order_and_drops_duplicates():

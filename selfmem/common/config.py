@@ -135,6 +135,8 @@ class SelectorConfig:
     beam: int = 1  # B, memories kept per example
     max_memories: int = 4  # augment mode
     keep_retrieved: bool = True  # augment mode
+    max_len: int = 256  # tokens of a (source, candidate) pair; the source is cut first
+    max_tokens: int = 16384  # pair tokens per scoring batch
 
 
 @dataclass

@@ -29,6 +29,10 @@ class RunPaths:
     def bm25_memory(self, split: str) -> Path:
         return self.root / "memory" / "bm25" / f"{split}.jsonl"
 
+    @property
+    def selector(self) -> Path:
+        return self.root / "selector"
+
     def round_dir(self, k: int) -> Path:
         return self.root / f"round_{k}"
 
@@ -37,6 +41,9 @@ class RunPaths:
 
     def hyps(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "hyps" / f"{split}.txt"
+
+    def round_memory(self, k: int, split: str) -> Path:
+        return self.round_dir(k) / "memory" / f"{split}.jsonl"
 
 
 def start_run(config: Config, env: DistEnv) -> RunPaths:

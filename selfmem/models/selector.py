@@ -14,13 +14,18 @@ A pair longer than the budget keeps its candidate and loses the end of its sourc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_model
 from torch import Tensor, nn
 
+from selfmem.common.io import atomic_write_text
 from selfmem.models.config import ModelConfig
-from selfmem.models.seq2seq import Encoder
+from selfmem.models.seq2seq import WEIGHTS_NAME, Encoder, save_weights
+
+SELECTOR_CONFIG = "selector.json"
 
 
 def pair_ids(source: list[int], candidate: list[int], cls_id: int, sep_id: int, max_len: int) -> list[int]:
@@ -95,3 +100,34 @@ class Selector(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.head(self.backbone(ids)[:, 0])
+
+    def save(self, directory: str | Path) -> None:
+        """The backbone in ``backbone/`` (in its own format), the head's weights in
+        ``model.safetensors``, then ``selector.json``."""
+        directory = Path(directory)
+        if isinstance(self.backbone, GeneratorEncoderBackbone):
+            save_weights(self.backbone, directory / "backbone")
+            self.backbone.config.save(directory / "backbone")
+            meta = {"backbone": "generator"}
+        else:
+            self.backbone.hf.save_pretrained(directory / "backbone")
+            meta = {"backbone": "hf", "pad_id": self.backbone.pad_id}
+        save_weights(self.head, directory)
+        meta["dropout"] = self.head.dropout.p
+        atomic_write_text(directory / SELECTOR_CONFIG, json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Selector:
+        """A selector written by ``save``, in eval mode on ``map_location``."""
+        directory = Path(directory)
+        if not (directory / SELECTOR_CONFIG).exists():
+            raise FileNotFoundError(f"{directory}: no trained selector ({SELECTOR_CONFIG} missing)")
+        meta = json.loads((directory / SELECTOR_CONFIG).read_text(encoding="utf-8"))
+        if meta["backbone"] == "generator":
+            backbone = GeneratorEncoderBackbone(ModelConfig.load(directory / "backbone"))
+            load_model(backbone, directory / "backbone" / WEIGHTS_NAME, strict=True)
+        else:
+            backbone = HFEncoderBackbone(directory / "backbone", meta["pad_id"])
+        selector = cls(backbone, meta["dropout"])
+        load_model(selector.head, directory / WEIGHTS_NAME, strict=True)
+        return selector.to(map_location).eval()

@@ -355,6 +355,22 @@ class Decoder(TransformerStack):
         return self.final_norm(x), new_cache
 
 
+def save_weights(module: nn.Module, directory: str | Path) -> None:
+    """Write ``module``'s weights to ``directory/model.safetensors`` atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_model(module, tmp)  # writes each shared tensor once; load_model restores the tie
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 class Seq2SeqModel(nn.Module):
     """Encoder-decoder Transformer with ``memory`` none, joint or dual (see the module doc)."""
 
@@ -459,18 +475,7 @@ class Seq2SeqModel(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` to ``directory``, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_model(self, tmp)  # writes each shared tensor once; load_model restores the tie
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        save_weights(self, directory)
         # config last: a directory with a config.json holds complete weights
         self.config.save(directory)
 

@@ -1,0 +1,23 @@
+"""Choose next-round memories with the run's selector (not launch/select.py: a script there would shadow
+Python's own select module for every script in launch/):
+torchrun ... launch/select_memory.py --config C --split dev [--round K] [--candidates PATH] [k=v ...]"""
+
+from pathlib import Path
+
+from selfmem.common.config import parse_args
+from selfmem.common.distributed import close_distributed, init_distributed
+from selfmem.common.run import start_run
+from selfmem.select.stage import select_memories
+
+
+def add_arguments(parser):
+    parser.add_argument("--split", required=True, choices=["train", "dev", "test"])
+    parser.add_argument("--round", type=int, default=0, help="reads round_K/candidates, writes round_K/memory")
+    parser.add_argument("--candidates", type=Path, help="candidates file (default: the round's)")
+
+
+if __name__ == "__main__":
+    config, args = parse_args(__doc__, add_arguments=add_arguments)
+    env = init_distributed()
+    select_memories(config, env, start_run(config, env), args.split, args.round, args.candidates)
+    close_distributed()

@@ -1,0 +1,84 @@
+"""The selection stage for real: 1 rank against 2 (torchrun, gloo), top-B and augment, ties and duplicates."""
+
+import json
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
+
+from selfmem.common.config import load_config
+from selfmem.common.data import load_split
+from selfmem.common.tokenizer import load_tokenizer
+from selfmem.models import ModelConfig
+from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
+from selfmem.select.pick import augment, top_b
+
+SMALL = [*TINY, "data.max_examples=20", "selector.max_tokens=200"]  # several scoring batches
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory):
+    """A run with a tokenizer, a randomly initialised selector and hand-made dev candidates."""
+    root = tmp_path_factory.mktemp("select")
+    args = ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL]
+    run_single("launch/train_tokenizer.py", args)
+    run = root / "demo"
+    tokenizer = load_tokenizer(run / "tokenizer")
+    torch.manual_seed(0)
+    backbone = GeneratorEncoderBackbone(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=16, encoder_layers=1,
+                                                    decoder_layers=1, heads=2, ffn_dim=32, max_positions=300))
+    Selector(backbone, dropout=0.1).save(run / "selector")
+    dev = load_split(load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL]).data, "dev")
+    targets = [ex.target for ex in dev]
+    lines = []
+    for i in range(len(dev)):
+        pool = [targets[(i + j) % len(dev)] for j in range(5)]
+        pool.insert(3, pool[1])  # a duplicate, which scores exactly as its twin
+        lines.append({"memories": [[targets[(i + 7) % len(dev)]]], "candidates": [pool], "scores": [[0.0] * 6]})
+    path = run / "round_0" / "candidates" / "dev.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return root
+
+
+def select(root, *overrides, nproc=1):
+    args = ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL, *overrides, "--split", "dev"]
+    run_single("launch/select_memory.py", args) if nproc == 1 else run_torchrun("launch/select_memory.py", args, nproc=nproc)
+    return (root / "demo" / "round_0" / "memory" / "dev.jsonl").read_bytes()
+
+
+def expected_scores(root):
+    run = root / "demo"
+    tokenizer = load_tokenizer(run / "tokenizer")
+    selector = Selector.load(run / "selector")
+    dev = load_split(load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL]).data, "dev")
+    records = [json.loads(line) for line in (run / "round_0" / "candidates" / "dev.jsonl").read_text().splitlines()]
+    out = []
+    with torch.no_grad():
+        for ex, record in zip(dev, records):
+            pool = record["candidates"][0]
+            pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, 256)
+                     for c in pool]
+            out.append((record, pool, [selector(torch.tensor([p]))[0].item() for p in pairs]))
+    return out
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_top_b_memories_are_the_same_for_one_and_two_ranks(run_root, beam):
+    one = select(run_root, f"selector.beam={beam}")
+    two = select(run_root, f"selector.beam={beam}", nproc=2)
+    assert two == one
+    lines = [json.loads(line)["memories"] for line in one.decode("utf-8").splitlines()]
+    for memories, (_, pool, scores) in zip(lines, expected_scores(run_root)):
+        # scores of lone pairs equal the batched ones up to float rounding, so compare the choice
+        assert memories == [[m] for m in top_b(pool, scores, beam)]
+        assert len(memories) == beam and len({m[0] for m in memories}) == beam  # the duplicate counts once
+
+
+def test_augment_appends_the_pick(run_root):
+    one = select(run_root, "selector.mode=augment", "selector.max_memories=3")
+    assert select(run_root, "selector.mode=augment", "selector.max_memories=3", nproc=2) == one
+    lines = [json.loads(line)["memories"] for line in one.decode("utf-8").splitlines()]
+    for memories, (record, pool, scores) in zip(lines, expected_scores(run_root)):
+        assert memories == [augment(record["memories"][0], top_b(pool, scores, 1)[0], 3)]
+        assert len(memories[0]) == 2
