@@ -1,9 +1,20 @@
-"""Training the memory selector: the listwise KL loss against metric-derived targets."""
+"""Training the memory selector: the listwise KL loss against metric-derived targets, and
+its task for the shared training loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import Tensor
+
+from selfmem.common.config import SelectorConfig
+from selfmem.common.distributed import DistEnv
+from selfmem.common.metrics import headline_score
+from selfmem.models.selector import pair_ids
+from selfmem.train.batching import token_budget_batches
 
 
 def metric_targets(metric: Tensor, mask: Tensor, temperature: float) -> Tensor:
@@ -23,3 +34,100 @@ def listwise_kl(scores: Tensor, metric: Tensor, mask: Tensor, temperature: float
     log_predicted = torch.log_softmax(scores.masked_fill(~mask, -torch.inf), dim=1)
     terms = target * (torch.log(target.clamp(min=torch.finfo(target.dtype).tiny)) - log_predicted)
     return terms.masked_fill(~mask, 0.0).sum()
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup to the peak at ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    warmup = max(1, warmup_steps)
+    return lambda step: min(step / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+
+
+@dataclass(frozen=True)
+class SelectorExample:
+    """One source with its candidates (token ids), their texts and sentence metrics."""
+
+    source: list[int]
+    candidates: list[list[int]]
+    texts: list[str]
+    metric: list[float]
+
+
+class SelectorTask:
+    """The listwise KL loss over a sampled group of each example's candidates; dev figures
+    are the corpus metric of the selector's pick, of the first candidate (the beam top-1)
+    and of the best one (the oracle)."""
+
+    def __init__(self, train: list[SelectorExample], dev: list[SelectorExample], dev_references: list[str],
+                 cls_id: int, sep_id: int, pad_id: int, config: SelectorConfig, metric: str, bleu_tokenize: str,
+                 env: DistEnv, seed: int):
+        self.train, self.dev, self.dev_references = train, dev, dev_references
+        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+        self.config, self.metric, self.bleu_tokenize, self.env, self.seed = config, metric, bleu_tokenize, env, seed
+        self.sizes = [(min(config.group_size, len(ex.candidates)) * self._longest_pair(ex),) for ex in train]
+
+    def _longest_pair(self, example: SelectorExample) -> int:
+        return max(len(self._pair(example, c)) for c in example.candidates)
+
+    def _pair(self, example: SelectorExample, candidate: list[int]) -> list[int]:
+        return pair_ids(example.source, candidate, self.cls_id, self.sep_id, self.config.max_len)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        # the loop asks for an epoch's batches before training on them: the candidate
+        # groups of ``loss`` are sampled for this epoch
+        self.epoch = epoch
+        return token_budget_batches(self.sizes, self.config.max_tokens, self.seed, epoch)
+
+    def num_targets(self, batch: list[int]) -> int:
+        return len(batch)
+
+    def num_tokens(self, batch: list[int]) -> int:
+        return sum(self.sizes[i][0] for i in batch)
+
+    def _group(self, i: int) -> list[int]:
+        """Example i's candidates this epoch: a seeded sample of ``group_size``, the same on any rank."""
+        count = len(self.train[i].candidates)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i)
+        return sorted(torch.randperm(count, generator=generator)[: self.config.group_size].tolist())
+
+    def _scores(self, model, examples: list[SelectorExample], groups: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Scores (examples, widest group) and the mask of real candidates."""
+        pairs = [self._pair(ex, ex.candidates[c]) for ex, group in zip(examples, groups) for c in group]
+        width = max(map(len, pairs))
+        ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in pairs], device=self.env.device)
+        flat = model(ids).float()
+        widest = max(map(len, groups))
+        scores = torch.zeros(len(examples), widest, device=self.env.device)
+        mask = torch.zeros(len(examples), widest, dtype=torch.bool, device=self.env.device)
+        start = 0
+        for row, group in enumerate(groups):
+            scores[row, : len(group)] = flat[start:start + len(group)]
+            mask[row, : len(group)] = True
+            start += len(group)
+        return scores, mask
+
+    def loss(self, model, batch: list[int]) -> Tensor:
+        examples = [self.train[i] for i in batch]
+        groups = [self._group(i) for i in batch]
+        scores, mask = self._scores(model, examples, groups)
+        metric = torch.zeros_like(scores)
+        for row, (ex, group) in enumerate(zip(examples, groups)):
+            metric[row, : len(group)] = torch.tensor([ex.metric[c] for c in group])
+        return listwise_kl(scores, metric, mask, self.config.temperature)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        model.eval()
+        picks = []
+        for ex in self.dev:  # small dev sets: one example's candidates a batch
+            scores, _ = self._scores(model, [ex], [list(range(len(ex.candidates)))])
+            picks.append(ex.texts[int(scores[0].argmax())])
+        model.train()
+
+        def corpus(texts: list[str]) -> float:
+            return headline_score(self.metric, texts, self.dev_references, self.bleu_tokenize)
+
+        return {"metric": corpus(picks), "top1": corpus([ex.texts[0] for ex in self.dev]),
+                "oracle": corpus([ex.texts[max(range(len(ex.metric)), key=ex.metric.__getitem__)] for ex in self.dev])}
+
+    def save_model(self, model, directory: Path) -> None:
+        model.save(directory)
