@@ -100,3 +100,17 @@ def test_memory_file_must_match_the_split(run_root, tmp_path):
     short.write_text('{"memories": ["x"]}\n', encoding="utf-8")
     with pytest.raises(pytest.fail.Exception, match="short.jsonl: 1 lines for 40 dev examples"):
         generate(run_root, 8, "--memory", str(short))
+
+
+def test_selector_trains_on_candidates_of_a_train_subset(run_root):
+    args = ["--config", str(DEMO_CONFIG), f"run.root={run_root}", *SMALL, "--round", "9", "selector.train_subset=20",
+            "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500", "selector.lr=1e-3"]
+    run_single("launch/train_selector.py", args)
+    selector = run_root / "demo" / "selector"
+    assert len((selector / "candidates" / "train.jsonl").read_text().splitlines()) == 20
+    assert len((run_root / "demo" / "round_9" / "candidates" / "dev.jsonl").read_text().splitlines()) == 40
+    evals = [json.loads(line)["eval"] for line in (selector / "train_log.jsonl").read_text().splitlines()
+             if "eval" in json.loads(line)]
+    assert len(evals) == 2
+    assert all(e["oracle"] >= max(e["metric"], e["top1"]) for e in evals)
+    assert (selector / "selector.json").exists()

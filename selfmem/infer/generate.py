@@ -33,7 +33,13 @@ from selfmem.infer.hf_beam import hf_beam_search
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.train.batching import token_budget_batches
-from selfmem.train.generator_data import SpecialIds, collate, encode_examples, encoder_input, memory_inputs
+from selfmem.train.generator_data import (
+    SpecialIds,
+    collate,
+    encode_examples,
+    encoder_input,
+    memory_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +111,12 @@ class Generator:
 
 
 def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
-             round_k: int) -> Path:
+             round_k: int, subset: list[int] | None = None, output: Path | None = None) -> Path:
     """Decode ``split`` with the memories in ``memory_path`` (None: the run's BM25 memory) and
-    write ``round_K/candidates/{split}.jsonl`` or ``round_K/hyps/{split}.txt``; returns that path."""
+    write ``round_K/candidates/{split}.jsonl`` or ``round_K/hyps/{split}.txt``; returns that path.
+
+    ``subset`` decodes only those examples of the split (in that order) into ``output``.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     gcfg = config.generator
@@ -124,6 +133,8 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
         if len(records) != len(examples):
             raise ValueError(f"{memory_path}: {len(records)} lines for {len(examples)} {split} examples")
         sets = [memory_sets(r, gcfg.num_memories) for r in records]
+    if subset is not None:
+        examples, sets = [examples[i] for i in subset], [sets[i] for i in subset]
     units = [Unit(i, s) for i, example_sets in enumerate(sets) for s in range(len(example_sets))]
     encoded = encode_examples([examples[u.example] for u in units], [sets[u.example][u.slot] for u in units],
                               tokenizer, gcfg)
@@ -145,11 +156,12 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
         results.update(zip(batch_units, decoded))
         bar.update(len(batch))
     bar.close()
-    shards = [paths.round_dir(round_k) / f".{mode}-{split}.rank{rank}.jsonl" for rank in range(env.world_size)]
+    if output is None:
+        output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
+    shards = [output.parent / f".{output.name}.rank{rank}" for rank in range(env.world_size)]
     atomic_write_jsonl(shards[env.rank], ({"unit": u, "tokens": [h.tokens for h in hyps],
                                            "scores": [h.score for h in hyps]} for u, hyps in sorted(results.items())))
     barrier()
-    output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
 
     def merge() -> None:
         merged = {r["unit"]: r for shard in shards for r in read_jsonl(shard)}

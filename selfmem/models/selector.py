@@ -67,6 +67,10 @@ class GeneratorEncoderBackbone(nn.Module):
     def hidden_size(self) -> int:
         return self.config.d_model
 
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_positions
+
     def forward(self, ids: Tensor) -> Tensor:
         states, _ = self.encoder(ids)
         return states
@@ -86,6 +90,10 @@ class HFEncoderBackbone(nn.Module):
     def hidden_size(self) -> int:
         return self.hf.config.hidden_size
 
+    @property
+    def max_positions(self) -> int:
+        return self.hf.config.max_position_embeddings
+
     def forward(self, ids: Tensor) -> Tensor:
         return self.hf(input_ids=ids, attention_mask=ids.ne(self.pad_id)).last_hidden_state
 
@@ -100,6 +108,10 @@ class Selector(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.head(self.backbone(ids)[:, 0])
+
+    def pair_budget(self, max_len: int) -> int:
+        """``max_len`` tokens of a pair, or fewer if the backbone has fewer positions."""
+        return min(max_len, self.backbone.max_positions)
 
     def save(self, directory: str | Path) -> None:
         """The backbone in ``backbone/`` (in its own format), the head's weights in

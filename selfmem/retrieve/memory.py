@@ -13,7 +13,13 @@ from tqdm import tqdm
 
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, Example, load_split
-from selfmem.common.distributed import DistEnv, barrier, gather_to_main, on_main, shard_range
+from selfmem.common.distributed import (
+    DistEnv,
+    barrier,
+    gather_to_main,
+    on_main,
+    shard_range,
+)
 from selfmem.common.io import atomic_write_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths

@@ -58,7 +58,8 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
         raise NotImplementedError("selection with a Hugging Face selector backbone is not built yet")
     # every example's candidates over all of its memory inputs compete together
     pools = [[c for per_input in r["candidates"] for c in per_input] for r in records]
-    pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, cfg.max_len)
+    max_len = selector.pair_budget(cfg.max_len)
+    pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, max_len)
              for ex, pool in zip(examples, pools) for c in pool]
     flat = score_pairs(selector, pairs, tokenizer.pad_id, env, cfg.max_tokens)
     memories, start = [], 0

@@ -11,7 +11,12 @@ import torch.nn.functional as F
 
 from selfmem.common.config import Config
 from selfmem.common.data import Example, load_split
-from selfmem.common.distributed import DistEnv, broadcast_from_main, gather_to_main, shard_range
+from selfmem.common.distributed import (
+    DistEnv,
+    broadcast_from_main,
+    gather_to_main,
+    shard_range,
+)
 from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths

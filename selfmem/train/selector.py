@@ -3,6 +3,8 @@ its task for the shared training loop."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +12,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from selfmem.common.config import SelectorConfig
+from selfmem.common.config import Config, SelectorConfig
+from selfmem.common.data import Example, load_split
 from selfmem.common.distributed import DistEnv
-from selfmem.common.metrics import headline_score
-from selfmem.models.selector import pair_ids
+from selfmem.common.io import read_jsonl
+from selfmem.common.metrics import headline_score, sentence_bleu, sentence_rouge
+from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import Tokenizer, load_tokenizer
+from selfmem.infer.generate import generate
+from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
+from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.train.batching import token_budget_batches
+from selfmem.train.loop import TrainState, fit
 
 
 def metric_targets(metric: Tensor, mask: Tensor, temperature: float) -> Tensor:
@@ -131,3 +140,59 @@ class SelectorTask:
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
+
+
+def sentence_metric(config: Config) -> Callable[[str, str], float]:
+    """The per-candidate metric: sentence BLEU (translation) or weighted ROUGE-1 + ROUGE-2."""
+    if config.data.metric == "bleu":
+        return lambda hyp, ref: sentence_bleu(hyp, ref, config.data.bleu_tokenize)
+    weights = tuple(config.selector.rouge_weights)
+    return lambda hyp, ref: sentence_rouge(hyp, ref, weights)
+
+
+def selector_examples(candidates_path: Path, examples: list[Example], tokenizer: Tokenizer,
+                      metric: Callable[[str, str], float]) -> list[SelectorExample]:
+    """Each example's candidates (over all of its memory inputs) with their metric against its target."""
+    records = read_jsonl(candidates_path)
+    if len(records) != len(examples):
+        raise ValueError(f"{candidates_path}: {len(records)} lines for {len(examples)} examples")
+    out = []
+    for record, example in zip(records, examples):
+        pool = [c for per_input in record["candidates"] for c in per_input]
+        out.append(SelectorExample(tokenizer.encode(example.source), [tokenizer.encode(c) for c in pool], pool,
+                                   [metric(c, example.target) for c in pool]))
+    return out
+
+
+def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int = 0) -> TrainState:
+    """Train S on generator candidates for a seeded random train subset; dev candidates of
+    round K for evaluation. Missing candidate files are generated first."""
+    cfg = config.selector
+    if cfg.train_from != "train":
+        raise ValueError(f"selector.train_from {cfg.train_from!r} is not built yet; use 'train'")
+    if cfg.backbone != "generator":
+        raise ValueError("selector.backbone 'hf' is not built yet for training; use 'generator'")
+    train = load_split(config.data, "train")
+    subset = sorted(random.Random(config.run.seed).sample(range(len(train)), min(cfg.train_subset, len(train))))
+    train_candidates = paths.selector / "candidates" / "train.jsonl"
+    if not train_candidates.exists():
+        generate(config, env, paths, "train", "candidates", None, round_k, subset=subset, output=train_candidates)
+    dev_candidates = paths.candidates(round_k, "dev")
+    if not dev_candidates.exists():
+        generate(config, env, paths, "dev", "candidates", None, round_k)
+    tokenizer = load_tokenizer(paths.tokenizer)
+    metric = sentence_metric(config)
+    dev = load_split(config.data, "dev")
+    torch.manual_seed(config.run.seed)
+    selector = Selector(GeneratorEncoderBackbone.from_generator(Seq2SeqModel.load(paths.generator)),
+                        dropout=config.generator.dropout)
+    cfg = dataclasses.replace(cfg, max_len=selector.pair_budget(cfg.max_len))
+    task = SelectorTask(selector_examples(train_candidates, [train[i] for i in subset], tokenizer, metric),
+                        selector_examples(dev_candidates, dev, tokenizer, metric), [ex.target for ex in dev],
+                        tokenizer.bos_id, tokenizer.sep_id, tokenizer.pad_id, cfg, config.data.metric,
+                        config.data.bleu_tokenize, env, config.run.seed)
+    steps = cfg.max_epochs * (len(task.epoch_batches(0)) // env.world_size)
+    train_config = dataclasses.replace(config.train, lr=cfg.lr, max_epochs=cfg.max_epochs, max_tokens=cfg.max_tokens,
+                                       warmup_steps=max(1, steps // 10), max_steps=None)
+    return fit(selector, task, train_config, env, paths.selector, config.run.seed,
+               linear_schedule(train_config.warmup_steps, steps))
