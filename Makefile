@@ -33,7 +33,7 @@ demo: setup
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/retrieve.py --config $(DEMO)
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_generator.py --config $(DEMO)
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/generate.py --config $(DEMO) --split test --mode hypotheses
-	@echo "the selector and the lift loop: not yet built"
+	@echo "the lift loop (launch/lift.py): not yet built"
 
 test: setup
 	$(PYTHON) -m pytest -q
