@@ -114,3 +114,17 @@ def test_selector_trains_on_candidates_of_a_train_subset(run_root):
     assert len(evals) == 2
     assert all(e["oracle"] >= max(e["metric"], e["top1"]) for e in evals)
     assert (selector / "selector.json").exists()
+
+
+@pytest.mark.parametrize("memory", ["joint", "dual"])
+def test_augmented_memory_lists_are_one_input(memory, request, tmp_path):
+    run_root = request.getfixturevalue("run_root" if memory == "joint" else "dual_root")
+    bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
+    # the retrieved memory and two self-memories, one word each: the models were built for one
+    # memory (generator.num_memories sizes the joint positions), so longer lists would not fit
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text("".join(json.dumps({"memories": [[" ".join(m.split()[:1]) for m in r["memories"][:3]]]}) + "\n"
+                             for r in bm25), encoding="utf-8")
+    lines = records(generate(run_root, 10, "generator.num_memories=3", "--memory", str(lists)))
+    assert [r["memories"] for r in lines] == [[[" ".join(m.split()[:1]) for m in b["memories"][:3]]] for b in bm25]
+    assert all(len(r["candidates"]) == 1 and len(r["candidates"][0]) == 6 for r in lines)
