@@ -191,7 +191,7 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int =
                         selector_examples(dev_candidates, dev, tokenizer, metric), [ex.target for ex in dev],
                         tokenizer.bos_id, tokenizer.sep_id, tokenizer.pad_id, cfg, config.data.metric,
                         config.data.bleu_tokenize, env, config.run.seed)
-    steps = cfg.max_epochs * (len(task.epoch_batches(0)) // env.world_size)
+    steps = cfg.max_epochs * (len(task.epoch_batches(0)) // (env.world_size * config.train.accumulate))
     train_config = dataclasses.replace(config.train, lr=cfg.lr, max_epochs=cfg.max_epochs, max_tokens=cfg.max_tokens,
                                        warmup_steps=max(1, steps // 10), max_steps=None)
     return fit(selector, task, train_config, env, paths.selector, config.run.seed,
