@@ -104,7 +104,6 @@ class TrainConfig:
     save_every: int = 1000  # steps between resumable checkpoints
     log_every: int = 50  # steps between training-log records
     max_nonfinite: int = 10  # consecutive non-finite steps before giving up
-    eval_beams: int = 1
 
 
 @dataclass
