@@ -7,15 +7,17 @@ import math
 import pytest
 import sacrebleu
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, BertTokenizer
 
 from selfmem.common.config import SelectorConfig, TrainConfig
 from selfmem.common.distributed import DistEnv
+from selfmem.common.tokenizer import HFTokenizer
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.selector import (
     GeneratorEncoderBackbone,
     HFEncoderBackbone,
     Selector,
+    pair_encoder,
     pair_ids,
 )
 from selfmem.select.pick import augment, top_b
@@ -156,7 +158,7 @@ def planted_examples(count: int, seed: int) -> tuple[list[SelectorExample], list
             candidates.append(candidate)
         texts = [" ".join(map(str, c)) for c in candidates]
         metric = [sacrebleu.sentence_bleu(t, [reference]).score for t in texts]
-        examples.append(SelectorExample(source, candidates, texts, metric))
+        examples.append(SelectorExample(reference, texts, metric))
         references.append(reference)
     return examples, references
 
@@ -165,8 +167,11 @@ def test_a_tiny_selector_learns_a_planted_signal(tmp_path):
     train, _ = planted_examples(400, seed=1)
     dev, references = planted_examples(100, seed=2)
     config = SelectorConfig(group_size=8, max_len=24, max_tokens=1200, temperature=0.5)
-    task = SelectorTask(train, dev, references, cls_id=1, sep_id=4, pad_id=0, config=config, metric="bleu",
-                        bleu_tokenize="13a", env=ONE_PROCESS, seed=0)
+    def pair(source: str, candidate: str) -> list[int]:  # the texts are token ids written out
+        return pair_ids([int(t) for t in source.split()], [int(t) for t in candidate.split()], 1, 4, config.max_len)
+
+    task = SelectorTask(train, dev, references, pair, pad_id=0, config=config, metric="bleu", bleu_tokenize="13a",
+                        env=ONE_PROCESS, seed=0)
     torch.manual_seed(0)
     backbone = GeneratorEncoderBackbone(ModelConfig(vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=1,
                                                     heads=4, ffn_dim=64, max_positions=32, dropout=0.0))
@@ -183,3 +188,15 @@ def test_a_tiny_selector_learns_a_planted_signal(tmp_path):
     assert hits > 3 * chance  # best candidate picked far more often than at random
     assert figures["metric"] > figures["top1"] + 10
     assert figures["oracle"] >= figures["metric"]
+
+
+def test_hf_pair_format_cuts_the_source_first(tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefgh"]) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=13, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32), add_pooling_layer=False).save_pretrained(tmp_path)
+    selector = Selector(HFEncoderBackbone(tmp_path, pad_id=0))
+    tokenizer = HFTokenizer(tmp_path)
+    assert pair_encoder(selector, tokenizer, 16)("a b c d", "e f") == [2, 5, 6, 7, 8, 3, 9, 10, 3]
+    assert pair_encoder(selector, tokenizer, 7)("a b c d", "e f") == [2, 5, 6, 3, 9, 10, 3]

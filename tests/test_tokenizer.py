@@ -237,7 +237,7 @@ def test_hf_without_sep_or_bos_falls_back(tmp_path):
 
 def test_hf_without_eos_is_rejected(tmp_path):
     make_hf_tokenizer(tmp_path, {"pad_token": "<pad>", "unk_token": "<unk>"})
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path)) + ".* no eos token"):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path)) + ".* no eos \\(or sep\\) token"):
         HFTokenizer(tmp_path)
 
 

@@ -172,17 +172,22 @@ class HFTokenizer(Tokenizer):
             raise ValueError(f"Hugging Face tokenizer directory {path} does not exist")
         self.path = str(path)
         self._tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        missing = [
-            name for name in ("pad", "eos") if getattr(self._tok, f"{name}_token_id") is None
-        ]
+        # encoder tokenizers (BERT's, for the selector) close a segment with sep, not eos
+        eos = self._tok.eos_token_id if self._tok.eos_token_id is not None else self._tok.sep_token_id
+        missing = [name for name, value in (("pad", self._tok.pad_token_id), ("eos (or sep)", eos)) if value is None]
         if missing:
             raise ValueError(
                 f"Hugging Face tokenizer in {self.path} has no {' or '.join(missing)} token"
             )
         self.pad_id = self._tok.pad_token_id
-        self.eos_id = self._tok.eos_token_id
+        self.eos_id = eos
         self.bos_id = self._tok.bos_token_id if self._tok.bos_token_id is not None else self.pad_id
         self.sep_id = self._tok.sep_token_id if self._tok.sep_token_id is not None else self.eos_id
+
+    @property
+    def hf(self):
+        """The underlying transformers tokenizer (its pair format, special tokens)."""
+        return self._tok
 
     @property
     def vocab_size(self) -> int:

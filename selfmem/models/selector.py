@@ -15,6 +15,7 @@ A pair longer than the budget keeps its candidate and loses the end of its sourc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +34,19 @@ def pair_ids(source: list[int], candidate: list[int], cls_id: int, sep_id: int, 
     candidate = candidate[: max_len - 3]
     source = source[: max_len - 3 - len(candidate)]
     return [cls_id, *source, sep_id, *candidate, sep_id]
+
+
+def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, str], list[int]]:
+    """How ``selector`` reads a (source, candidate) text pair, within ``max_len`` tokens (or
+    the backbone's positions), cutting the source first: ``pair_ids`` with the run
+    tokenizer's bos and separator, or the HF tokenizer's own pair format (``[CLS] a [SEP] b
+    [SEP]``, ``<s> a </s></s> b </s>``, ...)."""
+    max_len = min(max_len, selector.backbone.max_positions)
+    if isinstance(selector.backbone, GeneratorEncoderBackbone):
+        return lambda source, candidate: pair_ids(tokenizer.encode(source), tokenizer.encode(candidate),
+                                                  tokenizer.bos_id, tokenizer.sep_id, max_len)
+    return lambda source, candidate: tokenizer.hf(source, candidate, truncation="only_first",
+                                                  max_length=max_len)["input_ids"]
 
 
 class ClassificationHead(nn.Module):
@@ -108,10 +122,6 @@ class Selector(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.head(self.backbone(ids)[:, 0])
-
-    def pair_budget(self, max_len: int) -> int:
-        """``max_len`` tokens of a pair, or fewer if the backbone has fewer positions."""
-        return min(max_len, self.backbone.max_positions)
 
     def save(self, directory: str | Path) -> None:
         """The backbone in ``backbone/`` (in its own format), the head's weights in

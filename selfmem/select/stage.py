@@ -21,10 +21,10 @@ from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.run import RunPaths
-from selfmem.common.tokenizer import load_tokenizer
-from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
+from selfmem.models.selector import Selector, pair_encoder
 from selfmem.select.pick import augment, top_b
 from selfmem.train.batching import token_budget_batches
+from selfmem.train.selector import selector_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,12 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     examples = load_split(config.data, split)
     if len(records) != len(examples):
         raise ValueError(f"{candidates_path}: {len(records)} lines for {len(examples)} {split} examples")
-    tokenizer = load_tokenizer(paths.tokenizer)
+    tokenizer = selector_tokenizer(config, paths)
     selector = Selector.load(paths.selector, map_location=env.device)
-    if not isinstance(selector.backbone, GeneratorEncoderBackbone):
-        raise NotImplementedError("selection with a Hugging Face selector backbone is not built yet")
+    pair = pair_encoder(selector, tokenizer, cfg.max_len)
     # every example's candidates over all of its memory inputs compete together
     pools = [[c for per_input in r["candidates"] for c in per_input] for r in records]
-    max_len = selector.pair_budget(cfg.max_len)
-    pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, max_len)
-             for ex, pool in zip(examples, pools) for c in pool]
+    pairs = [pair(ex.source, c) for ex, pool in zip(examples, pools) for c in pool]
     flat = score_pairs(selector, pairs, tokenizer.pad_id, env, cfg.max_tokens)
     memories, start = [], 0
     for record, pool in zip(records, pools):

@@ -18,9 +18,9 @@ from selfmem.common.distributed import DistEnv
 from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score, sentence_bleu, sentence_rouge
 from selfmem.common.run import RunPaths
-from selfmem.common.tokenizer import Tokenizer, load_tokenizer
+from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.infer.generate import generate
-from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
+from selfmem.models.selector import GeneratorEncoderBackbone, HFEncoderBackbone, Selector, pair_encoder
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.train.batching import token_budget_batches
 from selfmem.train.loop import TrainState, fit
@@ -53,11 +53,10 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
 
 @dataclass(frozen=True)
 class SelectorExample:
-    """One source with its candidates (token ids), their texts and sentence metrics."""
+    """One source with its candidates and their sentence metrics."""
 
-    source: list[int]
-    candidates: list[list[int]]
-    texts: list[str]
+    source: str
+    candidates: list[str]
     metric: list[float]
 
 
@@ -67,18 +66,18 @@ class SelectorTask:
     and of the best one (the oracle)."""
 
     def __init__(self, train: list[SelectorExample], dev: list[SelectorExample], dev_references: list[str],
-                 cls_id: int, sep_id: int, pad_id: int, config: SelectorConfig, metric: str, bleu_tokenize: str,
-                 env: DistEnv, seed: int):
+                 pair: Callable[[str, str], list[int]], pad_id: int, config: SelectorConfig, metric: str,
+                 bleu_tokenize: str, env: DistEnv, seed: int):
         self.train, self.dev, self.dev_references = train, dev, dev_references
-        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+        self.pair, self.pad_id = pair, pad_id
         self.config, self.metric, self.bleu_tokenize, self.env, self.seed = config, metric, bleu_tokenize, env, seed
         self.sizes = [(min(config.group_size, len(ex.candidates)) * self._longest_pair(ex),) for ex in train]
 
     def _longest_pair(self, example: SelectorExample) -> int:
         return max(len(self._pair(example, c)) for c in example.candidates)
 
-    def _pair(self, example: SelectorExample, candidate: list[int]) -> list[int]:
-        return pair_ids(example.source, candidate, self.cls_id, self.sep_id, self.config.max_len)
+    def _pair(self, example: SelectorExample, candidate: str) -> list[int]:
+        return self.pair(example.source, candidate)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         # the loop asks for an epoch's batches before training on them: the candidate
@@ -129,14 +128,15 @@ class SelectorTask:
         picks = []
         for ex in self.dev:  # small dev sets: one example's candidates a batch
             scores, _ = self._scores(model, [ex], [list(range(len(ex.candidates)))])
-            picks.append(ex.texts[int(scores[0].argmax())])
+            picks.append(ex.candidates[int(scores[0].argmax())])
         model.train()
 
         def corpus(texts: list[str]) -> float:
             return headline_score(self.metric, texts, self.dev_references, self.bleu_tokenize)
 
-        return {"metric": corpus(picks), "top1": corpus([ex.texts[0] for ex in self.dev]),
-                "oracle": corpus([ex.texts[max(range(len(ex.metric)), key=ex.metric.__getitem__)] for ex in self.dev])}
+        return {"metric": corpus(picks), "top1": corpus([ex.candidates[0] for ex in self.dev]),
+                "oracle": corpus([ex.candidates[max(range(len(ex.metric)), key=ex.metric.__getitem__)]
+                                  for ex in self.dev])}
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
@@ -150,7 +150,7 @@ def sentence_metric(config: Config) -> Callable[[str, str], float]:
     return lambda hyp, ref: sentence_rouge(hyp, ref, weights)
 
 
-def selector_examples(candidates_path: Path, examples: list[Example], tokenizer: Tokenizer,
+def selector_examples(candidates_path: Path, examples: list[Example],
                       metric: Callable[[str, str], float]) -> list[SelectorExample]:
     """Each example's candidates (over all of its memory inputs) with their metric against its target."""
     records = read_jsonl(candidates_path)
@@ -159,9 +159,17 @@ def selector_examples(candidates_path: Path, examples: list[Example], tokenizer:
     out = []
     for record, example in zip(records, examples):
         pool = [c for per_input in record["candidates"] for c in per_input]
-        out.append(SelectorExample(tokenizer.encode(example.source), [tokenizer.encode(c) for c in pool], pool,
-                                   [metric(c, example.target) for c in pool]))
+        out.append(SelectorExample(example.source, pool, [metric(c, example.target) for c in pool]))
     return out
+
+
+def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
+    """The run's tokenizer for the generator backbone; the HF encoder's own for ``hf``."""
+    if config.selector.backbone == "generator":
+        return load_tokenizer(paths.tokenizer)
+    if not config.selector.path:
+        raise ValueError("selector.backbone is 'hf' but selector.path (an encoder directory) is not set")
+    return HFTokenizer(config.selector.path)
 
 
 def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int = 0) -> TrainState:
@@ -170,8 +178,6 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int =
     cfg = config.selector
     if cfg.train_from != "train":
         raise ValueError(f"selector.train_from {cfg.train_from!r} is not built yet; use 'train'")
-    if cfg.backbone != "generator":
-        raise ValueError("selector.backbone 'hf' is not built yet for training; use 'generator'")
     train = load_split(config.data, "train")
     subset = sorted(random.Random(config.run.seed).sample(range(len(train)), min(cfg.train_subset, len(train))))
     train_candidates = paths.selector / "candidates" / "train.jsonl"
@@ -180,16 +186,18 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int =
     dev_candidates = paths.candidates(round_k, "dev")
     if not dev_candidates.exists():
         generate(config, env, paths, "dev", "candidates", None, round_k)
-    tokenizer = load_tokenizer(paths.tokenizer)
+    tokenizer = selector_tokenizer(config, paths)
+    torch.manual_seed(config.run.seed)
+    if cfg.backbone == "generator":
+        backbone = GeneratorEncoderBackbone.from_generator(Seq2SeqModel.load(paths.generator))
+    else:
+        backbone = HFEncoderBackbone(cfg.path, tokenizer.pad_id)
+    selector = Selector(backbone, dropout=config.generator.dropout)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    torch.manual_seed(config.run.seed)
-    selector = Selector(GeneratorEncoderBackbone.from_generator(Seq2SeqModel.load(paths.generator)),
-                        dropout=config.generator.dropout)
-    cfg = dataclasses.replace(cfg, max_len=selector.pair_budget(cfg.max_len))
-    task = SelectorTask(selector_examples(train_candidates, [train[i] for i in subset], tokenizer, metric),
-                        selector_examples(dev_candidates, dev, tokenizer, metric), [ex.target for ex in dev],
-                        tokenizer.bos_id, tokenizer.sep_id, tokenizer.pad_id, cfg, config.data.metric,
+    task = SelectorTask(selector_examples(train_candidates, [train[i] for i in subset], metric),
+                        selector_examples(dev_candidates, dev, metric), [ex.target for ex in dev],
+                        pair_encoder(selector, tokenizer, cfg.max_len), tokenizer.pad_id, cfg, config.data.metric,
                         config.data.bleu_tokenize, env, config.run.seed)
     steps = cfg.max_epochs * (len(task.epoch_batches(0)) // (env.world_size * config.train.accumulate))
     train_config = dataclasses.replace(config.train, lr=cfg.lr, max_epochs=cfg.max_epochs, max_tokens=cfg.max_tokens,
