@@ -37,7 +37,7 @@ class HFSeq2Seq(nn.Module):
 
     @torch.no_grad()
     def greedy(self, src_ids: torch.Tensor, max_len: int, eos_id: int) -> list[list[int]]:
-        """Greedy continuations without start and eos, as ``infer.greedy.greedy_decode`` decodes."""
+        """Greedy continuations without start and eos, as the native one-beam search decodes."""
         from transformers import GenerationConfig
 
         plain = GenerationConfig(num_beams=1, do_sample=False, max_new_tokens=max_len, eos_token_id=eos_id,

@@ -21,7 +21,7 @@ from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
-from selfmem.infer.greedy import greedy_decode
+from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.models.config import ModelConfig
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.hf_import import import_hf
@@ -94,7 +94,9 @@ class GeneratorTask:
                 outputs = model.greedy(src, max_len, self.ids.eos)
             else:
                 memory = tensors["memory"].to(self.env.device) if "memory" in tensors else None
-                outputs = greedy_decode(model, src, memory, max_len, self.ids.decoder_start, self.ids.eos)
+                greedy = BeamSettings(num_beams=1, max_len=max_len)  # one beam: the argmax path
+                outputs = [hyps[0].tokens for hyps in beam_search(model, src, memory, greedy, self.ids.decoder_start,
+                                                                 self.ids.eos)]
             hyps.update((i, self.tokenizer.decode(out)) for i, out in zip(batch, outputs))
         if dist.is_initialized():
             dist.all_reduce(loss_and_count)
