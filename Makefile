@@ -29,11 +29,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_tokenizer.py --config $(DEMO)
-	$(TORCHRUN) --standalone --nproc_per_node 2 launch/retrieve.py --config $(DEMO)
-	$(TORCHRUN) --standalone --nproc_per_node 2 launch/train_generator.py --config $(DEMO)
-	$(TORCHRUN) --standalone --nproc_per_node 2 launch/generate.py --config $(DEMO) --split test --mode hypotheses
-	@echo "the lift loop (launch/lift.py): not yet built"
+	$(TORCHRUN) --standalone --nproc_per_node 2 launch/lift.py --config $(DEMO)
 
 test: setup
 	$(PYTHON) -m pytest -q

@@ -103,12 +103,15 @@ def test_memory_file_must_match_the_split(run_root, tmp_path):
 
 
 def test_selector_trains_on_candidates_of_a_train_subset(run_root):
-    args = ["--config", str(DEMO_CONFIG), f"run.root={run_root}", *SMALL, "--round", "9", "selector.train_subset=20",
+    args = ["--config", str(DEMO_CONFIG), f"run.root={run_root}", *SMALL, "selector.train_subset=20",
             "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500", "selector.lr=1e-3"]
     run_single("launch/train_selector.py", args)
     selector = run_root / "demo" / "selector"
-    assert len((selector / "candidates" / "train.jsonl").read_text().splitlines()) == 20
-    assert len((run_root / "demo" / "round_9" / "candidates" / "dev.jsonl").read_text().splitlines()) == 40
+    assert len((run_root / "demo" / "selector_candidates" / "train.jsonl").read_text().splitlines()) == 20
+    # evaluated on round 1's dev candidates: those of round 0's memory, the top BM25 hit
+    dev = records(run_root / "demo" / "round_1" / "candidates" / "dev.jsonl")
+    bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
+    assert [r["memories"] for r in dev] == [[b["memories"][:1]] for b in bm25]
     evals = [json.loads(line)["eval"] for line in (selector / "train_log.jsonl").read_text().splitlines()
              if "eval" in json.loads(line)]
     assert len(evals) == 2

@@ -13,6 +13,7 @@ from selfmem.common.distributed import DistEnv, barrier
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+    generator_name: str = "generator"  # the lift's no-memory baseline lives in no_memory/generator
 
     @property
     def tokenizer(self) -> Path:
@@ -24,7 +25,7 @@ class RunPaths:
 
     @property
     def generator(self) -> Path:
-        return self.root / "generator"
+        return self.root / self.generator_name
 
     def bm25_memory(self, split: str) -> Path:
         return self.root / "memory" / "bm25" / f"{split}.jsonl"
@@ -32,6 +33,15 @@ class RunPaths:
     @property
     def selector(self) -> Path:
         return self.root / "selector"
+
+    @property
+    def selector_candidates(self) -> Path:
+        """The generator's candidates for the selector's train subset (lines follow the subset)."""
+        return self.root / "selector_candidates" / "train.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
 
     def round_dir(self, k: int) -> Path:
         return self.root / f"round_{k}"

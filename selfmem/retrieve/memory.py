@@ -8,6 +8,7 @@ so the files are byte-identical whatever the number of ranks.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -20,7 +21,7 @@ from selfmem.common.distributed import (
     on_main,
     shard_range,
 )
-from selfmem.common.io import atomic_write_jsonl
+from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.retrieve.bm25 import BM25Retriever, Hits
@@ -81,3 +82,23 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
                 log.info("%s: top BM25 memory vs reference: %s %.2f", split, config.data.metric, score)
 
         on_main(write)
+
+
+def initial_memory(config: Config, paths: RunPaths, split: str) -> Path:
+    """Round 0's memory of ``split`` from its BM25 hits, in the memory-file format of later
+    rounds: one input of the top ``generator.num_memories`` hits; for a top-B beam
+    (``selector.mode: replace``, B > 1) one input per hit for the B best; for augmented
+    memory a list that starts with the top hit and grows by a self-memory each round."""
+    cfg = config.selector
+
+    def inputs(hits: list[str]) -> list[list[str]]:
+        if cfg.mode == "augment":
+            return [hits[:1]]
+        if cfg.beam > 1:
+            return [[h] for h in hits[:cfg.beam]] or [[]]
+        return [hits[:config.generator.num_memories]]
+
+    output = paths.round_memory(0, split)
+    records = read_jsonl(paths.bm25_memory(split))
+    on_main(lambda: atomic_write_jsonl(output, ({"memories": inputs(r["memories"])} for r in records)))
+    return output

@@ -44,8 +44,9 @@ def score_pairs(selector: Selector, pairs: list[list[int]], pad_id: int, env: Di
 
 
 def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
-                    candidates_path: Path | None = None) -> Path:
-    """Choose the next memories of ``split`` from round K's candidates; returns the memory file."""
+                    candidates_path: Path | None = None) -> list[str]:
+    """Choose the next memories of ``split`` from round K's candidates into round K's memory
+    file; returns the selector's top pick of each example (the same list on every rank)."""
     cfg = config.selector
     candidates_path = candidates_path or paths.candidates(round_k, split)
     records = read_jsonl(candidates_path)
@@ -59,15 +60,17 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     pools = [[c for per_input in r["candidates"] for c in per_input] for r in records]
     pairs = [pair(ex.source, c) for ex, pool in zip(examples, pools) for c in pool]
     flat = score_pairs(selector, pairs, tokenizer.pad_id, env, cfg.max_tokens)
-    memories, start = [], 0
+    memories, picks, start = [], [], 0
     for record, pool in zip(records, pools):
         scores, start = flat[start:start + len(pool)], start + len(pool)
+        best = top_b(pool, scores, cfg.beam if cfg.mode == "replace" else 1)
+        picks.append(best[0] if best else "")
         if cfg.mode == "replace":
-            memories.append([[m] for m in top_b(pool, scores, cfg.beam)])
+            memories.append([[m] for m in best])
         else:
             (current,) = record["memories"]  # augment keeps one memory list per example
-            memories.append([augment(current, top_b(pool, scores, 1)[0], cfg.max_memories, cfg.keep_retrieved)])
+            memories.append([augment(current, best[0], cfg.max_memories, cfg.keep_retrieved)])
     output = paths.round_memory(round_k, split)
     on_main(lambda: atomic_write_jsonl(output, ({"memories": m} for m in memories)))
     log.info("%s: %d memories chosen (%s, B = %d) -> %s", split, len(memories), cfg.mode, cfg.beam, output)
-    return output
+    return picks

@@ -22,6 +22,7 @@ from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.infer.generate import generate
 from selfmem.models.selector import GeneratorEncoderBackbone, HFEncoderBackbone, Selector, pair_encoder
 from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.retrieve.memory import initial_memory
 from selfmem.train.batching import token_budget_batches
 from selfmem.train.loop import TrainState, fit
 
@@ -134,12 +135,19 @@ class SelectorTask:
         def corpus(texts: list[str]) -> float:
             return headline_score(self.metric, texts, self.dev_references, self.bleu_tokenize)
 
-        return {"metric": corpus(picks), "top1": corpus([ex.candidates[0] for ex in self.dev]),
-                "oracle": corpus([ex.candidates[max(range(len(ex.metric)), key=ex.metric.__getitem__)]
-                                  for ex in self.dev])}
+        reference_picks = baseline_picks(self.dev)
+        return {"metric": corpus(picks), "top1": corpus(reference_picks["top1"]),
+                "oracle": corpus(reference_picks["oracle"])}
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
+
+
+def baseline_picks(examples: list[SelectorExample]) -> dict[str, list[str]]:
+    """What the selector's pick is measured against: each example's first candidate (the
+    beam top-1) and its best one by the metric against the reference (the oracle)."""
+    return {"top1": [ex.candidates[0] for ex in examples],
+            "oracle": [ex.candidates[max(range(len(ex.metric)), key=ex.metric.__getitem__)] for ex in examples]}
 
 
 def sentence_metric(config: Config) -> Callable[[str, str], float]:
@@ -172,20 +180,33 @@ def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
     return HFTokenizer(config.selector.path)
 
 
-def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int = 0) -> TrainState:
-    """Train S on generator candidates for a seeded random train subset; dev candidates of
-    round K for evaluation. Missing candidate files are generated first."""
+def selector_subset(config: Config, num_train: int) -> list[int]:
+    """The seeded random train examples whose candidates S learns from, in dataset order."""
+    size = min(config.selector.train_subset, num_train)
+    return sorted(random.Random(config.run.seed).sample(range(num_train), size))
+
+
+def generate_selector_candidates(config: Config, env: DistEnv, paths: RunPaths, only_missing: bool = False) -> None:
+    """The generator's candidates S learns from (the train subset, with BM25 memory) and is
+    evaluated on (dev with round 0's memory: round 1's dev candidates)."""
+    if config.selector.train_from != "train":
+        raise ValueError(f"selector.train_from {config.selector.train_from!r} is not built yet; use 'train'")
+    if not (only_missing and paths.selector_candidates.exists()):
+        subset = selector_subset(config, len(load_split(config.data, "train")))
+        generate(config, env, paths, "train", "candidates", None, 0, subset=subset, output=paths.selector_candidates)
+    if not (only_missing and paths.candidates(1, "dev").exists()):
+        memory = paths.round_memory(0, "dev")
+        if not memory.exists():
+            initial_memory(config, paths, "dev")
+        generate(config, env, paths, "dev", "candidates", memory, 1)
+
+
+def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
+    """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
-    if cfg.train_from != "train":
-        raise ValueError(f"selector.train_from {cfg.train_from!r} is not built yet; use 'train'")
+    generate_selector_candidates(config, env, paths, only_missing=True)
     train = load_split(config.data, "train")
-    subset = sorted(random.Random(config.run.seed).sample(range(len(train)), min(cfg.train_subset, len(train))))
-    train_candidates = paths.selector / "candidates" / "train.jsonl"
-    if not train_candidates.exists():
-        generate(config, env, paths, "train", "candidates", None, round_k, subset=subset, output=train_candidates)
-    dev_candidates = paths.candidates(round_k, "dev")
-    if not dev_candidates.exists():
-        generate(config, env, paths, "dev", "candidates", None, round_k)
+    subset = selector_subset(config, len(train))
     tokenizer = selector_tokenizer(config, paths)
     torch.manual_seed(config.run.seed)
     if cfg.backbone == "generator":
@@ -195,8 +216,8 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths, round_k: int =
     selector = Selector(backbone, dropout=config.generator.dropout)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    task = SelectorTask(selector_examples(train_candidates, [train[i] for i in subset], metric),
-                        selector_examples(dev_candidates, dev, metric), [ex.target for ex in dev],
+    task = SelectorTask(selector_examples(paths.selector_candidates, [train[i] for i in subset], metric),
+                        selector_examples(paths.candidates(1, "dev"), dev, metric), [ex.target for ex in dev],
                         pair_encoder(selector, tokenizer, cfg.max_len), tokenizer.pad_id, cfg, config.data.metric,
                         config.data.bleu_tokenize, env, config.run.seed)
     steps = cfg.max_epochs * (len(task.epoch_batches(0)) // (env.world_size * config.train.accumulate))

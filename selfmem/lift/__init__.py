@@ -1,0 +1,1 @@
+"""The lift loop: the stage pipeline, its resumable state and its report."""

@@ -1,0 +1,193 @@
+"""The lift loop: every stage of Selfmem in one torchrun job, resumable (DESIGN section 1).
+
+Stages, in order, with a barrier after each: tokenizer -> BM25 memory -> generator [->
+no-memory baseline] -> round 0 (hypotheses with the retrieved memory) -> the selector's
+candidates -> the selector -> rounds 1..R. Round k, on dev and test: candidates from the
+memories of round k-1 -> the selector's top-B (or augmented list) as round k's memories ->
+hypotheses with them -> metrics. The train split only feeds the selector: G is trained
+once and then fixed, and S once.
+
+The loop stops after ``lift.max_rounds``, when the dev metric has not risen for
+``lift.patience`` rounds, or at a fixed point (no dev example's memory changed). The result
+is the test metric of the round that was best on dev: the test split steers nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from selfmem.common.config import Config
+from selfmem.common.data import SPLITS, load_split
+from selfmem.common.distributed import DistEnv, on_main
+from selfmem.common.io import atomic_write_jsonl, read_jsonl
+from selfmem.common.metrics import headline_score
+from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import prepare_run_tokenizer
+from selfmem.infer.generate import generate
+from selfmem.lift.report import best_round, write_report
+from selfmem.lift.state import RunState, file_digest
+from selfmem.retrieve.memory import build_bm25_memory, initial_memory
+from selfmem.select.stage import select_memories
+from selfmem.train.generator import train_generator
+from selfmem.train.selector import (
+    baseline_picks,
+    generate_selector_candidates,
+    selector_examples,
+    sentence_metric,
+    train_selector,
+)
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("dev", "test")
+# train keys that change no result: they are left out of the fingerprints
+BOOKKEEPING = ("save_every", "log_every")
+# train keys the selector's training sets for itself (train_selector)
+SELECTOR_OWN = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
+
+
+def _without(section, keys: tuple[str, ...]) -> dict:
+    """A config section (a dataclass or its dict) less ``keys``."""
+    values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+    return {k: v for k, v in values.items() if k not in keys}
+
+
+def _score(config: Config, texts: list[str], split: str) -> float:
+    references = [ex.target for ex in load_split(config.data, split)]
+    return headline_score(config.data.metric, texts, references, config.data.bleu_tokenize)
+
+
+def _hypotheses(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _round_outputs(paths: RunPaths, k: int) -> list[Path]:
+    outputs = [paths.round_dir(k) / "metrics.jsonl"]
+    for split in EVAL_SPLITS:
+        outputs += [paths.round_memory(k, split), paths.hyps(k, split)]
+        if k > 0 and not (k == 1 and split == "dev"):  # round 1's dev candidates come with the selector's
+            outputs.append(paths.candidates(k, split))
+    return outputs
+
+
+def _round_zero(config: Config, env: DistEnv, paths: RunPaths) -> None:
+    """The retrieval baseline: hypotheses with the BM25 memory, and round 0's memory files."""
+    rows = []
+    for split in EVAL_SPLITS:
+        initial_memory(config, paths, split)
+        generate(config, env, paths, split, "hypotheses", None, 0)
+        top_hits = [(r["memories"] or [""])[0] for r in read_jsonl(paths.bm25_memory(split))]
+        rows.append(lambda split=split, top_hits=top_hits: {
+            "round": 0, "split": split, "hyps": _score(config, _hypotheses(paths.hyps(0, split)), split),
+            "memory": _score(config, top_hits, split), "oracle": None, "top1": None, "changed": None})
+    on_main(lambda: atomic_write_jsonl(paths.round_dir(0) / "metrics.jsonl", [row() for row in rows]))
+
+
+def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
+    """Round k >= 1 on dev and test: candidates -> selection -> hypotheses -> metrics."""
+    rows = []
+    for split in EVAL_SPLITS:
+        if not paths.candidates(k, split).exists() or (k, split) != (1, "dev"):
+            generate(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
+        picks = select_memories(config, env, paths, split, k)
+        generate(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
+
+        def row(split=split, picks=picks) -> dict:
+            examples = load_split(config.data, split)
+            candidates = baseline_picks(selector_examples(paths.candidates(k, split), examples,
+                                                          sentence_metric(config)))
+            before, after = read_jsonl(paths.round_memory(k - 1, split)), read_jsonl(paths.round_memory(k, split))
+            return {"round": k, "split": split, "hyps": _score(config, _hypotheses(paths.hyps(k, split)), split),
+                    "memory": _score(config, picks, split), "oracle": _score(config, candidates["oracle"], split),
+                    "top1": _score(config, candidates["top1"], split),
+                    "changed": sum(a["memories"] != b["memories"] for a, b in zip(before, after))}
+        rows.append(row)
+    on_main(lambda: atomic_write_jsonl(paths.round_dir(k) / "metrics.jsonl", [row() for row in rows]))
+
+
+def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
+    """A generator without memory, trained and decoded like the run's own, in ``no_memory/``."""
+    baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none"))
+    baseline_paths = dataclasses.replace(paths, generator_name="no_memory/generator")
+    train_generator(baseline, env, baseline_paths)
+    hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
+    for split, output in hyps.items():
+        generate(baseline, env, baseline_paths, split, "hypotheses", None, 0, output=output)
+    on_main(lambda: atomic_write_jsonl(paths.root / "no_memory" / "metrics.jsonl", [
+        {"round": "no_memory", "split": split, "hyps": _score(config, _hypotheses(output), split)}
+        for split, output in hyps.items()]))
+
+
+def check_lift_config(config: Config) -> None:
+    """Refuse settings under which the loop cannot work, before any stage runs."""
+    if config.generator.memory == "none":
+        raise ValueError("generator.memory is 'none': a generator without memory has nothing to lift; "
+                         "use joint or dual (lift.no_memory_baseline=true adds the no-memory baseline)")
+    selector = config.selector
+    if selector.mode == "augment" and config.generator.num_memories < selector.max_memories:
+        raise ValueError(f"selector.mode augment grows memory lists to selector.max_memories "
+                         f"({selector.max_memories}) but the generator reads generator.num_memories "
+                         f"({config.generator.num_memories}) of them: set generator.num_memories >= "
+                         f"{selector.max_memories} (it also trains on that many retrieved memories)")
+    if config.retrieval.topk < max(config.generator.num_memories, selector.beam):
+        raise ValueError(f"retrieval.topk ({config.retrieval.topk}) must cover generator.num_memories "
+                         f"({config.generator.num_memories}) and selector.beam ({selector.beam})")
+
+
+def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
+    """Run (or resume) every stage; returns the report's rows (also in ``metrics.jsonl``)."""
+    check_lift_config(config)
+    state = RunState(paths.state)
+    seed = config.run.seed
+    data = [_without(config.data, ("metric", "bleu_tokenize")),
+            {split: file_digest(Path(config.data.dir) / f"{split}.jsonl") for split in SPLITS}]
+    train = _without(config.train, BOOKKEEPING)
+
+    tokenizer = state.run("tokenizer", [*data, config.tokenizer, seed], [paths.tokenizer],
+                          lambda: prepare_run_tokenizer(config, paths.tokenizer))
+    memory = state.run("retrieval", [*data, config.retrieval], [paths.root / "memory"],
+                       lambda: build_bm25_memory(config, env, paths))
+    generator = state.run("generator", [tokenizer, memory, config.data, config.generator, train, seed],
+                          [paths.generator], lambda: train_generator(config, env, paths))
+    baselines = []
+    if config.lift.no_memory_baseline:
+        state.run("no_memory", [tokenizer, config.data, config.generator, train, config.candidates, seed],
+                  [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
+        baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
+    selector = config.selector
+    previous = state.run("round_0", [generator, memory, config.data, config.candidates, selector.mode, selector.beam],
+                         _round_outputs(paths, 0), lambda: _round_zero(config, env, paths))
+    rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
+    if config.lift.max_rounds > 0:
+        candidates = state.run("selector_candidates", [previous, config.candidates, selector.train_from,
+                                                       selector.train_subset, seed],
+                               [paths.selector_candidates.parent, paths.candidates(1, "dev")],
+                               lambda: generate_selector_candidates(config, env, paths))
+        selector_key = state.run("selector", [candidates, config.data, selector, _without(train, SELECTOR_OWN),
+                                              config.generator.dropout, seed],
+                                 [paths.selector], lambda: train_selector(config, env, paths))
+    last = 0
+    for k in range(1, config.lift.max_rounds + 1):
+        previous = state.run(f"round_{k}", [previous, selector_key, config.data, config.candidates],
+                             _round_outputs(paths, k), lambda k=k: _round(config, env, paths, k))
+        round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")
+        rows += round_rows
+        last = k
+        seconds = {name: state.seconds(name) for name in state.stages}
+        on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
+        dev = next(r for r in round_rows if r["split"] == "dev")
+        if dev["changed"] == 0:
+            log.info("round %d: no dev memory changed (a fixed point); stopping", k)
+            break
+        if k - best_round(rows) >= config.lift.patience:
+            log.info("round %d: the dev metric has not risen for %d round(s); stopping", k, k - best_round(rows))
+            break
+    for name in [n for n in state.stages if n.startswith("round_") and int(n.split("_")[1]) > last]:
+        state.forget(name, _round_outputs(paths, int(name.split("_")[1])))  # from an earlier, longer run
+    seconds = {name: state.seconds(name) for name in state.stages}
+    text = on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
+    if env.is_main:
+        print(text, flush=True)
+    return rows

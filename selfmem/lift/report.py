@@ -1,0 +1,98 @@
+"""The lift's report: ``metrics.jsonl``, ``report.md`` and ``lift.png`` from the finished rounds.
+
+A row holds one round (or the no-memory baseline) on one split: the corpus metric of the
+hypotheses, of the memory (round 0: BM25's top hit; round k: the selector's pick among the
+round's candidates, which is the next top memory), of the oracle pick and of the beam
+top-1 among those candidates, and how many examples' memories changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from selfmem.common.io import atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [("hyps", "hypotheses"), ("memory", "memory (S pick)"), ("oracle", "oracle pick"),
+           ("top1", "beam top-1"), ("changed", "memories changed")]
+
+
+def best_round(rows: list[dict]) -> int:
+    """The round with the highest dev metric (the earliest of equals)."""
+    dev = [r for r in rows if r["split"] == "dev" and isinstance(r["round"], int)]
+    return max(dev, key=lambda r: (r["hyps"], -r["round"]))["round"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _round_name(value) -> str:
+    return {0: "0 (BM25)", "no_memory": "no memory"}.get(value, str(value))
+
+
+def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | None]) -> str:
+    """The Markdown report: the result, a table per split, the wall time of each stage."""
+    best = best_round(rows)
+    test = next(r["hyps"] for r in rows if r["split"] == "test" and r["round"] == best)
+    lines = [f"# selfmem lift: {name}", "",
+             f"Best round on dev: {best}; its test {metric}: **{test:.2f}** (the test split steers nothing).", ""]
+    for split in ("dev", "test"):
+        lines += [f"## {split} ({metric})", "",
+                  "| round | " + " | ".join(title for _, title in COLUMNS) + " | seconds |",
+                  "|---" * (len(COLUMNS) + 2) + "|"]
+        for row in (r for r in rows if r["split"] == split):
+            stage = "no_memory" if row["round"] == "no_memory" else f"round_{row['round']}"
+            cells = [_cell(row.get(key)) for key, _ in COLUMNS] + [_seconds(seconds.get(stage))]
+            lines.append(f"| {_round_name(row['round'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## stages (wall seconds, dev and test together)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {_seconds(s)} |" for stage, s in seconds.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, metric: str, rows: list[dict]) -> bool:
+    """``lift.png``: the metric per round on dev and test, the baselines as lines; False
+    without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, color in (("dev", "tab:blue"), ("test", "tab:orange")):
+        rounds = [r for r in rows if r["split"] == split and isinstance(r["round"], int)]
+        ax.plot([r["round"] for r in rounds], [r["hyps"] for r in rounds], "o-", color=color,
+                label=f"{split}: self memory")
+        ax.axhline(rounds[0]["hyps"], color=color, linestyle="--", linewidth=1, label=f"{split}: retrieved memory")
+        for r in rows:
+            if r["split"] == split and r["round"] == "no_memory":
+                ax.axhline(r["hyps"], color=color, linestyle=":", linewidth=1, label=f"{split}: no memory")
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    partial = path.with_name(f".{path.name}.tmp")
+    fig.savefig(partial, dpi=120, format="png")
+    plt.close(fig)
+    partial.replace(path)
+    return True
+
+
+def write_report(root: Path, name: str, metric: str, rows: list[dict], seconds: dict[str, float | None]) -> str:
+    """Write the three report files under ``root``; returns the Markdown text."""
+    atomic_write_jsonl(root / "metrics.jsonl", rows)
+    text = render(name, metric, rows, seconds)
+    atomic_write_text(root / "report.md", text)
+    plot(root / "lift.png", metric, rows)
+    return text

@@ -1,0 +1,101 @@
+"""``state.json``: which stages of a run are done, each with a fingerprint of its inputs.
+
+A stage's fingerprint hashes what it reads: config values, data files, and the
+fingerprints of the stages whose outputs it uses. So a changed input changes the
+fingerprint of its stage and, through the chain, of every stage after it, and only those
+are redone. A stage that was started with the same fingerprint and not finished (a crash,
+a kill, a torchrun restart) is resumed as it stands: training stages continue from their
+checkpoint. A stage started afresh first removes its old outputs, so a checkpoint made
+under other inputs is never resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from selfmem.common.distributed import barrier, on_main
+from selfmem.common.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(inputs: Sequence[Any]) -> str:
+    """A short hash of ``inputs``: config sections (dataclasses), dicts, strings, numbers."""
+    def plain(value: Any) -> Any:
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    text = json.dumps([plain(v) for v in inputs], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove(paths: Sequence[Path]) -> None:
+    """Delete files and directories that exist."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+class RunState:
+    """The stages of ``state.json``; every rank holds the same copy, rank 0 writes it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stages: dict[str, dict] = json.loads(path.read_text(encoding="utf-8"))["stages"] if path.exists() else {}
+
+    def _record(self, name: str, record: dict | None) -> None:
+        if record is None:
+            self.stages.pop(name, None)
+        else:
+            self.stages[name] = record
+        text = json.dumps({"stages": self.stages}, indent=1) + "\n"
+        on_main(lambda: atomic_write_text(self.path, text))
+
+    def run(self, name: str, inputs: Sequence[Any], outputs: Sequence[Path], work: Callable[[], Any]) -> str:
+        """Run stage ``name`` unless it is done with these inputs; returns its fingerprint."""
+        key = fingerprint([name, *inputs])
+        record = self.stages.get(name, {})
+        if record.get("fingerprint") == key and record.get("done"):
+            log.info("stage %s: done (%s), skipped", name, key)
+            return key
+        if record.get("fingerprint") == key:
+            log.info("stage %s: resuming (%s)", name, key)
+        else:
+            log.info("stage %s: %s (%s)", name, "inputs changed, redone" if record else "starting", key)
+            on_main(lambda: remove(outputs))
+            self._record(name, {"fingerprint": key, "done": False})
+        started = time.perf_counter()
+        work()
+        barrier()
+        seconds = round(time.perf_counter() - started, 1)
+        self._record(name, {"fingerprint": key, "done": True, "seconds": seconds})
+        log.info("stage %s: done in %.1f s", name, seconds)
+        return key
+
+    def seconds(self, name: str) -> float | None:
+        """The wall time of a finished stage (of the run that finished it)."""
+        return self.stages.get(name, {}).get("seconds")
+
+    def forget(self, name: str, outputs: Sequence[Path]) -> None:
+        """Drop a stage that is no longer part of the run, with its outputs."""
+        if name in self.stages:
+            on_main(lambda: remove(outputs))
+            self._record(name, None)

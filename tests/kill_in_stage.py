@@ -1,0 +1,64 @@
+"""Run launch/lift.py in this process and SIGKILL it inside one stage (for the resume tests).
+
+python tests/kill_in_stage.py STAGE --config ... [k=v ...]: the process kills itself, with
+no chance to clean up, at a point inside STAGE where part of the stage's work is written.
+"""
+
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+import selfmem.infer.generate
+import selfmem.lift.pipeline
+import selfmem.retrieve.memory
+import selfmem.train.loop
+from selfmem.lift.state import RunState
+
+STAGE = sys.argv.pop(1)
+current = {"stage": None}
+
+
+def track_stages() -> None:
+    run = RunState.run
+
+    def tracked(self, name, inputs, outputs, work):
+        def work_in_stage():
+            current["stage"] = name
+            return work()
+        return run(self, name, inputs, outputs, work_in_stage)
+
+    RunState.run = tracked
+
+
+def kill_after(owner, attribute: str, calls: int) -> None:
+    """SIGKILL this process once ``owner.attribute`` has returned ``calls`` times inside STAGE."""
+    real, count = getattr(owner, attribute), [0]
+
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if current["stage"] == STAGE:
+            count[0] += 1
+            if count[0] == calls:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(owner, attribute, wrapper)
+
+
+KILL_POINTS = {
+    "tokenizer": (selfmem.lift.pipeline, "prepare_run_tokenizer", 1),  # saved, not recorded as done
+    "retrieval": (selfmem.retrieve.memory, "atomic_write_jsonl", 1),  # train memory written, dev not
+    "generator": (selfmem.train.loop, "_save_checkpoint", 2),  # mid-training, after a checkpoint
+    "selector_candidates": (selfmem.infer.generate.Generator, "decode", 2),  # mid-decoding
+    "selector": (selfmem.train.loop, "_save_checkpoint", 1),
+    "round_1": (selfmem.lift.pipeline, "select_memories", 1),  # dev memory chosen, test not
+}
+
+if __name__ == "__main__":
+    track_stages()
+    kill_after(*KILL_POINTS[STAGE])
+    script = Path(__file__).resolve().parent.parent / "launch" / "lift.py"
+    sys.argv = [str(script), *sys.argv[1:]]
+    runpy.run_path(str(script), run_name="__main__")

@@ -1,0 +1,164 @@
+"""The lift loop for real: one process against two torchrun "nodes" on 127.0.0.1, a run
+SIGKILLed inside every stage and restarted against an uninterrupted one, reruns after a
+config change, top-B and augmented memory end to end."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
+
+# 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
+LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
+        "candidates.num_beams=4", "candidates.num_return=4", "candidates.hypothesis_beams=2", "candidates.max_len=16",
+        "selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500",
+        "selector.lr=1e-3", "lift.max_rounds=2", "lift.patience=2"]
+# one process accumulates the two micro-batches that two ranks compute: the same global batch
+ONE_PROCESS = "train.accumulate=2"
+# every artifact the loop writes, but the report (which holds wall times) and training logs
+ARTIFACTS = ["memory/bm25/*.jsonl", "selector_candidates/*.jsonl", "round_*/*/*", "round_*/metrics.jsonl",
+             "metrics.jsonl", "generator/model.safetensors", "selector/model.safetensors"]
+
+
+def lift_args(root, *extra):
+    return ["--config", str(DEMO_CONFIG), f"run.root={root}", *LIFT, *extra]
+
+
+def artifacts(root):
+    run = root / "demo"
+    return {str(p.relative_to(run)): p.read_bytes() for pattern in ARTIFACTS for p in sorted(run.glob(pattern))}
+
+
+def state(root):
+    return json.loads((root / "demo" / "state.json").read_text())["stages"]
+
+
+def metrics(root):
+    return [json.loads(line) for line in (root / "demo" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lift-one")
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS))
+    return root
+
+
+def test_one_run_holds_every_round_and_its_report(uninterrupted):
+    stages = state(uninterrupted)
+    assert list(stages) == ["tokenizer", "retrieval", "generator", "round_0", "selector_candidates", "selector",
+                            "round_1", "round_2"]
+    assert all(s["done"] for s in stages.values())
+    rows = metrics(uninterrupted)
+    assert [(r["round"], r["split"]) for r in rows] == [(k, s) for k in range(3) for s in ("dev", "test")]
+    # round k's memory is the selector's pick among its candidates: never above the oracle pick
+    assert all(r["oracle"] >= r["memory"] for r in rows if r["round"] > 0)
+    report = (uninterrupted / "demo" / "report.md").read_text()
+    assert "| 0 (BM25) |" in report and "| 2 |" in report and "## test (bleu)" in report
+    best = max((r for r in rows if r["split"] == "dev"), key=lambda r: (r["hyps"], -r["round"]))["round"]
+    test = next(r["hyps"] for r in rows if r["split"] == "test" and r["round"] == best)
+    assert f"Best round on dev: {best}; its test bleu: **{test:.2f}**" in report
+    run = uninterrupted / "demo"
+    memory = [json.loads(line) for line in (run / "round_1" / "memory" / "dev.jsonl").read_text().splitlines()]
+    assert len(memory) == 40 and all(len(m["memories"]) == 1 and len(m["memories"][0]) == 1 for m in memory)
+
+
+def test_two_nodes_write_what_one_process_writes(uninterrupted, tmp_path):
+    run_torchrun("launch/lift.py", lift_args(tmp_path), nproc=1, nnodes=2)
+    one, two = artifacts(uninterrupted), artifacts(tmp_path)
+    assert len(one) == 26 and sorted(one) == sorted(two)
+    assert [name for name in one if one[name] != two[name]] == []
+
+
+def test_b1_is_the_plain_selfmem_round(uninterrupted, tmp_path):
+    """Round 1 of the loop equals the stand-alone stages: candidates with the retrieved
+    memory, the selector's top pick, hypotheses with it."""
+    root = tmp_path / "plain"
+    shutil.copytree(uninterrupted, root)
+    run = root / "demo"
+    args = lift_args(root, ONE_PROCESS, "--split", "test", "--round", "7")
+    run_single("launch/generate.py", [*args, "--mode", "candidates", "--memory", str(run / "round_0/memory/test.jsonl")])
+    run_single("launch/select_memory.py", args)
+    run_single("launch/generate.py", [*args, "--mode", "hypotheses", "--memory", str(run / "round_7/memory/test.jsonl")])
+    for part in ("candidates/test.jsonl", "memory/test.jsonl", "hyps/test.txt"):
+        assert (run / "round_7" / part).read_bytes() == (run / "round_1" / part).read_bytes()
+
+
+def run_until_killed(root, stage):
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "kill_in_stage.py"), stage,
+                           *lift_args(root, ONE_PROCESS)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_killed_in_every_stage_and_restarted_equals_uninterrupted(uninterrupted, tmp_path):
+    for stage in ["tokenizer", "retrieval", "generator", "selector_candidates", "selector", "round_1"]:
+        run_until_killed(tmp_path, stage)
+        record = state(tmp_path)[stage]
+        assert record["done"] is False  # killed inside the stage, the run picks it up there
+    run_single("launch/lift.py", lift_args(tmp_path, ONE_PROCESS))
+    assert artifacts(tmp_path) == artifacts(uninterrupted)
+    assert metrics(tmp_path) == metrics(uninterrupted)
+
+
+def test_a_changed_value_reruns_exactly_the_stages_that_read_it(uninterrupted, tmp_path):
+    root = tmp_path / "changed"
+    shutil.copytree(uninterrupted, root)
+    before = state(root)
+    generator = root / "demo" / "generator" / "model.safetensors"
+    generator_time = generator.stat().st_mtime_ns
+
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.lr=3e-3"))
+    after = state(root)
+    unchanged = ["tokenizer", "retrieval", "generator", "round_0", "selector_candidates"]
+    assert [s for s in after if after[s]["fingerprint"] == before[s]["fingerprint"]] == unchanged
+    assert generator.stat().st_mtime_ns == generator_time
+
+    # fewer rounds: nothing is redone, the rounds past the new end are dropped
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.lr=3e-3", "lift.max_rounds=1"))
+    assert {s: r["fingerprint"] for s, r in state(root).items()} == \
+        {s: r["fingerprint"] for s, r in after.items() if s != "round_2"}
+    assert not (root / "demo" / "round_2" / "hyps" / "dev.txt").exists()
+    assert [r["round"] for r in metrics(root)] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("mode", ["beam4", "augment"])
+def test_top_b_and_augmented_memory_run_end_to_end(mode, uninterrupted, tmp_path):
+    root = tmp_path / mode
+    shutil.copytree(uninterrupted, root)
+    # B = 4 reuses the generator and selector; augment needs a generator that reads 3 memories
+    extra = ["selector.beam=4"] if mode == "beam4" else ["selector.mode=augment", "selector.max_memories=3",
+                                                         "generator.num_memories=3"]
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *extra))
+    run = root / "demo"
+    stages = state(root)
+    assert (stages["generator"] == state(uninterrupted)["generator"]) == (mode == "beam4")
+    last = max(int(s.split("_")[1]) for s in stages if s.startswith("round_"))
+    assert last >= 1 and f"| {last} |" in (run / "report.md").read_text()
+    def memories(k):
+        return [json.loads(x)["memories"] for x in (run / f"round_{k}" / "memory" / "test.jsonl").read_text().splitlines()]
+
+    for k in range(1, last + 1):
+        lines = memories(k)
+        if mode == "beam4":  # up to four distinct memory inputs, one candidate each
+            assert all(1 <= len(m) <= 4 and len({x[0] for x in m}) == len(m) for m in lines)
+            assert any(len(m) == 4 for m in lines)
+            continue
+        # one list, no repeats, at most 3: the previous list, or it with the new pick appended
+        # (past 3, the oldest self-memory goes; the retrieved memory stays first)
+        grown = 0
+        for (before,), (after,) in zip(memories(k - 1), lines):
+            assert len(after) <= 3 and len(set(after)) == len(after)
+            assert after == before or after[:-1] == before or (
+                len(before) == 3 and after[0] == before[0] and after[1:-1] == before[2:])
+            grown += after != before
+        assert grown > 0 or k > 1  # round 1 adds the first self-memory
+
+
+def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match=r"selector.mode augment grows memory lists to "
+                       r"selector.max_memories \(4\) but the generator reads generator.num_memories \(1\)"):
+        run_single("launch/lift.py", lift_args(tmp_path, "selector.mode=augment"))
