@@ -38,18 +38,19 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _check(procs: list[subprocess.Popen], timeout: float) -> None:
+def _check(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
         if p.returncode != 0:
             pytest.fail(f"{' '.join(map(str, p.args))} exited {p.returncode}:\n{out[-6000:]}")
+    return outputs
 
 
-def run_single(script: str, args: list[str], timeout: float = 300) -> None:
-    """Run a launch script as one plain process (no torchrun)."""
+def run_single(script: str, args: list[str], timeout: float = 300) -> str:
+    """Run a launch script as one plain process (no torchrun); returns its output."""
     proc = subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _check([proc], timeout)
+    return _check([proc], timeout)[0]
 
 
 def start_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1) -> list[subprocess.Popen]:

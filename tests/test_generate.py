@@ -7,6 +7,9 @@ import pytest
 
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
 
+from selfmem.common.config import load_config
+from selfmem.train.selector import crossfit_halves, selector_subset
+
 # 40 examples a split, 6 candidates each: a few seconds a run
 SMALL = [*TINY, "data.max_examples=40", "candidates.num_beams=6", "candidates.num_return=6",
          "candidates.hypothesis_beams=4", "candidates.max_len=24"]
@@ -117,6 +120,45 @@ def test_selector_trains_on_candidates_of_a_train_subset(run_root):
     assert len(evals) == 2
     assert all(e["oracle"] >= max(e["metric"], e["top1"]) for e in evals)
     assert (selector / "selector.json").exists()
+
+
+def copy_run(run_root, tmp_path):
+    root = tmp_path / "copy"
+    for part in ("tokenizer", "memory", "generator"):
+        shutil.copytree(run_root / "demo" / part, root / "demo" / part)
+    return root
+
+
+SELECTOR = ["selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=1", "selector.max_tokens=1500"]
+
+
+def test_selector_trains_from_cross_fitted_halves(run_root, tmp_path):
+    root = copy_run(run_root, tmp_path)
+    out = run_single("launch/train_selector.py", ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL,
+                                                  *SELECTOR, "selector.train_from=crossfit", "train.max_steps=10"])
+    assert "selector: 20 train examples (crossfit), 40 dev examples" in out
+    config = load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL, *SELECTOR])
+    halves = crossfit_halves(config, 40)
+    assert sorted(halves[0] + halves[1]) == list(range(40)) and abs(len(halves[0]) - len(halves[1])) <= 1
+    subset = selector_subset(config, 40)
+    merged = records(root / "demo" / "selector_candidates" / "train.jsonl")
+    assert len(merged) == len(subset) == 20
+    # each subset example is decoded by the generator of the half that does not hold it
+    by_half = [dict(zip([i for i in subset if i not in halves[h]],
+                        records(root / "demo" / "crossfit" / f"half{h}" / "candidates.jsonl"))) for h in (0, 1)]
+    assert merged == [by_half[0 if i in halves[1] else 1][i] for i in subset]
+    for h in (0, 1):
+        assert (root / "demo" / "crossfit" / f"half{h}" / "generator" / "model.safetensors").exists()
+    assert (root / "demo" / "selector" / "selector.json").exists()
+
+
+def test_selector_trains_from_dev(run_root, tmp_path):
+    root = copy_run(run_root, tmp_path)
+    out = run_single("launch/train_selector.py", ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL,
+                                                  *SELECTOR, "selector.train_from=dev"])
+    assert "selector: 40 train examples (dev), 40 dev examples" in out
+    assert not (root / "demo" / "selector_candidates").exists()  # no train candidates are made
+    assert (root / "demo" / "selector" / "selector.json").exists()
 
 
 @pytest.mark.parametrize("memory", ["joint", "dual"])

@@ -163,7 +163,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     if config.lift.max_rounds > 0:
         candidates = state.run("selector_candidates", [previous, config.candidates, selector.train_from,
                                                        selector.train_subset, seed],
-                               [paths.selector_candidates.parent, paths.candidates(1, "dev")],
+                               [paths.selector_candidates.parent, paths.root / "crossfit", paths.candidates(1, "dev")],
                                lambda: generate_selector_candidates(config, env, paths))
         selector_key = state.run("selector", [candidates, config.data, selector, _without(train, SELECTOR_OWN),
                                               config.generator.dropout, seed],

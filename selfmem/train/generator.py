@@ -148,8 +148,10 @@ def load_memories(path: Path, split: str) -> list[list[str]]:
     return [record["memories"] for record in read_jsonl(path)]
 
 
-def prepare_generator(config: Config, env: DistEnv, paths: RunPaths) -> tuple[torch.nn.Module, GeneratorTask]:
-    """The untrained generator and its training task, from the run's tokenizer, data and BM25 memory."""
+def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indices: list[int] | None = None,
+                      ) -> tuple[torch.nn.Module, GeneratorTask]:
+    """The untrained generator and its training task, from the run's tokenizer, data and BM25
+    memory; ``train_indices`` keeps only those train examples."""
     if not paths.tokenizer.exists():
         raise FileNotFoundError(f"{paths.tokenizer}: no tokenizer; run launch/train_tokenizer.py with this config first")
     tokenizer = load_tokenizer(paths.tokenizer)
@@ -162,6 +164,8 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths) -> tuple[to
     for split, examples in splits.items():
         memories = ([[] for _ in examples] if config.generator.memory == "none"
                     else load_memories(paths.bm25_memory(split), split))
+        if split == "train" and train_indices is not None:
+            examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
     task = GeneratorTask(config, env, ids, tokenizer, encoded["train"], encoded["dev"],
                          [ex.target for ex in splits["dev"]])
@@ -172,8 +176,10 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths) -> tuple[to
     return model, task
 
 
-def train_generator(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
-    """Train the run's generator on its data and BM25 memory; the best dev model lands in ``generator/``."""
-    model, task = prepare_generator(config, env, paths)
+def train_generator(config: Config, env: DistEnv, paths: RunPaths, train_indices: list[int] | None = None,
+                    ) -> TrainState:
+    """Train the run's generator on its data and BM25 memory (only the ``train_indices``
+    examples of train, when given); the best dev model lands in ``paths.generator``."""
+    model, task = prepare_generator(config, env, paths, train_indices)
     return fit(model, task, config.train, env, paths.generator, config.run.seed,
                inverse_sqrt_schedule(config.train.warmup_steps))

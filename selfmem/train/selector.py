@@ -4,6 +4,7 @@ its task for the shared training loop."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from torch import Tensor
 
 from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example, load_split
-from selfmem.common.distributed import DistEnv
-from selfmem.common.io import read_jsonl
+from selfmem.common.distributed import DistEnv, on_main
+from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.metrics import headline_score, sentence_bleu, sentence_rouge
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
@@ -24,7 +25,10 @@ from selfmem.models.selector import GeneratorEncoderBackbone, HFEncoderBackbone,
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory
 from selfmem.train.batching import token_budget_batches
+from selfmem.train.generator import train_generator
 from selfmem.train.loop import TrainState, fit
+
+log = logging.getLogger(__name__)
 
 
 def metric_targets(metric: Tensor, mask: Tensor, temperature: float) -> Tensor:
@@ -186,14 +190,44 @@ def selector_subset(config: Config, num_train: int) -> list[int]:
     return sorted(random.Random(config.run.seed).sample(range(num_train), size))
 
 
+def crossfit_halves(config: Config, num_train: int) -> tuple[list[int], list[int]]:
+    """Train split in two seeded random halves (dataset order inside each)."""
+    order = list(range(num_train))
+    random.Random(config.run.seed + 1).shuffle(order)
+    return sorted(order[: num_train // 2]), sorted(order[num_train // 2:])
+
+
+def crossfit_candidates(config: Config, env: DistEnv, paths: RunPaths, subset: list[int]) -> None:
+    """Candidates for the train subset from generators that never saw them: one generator per
+    half of train (``crossfit/half{h}/generator``), each decoding the subset's examples of the
+    other half; merged in subset order into ``selector_candidates/train.jsonl``."""
+    halves = crossfit_halves(config, len(load_split(config.data, "train")))
+    parts: dict[int, dict] = {}
+    for h, half in enumerate(halves):
+        half_paths = dataclasses.replace(paths, generator_name=f"crossfit/half{h}/generator")
+        train_generator(config, env, half_paths, train_indices=half)  # returns at once when trained before
+        seen = set(half)
+        others = [i for i in subset if i not in seen]
+        output = paths.root / "crossfit" / f"half{h}" / "candidates.jsonl"
+        generate(config, env, half_paths, "train", "candidates", None, 0, subset=others, output=output)
+        parts.update(zip(others, read_jsonl(output)))
+    on_main(lambda: atomic_write_jsonl(paths.selector_candidates, (parts[i] for i in subset)))
+
+
 def generate_selector_candidates(config: Config, env: DistEnv, paths: RunPaths, only_missing: bool = False) -> None:
-    """The generator's candidates S learns from (the train subset, with BM25 memory) and is
-    evaluated on (dev with round 0's memory: round 1's dev candidates)."""
-    if config.selector.train_from != "train":
-        raise ValueError(f"selector.train_from {config.selector.train_from!r} is not built yet; use 'train'")
-    if not (only_missing and paths.selector_candidates.exists()):
+    """The generator's candidates S learns from and is evaluated on, by ``selector.train_from``:
+    ``train``: a seeded train subset with its BM25 memory; ``crossfit``: the same subset, each
+    example decoded by a generator trained on the half of train without it; ``dev``: none
+    beyond the dev candidates. Always: dev with round 0's memory (round 1's dev candidates),
+    on which S is evaluated (and, for ``dev``, trained)."""
+    train_from = config.selector.train_from
+    if train_from != "dev" and not (only_missing and paths.selector_candidates.exists()):
         subset = selector_subset(config, len(load_split(config.data, "train")))
-        generate(config, env, paths, "train", "candidates", None, 0, subset=subset, output=paths.selector_candidates)
+        if train_from == "train":
+            generate(config, env, paths, "train", "candidates", None, 0, subset=subset,
+                     output=paths.selector_candidates)
+        else:
+            crossfit_candidates(config, env, paths, subset)
     if not (only_missing and paths.candidates(1, "dev").exists()):
         memory = paths.round_memory(0, "dev")
         if not memory.exists():
@@ -205,8 +239,6 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
     generate_selector_candidates(config, env, paths, only_missing=True)
-    train = load_split(config.data, "train")
-    subset = selector_subset(config, len(train))
     tokenizer = selector_tokenizer(config, paths)
     torch.manual_seed(config.run.seed)
     if cfg.backbone == "generator":
@@ -216,8 +248,16 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     selector = Selector(backbone, dropout=config.generator.dropout)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    task = SelectorTask(selector_examples(paths.selector_candidates, [train[i] for i in subset], metric),
-                        selector_examples(paths.candidates(1, "dev"), dev, metric), [ex.target for ex in dev],
+    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric)
+    if cfg.train_from == "dev":
+        train_examples = dev_examples  # S is trained and evaluated on the same candidates
+    else:
+        train = load_split(config.data, "train")
+        subset = selector_subset(config, len(train))
+        train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric)
+    log.info("selector: %d train examples (%s), %d dev examples", len(train_examples), cfg.train_from,
+             len(dev_examples))
+    task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],
                         pair_encoder(selector, tokenizer, cfg.max_len), tokenizer.pad_id, cfg, config.data.metric,
                         config.data.bleu_tokenize, env, config.run.seed)
     steps = cfg.max_epochs * (len(task.epoch_batches(0)) // (env.world_size * config.train.accumulate))
