@@ -291,3 +291,19 @@ def test_convert_parallel_tsv_failure_keeps_old_output(tmp_path):
     with pytest.raises(DataError):
         convert_parallel_tsv(tsv, out)
     assert out.read_text(encoding="utf-8") == "old\n"
+
+
+def test_text_artifacts_keep_one_line_per_example(tmp_path):
+    """A decoded text may hold any line boundary Python knows; the hypotheses file must
+    still have exactly one line per example, read back as written."""
+    from selfmem.common.io import atomic_write_text, one_line, read_lines
+
+    texts = ["a\nb", "c\rd", "e\u2028f\x85g", "", "h\r\ni"]
+    assert [one_line(t) for t in texts] == ["a b", "c d", "e f g", "", "h i"]
+    path = tmp_path / "hyps.txt"
+    atomic_write_text(path, "".join(one_line(t) + "\n" for t in texts))
+    assert read_lines(path) == ["a b", "c d", "e f g", "", "h i"]
+    path.write_text("x\u2028y\n\n", encoding="utf-8")  # written elsewhere: split on \n only
+    assert read_lines(path) == ["x\u2028y", ""]
+    path.write_text("", encoding="utf-8")
+    assert read_lines(path) == []

@@ -89,6 +89,9 @@ def test_each_memory_input_is_decoded_on_its_own(memory, request, tmp_path):
     assert all(len(r["candidates"]) == 2 for r in both)
     assert [r["candidates"][0] for r in both] == [r["candidates"][0] for r in first]
     assert [r["candidates"][1] for r in both] == [r["candidates"][0] for r in second]
+    # hypotheses decode the first (top) memory input only
+    top = generate(run_root, 11, "--memory", str(two_inputs), mode="hypotheses")
+    assert top.read_bytes() == generate(run_root, 12, mode="hypotheses").read_bytes()
 
 
 def test_hypotheses_are_the_top_candidate_of_the_same_search(run_root):

@@ -95,7 +95,7 @@ def run_until_killed(root, stage):
 
 
 def test_killed_in_every_stage_and_restarted_equals_uninterrupted(uninterrupted, tmp_path):
-    for stage in ["tokenizer", "retrieval", "generator", "selector_candidates", "selector", "round_1"]:
+    for stage in ["tokenizer", "retrieval", "generator", "round_0", "selector_candidates", "selector", "round_1"]:
         run_until_killed(tmp_path, stage)
         record = state(tmp_path)[stage]
         assert record["done"] is False  # killed inside the stage, the run picks it up there

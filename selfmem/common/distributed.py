@@ -92,6 +92,12 @@ def broadcast_from_main(obj: Any) -> Any:
     return box[0]
 
 
+def agreed(check: Callable[[], T]) -> T:
+    """Rank 0's answer to ``check``, on every rank: for decisions that collectives follow
+    (whether a file exists can differ between nodes, or between moments on one)."""
+    return broadcast_from_main(on_main(check))
+
+
 def all_gather(obj: Any) -> list[Any]:
     """Every rank's ``obj`` in rank order, on every rank."""
     if not dist.is_initialized():

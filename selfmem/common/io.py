@@ -55,3 +55,15 @@ def read_jsonl(path: str | Path) -> list[Any]:
     """Read a JSON-lines artifact written by this project."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line boundary Python knows (\\n, \\r, \\u2028, ...) made a space."""
+    return " ".join(text.splitlines())
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a text artifact (one per dataset line), split on \\n only."""
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    return text.split("\n")[:-1] if text else []

@@ -13,7 +13,7 @@ from selfmem.common.distributed import DistEnv, barrier
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
-    generator_name: str = "generator"  # the lift's no-memory baseline lives in no_memory/generator
+    generator_dir: str = "generator"  # relative to root: no_memory/generator for the lift's baseline
 
     @property
     def tokenizer(self) -> Path:
@@ -25,7 +25,7 @@ class RunPaths:
 
     @property
     def generator(self) -> Path:
-        return self.root / self.generator_name
+        return self.root / self.generator_dir
 
     def bm25_memory(self, split: str) -> Path:
         return self.root / "memory" / "bm25" / f"{split}.jsonl"

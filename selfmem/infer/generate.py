@@ -1,7 +1,7 @@
 """Distributed generation: candidates (many beams, many returned) or hypotheses of a split.
 
 An example may come with several memory inputs (the top-B memories of a later round);
-it is decoded once per memory input. Examples, with all of their memory inputs, are packed
+candidates decode it once per memory input, hypotheses with its first (top) memory input. Examples, with all of their memory inputs, are packed
 into length-sorted token-budget batches that depend only on the data and the settings, and
 rank r decodes every world_size-th batch, so the output is the same for any number of
 ranks. Each rank writes its shard; rank 0 merges the shards in dataset order.
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from selfmem.common.config import Config
 from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv, barrier, on_main
-from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl
+from selfmem.common.io import atomic_write_jsonl, atomic_write_text, one_line, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
@@ -133,6 +133,8 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
         if len(records) != len(examples):
             raise ValueError(f"{memory_path}: {len(records)} lines for {len(examples)} {split} examples")
         sets = [memory_sets(r, gcfg.num_memories) for r in records]
+        if mode == "hypotheses":
+            sets = [s[:1] for s in sets]  # the top memory
     if subset is not None:
         examples, sets = [examples[i] for i in subset], [sets[i] for i in subset]
     units = [Unit(i, s) for i, example_sets in enumerate(sets) for s in range(len(example_sets))]
@@ -173,7 +175,7 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
         log.info("%s %s: %d examples, %d decodings in %.1f s -> %s", mode, split, len(examples), len(units),
                  time.perf_counter() - started, output)
         if mode == "hypotheses":
-            hyps = output.read_text(encoding="utf-8").splitlines()
+            hyps = read_lines(output)
             score = headline_score(config.data.metric, hyps, [ex.target for ex in examples], config.data.bleu_tokenize)
             log.info("%s hypotheses: %s %.2f", split, config.data.metric, score)
 
@@ -190,7 +192,7 @@ def input_size(example, mode: str, ids: SpecialIds) -> int:
 def write_output(path: Path, mode: str, units: list[Unit], sets: list[list[list[str]]], decoded: dict[int, dict],
                  tokenizer: Tokenizer) -> None:
     """Candidates: one line per example, one candidate list per memory input. Hypotheses: per
-    example the best-scoring top hypothesis over its memory inputs."""
+    example the best hypothesis (of its one memory input)."""
     per_example: list[list[dict]] = [[] for _ in sets]
     for u, unit in enumerate(units):
         per_example[unit.example].append(decoded[u])
@@ -201,8 +203,5 @@ def write_output(path: Path, mode: str, units: list[Unit], sets: list[list[list[
             "scores": [[round(s, 4) for s in d["scores"]] for d in outs],
         } for example_sets, outs in zip(sets, per_example)))
         return
-    lines = []
-    for outs in per_example:
-        best = max(outs, key=lambda d: d["scores"][0] if d["scores"] else -float("inf"))
-        lines.append(tokenizer.decode(best["tokens"][0]) if best["tokens"] else "")
-    atomic_write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
+    lines = [tokenizer.decode(outs[0]["tokens"][0]) if outs[0]["tokens"] else "" for outs in per_example]
+    atomic_write_text(path, "".join(one_line(line) + "\n" for line in lines))

@@ -21,7 +21,7 @@ from pathlib import Path
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, load_split
 from selfmem.common.distributed import DistEnv, on_main
-from selfmem.common.io import atomic_write_jsonl, read_jsonl
+from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
@@ -42,10 +42,12 @@ from selfmem.train.selector import (
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
-# train keys that change no result: they are left out of the fingerprints
-BOOKKEEPING = ("save_every", "log_every")
-# train keys the selector's training sets for itself (train_selector)
-SELECTOR_OWN = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
+# keys that change no result: they are left out of the fingerprints
+BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name")
+# train keys that the selector's training sets from its own section, or does not use
+NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
+# selector keys that only the rounds read
+SELECTION = ("mode", "beam", "max_memories", "keep_retrieved")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:
@@ -57,10 +59,6 @@ def _without(section, keys: tuple[str, ...]) -> dict:
 def _score(config: Config, texts: list[str], split: str) -> float:
     references = [ex.target for ex in load_split(config.data, split)]
     return headline_score(config.data.metric, texts, references, config.data.bleu_tokenize)
-
-
-def _hypotheses(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 def _round_outputs(paths: RunPaths, k: int) -> list[Path]:
@@ -80,7 +78,7 @@ def _round_zero(config: Config, env: DistEnv, paths: RunPaths) -> None:
         generate(config, env, paths, split, "hypotheses", None, 0)
         top_hits = [(r["memories"] or [""])[0] for r in read_jsonl(paths.bm25_memory(split))]
         rows.append(lambda split=split, top_hits=top_hits: {
-            "round": 0, "split": split, "hyps": _score(config, _hypotheses(paths.hyps(0, split)), split),
+            "round": 0, "split": split, "hyps": _score(config, read_lines(paths.hyps(0, split)), split),
             "memory": _score(config, top_hits, split), "oracle": None, "top1": None, "changed": None})
     on_main(lambda: atomic_write_jsonl(paths.round_dir(0) / "metrics.jsonl", [row() for row in rows]))
 
@@ -89,7 +87,7 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
     """Round k >= 1 on dev and test: candidates -> selection -> hypotheses -> metrics."""
     rows = []
     for split in EVAL_SPLITS:
-        if not paths.candidates(k, split).exists() or (k, split) != (1, "dev"):
+        if (k, split) != (1, "dev"):  # round 1's dev candidates are the selector stage's
             generate(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
         picks = select_memories(config, env, paths, split, k)
         generate(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
@@ -99,7 +97,7 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
             candidates = baseline_picks(selector_examples(paths.candidates(k, split), examples,
                                                           sentence_metric(config)))
             before, after = read_jsonl(paths.round_memory(k - 1, split)), read_jsonl(paths.round_memory(k, split))
-            return {"round": k, "split": split, "hyps": _score(config, _hypotheses(paths.hyps(k, split)), split),
+            return {"round": k, "split": split, "hyps": _score(config, read_lines(paths.hyps(k, split)), split),
                     "memory": _score(config, picks, split), "oracle": _score(config, candidates["oracle"], split),
                     "top1": _score(config, candidates["top1"], split),
                     "changed": sum(a["memories"] != b["memories"] for a, b in zip(before, after))}
@@ -110,13 +108,13 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
 def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """A generator without memory, trained and decoded like the run's own, in ``no_memory/``."""
     baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none"))
-    baseline_paths = dataclasses.replace(paths, generator_name="no_memory/generator")
+    baseline_paths = dataclasses.replace(paths, generator_dir="no_memory/generator")
     train_generator(baseline, env, baseline_paths)
     hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
     for split, output in hyps.items():
         generate(baseline, env, baseline_paths, split, "hypotheses", None, 0, output=output)
     on_main(lambda: atomic_write_jsonl(paths.root / "no_memory" / "metrics.jsonl", [
-        {"round": "no_memory", "split": split, "hyps": _score(config, _hypotheses(output), split)}
+        {"round": "no_memory", "split": split, "hyps": _score(config, read_lines(output), split)}
         for split, output in hyps.items()]))
 
 
@@ -131,6 +129,9 @@ def check_lift_config(config: Config) -> None:
                          f"({selector.max_memories}) but the generator reads generator.num_memories "
                          f"({config.generator.num_memories}) of them: set generator.num_memories >= "
                          f"{selector.max_memories} (it also trains on that many retrieved memories)")
+    if config.lift.max_rounds < 0 or config.lift.patience < 1:
+        raise ValueError(f"lift.max_rounds must be >= 0 and lift.patience >= 1, got {config.lift.max_rounds} "
+                         f"and {config.lift.patience}")
     if config.retrieval.topk < max(config.generator.num_memories, selector.beam):
         raise ValueError(f"retrieval.topk ({config.retrieval.topk}) must cover generator.num_memories "
                          f"({config.generator.num_memories}) and selector.beam ({selector.beam})")
@@ -145,33 +146,37 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             {split: file_digest(Path(config.data.dir) / f"{split}.jsonl") for split in SPLITS}]
     train = _without(config.train, BOOKKEEPING)
 
-    tokenizer = state.run("tokenizer", [*data, config.tokenizer, seed], [paths.tokenizer],
-                          lambda: prepare_run_tokenizer(config, paths.tokenizer))
-    memory = state.run("retrieval", [*data, config.retrieval], [paths.root / "memory"],
-                       lambda: build_bm25_memory(config, env, paths))
-    generator = state.run("generator", [tokenizer, memory, config.data, config.generator, train, seed],
-                          [paths.generator], lambda: train_generator(config, env, paths))
+    tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, seed], [paths.tokenizer],
+                              lambda: prepare_run_tokenizer(config, paths.tokenizer))
+    memory_key = state.run("retrieval", [*data, _without(config.retrieval, BOOKKEEPING)], [paths.root / "memory"],
+                           lambda: build_bm25_memory(config, env, paths))
+    generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator, train, seed],
+                              [paths.generator], lambda: train_generator(config, env, paths))
     baselines = []
     if config.lift.no_memory_baseline:
-        state.run("no_memory", [tokenizer, config.data, config.generator, train, config.candidates, seed],
+        state.run("no_memory", [tokenizer_key, config.data, config.generator, train, config.candidates, seed],
                   [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
-    selector = config.selector
-    previous = state.run("round_0", [generator, memory, config.data, config.candidates, selector.mode, selector.beam],
-                         _round_outputs(paths, 0), lambda: _round_zero(config, env, paths))
+    selection = {key: getattr(config.selector, key) for key in SELECTION}
+    initial = {key: selection[key] for key in ("mode", "beam")}  # what round 0's memory files depend on
+    previous_key = state.run("round_0", [generator_key, memory_key, config.data, config.candidates, initial],
+                             _round_outputs(paths, 0), lambda: _round_zero(config, env, paths))
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
     if config.lift.max_rounds > 0:
-        candidates = state.run("selector_candidates", [previous, config.candidates, selector.train_from,
-                                                       selector.train_subset, seed],
-                               [paths.selector_candidates.parent, paths.root / "crossfit", paths.candidates(1, "dev")],
-                               lambda: generate_selector_candidates(config, env, paths))
-        selector_key = state.run("selector", [candidates, config.data, selector, _without(train, SELECTOR_OWN),
-                                              config.generator.dropout, seed],
-                                 [paths.selector], lambda: train_selector(config, env, paths))
+        candidates_key = state.run(
+            "selector_candidates", [previous_key, config.candidates, config.selector.train_from,
+                                    config.selector.train_subset, seed],
+            [paths.selector_candidates.parent, paths.root / "crossfit", paths.candidates(1, "dev")],
+            lambda: generate_selector_candidates(config, env, paths))
+        selector_key = state.run(
+            "selector", [candidates_key, config.data, _without(config.selector, SELECTION),
+                         _without(train, NOT_FOR_SELECTOR), config.generator.dropout, seed],
+            [paths.selector], lambda: train_selector(config, env, paths))
     last = 0
     for k in range(1, config.lift.max_rounds + 1):
-        previous = state.run(f"round_{k}", [previous, selector_key, config.data, config.candidates],
-                             _round_outputs(paths, k), lambda k=k: _round(config, env, paths, k))
+        previous_key = state.run(f"round_{k}", [previous_key, selector_key, config.data, config.candidates,
+                                                selection], _round_outputs(paths, k),
+                                 lambda k=k: _round(config, env, paths, k))
         round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")
         rows += round_rows
         last = k

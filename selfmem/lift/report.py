@@ -15,7 +15,7 @@ from selfmem.common.io import atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = [("hyps", "hypotheses"), ("memory", "memory (S pick)"), ("oracle", "oracle pick"),
+COLUMNS = [("hyps", "hypotheses"), ("memory", "memory"), ("oracle", "oracle pick"),
            ("top1", "beam top-1"), ("changed", "memories changed")]
 
 

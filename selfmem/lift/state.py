@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfmem.common.distributed import barrier, on_main
+from selfmem.common.distributed import barrier, broadcast_from_main, on_main
 from selfmem.common.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,12 @@ class RunState:
 
     def __init__(self, path: Path):
         self.path = path
-        self.stages: dict[str, dict] = json.loads(path.read_text(encoding="utf-8"))["stages"] if path.exists() else {}
+        # read once, by rank 0: another rank reading later could see a record rank 0 has
+        # already changed, and then take another branch than rank 0 at the next stage
+        self.stages: dict[str, dict] = broadcast_from_main(on_main(self._read))
+
+    def _read(self) -> dict[str, dict]:
+        return json.loads(self.path.read_text(encoding="utf-8"))["stages"] if self.path.exists() else {}
 
     def _record(self, name: str, record: dict | None) -> None:
         if record is None:
@@ -97,5 +102,5 @@ class RunState:
     def forget(self, name: str, outputs: Sequence[Path]) -> None:
         """Drop a stage that is no longer part of the run, with its outputs."""
         if name in self.stages:
+            self._record(name, None)  # first: a kill in between must not leave a done stage without files
             on_main(lambda: remove(outputs))
-            self._record(name, None)

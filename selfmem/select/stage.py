@@ -69,7 +69,7 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
             memories.append([[m] for m in best])
         else:
             (current,) = record["memories"]  # augment keeps one memory list per example
-            memories.append([augment(current, best[0], cfg.max_memories, cfg.keep_retrieved)])
+            memories.append([augment(current, best[0], cfg.max_memories, cfg.keep_retrieved) if best else current])
     output = paths.round_memory(round_k, split)
     on_main(lambda: atomic_write_jsonl(output, ({"memories": m} for m in memories)))
     log.info("%s: %d memories chosen (%s, B = %d) -> %s", split, len(memories), cfg.mode, cfg.beam, output)

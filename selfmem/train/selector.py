@@ -15,7 +15,7 @@ from torch import Tensor
 
 from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example, load_split
-from selfmem.common.distributed import DistEnv, on_main
+from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.metrics import headline_score, sentence_bleu, sentence_rouge
 from selfmem.common.run import RunPaths
@@ -204,7 +204,7 @@ def crossfit_candidates(config: Config, env: DistEnv, paths: RunPaths, subset: l
     halves = crossfit_halves(config, len(load_split(config.data, "train")))
     parts: dict[int, dict] = {}
     for h, half in enumerate(halves):
-        half_paths = dataclasses.replace(paths, generator_name=f"crossfit/half{h}/generator")
+        half_paths = dataclasses.replace(paths, generator_dir=f"crossfit/half{h}/generator")
         train_generator(config, env, half_paths, train_indices=half)  # returns at once when trained before
         seen = set(half)
         others = [i for i in subset if i not in seen]
@@ -221,18 +221,15 @@ def generate_selector_candidates(config: Config, env: DistEnv, paths: RunPaths, 
     beyond the dev candidates. Always: dev with round 0's memory (round 1's dev candidates),
     on which S is evaluated (and, for ``dev``, trained)."""
     train_from = config.selector.train_from
-    if train_from != "dev" and not (only_missing and paths.selector_candidates.exists()):
+    if train_from != "dev" and not (only_missing and agreed(paths.selector_candidates.exists)):
         subset = selector_subset(config, len(load_split(config.data, "train")))
         if train_from == "train":
             generate(config, env, paths, "train", "candidates", None, 0, subset=subset,
                      output=paths.selector_candidates)
         else:
             crossfit_candidates(config, env, paths, subset)
-    if not (only_missing and paths.candidates(1, "dev").exists()):
-        memory = paths.round_memory(0, "dev")
-        if not memory.exists():
-            initial_memory(config, paths, "dev")
-        generate(config, env, paths, "dev", "candidates", memory, 1)
+    if not (only_missing and agreed(paths.candidates(1, "dev").exists)):
+        generate(config, env, paths, "dev", "candidates", initial_memory(config, paths, "dev"), 1)
 
 
 def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
