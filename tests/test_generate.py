@@ -155,6 +155,13 @@ def test_selector_trains_from_cross_fitted_halves(run_root, tmp_path):
     assert (root / "demo" / "selector" / "selector.json").exists()
 
 
+def test_selector_backbone_generator_needs_the_native_engine(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="selector.backbone 'generator' copies the native generator's "
+                       "encoder; with generator.engine hf set selector.backbone=hf"):
+        run_single("launch/train_selector.py", ["--config", str(DEMO_CONFIG), f"run.root={tmp_path}",
+                                                "generator.engine=hf"])
+
+
 def test_selector_trains_from_dev(run_root, tmp_path):
     root = copy_run(run_root, tmp_path)
     out = run_single("launch/train_selector.py", ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL,

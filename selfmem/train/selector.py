@@ -235,6 +235,9 @@ def generate_selector_candidates(config: Config, env: DistEnv, paths: RunPaths, 
 def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
+    if cfg.backbone == "generator" and config.generator.engine != "native":
+        raise ValueError("selector.backbone 'generator' copies the native generator's encoder; with "
+                         "generator.engine hf set selector.backbone=hf and selector.path to an encoder directory")
     generate_selector_candidates(config, env, paths, only_missing=True)
     tokenizer = selector_tokenizer(config, paths)
     torch.manual_seed(config.run.seed)
