@@ -11,11 +11,13 @@ import pytest
 
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 
+from selfmem.common.metrics import headline_score
+
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
         "candidates.num_beams=4", "candidates.num_return=4", "candidates.hypothesis_beams=2", "candidates.max_len=16",
         "selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500",
-        "selector.lr=1e-3", "lift.max_rounds=2", "lift.patience=2"]
+        "selector.lr=1e-3", "lift.max_rounds=2", "lift.patience=2", "lift.no_memory_baseline=false"]
 # one process accumulates the two micro-batches that two ranks compute: the same global batch
 ONE_PROCESS = "train.accumulate=2"
 # every artifact the loop writes, but the report (which holds wall times) and training logs
@@ -64,6 +66,26 @@ def test_one_run_holds_every_round_and_its_report(uninterrupted):
     run = uninterrupted / "demo"
     memory = [json.loads(line) for line in (run / "round_1" / "memory" / "dev.jsonl").read_text().splitlines()]
     assert len(memory) == 40 and all(len(m["memories"]) == 1 and len(m["memories"][0]) == 1 for m in memory)
+    assert (run / "lift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # matplotlib: the plot extra
+
+
+def test_the_no_memory_baseline_is_trained_and_reported(uninterrupted, tmp_path):
+    root = tmp_path / "baseline"
+    shutil.copytree(uninterrupted, root)
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "lift.no_memory_baseline=true"))
+    after = state(root)
+    # only the new stage runs: nothing else reads its outputs
+    assert {s: r["fingerprint"] for s, r in after.items() if s != "no_memory"} == \
+        {s: r["fingerprint"] for s, r in state(uninterrupted).items()}
+    run = root / "demo"
+    assert json.loads((run / "no_memory" / "generator" / "config.json").read_text())["memory"] == "none"
+    rows = metrics(root)
+    baseline = [r for r in rows if r["round"] == "no_memory"]
+    assert [r["split"] for r in baseline] == ["dev", "test"] and rows[2:] == metrics(uninterrupted)
+    hyps = (run / "no_memory" / "hyps" / "dev.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    dev = [json.loads(line)["trg"] for line in (REPO / "data" / "demo" / "dev.jsonl").read_text().splitlines()][:40]
+    assert baseline[0]["hyps"] == pytest.approx(headline_score("bleu", hyps, dev))
+    assert "| no memory |" in (run / "report.md").read_text()
 
 
 def test_two_nodes_write_what_one_process_writes(uninterrupted, tmp_path):
