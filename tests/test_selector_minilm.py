@@ -32,13 +32,13 @@ def test_minilm_selector_learns_to_pick_the_summary_that_fits(tmp_path):
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
     args = ["--config", str(REPO / "configs" / "debian_sum.yaml"), f"run.root={tmp_path}", f"data.dir={data}",
             "data.max_examples=60", "selector.backbone=hf", f"selector.path={minilm.get_model_path()}",
-            "selector.train_subset=60", "selector.group_size=4", "selector.max_epochs=3", "selector.lr=5e-5",
+            "selector.train_subset=60", "selector.group_size=4", "selector.max_epochs=2", "selector.lr=5e-5",
             "selector.max_len=128", "selector.max_tokens=4096", "generator.dropout=0.1", "train.log_every=1"]
     run_single("launch/train_selector.py", args)
     evals = [json.loads(line)["eval"] for line in (run / "selector" / "train_log.jsonl").read_text().splitlines()
              if "eval" in json.loads(line)]
     print(evals)
-    assert len(evals) == 3
+    assert len(evals) == 2
     assert evals[-1]["oracle"] == 100.0
     assert evals[-1]["metric"] > evals[-1]["top1"] + 40
     saved = json.loads((run / "selector" / "selector.json").read_text())
