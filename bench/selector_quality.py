@@ -9,7 +9,9 @@ does (the best epoch kept by the dev metric of its pick), and prints for every e
 dev corpus metric of the selector's pick, of the beam top-1 (the first candidate) and of
 the oracle pick (the candidate closest to the reference), with the run's settings. The
 kept epoch is chosen on dev, so its dev figure is optimistic; the same three figures on
-test (round 1's test candidates, scored by the kept selector) are not.
+test (round 1's test candidates, scored by the kept selector) are not. Also printed: the
+beam top-1 and oracle of the selector's own training candidates, to compare their quality
+with the candidates it must rank.
 """
 
 from __future__ import annotations
@@ -24,14 +26,30 @@ sys.path.insert(0, str(REPO))
 
 from selfmem.common.config import parse_args  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
-from selfmem.common.distributed import close_distributed, init_distributed  # noqa: E402
+from selfmem.common.distributed import agreed, close_distributed, init_distributed  # noqa: E402
 from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.metrics import headline_score  # noqa: E402
 from selfmem.common.run import start_run  # noqa: E402
 from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory  # noqa: E402
 from selfmem.select.stage import select_memories  # noqa: E402
-from selfmem.train.selector import baseline_picks, selector_examples, sentence_metric, train_selector  # noqa: E402
+from selfmem.train.selector import (  # noqa: E402
+    baseline_picks,
+    selector_examples,
+    selector_subset,
+    sentence_metric,
+    train_selector,
+)
+
+
+def corpus_figures(config, candidates_path: Path, examples: list, picks: list[str] | None = None) -> dict[str, float]:
+    """Corpus metric of the beam top-1 and the oracle pick of a candidates file (and of ``picks``)."""
+    references = [ex.target for ex in examples]
+    chosen = baseline_picks(selector_examples(candidates_path, examples, sentence_metric(config)))
+    if picks is not None:
+        chosen["pick"] = picks
+    return {name: headline_score(config.data.metric, texts, references, config.data.bleu_tokenize)
+            for name, texts in chosen.items()}
 
 
 def main() -> None:
@@ -40,18 +58,16 @@ def main() -> None:
     paths = start_run(config, env)
     started = time.perf_counter()
     train_selector(config, env, paths)
-    if not paths.candidates(1, "test").exists():
+    if not agreed(paths.candidates(1, "test").exists):
         generate(config, env, paths, "test", "candidates", initial_memory(config, paths, "test"), 1)
     picks = select_memories(config, env, paths, "test", 1)
     if env.is_main:
-        examples = load_split(config.data, "test")
-        references = baseline_picks(selector_examples(paths.candidates(1, "test"), examples, sentence_metric(config)))
-
-        def test_score(texts: list[str]) -> float:
-            return headline_score(config.data.metric, texts, [ex.target for ex in examples], config.data.bleu_tokenize)
-
-        test = {"pick": test_score(picks), "top1": test_score(references["top1"]),
-                "oracle": test_score(references["oracle"])}
+        test = corpus_figures(config, paths.candidates(1, "test"), load_split(config.data, "test"), picks)
+        train = load_split(config.data, "train")
+        learned_from = ([train[i] for i in selector_subset(config, len(train))]
+                        if config.selector.train_from != "dev" else load_split(config.data, "dev"))
+        trained_on = corpus_figures(config, paths.selector_candidates if config.selector.train_from != "dev"
+                                    else paths.candidates(1, "dev"), learned_from)
         generator_evals = [r["eval"] for r in read_jsonl(paths.generator / "train_log.jsonl") if "eval" in r]
         evals = [r for r in read_jsonl(paths.selector / "train_log.jsonl") if "eval" in r]
         dev = read_jsonl(paths.candidates(1, "dev"))
@@ -73,6 +89,8 @@ def main() -> None:
             print(f"kept selector, {split}: pick {figures['pick']:.2f} vs top-1 {figures['top1']:.2f} "
                   f"({figures['pick'] - figures['top1']:+.2f}); oracle {figures['oracle']:.2f}")
             print(json.dumps({"split": split, **figures}))
+        print(f"the selector's training candidates ({config.selector.train_from}): top-1 {trained_on['top1']:.2f}, "
+              f"oracle {trained_on['oracle']:.2f}")
     close_distributed()
 
 

@@ -37,7 +37,6 @@ def test_minilm_selector_learns_to_pick_the_summary_that_fits(tmp_path):
     run_single("launch/train_selector.py", args)
     evals = [json.loads(line)["eval"] for line in (run / "selector" / "train_log.jsonl").read_text().splitlines()
              if "eval" in json.loads(line)]
-    print(evals)
     assert len(evals) == 2
     assert evals[-1]["oracle"] == 100.0
     assert evals[-1]["metric"] > evals[-1]["top1"] + 40

@@ -180,7 +180,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
         round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")
         rows += round_rows
         last = k
-        seconds = {name: state.seconds(name) for name in state.stages}
+        seconds = state.seconds()
         on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
         dev = next(r for r in round_rows if r["split"] == "dev")
         if dev["changed"] == 0:
@@ -191,7 +191,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             break
     for name in [n for n in state.stages if n.startswith("round_") and int(n.split("_")[1]) > last]:
         state.forget(name, _round_outputs(paths, int(name.split("_")[1])))  # from an earlier, longer run
-    seconds = {name: state.seconds(name) for name in state.stages}
+    seconds = state.seconds()
     text = on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
     if env.is_main:
         print(text, flush=True)

@@ -95,9 +95,9 @@ class RunState:
         log.info("stage %s: done in %.1f s", name, seconds)
         return key
 
-    def seconds(self, name: str) -> float | None:
-        """The wall time of a finished stage (of the run that finished it)."""
-        return self.stages.get(name, {}).get("seconds")
+    def seconds(self) -> dict[str, float | None]:
+        """Each stage's wall time (of the run that finished it; None while unfinished)."""
+        return {name: record.get("seconds") for name, record in self.stages.items()}
 
     def forget(self, name: str, outputs: Sequence[Path]) -> None:
         """Drop a stage that is no longer part of the run, with its outputs."""
