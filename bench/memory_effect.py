@@ -1,13 +1,15 @@
-"""The memory effect at first sight: dev loss of a joint-memory and a no-memory demo model
+"""The memory effect: a joint-memory generator against the same generator without memory,
 trained for the same number of steps on the same examples per step.
 
-    python bench/memory_effect.py [--steps 6000] [--root /tmp/memory_effect]
+    python bench/memory_effect.py [--config configs/demo.yaml] [--steps 6000] [--root /tmp/memory_effect] [k=v ...]
+    python bench/memory_effect.py --report [--config ...] [--root ...]     # the table of finished or cut runs
 
-Both use configs/demo.yaml (2+2 layers, d 128) on data/demo. Each step of both models
-sees the same number of examples: the no-memory model's token budget is the joint one's
-times the ratio of their mean input sizes (source + target against source + memory +
-target). The two trainings run side by side, one thread each. Printed: the dev loss of
-both after every epoch, and which is lower at the last one.
+Each step of both models sees the same number of examples: the no-memory model's token
+budget is the joint one's times the ratio of their mean input sizes (source + target
+against source + memory + target). The two trainings run side by side (one CPU thread
+each, or sharing the GPU). The tokenizer and BM25 memory are made first, or reused when
+the run directory under --root already has them. Printed: dev loss and dev metric
+(greedy decoding) of both after every epoch, and which is lower at the last one.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 
-CONFIG = REPO / "configs" / "demo.yaml"
+MODES = ("joint", "none")
 
 
-def launch(script: str, overrides: list[str], threads: int = 2) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "launch" / script), "--config", str(CONFIG), *overrides],
+def launch(config: Path, script: str, overrides: list[str], threads: int = 2) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "launch" / script), "--config", str(config), *overrides],
                             cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -43,9 +45,8 @@ def wait(proc: subprocess.Popen) -> None:
         sys.exit(f"{' '.join(proc.args)} failed:\n{err[-3000:]}")
 
 
-def none_budget_ratio(root: Path) -> float:
+def none_budget_ratio(config) -> float:
     """Mean no-memory input size over mean joint input size, on the train split."""
-    config = load_config(CONFIG, [f"run.root={root}"])
     paths = RunPaths(config.run_dir)
     tokenizer = load_tokenizer(paths.tokenizer)
     g = config.generator
@@ -58,39 +59,58 @@ def none_budget_ratio(root: Path) -> float:
     return none / joint
 
 
-def dev_losses(log: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["eval"]["dev_loss"]) for r in read_jsonl(log) if "eval" in r]
+def evaluations(log: Path) -> list[tuple[int, float, float]]:
+    """(step, dev loss, dev metric) of every evaluation in a training log."""
+    return [(r["step"], r["eval"]["dev_loss"], r["eval"]["metric"]) for r in read_jsonl(log) if "eval" in r]
+
+
+def report(root: Path, name: str) -> None:
+    joint, none = (evaluations(root / f"{name}_{mode}" / "generator" / "train_log.jsonl") for mode in MODES)
+    print(f"{'epoch':>5} {'joint step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
+    pairs = list(zip(joint, none))
+    for epoch, ((js, jl, jm), (ns, nl, nm)) in enumerate(pairs):
+        print(f"{epoch:5d} {js:10d} {jl:7.4f} {jm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}{'  joint lower' if jl < nl else ''}")
+    if pairs:
+        (_, jl, jm), (_, nl, nm) = pairs[-1]
+        print(f"last evaluation: joint loss {jl:.4f}, none {nl:.4f}: joint {'lower' if jl < nl else 'not lower'} "
+              f"by {nl - jl:+.4f}; metric joint {jm:.2f}, none {nm:.2f}")
+        print(f"best: joint loss {min(j[1] for j in joint):.4f}, metric {max(j[2] for j in joint):.2f}; "
+              f"none loss {min(n[1] for n in none):.4f}, metric {max(n[2] for n in none):.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--root", type=Path, default=Path("/tmp/memory_effect"))
-    args = parser.parse_args()
-    common = [f"run.root={args.root}", "train.max_epochs=1000", "train.patience=1000", "train.save_every=100000"]
-    for script in ("train_tokenizer.py", "retrieve.py"):
-        wait(launch(script, common))
-    budget = load_config(CONFIG, []).train.max_tokens
-    none_budget = round(budget * none_budget_ratio(args.root))
-    runs = {"joint": budget, "none": none_budget}
-    for mode in runs:  # each run starts from the shared tokenizer and memory, with a fresh generator
-        shutil.rmtree(args.root / f"demo_{mode}", ignore_errors=True)
-        for part in ("tokenizer", "memory"):
-            shutil.copytree(args.root / "demo" / part, args.root / f"demo_{mode}" / part)
-    procs = [launch("train_generator.py", [*common, f"run.name=demo_{mode}", f"generator.memory={mode}",
-                                           f"train.max_tokens={tokens}", f"train.max_steps={args.steps}"], threads=1)
-             for mode, tokens in runs.items()]
+    parser.add_argument("--report", action="store_true", help="only print the table of the runs under --root")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides for both models")
+    args = parser.parse_intermixed_args()
+    common = [f"run.root={args.root}", "train.max_epochs=1000", "train.patience=1000", "train.save_every=100000",
+              *args.overrides]
+    config = load_config(args.config, common)
+    name = config.run.name
+    if args.report:
+        return report(args.root, name)
+    paths = RunPaths(config.run_dir)
+    if not paths.tokenizer.exists():
+        wait(launch(args.config, "train_tokenizer.py", common))
+    if not paths.bm25_memory("train").exists():
+        wait(launch(args.config, "retrieve.py", common))
+    budget = config.train.max_tokens
+    budgets = {"joint": budget, "none": round(budget * none_budget_ratio(config))}
+    for mode in MODES:  # each run starts from the shared tokenizer and memory, with a fresh generator
+        shutil.rmtree(args.root / f"{name}_{mode}", ignore_errors=True)
+        shutil.copytree(paths.tokenizer, args.root / f"{name}_{mode}" / "tokenizer")
+        shutil.copytree(paths.bm25_memory("train").parent, args.root / f"{name}_{mode}" / "memory" / "bm25")
+    procs = [launch(args.config, "train_generator.py", [*common, f"run.name={name}_{mode}", f"generator.memory={mode}",
+                                                        f"train.max_tokens={budgets[mode]}",
+                                                        f"train.max_steps={args.steps}"], threads=1)
+             for mode in MODES]
     for proc in procs:
         wait(proc)
-    joint, none = (dev_losses(args.root / f"demo_{mode}" / "generator" / "train_log.jsonl") for mode in runs)
-    print(f"token budget per step: joint {budget}, none {none_budget} (the same examples per step)")
-    print(f"{'epoch':>5} {'joint step':>10} {'joint dev loss':>14} {'none step':>9} {'none dev loss':>13}")
-    pairs = list(zip(joint, none))
-    for epoch, ((js, jl), (ns, nl)) in enumerate(pairs):
-        print(f"{epoch:5d} {js:10d} {jl:14.4f} {ns:9d} {nl:13.4f}{'  joint lower' if jl < nl else ''}")
-    (_, jl), (_, nl) = pairs[-1]
-    print(f"last evaluation: joint {jl:.4f}, none {nl:.4f}: joint {'lower' if jl < nl else 'not lower'} "
-          f"by {nl - jl:+.4f}")
+    print(f"token budget per step: joint {budgets['joint']}, none {budgets['none']} (the same examples per step)")
+    report(args.root, name)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32", help="autocast dtypes for our loop, e.g. fp32,fp16,bf16")
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     logging.getLogger("selfmem").setLevel(logging.WARNING)
     root = Path(args.run_root or tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(REPO / args.config, [f"run.root={root}", *args.overrides])
@@ -140,8 +140,10 @@ def main() -> None:
     figures = {name: [] for name in ["baseline fp32"] + [f"ours {p}" for p in precisions]}
     for _ in range(args.repeats):
         figures["baseline fp32"].append(baseline(config, paths, args.steps))
+        print(f"  run: baseline fp32 {figures['baseline fp32'][-1]:.0f} tokens/s", flush=True)
         for precision in precisions:
             figures[f"ours {precision}"].append(ours(config, paths, args.steps, precision))
+            print(f"  run: ours {precision} {figures[f'ours {precision}'][-1]:.0f} tokens/s", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -330,3 +330,8 @@ def test_bf16_autocast_heavy_padding_is_finite(memory):
         encoder_out = model.encode(src, mem)
         step, _ = model.decode_step(dec[:, :1], encoder_out)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all() and torch.isfinite(step).all()
+
+
+def test_importing_the_models_turns_cudnn_attention_off():
+    # cuDNN attention builds a plan per new shape; token-budget batches and beam steps change shape every call
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
