@@ -15,6 +15,8 @@ endif
 STAMP := $(ENV_DIR)/.selfmem-installed
 TORCHRUN := $(PYTHON) -m torch.distributed.run
 DEMO := configs/demo.yaml
+# test files run in parallel, each whole on one worker (module-scoped fixtures build runs once)
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench
 
@@ -32,7 +34,7 @@ demo: setup
 	$(TORCHRUN) --standalone --nproc_per_node 2 launch/lift.py --config $(DEMO)
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(PYTHON) bench/bm25.py

@@ -9,7 +9,10 @@ budget is the joint one's times the ratio of their mean input sizes (source + ta
 against source + memory + target). The two trainings run side by side (one CPU thread
 each, or sharing the GPU). The tokenizer and BM25 memory are made first, or reused when
 the run directory under --root already has them. Printed: dev loss and dev metric
-(greedy decoding) of both after every epoch, and which is lower at the last one.
+(greedy decoding) of both after every epoch, and which is lower at the last one; then the
+dev loss of both kept models (best dev metric) on the dev examples grouped by how close
+their top memory is to the reference (sentence BLEU), since a memory can only help where
+it holds part of the translation.
 """
 
 from __future__ import annotations
@@ -21,14 +24,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
+from selfmem.common.distributed import DistEnv  # noqa: E402
 from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
+from selfmem.models import Seq2SeqModel  # noqa: E402
+from selfmem.train.generator import prepare_generator  # noqa: E402
+from selfmem.train.generator_data import collate  # noqa: E402
+
+MEMORY_BLEU_GROUPS = ((0, 20), (20, 50), (50, 101))  # sentence BLEU of the top memory against the reference
+ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
 MODES = ("joint", "none")
 
@@ -64,6 +78,46 @@ def evaluations(log: Path) -> list[tuple[int, float, float]]:
     return [(r["step"], r["eval"]["dev_loss"], r["eval"]["metric"]) for r in read_jsonl(log) if "eval" in r]
 
 
+@torch.no_grad()
+def dev_example_losses(config) -> list[tuple[float, int]]:
+    """(summed cross entropy, target tokens) of every dev example under the run's kept generator."""
+    paths = RunPaths(config.run_dir)
+    _, task = prepare_generator(config, ONE_PROCESS, paths)
+    model = Seq2SeqModel.load(paths.generator, ONE_PROCESS.device)
+    losses = []
+    for start in range(0, len(task.dev), 32):
+        batch = {k: v.to(ONE_PROCESS.device) for k, v in collate(task.dev[start:start + 32], task.mode, task.ids).items()}
+        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"))
+        token_loss = F.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=task.ids.pad, reduction="none")
+        counts = (batch["labels"] != task.ids.pad).sum(1)
+        losses += [(loss, count) for loss, count in zip(token_loss.sum(1).tolist(), counts.tolist())]
+    return losses
+
+
+def loss_by_memory_quality(config_path: Path, common: list[str], name: str) -> None:
+    """Dev loss of both kept models, per group of dev examples by their top memory's sentence BLEU."""
+    configs = {mode: load_config(config_path, [*common, f"run.name={name}_{mode}", f"generator.memory={mode}"])
+               for mode in MODES}
+    joint = configs["joint"]
+    references = [example.target for example in load_split(joint.data, "dev")]
+    memories = [(r["memories"] or [""])[0] for r in read_jsonl(RunPaths(joint.run_dir).bm25_memory("dev"))]
+    memory_bleu = [sacrebleu.sentence_bleu(m, [r]).score for m, r in zip(memories, references)]
+    losses = {mode: dev_example_losses(config) for mode, config in configs.items()}
+    print(f"dev loss of the kept models by top-memory sentence BLEU ({len(references)} dev examples):")
+    print(f"{'memory BLEU':>11} {'examples':>8} {'joint':>7} {'none':>7} {'none - joint':>12}")
+    for low, high in MEMORY_BLEU_GROUPS:
+        members = [i for i, b in enumerate(memory_bleu) if low <= b < high]
+        if not members:
+            continue
+        mean = {mode: sum(losses[mode][i][0] for i in members) / sum(losses[mode][i][1] for i in members)
+                for mode in MODES}
+        print(f"{f'{low}-{min(high, 100)}':>11} {len(members):8d} {mean['joint']:7.4f} {mean['none']:7.4f} "
+              f"{mean['none'] - mean['joint']:+12.4f}")
+    overall = {mode: sum(loss for loss, _ in losses[mode]) / sum(n for _, n in losses[mode]) for mode in MODES}
+    print(f"{'all':>11} {len(references):8d} {overall['joint']:7.4f} {overall['none']:7.4f} "
+          f"{overall['none'] - overall['joint']:+12.4f}")
+
+
 def report(root: Path, name: str) -> None:
     joint, none = (evaluations(root / f"{name}_{mode}" / "generator" / "train_log.jsonl") for mode in MODES)
     print(f"{'epoch':>5} {'joint step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
@@ -91,7 +145,8 @@ def main() -> None:
     config = load_config(args.config, common)
     name = config.run.name
     if args.report:
-        return report(args.root, name)
+        report(args.root, name)
+        return loss_by_memory_quality(args.config, common, name)
     paths = RunPaths(config.run_dir)
     if not paths.tokenizer.exists():
         wait(launch(args.config, "train_tokenizer.py", common))
@@ -111,6 +166,7 @@ def main() -> None:
         wait(proc)
     print(f"token budget per step: joint {budgets['joint']}, none {budgets['none']} (the same examples per step)")
     report(args.root, name)
+    loss_by_memory_quality(args.config, common, name)
 
 
 if __name__ == "__main__":
