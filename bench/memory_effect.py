@@ -2,17 +2,18 @@
 trained for the same number of steps on the same examples per step.
 
     python bench/memory_effect.py [--config configs/demo.yaml] [--steps 6000] [--root /tmp/memory_effect] [k=v ...]
-    python bench/memory_effect.py --report [--config ...] [--root ...]     # the table of finished or cut runs
+    python bench/memory_effect.py --report [--config ...] [--root ...]   # the figures of finished or cut runs
 
-Each step of both models sees the same number of examples: the no-memory model's token
-budget is the joint one's times the ratio of their mean input sizes (source + target
-against source + memory + target). The two trainings run side by side (one CPU thread
-each, or sharing the GPU). The tokenizer and BM25 memory are made first, or reused when
-the run directory under --root already has them. Printed: dev loss and dev metric
-(greedy decoding) of both after every epoch, and which is lower at the last one; then the
-dev loss of both kept models (best dev metric) on the dev examples grouped by how close
-their top memory is to the reference (sentence BLEU), since a memory can only help where
-it holds part of the translation.
+Each step of both models sees the same number of examples on average: the no-memory
+model's token budget is the one that cuts an epoch into as many steps as the joint budget.
+The two trainings run side by side (one CPU thread each, or sharing the GPU). The
+tokenizer and BM25 memory are made first, or reused when the run directory under --root
+already has them. Printed: dev loss and dev metric (greedy decoding) of both after every
+epoch, and which is lower at the last one; then the dev loss of both kept models (best
+dev metric) on the dev examples grouped by how close their top memory is to the reference
+(sentence BLEU), since a memory can only help where it holds part of the translation.
+--report reads each run's own config.yaml, so it needs no overrides. Native generators
+only (not `generator.engine: hf`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.distributed import DistEnv  # noqa: E402
 from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
-from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 from selfmem.models import Seq2SeqModel  # noqa: E402
+from selfmem.train.batching import token_budget_batches  # noqa: E402
 from selfmem.train.generator import prepare_generator  # noqa: E402
 from selfmem.train.generator_data import collate  # noqa: E402
 
@@ -59,18 +60,24 @@ def wait(proc: subprocess.Popen) -> None:
         sys.exit(f"{' '.join(proc.args)} failed:\n{err[-3000:]}")
 
 
-def none_budget_ratio(config) -> float:
-    """Mean no-memory input size over mean joint input size, on the train split."""
-    paths = RunPaths(config.run_dir)
-    tokenizer = load_tokenizer(paths.tokenizer)
-    g = config.generator
-    none = joint = 0
-    for example, record in zip(load_split(config.data, "train"), read_jsonl(paths.bm25_memory("train"))):
-        source = min(len(tokenizer.encode(example.source)), g.max_source_len - 1) + 1
-        target = min(len(tokenizer.encode(example.target)), g.max_target_len - 1) + 1
-        memory = min(len(tokenizer.encode(record["memories"][0])), g.max_memory_len - 1) + 1 if record["memories"] else 0
-        none, joint = none + source + target, joint + source + memory + target
-    return none / joint
+def matched_none_budget(config_path: Path, common: list[str]) -> int:
+    """The no-memory token budget that cuts an epoch into as many steps as the joint budget
+    does, so both models see the same examples per step (a ratio of mean sizes is not
+    enough: joint inputs vary more in length, so its batches carry more padding)."""
+    configs = {mode: load_config(config_path, [*common, f"generator.memory={mode}"]) for mode in MODES}
+    paths = RunPaths(configs["joint"].run_dir)
+    joint, none = (prepare_generator(configs[mode], ONE_PROCESS, paths)[1] for mode in MODES)
+    steps = len(joint.epoch_batches(0))
+    low, high = 1, configs["joint"].train.max_tokens  # shorter inputs: the no-memory budget is below joint's
+    while low < high:
+        middle = (low + high) // 2
+        if len(token_budget_batches(none.train_sizes, middle, configs["none"].run.seed, 0)) <= steps:
+            high = middle
+        else:
+            low = middle + 1
+    if len(token_budget_batches(none.train_sizes, low, configs["none"].run.seed, 0)) > steps:
+        print(f"warning: even the joint budget cuts the no-memory epoch into more than {steps} steps", file=sys.stderr)
+    return low
 
 
 def evaluations(log: Path) -> list[tuple[int, float, float]]:
@@ -94,14 +101,14 @@ def dev_example_losses(config) -> list[tuple[float, int]]:
     return losses
 
 
-def loss_by_memory_quality(config_path: Path, common: list[str], name: str) -> None:
+def loss_by_memory_quality(root: Path, name: str) -> None:
     """Dev loss of both kept models, per group of dev examples by their top memory's sentence BLEU."""
-    configs = {mode: load_config(config_path, [*common, f"run.name={name}_{mode}", f"generator.memory={mode}"])
-               for mode in MODES}
+    configs = {mode: load_config(root / f"{name}_{mode}" / "config.yaml", []) for mode in MODES}
     joint = configs["joint"]
     references = [example.target for example in load_split(joint.data, "dev")]
     memories = [(r["memories"] or [""])[0] for r in read_jsonl(RunPaths(joint.run_dir).bm25_memory("dev"))]
-    memory_bleu = [sacrebleu.sentence_bleu(m, [r]).score for m, r in zip(memories, references)]
+    bleu = sacrebleu.BLEU(tokenize=joint.data.bleu_tokenize, effective_order=True)
+    memory_bleu = [bleu.sentence_score(m, [r]).score for m, r in zip(memories, references)]
     losses = {mode: dev_example_losses(config) for mode, config in configs.items()}
     print(f"dev loss of the kept models by top-memory sentence BLEU ({len(references)} dev examples):")
     print(f"{'memory BLEU':>11} {'examples':>8} {'joint':>7} {'none':>7} {'none - joint':>12}")
@@ -140,20 +147,20 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only print the table of the runs under --root")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for both models")
     args = parser.parse_intermixed_args()
+    args.root = args.root.resolve()  # the launched scripts run from the repository
     common = [f"run.root={args.root}", "train.max_epochs=1000", "train.patience=1000", "train.save_every=100000",
               *args.overrides]
     config = load_config(args.config, common)
     name = config.run.name
     if args.report:
         report(args.root, name)
-        return loss_by_memory_quality(args.config, common, name)
+        return loss_by_memory_quality(args.root, name)
     paths = RunPaths(config.run_dir)
     if not paths.tokenizer.exists():
         wait(launch(args.config, "train_tokenizer.py", common))
     if not paths.bm25_memory("train").exists():
         wait(launch(args.config, "retrieve.py", common))
-    budget = config.train.max_tokens
-    budgets = {"joint": budget, "none": round(budget * none_budget_ratio(config))}
+    budgets = {"joint": config.train.max_tokens, "none": matched_none_budget(args.config, common)}
     for mode in MODES:  # each run starts from the shared tokenizer and memory, with a fresh generator
         shutil.rmtree(args.root / f"{name}_{mode}", ignore_errors=True)
         shutil.copytree(paths.tokenizer, args.root / f"{name}_{mode}" / "tokenizer")
@@ -164,9 +171,9 @@ def main() -> None:
              for mode in MODES]
     for proc in procs:
         wait(proc)
-    print(f"token budget per step: joint {budgets['joint']}, none {budgets['none']} (the same examples per step)")
+    print(f"token budget per step: joint {budgets['joint']}, none {budgets['none']} (the same steps per epoch)")
     report(args.root, name)
-    loss_by_memory_quality(args.config, common, name)
+    loss_by_memory_quality(args.root, name)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,25 @@ TINY = [
 ]
 
 
+# Rendezvous ports come from a block of this pytest-xdist worker's own, below the kernel's
+# ephemeral range (32768 and up): a port picked there and released could be taken by another
+# worker's sockets before torchrun binds it again.
+PORTS_PER_WORKER = 500  # 25 workers fit below 32768
+_next_port = iter(range(PORTS_PER_WORKER))
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (loopback only)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 (loopback only), from this test worker's own block."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    first = 20000 + worker * PORTS_PER_WORKER
+    for offset in _next_port:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", first + offset))
+            except OSError:  # in use, or still in TIME_WAIT from an earlier test
+                continue
+            return first + offset
+    raise RuntimeError(f"no free port left in {first}-{first + PORTS_PER_WORKER - 1}")
 
 
 def _env() -> dict[str, str]:
