@@ -12,6 +12,7 @@ import pytest
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 
 from selfmem.common.metrics import headline_score
+from selfmem.lift.state import file_digest, path_digest
 
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
@@ -184,3 +185,20 @@ def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):
     with pytest.raises(pytest.fail.Exception, match=r"selector.mode augment grows memory lists to "
                        r"selector.max_memories \(4\) but the generator reads generator.num_memories \(1\)"):
         run_single("launch/lift.py", lift_args(tmp_path, "selector.mode=augment"))
+
+
+def test_path_digest_follows_the_files_behind_a_path(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "sub" / "model.bin").write_bytes(b"weights")
+    first = path_digest(checkpoint)
+    assert path_digest(str(checkpoint)) == first
+    (checkpoint / "sub" / "model.bin").write_bytes(b"other weights")
+    assert path_digest(checkpoint) != first
+    (checkpoint / "sub" / "model.bin").write_bytes(b"weights")
+    assert path_digest(checkpoint) == first
+    (checkpoint / "config.json").rename(checkpoint / "renamed.json")  # same bytes, another name
+    assert path_digest(checkpoint) != first
+    assert path_digest(checkpoint / "sub" / "model.bin") == file_digest(checkpoint / "sub" / "model.bin")
+    assert path_digest(None) is None

@@ -27,7 +27,7 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
 from selfmem.infer.generate import generate
 from selfmem.lift.report import best_round, write_report
-from selfmem.lift.state import RunState, file_digest
+from selfmem.lift.state import RunState, file_digest, path_digest
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.stage import select_memories
 from selfmem.train.generator import train_generator
@@ -146,15 +146,18 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             {split: file_digest(Path(config.data.dir) / f"{split}.jsonl") for split in SPLITS}]
     train = _without(config.train, BOOKKEEPING)
 
-    tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, seed], [paths.tokenizer],
+    tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, path_digest(config.tokenizer.path), seed],
+                              [paths.tokenizer],
                               lambda: prepare_run_tokenizer(config, paths.tokenizer))
     memory_key = state.run("retrieval", [*data, _without(config.retrieval, BOOKKEEPING)], [paths.root / "memory"],
                            lambda: build_bm25_memory(config, env, paths))
-    generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator, train, seed],
+    generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator,
+                                            path_digest(config.generator.init), train, seed],
                               [paths.generator], lambda: train_generator(config, env, paths))
     baselines = []
     if config.lift.no_memory_baseline:
-        state.run("no_memory", [tokenizer_key, config.data, config.generator, train, config.candidates, seed],
+        state.run("no_memory", [tokenizer_key, config.data, config.generator, path_digest(config.generator.init),
+                                train, config.candidates, seed],
                   [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
     selection = {key: getattr(config.selector, key) for key in SELECTION}
@@ -170,7 +173,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             lambda: generate_selector_candidates(config, env, paths))
         selector_key = state.run(
             "selector", [candidates_key, config.data, _without(config.selector, SELECTION),
-                         _without(train, NOT_FOR_SELECTOR), config.generator.dropout, seed],
+                         path_digest(config.selector.path), _without(train, NOT_FOR_SELECTOR),
+                         config.generator.dropout, seed],
             [paths.selector], lambda: train_selector(config, env, paths))
     last = 0
     for k in range(1, config.lift.max_rounds + 1):

@@ -45,6 +45,23 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def path_digest(path: str | Path | None) -> str | None:
+    """The SHA-256 of a file, or of a directory's file names and bytes; None for no path.
+
+    Stages that read a tokenizer or checkpoint named by a config path hash what is there,
+    so new files behind an unchanged path rerun them.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
 def remove(paths: Sequence[Path]) -> None:
     """Delete files and directories that exist."""
     for path in paths:
