@@ -48,16 +48,19 @@ ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 MODES = ("joint", "none")
 
 
-def launch(config: Path, script: str, overrides: list[str], threads: int = 2) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "launch" / script), "--config", str(config), *overrides],
-                            cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def launch(config: Path, script: str, overrides: list[str], log: Path, threads: int = 2) -> subprocess.Popen:
+    """Start a launch script; its output goes to ``log`` (a pipe nobody reads while the
+    other run trains would fill up and stall it)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as out:
+        return subprocess.Popen([sys.executable, str(REPO / "launch" / script), "--config", str(config), *overrides],
+                                cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate()
-    if proc.returncode:
-        sys.exit(f"{' '.join(proc.args)} failed:\n{err[-3000:]}")
+def wait(proc: subprocess.Popen, log: Path) -> None:
+    if proc.wait():
+        sys.exit(f"{' '.join(proc.args)} failed:\n{log.read_text(encoding='utf-8')[-3000:]}")
 
 
 def matched_none_budget(config_path: Path, common: list[str]) -> int:
@@ -156,21 +159,22 @@ def main() -> None:
         report(args.root, name)
         return loss_by_memory_quality(args.root, name)
     paths = RunPaths(config.run_dir)
-    if not paths.tokenizer.exists():
-        wait(launch(args.config, "train_tokenizer.py", common))
-    if not paths.bm25_memory("train").exists():
-        wait(launch(args.config, "retrieve.py", common))
+    for script, done in (("train_tokenizer.py", paths.tokenizer), ("retrieve.py", paths.bm25_memory("train"))):
+        if not done.exists():
+            log = paths.root / f"{Path(script).stem}.log"
+            wait(launch(args.config, script, common, log), log)
     budgets = {"joint": config.train.max_tokens, "none": matched_none_budget(args.config, common)}
     for mode in MODES:  # each run starts from the shared tokenizer and memory, with a fresh generator
         shutil.rmtree(args.root / f"{name}_{mode}", ignore_errors=True)
         shutil.copytree(paths.tokenizer, args.root / f"{name}_{mode}" / "tokenizer")
         shutil.copytree(paths.bm25_memory("train").parent, args.root / f"{name}_{mode}" / "memory" / "bm25")
-    procs = [launch(args.config, "train_generator.py", [*common, f"run.name={name}_{mode}", f"generator.memory={mode}",
-                                                        f"train.max_tokens={budgets[mode]}",
-                                                        f"train.max_steps={args.steps}"], threads=1)
-             for mode in MODES]
-    for proc in procs:
-        wait(proc)
+    logs = {mode: args.root / f"{name}_{mode}" / "train_generator.log" for mode in MODES}
+    procs = {mode: launch(args.config, "train_generator.py",
+                          [*common, f"run.name={name}_{mode}", f"generator.memory={mode}",
+                           f"train.max_tokens={budgets[mode]}", f"train.max_steps={args.steps}"], logs[mode], threads=1)
+             for mode in MODES}
+    for mode, proc in procs.items():
+        wait(proc, logs[mode])
     print(f"token budget per step: joint {budgets['joint']}, none {budgets['none']} (the same steps per epoch)")
     report(args.root, name)
     loss_by_memory_quality(args.root, name)
