@@ -1,11 +1,12 @@
-"""The memory effect: a joint-memory generator against the same generator without memory,
-trained for the same number of steps on the same examples per step.
+"""The memory effect: a joint- (or dual-) memory generator against the same generator
+without memory, trained for the same number of steps on the same examples per step.
 
-    python bench/memory_effect.py [--config configs/demo.yaml] [--steps 6000] [--root /tmp/memory_effect] [k=v ...]
-    python bench/memory_effect.py --report [--config ...] [--root ...]   # the figures of finished or cut runs
+    python bench/memory_effect.py [--memory joint|dual] [--config configs/demo.yaml] [--steps 6000]
+                                  [--root /tmp/memory_effect] [k=v ...]
+    python bench/memory_effect.py --report [--memory ...] [--config ...] [--root ...]   # finished or cut runs
 
 Each step of both models sees the same number of examples on average: the no-memory
-model's token budget is the one that cuts an epoch into as many steps as the joint budget.
+model's token budget is the one that cuts an epoch into as many steps as the memory model's.
 The two trainings run side by side (one CPU thread each, or sharing the GPU). The
 tokenizer and BM25 memory are made first, or reused when the run directory under --root
 already has them. Printed: dev loss and dev metric (greedy decoding) of both after every
@@ -45,7 +46,6 @@ from selfmem.train.generator_data import collate  # noqa: E402
 MEMORY_BLEU_GROUPS = ((0, 20), (20, 50), (50, 101))  # sentence BLEU of the top memory against the reference
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
-MODES = ("joint", "none")
 
 
 def launch(config: Path, script: str, overrides: list[str], log: Path, threads: int = 2) -> subprocess.Popen:
@@ -63,23 +63,25 @@ def wait(proc: subprocess.Popen, log: Path) -> None:
         sys.exit(f"{' '.join(proc.args)} failed:\n{log.read_text(encoding='utf-8')[-3000:]}")
 
 
-def matched_none_budget(config_path: Path, common: list[str]) -> int:
-    """The no-memory token budget that cuts an epoch into as many steps as the joint budget
-    does, so both models see the same examples per step (a ratio of mean sizes is not
-    enough: joint inputs vary more in length, so its batches carry more padding)."""
-    configs = {mode: load_config(config_path, [*common, f"generator.memory={mode}"]) for mode in MODES}
-    paths = RunPaths(configs["joint"].run_dir)
-    joint, none = (prepare_generator(configs[mode], ONE_PROCESS, paths)[1] for mode in MODES)
-    steps = len(joint.epoch_batches(0))
-    low, high = 1, configs["joint"].train.max_tokens  # shorter inputs: the no-memory budget is below joint's
+def matched_none_budget(config_path: Path, common: list[str], memory: str) -> int:
+    """The no-memory token budget that cuts an epoch into as many steps as the memory model's
+    budget does, so both see the same examples per step (a ratio of mean sizes is not
+    enough: inputs with memory vary more in length, so their batches carry more padding)."""
+    configs = {mode: load_config(config_path, [*common, f"generator.memory={mode}"]) for mode in (memory, "none")}
+    paths = RunPaths(configs[memory].run_dir)
+    with_memory, none = (prepare_generator(config, ONE_PROCESS, paths)[1] for config in configs.values())
+    steps = len(with_memory.epoch_batches(0))
+    seed = configs["none"].run.seed
+    low, high = 1, configs[memory].train.max_tokens  # shorter inputs: the no-memory budget is below the other's
     while low < high:
         middle = (low + high) // 2
-        if len(token_budget_batches(none.train_sizes, middle, configs["none"].run.seed, 0)) <= steps:
+        if len(token_budget_batches(none.train_sizes, middle, seed, 0)) <= steps:
             high = middle
         else:
             low = middle + 1
-    if len(token_budget_batches(none.train_sizes, low, configs["none"].run.seed, 0)) > steps:
-        print(f"warning: even the joint budget cuts the no-memory epoch into more than {steps} steps", file=sys.stderr)
+    if len(token_budget_batches(none.train_sizes, low, seed, 0)) > steps:
+        print(f"warning: even the {memory} budget cuts the no-memory epoch into more than {steps} steps",
+              file=sys.stderr)
     return low
 
 
@@ -104,41 +106,41 @@ def dev_example_losses(config) -> list[tuple[float, int]]:
     return losses
 
 
-def loss_by_memory_quality(root: Path, name: str) -> None:
+def loss_by_memory_quality(root: Path, name: str, memory: str) -> None:
     """Dev loss of both kept models, per group of dev examples by their top memory's sentence BLEU."""
-    configs = {mode: load_config(root / f"{name}_{mode}" / "config.yaml", []) for mode in MODES}
-    joint = configs["joint"]
-    references = [example.target for example in load_split(joint.data, "dev")]
-    memories = [(r["memories"] or [""])[0] for r in read_jsonl(RunPaths(joint.run_dir).bm25_memory("dev"))]
-    bleu = sacrebleu.BLEU(tokenize=joint.data.bleu_tokenize, effective_order=True)
+    modes = (memory, "none")
+    configs = {mode: load_config(root / f"{name}_{mode}" / "config.yaml", []) for mode in modes}
+    first = configs[memory]
+    references = [example.target for example in load_split(first.data, "dev")]
+    memories = [(r["memories"] or [""])[0] for r in read_jsonl(RunPaths(first.run_dir).bm25_memory("dev"))]
+    bleu = sacrebleu.BLEU(tokenize=first.data.bleu_tokenize, effective_order=True)
     memory_bleu = [bleu.sentence_score(m, [r]).score for m, r in zip(memories, references)]
     losses = {mode: dev_example_losses(config) for mode, config in configs.items()}
     print(f"dev loss of the kept models by top-memory sentence BLEU ({len(references)} dev examples):")
-    print(f"{'memory BLEU':>11} {'examples':>8} {'joint':>7} {'none':>7} {'none - joint':>12}")
-    for low, high in MEMORY_BLEU_GROUPS:
-        members = [i for i, b in enumerate(memory_bleu) if low <= b < high]
-        if not members:
-            continue
-        mean = {mode: sum(losses[mode][i][0] for i in members) / sum(losses[mode][i][1] for i in members)
-                for mode in MODES}
-        print(f"{f'{low}-{min(high, 100)}':>11} {len(members):8d} {mean['joint']:7.4f} {mean['none']:7.4f} "
-              f"{mean['none'] - mean['joint']:+12.4f}")
-    overall = {mode: sum(loss for loss, _ in losses[mode]) / sum(n for _, n in losses[mode]) for mode in MODES}
-    print(f"{'all':>11} {len(references):8d} {overall['joint']:7.4f} {overall['none']:7.4f} "
-          f"{overall['none'] - overall['joint']:+12.4f}")
+    print(f"{'memory BLEU':>11} {'examples':>8} {memory:>7} {'none':>7} {f'none - {memory}':>12}")
+    groups = [(f"{low}-{min(high, 100)}", [i for i, b in enumerate(memory_bleu) if low <= b < high])
+              for low, high in MEMORY_BLEU_GROUPS] + [("all", list(range(len(references))))]
+    for label, members in groups:
+        if members:
+            mean = {mode: sum(losses[mode][i][0] for i in members) / sum(losses[mode][i][1] for i in members)
+                    for mode in modes}
+            print(f"{label:>11} {len(members):8d} {mean[memory]:7.4f} {mean['none']:7.4f} "
+                  f"{mean['none'] - mean[memory]:+12.4f}")
 
 
-def report(root: Path, name: str) -> None:
-    joint, none = (evaluations(root / f"{name}_{mode}" / "generator" / "train_log.jsonl") for mode in MODES)
-    print(f"{'epoch':>5} {'joint step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
-    pairs = list(zip(joint, none))
-    for epoch, ((js, jl, jm), (ns, nl, nm)) in enumerate(pairs):
-        print(f"{epoch:5d} {js:10d} {jl:7.4f} {jm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}{'  joint lower' if jl < nl else ''}")
+def report(root: Path, name: str, memory: str) -> None:
+    """The two training logs' evaluations side by side, epoch by epoch."""
+    ours, none = (evaluations(root / f"{name}_{mode}" / "generator" / "train_log.jsonl") for mode in (memory, "none"))
+    print(f"{'epoch':>5} {f'{memory} step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
+    pairs = list(zip(ours, none))
+    for epoch, ((ms, ml, mm), (ns, nl, nm)) in enumerate(pairs):
+        print(f"{epoch:5d} {ms:10d} {ml:7.4f} {mm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}"
+              f"{f'  {memory} lower' if ml < nl else ''}")
     if pairs:
-        (_, jl, jm), (_, nl, nm) = pairs[-1]
-        print(f"last evaluation: joint loss {jl:.4f}, none {nl:.4f}: joint {'lower' if jl < nl else 'not lower'} "
-              f"by {nl - jl:+.4f}; metric joint {jm:.2f}, none {nm:.2f}")
-        print(f"best: joint loss {min(j[1] for j in joint):.4f}, metric {max(j[2] for j in joint):.2f}; "
+        (_, ml, mm), (_, nl, nm) = pairs[-1]
+        print(f"last evaluation: {memory} loss {ml:.4f}, none {nl:.4f}: {memory} "
+              f"{'lower' if ml < nl else 'not lower'} by {nl - ml:+.4f}; metric {memory} {mm:.2f}, none {nm:.2f}")
+        print(f"best: {memory} loss {min(m[1] for m in ours):.4f}, metric {max(m[2] for m in ours):.2f}; "
               f"none loss {min(n[1] for n in none):.4f}, metric {max(n[2] for n in none):.2f}")
 
 
@@ -147,6 +149,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--root", type=Path, default=Path("/tmp/memory_effect"))
+    parser.add_argument("--memory", choices=["joint", "dual"], default="joint", help="the memory model's mode")
     parser.add_argument("--report", action="store_true", help="only print the table of the runs under --root")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for both models")
     args = parser.parse_intermixed_args()
@@ -155,29 +158,30 @@ def main() -> None:
               *args.overrides]
     config = load_config(args.config, common)
     name = config.run.name
+    memory, modes = args.memory, (args.memory, "none")
     if args.report:
-        report(args.root, name)
-        return loss_by_memory_quality(args.root, name)
+        report(args.root, name, memory)
+        return loss_by_memory_quality(args.root, name, memory)
     paths = RunPaths(config.run_dir)
     for script, done in (("train_tokenizer.py", paths.tokenizer), ("retrieve.py", paths.bm25_memory("train"))):
         if not done.exists():
             log = paths.root / f"{Path(script).stem}.log"
             wait(launch(args.config, script, common, log), log)
-    budgets = {"joint": config.train.max_tokens, "none": matched_none_budget(args.config, common)}
-    for mode in MODES:  # each run starts from the shared tokenizer and memory, with a fresh generator
+    budgets = {memory: config.train.max_tokens, "none": matched_none_budget(args.config, common, memory)}
+    for mode in modes:  # each run starts from the shared tokenizer and memory, with a fresh generator
         shutil.rmtree(args.root / f"{name}_{mode}", ignore_errors=True)
         shutil.copytree(paths.tokenizer, args.root / f"{name}_{mode}" / "tokenizer")
         shutil.copytree(paths.bm25_memory("train").parent, args.root / f"{name}_{mode}" / "memory" / "bm25")
-    logs = {mode: args.root / f"{name}_{mode}" / "train_generator.log" for mode in MODES}
+    logs = {mode: args.root / f"{name}_{mode}" / "train_generator.log" for mode in modes}
     procs = {mode: launch(args.config, "train_generator.py",
                           [*common, f"run.name={name}_{mode}", f"generator.memory={mode}",
                            f"train.max_tokens={budgets[mode]}", f"train.max_steps={args.steps}"], logs[mode], threads=1)
-             for mode in MODES}
+             for mode in modes}
     for mode, proc in procs.items():
         wait(proc, logs[mode])
-    print(f"token budget per step: joint {budgets['joint']}, none {budgets['none']} (the same steps per epoch)")
-    report(args.root, name)
-    loss_by_memory_quality(args.root, name)
+    print(f"token budget per step: {memory} {budgets[memory]}, none {budgets['none']} (the same steps per epoch)")
+    report(args.root, name, memory)
+    loss_by_memory_quality(args.root, name, memory)
 
 
 if __name__ == "__main__":
