@@ -145,6 +145,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     data = [_without(config.data, ("metric", "bleu_tokenize")),
             {split: file_digest(Path(config.data.dir) / f"{split}.jsonl") for split in SPLITS}]
     train = _without(config.train, BOOKKEEPING)
+    init = path_digest(config.generator.init)  # hashed once: a checkpoint can be gigabytes
 
     tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, path_digest(config.tokenizer.path), seed],
                               [paths.tokenizer],
@@ -152,11 +153,11 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     memory_key = state.run("retrieval", [*data, _without(config.retrieval, BOOKKEEPING)], [paths.root / "memory"],
                            lambda: build_bm25_memory(config, env, paths))
     generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator,
-                                            path_digest(config.generator.init), train, seed],
+                                            init, train, seed],
                               [paths.generator], lambda: train_generator(config, env, paths))
     baselines = []
     if config.lift.no_memory_baseline:
-        state.run("no_memory", [tokenizer_key, config.data, config.generator, path_digest(config.generator.init),
+        state.run("no_memory", [tokenizer_key, config.data, config.generator, init,
                                 train, config.candidates, seed],
                   [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
