@@ -5,6 +5,9 @@ import json
 import pytest
 
 from conftest import DEMO_DATA, REPO, run_single, run_torchrun, start_torchrun
+from selfmem.common.config import load_config
+from selfmem.retrieve.fuzzy import fuzzy_match
+from selfmem.retrieve.memory import build_bm25_memory
 
 SPLITS = ("train", "dev", "test")
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -37,6 +40,28 @@ def test_memory_files_hold_train_targets_of_the_hits(single_process_run):
                 assert i not in record["ids"]
     config = (single_process_run / "demo" / "config.yaml").read_text()
     assert f"root: {single_process_run}" in config
+
+
+def test_min_fuzzy_match_keeps_the_close_hits_of_the_unfiltered_memory(single_process_run, tmp_path):
+    run_single("launch/retrieve.py", ["--config", CONFIG, f"run.root={tmp_path}", "retrieval.batch_size=700",
+                                      "retrieval.min_fuzzy_match=0.5"])
+    train = [json.loads(line)["src"] for line in open(DEMO_DATA / "train.jsonl", encoding="utf-8")]
+    filtered, unfiltered = memory_files(tmp_path), memory_files(single_process_run)
+    for split in SPLITS:
+        queries = [json.loads(line)["src"] for line in open(DEMO_DATA / f"{split}.jsonl", encoding="utf-8")]
+        records = [json.loads(line) for line in filtered[split].decode("utf-8").splitlines()]
+        references = [json.loads(line) for line in unfiltered[split].decode("utf-8").splitlines()]
+        for query, record, reference in zip(queries, records, references, strict=True):
+            kept = [k for k, i in enumerate(reference["ids"]) if fuzzy_match(query, train[i]) >= 0.5]
+            assert record == {key: [reference[key][k] for k in kept] for key in reference}
+        # some examples keep memories and some lose all of them
+        assert 0 < sum(bool(r["ids"]) for r in records) < len(records)
+
+
+def test_min_fuzzy_match_outside_0_1_is_refused(tmp_path):
+    config = load_config(CONFIG, [f"run.root={tmp_path}", "retrieval.min_fuzzy_match=1.5"])
+    with pytest.raises(ValueError, match=r"retrieval.min_fuzzy_match must lie in \[0, 1\], got 1.5"):
+        build_bm25_memory(config, None, None)
 
 
 def test_two_processes_write_the_same_bytes(single_process_run, tmp_path):

@@ -61,6 +61,7 @@ class RetrievalConfig:
     k1: float = 1.2
     b: float = 0.75
     exclude_self: bool = True  # a train query never retrieves its own pair
+    min_fuzzy_match: float = 0.0  # drop hits whose source's word fuzzy match is below this (0.5: NFR's)
     batch_size: int = 1024  # queries per retrieval call
     index_name: Optional[str] = None  # Elasticsearch index; default selfmem-RUNNAME
 

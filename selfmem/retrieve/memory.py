@@ -25,6 +25,7 @@ from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.retrieve.bm25 import BM25Retriever, Hits
+from selfmem.retrieve.fuzzy import fuzzy_match
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,18 @@ def memory_record(hits: Hits, train: list[Example]) -> dict:
     }
 
 
+def close_hits(query: str, hits: Hits, train: list[Example], min_fuzzy_match: float) -> Hits:
+    """The hits whose train source has a fuzzy match of at least ``min_fuzzy_match`` with the query."""
+    if min_fuzzy_match <= 0:
+        return hits
+    return [(i, score) for i, score in hits if fuzzy_match(query, train[i].source) >= min_fuzzy_match]
+
+
 def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """Write ``memory/bm25/{split}.jsonl`` for train, dev and test."""
     cfg = config.retrieval
+    if not 0 <= cfg.min_fuzzy_match <= 1:
+        raise ValueError(f"retrieval.min_fuzzy_match must lie in [0, 1], got {cfg.min_fuzzy_match}")
     splits = {split: load_split(config.data, split) for split in SPLITS}
     train = splits["train"]
     retriever = open_retriever(config, env, train, paths)
@@ -70,7 +80,9 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
         for start in tqdm(batches, desc=f"bm25 {split}", unit="batch", disable=not env.is_main):
             rows = range(start, min(start + cfg.batch_size, shard.stop))
             exclude = list(rows) if split == "train" and cfg.exclude_self else None
-            hits += retriever.search([examples[i].source for i in rows], cfg.topk, exclude)
+            queries = [examples[i].source for i in rows]
+            hits += [close_hits(query, query_hits, train, cfg.min_fuzzy_match)
+                     for query, query_hits in zip(queries, retriever.search(queries, cfg.topk, exclude))]
         gathered = gather_to_main(hits)
 
         def write(split=split, examples=examples) -> None:
@@ -79,7 +91,8 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
             if split != "train":
                 top = [train[h[0][0]].target if h else "" for h in all_hits]
                 score = headline_score(config.data.metric, top, [ex.target for ex in examples], config.data.bleu_tokenize)
-                log.info("%s: top BM25 memory vs reference: %s %.2f", split, config.data.metric, score)
+                log.info("%s: top BM25 memory vs reference: %s %.2f (%d of %d examples have one; empty for the rest)",
+                         split, config.data.metric, score, sum(bool(h) for h in all_hits), len(all_hits))
 
         on_main(write)
 
