@@ -88,11 +88,13 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
         def write(split=split, examples=examples) -> None:
             all_hits = [h for rank_hits in gathered for h in rank_hits]
             atomic_write_jsonl(paths.bm25_memory(split), (memory_record(h, train) for h in all_hits))
-            if split != "train":
-                top = [train[h[0][0]].target if h else "" for h in all_hits]
-                score = headline_score(config.data.metric, top, [ex.target for ex in examples], config.data.bleu_tokenize)
-                log.info("%s: top BM25 memory vs reference: %s %.2f (%d of %d examples have one; empty for the rest)",
-                         split, config.data.metric, score, sum(bool(h) for h in all_hits), len(all_hits))
+            with_memory = [i for i, h in enumerate(all_hits) if h]
+            if split != "train" and with_memory:
+                top = [train[all_hits[i][0][0]].target for i in with_memory]
+                references = [examples[i].target for i in with_memory]
+                score = headline_score(config.data.metric, top, references, config.data.bleu_tokenize)
+                log.info("%s: top BM25 memory vs reference: %s %.2f on the %d of %d examples that have one",
+                         split, config.data.metric, score, len(with_memory), len(all_hits))
 
         on_main(write)
 
