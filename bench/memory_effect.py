@@ -6,9 +6,7 @@ without memory, trained for the same number of steps on the same examples per st
     python bench/memory_effect.py --report [--memory ...] [--config ...] [--root ...]   # finished or cut runs
 
 Each step of both models sees the same number of examples on average: the no-memory
-model's token budget is the one that cuts an epoch into as many steps as the memory model's
-(scaled by the ratio of their epochs' examples when the memory model also trains on
-memoryless copies).
+model's token budget is the one that cuts an epoch into as many steps as the memory model's.
 The two trainings run side by side (one CPU thread each, or sharing the GPU). The
 tokenizer and BM25 memory are made first, or reused when the run directory under --root
 already has them. Printed: dev loss and dev metric (greedy decoding) of both after every
@@ -22,7 +20,6 @@ only (not `generator.engine: hf`).
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import shutil
 import subprocess
@@ -67,15 +64,13 @@ def wait(proc: subprocess.Popen, log: Path) -> None:
 
 
 def matched_none_budget(config_path: Path, common: list[str], memory: str) -> int:
-    """The no-memory token budget that gives as many examples per step as the memory model's
-    budget does: it cuts an epoch into as many steps, or proportionally more when the memory
-    model's epoch also holds memoryless copies (``generator.train_without_memory``). A ratio
-    of mean sizes is not enough: inputs with memory vary more in length, so their batches
-    carry more padding."""
+    """The no-memory token budget that cuts an epoch into as many steps as the memory model's
+    budget does, so both see the same examples per step (a ratio of mean sizes is not
+    enough: inputs with memory vary more in length, so their batches carry more padding)."""
     configs = {mode: load_config(config_path, [*common, f"generator.memory={mode}"]) for mode in (memory, "none")}
     paths = RunPaths(configs[memory].run_dir)
     with_memory, none = (prepare_generator(config, ONE_PROCESS, paths)[1] for config in configs.values())
-    steps = round(len(with_memory.epoch_batches(0)) * len(none.train) / len(with_memory.train))
+    steps = len(with_memory.epoch_batches(0))
     seed = configs["none"].run.seed
     low, high = 1, configs[memory].train.max_tokens  # shorter inputs: the no-memory budget is below the other's
     while low < high:
@@ -136,18 +131,16 @@ def loss_by_memory_quality(root: Path, name: str, memory: str) -> None:
 
 
 def report(root: Path, name: str, memory: str) -> None:
-    """The two training logs' evaluations side by side, epoch by epoch (an epoch of a memory
-    model that also trains on memoryless copies takes more steps), then the last and best."""
+    """The two training logs' evaluations side by side, epoch by epoch."""
     ours, none = (evaluations(root / f"{name}_{mode}" / "generator" / "train_log.jsonl") for mode in (memory, "none"))
     print(f"{'epoch':>5} {f'{memory} step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
-    for epoch, (mine, theirs) in enumerate(itertools.zip_longest(ours, none)):
-        left = f"{mine[0]:10d} {mine[1]:7.4f} {mine[2]:7.2f}" if mine else " " * 26
-        right = f"{theirs[0]:9d} {theirs[1]:7.4f} {theirs[2]:7.2f}" if theirs else " " * 25
-        lower = mine and theirs and mine[0] == theirs[0] and mine[1] < theirs[1]
-        print(f"{epoch:5d} {left} {right}{f'  {memory} lower' if lower else ''}")
-    if ours and none:
-        (ms, ml, mm), (ns, nl, nm) = ours[-1], none[-1]
-        print(f"last evaluation (step {ms} / {ns}): {memory} loss {ml:.4f}, none {nl:.4f}: {memory} "
+    pairs = list(zip(ours, none))
+    for epoch, ((ms, ml, mm), (ns, nl, nm)) in enumerate(pairs):
+        print(f"{epoch:5d} {ms:10d} {ml:7.4f} {mm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}"
+              f"{f'  {memory} lower' if ml < nl else ''}")
+    if pairs:
+        (_, ml, mm), (_, nl, nm) = pairs[-1]
+        print(f"last evaluation: {memory} loss {ml:.4f}, none {nl:.4f}: {memory} "
               f"{'lower' if ml < nl else 'not lower'} by {nl - ml:+.4f}; metric {memory} {mm:.2f}, none {nm:.2f}")
         print(f"best: {memory} loss {min(m[1] for m in ours):.4f}, metric {max(m[2] for m in ours):.2f}; "
               f"none loss {min(n[1] for n in none):.4f}, metric {max(n[2] for n in none):.2f}")

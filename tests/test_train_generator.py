@@ -1,6 +1,5 @@
 """The generator training loop for real: torchrun with gloo, 2 ranks against 1, and a SIGKILL resume."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -11,10 +10,6 @@ import pytest
 import torch
 
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun, start_torchrun
-from selfmem.common.config import load_config
-from selfmem.common.distributed import DistEnv
-from selfmem.common.run import RunPaths
-from selfmem.train.generator import prepare_generator
 
 CONFIG = str(DEMO_CONFIG)
 
@@ -89,17 +84,3 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(prepared, tmp_path):
     # the resumed log reads as one run: the same steps and losses
     assert [(r["step"], r.get("loss")) for r in log_records(killed) if "loss" in r] == \
         [(r["step"], r.get("loss")) for r in log_records(straight) if "loss" in r]
-
-
-def test_train_without_memory_adds_a_memoryless_copy_of_each_pair_with_memory(prepared):
-    env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
-    plain, augmented = (
-        prepare_generator(load_config(DEMO_CONFIG, [f"run.root={prepared}", *TINY, option]), env,
-                          RunPaths(prepared / "demo"))[1]
-        for option in ("generator.train_without_memory=false", "generator.train_without_memory=true"))
-    with_memory = [ex for ex in plain.train if ex.memories]
-    assert 0 < len(with_memory) < len(plain.train)  # a source sharing no word with train gets no hit
-    assert augmented.train == plain.train + [dataclasses.replace(ex, memories=[]) for ex in with_memory]
-    assert augmented.dev == plain.dev
-    assert augmented.train_sizes[len(plain.train):] == [
-        (len(ex.source) + 1, len(ex.target) + 1) for ex in with_memory]  # source eos; target eos

@@ -71,7 +71,6 @@ class GeneratorConfig:
     engine: Literal["native", "hf"] = "native"
     memory: Literal["none", "joint", "dual"] = "joint"
     num_memories: int = 1  # memories per example (top BM25 hits during training)
-    train_without_memory: bool = False  # train on each pair with a memory also without it (NFR's recipe)
     init: Optional[str] = None  # a Hugging Face checkpoint directory to import
     encoder_layers: int = 6
     decoder_layers: int = 6

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -168,10 +167,6 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
         if split == "train" and train_indices is not None:
             examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
-    if config.generator.train_without_memory:
-        # a model that only ever sees pairs with their memory learns less of the translation
-        # from the source, and pays for it where the memory at test time is missing or wrong
-        encoded["train"] += [dataclasses.replace(ex, memories=[]) for ex in encoded["train"] if ex.memories]
     task = GeneratorTask(config, env, ids, tokenizer, encoded["train"], encoded["dev"],
                          [ex.target for ex in splits["dev"]])
     if env.is_main:
