@@ -10,9 +10,10 @@ model's token budget is the one that cuts an epoch into as many steps as the mem
 The two trainings run side by side (one CPU thread each, or sharing the GPU). The
 tokenizer and BM25 memory are made first, or reused when the run directory under --root
 already has them. Printed: dev loss and dev metric (greedy decoding) of both after every
-epoch, and which is lower at the last one; then the dev loss of both kept models (best
-dev metric) on the dev examples grouped by how close their top memory is to the reference
-(sentence BLEU), since a memory can only help where it holds part of the translation.
+epoch, and which is lower at the last one; then the dev and test loss of both kept models
+(best dev metric) on the examples grouped by how close their top memory is to the reference
+(sentence BLEU), since a memory can only help where it holds part of the translation. Test
+is read only here: any setting tried on dev can be checked on it.
 --report reads each run's own config.yaml, so it needs no overrides. Native generators
 only (not `generator.engine: hf`).
 """
@@ -40,8 +41,8 @@ from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.models import Seq2SeqModel  # noqa: E402
 from selfmem.train.batching import token_budget_batches  # noqa: E402
-from selfmem.train.generator import prepare_generator  # noqa: E402
-from selfmem.train.generator_data import collate  # noqa: E402
+from selfmem.train.generator import load_memories, prepare_generator  # noqa: E402
+from selfmem.train.generator_data import collate, encode_examples  # noqa: E402
 
 MEMORY_BLEU_GROUPS = ((0, 20), (20, 50), (50, 101))  # sentence BLEU of the top memory against the reference
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
@@ -91,14 +92,16 @@ def evaluations(log: Path) -> list[tuple[int, float, float]]:
 
 
 @torch.no_grad()
-def dev_example_losses(config) -> list[tuple[float, int]]:
-    """(summed cross entropy, target tokens) of every dev example under the run's kept generator."""
+def example_losses(config, split: str) -> list[tuple[float, int]]:
+    """(summed cross entropy, target tokens) of every example of ``split`` under the run's kept generator."""
     paths = RunPaths(config.run_dir)
     _, task = prepare_generator(config, ONE_PROCESS, paths)
+    examples = encode_examples(load_split(config.data, split), load_memories(paths.bm25_memory(split), split),
+                               task.tokenizer, config.generator)
     model = Seq2SeqModel.load(paths.generator, ONE_PROCESS.device)
     losses = []
-    for start in range(0, len(task.dev), 32):
-        batch = {k: v.to(ONE_PROCESS.device) for k, v in collate(task.dev[start:start + 32], task.mode, task.ids).items()}
+    for start in range(0, len(examples), 32):
+        batch = {k: v.to(ONE_PROCESS.device) for k, v in collate(examples[start:start + 32], task.mode, task.ids).items()}
         logits = model(batch["src"], batch["decoder_input"], batch.get("memory"))
         token_loss = F.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=task.ids.pad, reduction="none")
         counts = (batch["labels"] != task.ids.pad).sum(1)
@@ -106,18 +109,18 @@ def dev_example_losses(config) -> list[tuple[float, int]]:
     return losses
 
 
-def loss_by_memory_quality(root: Path, name: str, memory: str) -> None:
-    """Dev loss of both kept models, per group of dev examples by their top memory's sentence BLEU."""
+def loss_by_memory_quality(root: Path, name: str, memory: str, split: str) -> None:
+    """Loss of both kept models on ``split``, per group of examples by their top memory's sentence BLEU."""
     modes = (memory, "none")
     configs = {mode: load_config(root / f"{name}_{mode}" / "config.yaml", []) for mode in modes}
     first = configs[memory]
-    references = [example.target for example in load_split(first.data, "dev")]
-    memories = [r["memories"][:1] for r in read_jsonl(RunPaths(first.run_dir).bm25_memory("dev"))]
+    references = [example.target for example in load_split(first.data, split)]
+    memories = [r["memories"][:1] for r in read_jsonl(RunPaths(first.run_dir).bm25_memory(split))]
     bleu = sacrebleu.BLEU(tokenize=first.data.bleu_tokenize, effective_order=True)
     # -1: no memory (retrieval.min_fuzzy_match dropped every hit)
     memory_bleu = [bleu.sentence_score(m[0], [r]).score if m else -1 for m, r in zip(memories, references)]
-    losses = {mode: dev_example_losses(config) for mode, config in configs.items()}
-    print(f"dev loss of the kept models by top-memory sentence BLEU ({len(references)} dev examples):")
+    losses = {mode: example_losses(config, split) for mode, config in configs.items()}
+    print(f"{split} loss of the kept models by top-memory sentence BLEU ({len(references)} {split} examples):")
     print(f"{'memory BLEU':>11} {'examples':>8} {memory:>7} {'none':>7} {f'none - {memory}':>12}")
     groups = [("no memory", [i for i, b in enumerate(memory_bleu) if b < 0])]
     groups += [(f"{low}-{min(high, 100)}", [i for i, b in enumerate(memory_bleu) if low <= b < high])
@@ -144,6 +147,8 @@ def report(root: Path, name: str, memory: str) -> None:
               f"{'lower' if ml < nl else 'not lower'} by {nl - ml:+.4f}; metric {memory} {mm:.2f}, none {nm:.2f}")
         print(f"best: {memory} loss {min(m[1] for m in ours):.4f}, metric {max(m[2] for m in ours):.2f}; "
               f"none loss {min(n[1] for n in none):.4f}, metric {max(n[2] for n in none):.2f}")
+    for split in ("dev", "test"):  # test: nothing above was chosen by it
+        loss_by_memory_quality(root, name, memory, split)
 
 
 def main() -> None:
@@ -162,8 +167,7 @@ def main() -> None:
     name = config.run.name
     memory, modes = args.memory, (args.memory, "none")
     if args.report:
-        report(args.root, name, memory)
-        return loss_by_memory_quality(args.root, name, memory)
+        return report(args.root, name, memory)
     paths = RunPaths(config.run_dir)
     for script, done in (("train_tokenizer.py", paths.tokenizer), ("retrieve.py", paths.bm25_memory("train"))):
         if not done.exists():
@@ -183,7 +187,6 @@ def main() -> None:
         wait(proc, logs[mode])
     print(f"token budget per step: {memory} {budgets[memory]}, none {budgets['none']} (the same steps per epoch)")
     report(args.root, name, memory)
-    loss_by_memory_quality(args.root, name, memory)
 
 
 if __name__ == "__main__":
