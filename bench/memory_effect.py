@@ -2,8 +2,8 @@
 without memory, trained for the same number of steps on the same examples per step.
 
     python bench/memory_effect.py [--memory joint|dual] [--config configs/demo.yaml] [--steps 6000]
-                                  [--root /tmp/memory_effect] [k=v ...]
-    python bench/memory_effect.py --report [--memory ...] [--config ...] [--root ...]   # finished or cut runs
+                                  [--seeds 1234 1 2] [--root /tmp/memory_effect] [k=v ...]
+    python bench/memory_effect.py --report [--memory ...] [--seeds ...] [--config ...] [--root ...]  # finished or cut runs
 
 Each step of both models sees the same number of examples on average: the no-memory
 model's token budget is the one that cuts an epoch into as many steps as the memory model's.
@@ -14,7 +14,10 @@ epoch, and which is lower at the last one; then the dev and test loss of both ke
 (best dev metric) on the examples grouped by how close their top memory is to the reference
 (sentence BLEU), since a memory can only help where it holds part of the translation. Test
 is read only here: any setting tried on dev can be checked on it.
---report reads each run's own config.yaml, so it needs no overrides. Native generators
+With several seeds (each sets the initial weights and the batch order of both models),
+the last evaluations are put side by side: on the demo two no-memory runs that differ only
+in the seed end 0.085 apart in dev loss, more than the memory changes it, so one pair of
+runs decides nothing. --report reads each run's own config.yaml, so it needs no overrides. Native generators
 only (not `generator.engine: hf`).
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -109,10 +113,15 @@ def example_losses(config, split: str) -> list[tuple[float, int]]:
     return losses
 
 
-def loss_by_memory_quality(root: Path, name: str, memory: str, split: str) -> None:
-    """Loss of both kept models on ``split``, per group of examples by their top memory's sentence BLEU."""
-    modes = (memory, "none")
-    configs = {mode: load_config(root / f"{name}_{mode}" / "config.yaml", []) for mode in modes}
+def run_name(name: str, seed: int, mode: str) -> str:
+    return f"{name}_s{seed}_{mode}"
+
+
+def loss_by_memory_quality(root: Path, names: dict[str, str], split: str) -> None:
+    """Loss of both kept models (``names``: mode -> run name) on ``split``, per group of
+    examples by their top memory's sentence BLEU."""
+    memory, modes = next(iter(names)), tuple(names)
+    configs = {mode: load_config(root / names[mode] / "config.yaml", []) for mode in modes}
     first = configs[memory]
     references = [example.target for example in load_split(first.data, split)]
     memories = [r["memories"][:1] for r in read_jsonl(RunPaths(first.run_dir).bm25_memory(split))]
@@ -133,22 +142,37 @@ def loss_by_memory_quality(root: Path, name: str, memory: str, split: str) -> No
                   f"{mean['none'] - mean[memory]:+12.4f}")
 
 
-def report(root: Path, name: str, memory: str) -> None:
-    """The two training logs' evaluations side by side, epoch by epoch."""
-    ours, none = (evaluations(root / f"{name}_{mode}" / "generator" / "train_log.jsonl") for mode in (memory, "none"))
-    print(f"{'epoch':>5} {f'{memory} step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
-    pairs = list(zip(ours, none))
-    for epoch, ((ms, ml, mm), (ns, nl, nm)) in enumerate(pairs):
-        print(f"{epoch:5d} {ms:10d} {ml:7.4f} {mm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}"
-              f"{f'  {memory} lower' if ml < nl else ''}")
-    if pairs:
-        (_, ml, mm), (_, nl, nm) = pairs[-1]
+def report(root: Path, name: str, memory: str, seeds: list[int]) -> None:
+    """Per seed, the two training logs' evaluations side by side, epoch by epoch, and the kept
+    models' loss by memory quality; then, for several seeds, the last evaluations together:
+    the spread of the no-memory model's loss over seeds is the yardstick for a difference."""
+    last = {}
+    for seed in seeds:
+        names = {mode: run_name(name, seed, mode) for mode in (memory, "none")}
+        ours, none = (evaluations(root / names[mode] / "generator" / "train_log.jsonl") for mode in names)
+        print(f"seed {seed}:")
+        print(f"{'epoch':>5} {f'{memory} step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
+        pairs = list(zip(ours, none))
+        for epoch, ((ms, ml, mm), (ns, nl, nm)) in enumerate(pairs):
+            print(f"{epoch:5d} {ms:10d} {ml:7.4f} {mm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}"
+                  f"{f'  {memory} lower' if ml < nl else ''}")
+        if not pairs:
+            continue
+        (_, ml, mm), (_, nl, nm) = last[seed] = pairs[-1]
+        lower = sum(m[1] < n[1] for m, n in pairs)
         print(f"last evaluation: {memory} loss {ml:.4f}, none {nl:.4f}: {memory} "
-              f"{'lower' if ml < nl else 'not lower'} by {nl - ml:+.4f}; metric {memory} {mm:.2f}, none {nm:.2f}")
+              f"{'lower' if ml < nl else 'not lower'} by {nl - ml:+.4f}; metric {memory} {mm:.2f}, none {nm:.2f}; "
+              f"{memory} lower at {lower} of {len(pairs)} evaluations")
         print(f"best: {memory} loss {min(m[1] for m in ours):.4f}, metric {max(m[2] for m in ours):.2f}; "
               f"none loss {min(n[1] for n in none):.4f}, metric {max(n[2] for n in none):.2f}")
-    for split in ("dev", "test"):  # test: nothing above was chosen by it
-        loss_by_memory_quality(root, name, memory, split)
+        for split in ("dev", "test"):  # test: nothing above was chosen by it
+            loss_by_memory_quality(root, names, split)
+    if len(last) > 1:
+        differences = [n[1] - m[1] for m, n in last.values()]
+        none_losses = [n[1] for _, n in last.values()]
+        print(f"over {len(last)} seeds, last evaluation: none - {memory} dev loss "
+              f"{', '.join(f'{d:+.4f}' for d in differences)}, mean {statistics.mean(differences):+.4f}; "
+              f"the no-memory model's own dev loss spans {max(none_losses) - min(none_losses):.4f} over the seeds")
 
 
 def main() -> None:
@@ -157,6 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--root", type=Path, default=Path("/tmp/memory_effect"))
     parser.add_argument("--memory", choices=["joint", "dual"], default="joint", help="the memory model's mode")
+    parser.add_argument("--seeds", type=int, nargs="+", help="one pair of runs per seed (default: run.seed)")
     parser.add_argument("--report", action="store_true", help="only print the table of the runs under --root")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for both models")
     args = parser.parse_intermixed_args()
@@ -166,27 +191,33 @@ def main() -> None:
     config = load_config(args.config, common)
     name = config.run.name
     memory, modes = args.memory, (args.memory, "none")
+    seeds = args.seeds or [config.run.seed]
     if args.report:
-        return report(args.root, name, memory)
+        return report(args.root, name, memory, seeds)
     paths = RunPaths(config.run_dir)
     for script, done in (("train_tokenizer.py", paths.tokenizer), ("retrieve.py", paths.bm25_memory("train"))):
         if not done.exists():
             log = paths.root / f"{Path(script).stem}.log"
             wait(launch(args.config, script, common, log), log)
-    budgets = {memory: config.train.max_tokens, "none": matched_none_budget(args.config, common, memory)}
-    for mode in modes:  # each run starts from the shared tokenizer and memory, with a fresh generator
-        shutil.rmtree(args.root / f"{name}_{mode}", ignore_errors=True)
-        shutil.copytree(paths.tokenizer, args.root / f"{name}_{mode}" / "tokenizer")
-        shutil.copytree(paths.bm25_memory("train").parent, args.root / f"{name}_{mode}" / "memory" / "bm25")
-    logs = {mode: args.root / f"{name}_{mode}" / "train_generator.log" for mode in modes}
-    procs = {mode: launch(args.config, "train_generator.py",
-                          [*common, f"run.name={name}_{mode}", f"generator.memory={mode}",
-                           f"train.max_tokens={budgets[mode]}", f"train.max_steps={args.steps}"], logs[mode], threads=1)
-             for mode in modes}
-    for mode, proc in procs.items():
-        wait(proc, logs[mode])
-    print(f"token budget per step: {memory} {budgets[memory]}, none {budgets['none']} (the same steps per epoch)")
-    report(args.root, name, memory)
+    for seed in seeds:  # both models of a seed train side by side; seeds one after the other
+        seeded = [*common, f"run.seed={seed}"]
+        budgets = {memory: config.train.max_tokens, "none": matched_none_budget(args.config, seeded, memory)}
+        names = {mode: run_name(name, seed, mode) for mode in modes}
+        for mode in modes:  # each run starts from the shared tokenizer and memory, with a fresh generator
+            shutil.rmtree(args.root / names[mode], ignore_errors=True)
+            shutil.copytree(paths.tokenizer, args.root / names[mode] / "tokenizer")
+            shutil.copytree(paths.bm25_memory("train").parent, args.root / names[mode] / "memory" / "bm25")
+        logs = {mode: args.root / names[mode] / "train_generator.log" for mode in modes}
+        procs = {mode: launch(args.config, "train_generator.py",
+                              [*seeded, f"run.name={names[mode]}", f"generator.memory={mode}",
+                               f"train.max_tokens={budgets[mode]}", f"train.max_steps={args.steps}"], logs[mode],
+                              threads=1)
+                 for mode in modes}
+        for mode, proc in procs.items():
+            wait(proc, logs[mode])
+        print(f"seed {seed}: token budget per step: {memory} {budgets[memory]}, none {budgets['none']} "
+              "(the same examples per step)")
+    report(args.root, name, memory, seeds)
 
 
 if __name__ == "__main__":
