@@ -101,6 +101,13 @@ def random_sources(count: int, vocab: int, eos: int, pad: int, seed: int = 1) ->
     return padded([torch.randint(5, vocab - 2, (n,), generator=g).tolist() + [eos] for n in lengths], pad)
 
 
+def same_up_to_near_ties(ours: list[Hypothesis], theirs: list[Hypothesis]) -> bool:
+    """Equal hypothesis lists, scores within 1e-4, except that a position may hold a different
+    hypothesis when the two scores there tie to float32 rounding."""
+    return len(ours) == len(theirs) and all(
+        abs(x.score - y.score) < (1e-4 if x.tokens == y.tokens else 1e-6) for x, y in zip(ours, theirs))
+
+
 @pytest.fixture(scope="module", params=["bart", "marian"])
 def hf_pair(request, tmp_path_factory):
     """A tiny random HF model and the native model imported from it."""
@@ -129,14 +136,12 @@ def test_beam_search_equals_hf_generate(hf_pair, settings):
     ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
     ours = beam_search(native, src, None, settings, **ids)
     theirs = hf_beam_search(hf, src, settings, pad_id=config.pad_token_id, **ids)
-    # A mismatch can only come from a near tie: two hypotheses whose scores differ by less
-    # than float32 rounding (about 1e-7) may be ranked in either order, because the two
-    # implementations sum the same log-probabilities in a different order. Here all 24 x 40
-    # examples agree; with other random inputs we saw one swapped pair of Marian's 50
-    # returned hypotheses (scores -1.82952917 and -1.82952940) in 40 examples.
-    same = [len(a) == len(b) and all(x.tokens == y.tokens and abs(x.score - y.score) < 1e-4 for x, y in zip(a, b))
-            for a, b in zip(ours, theirs)]
-    assert sum(same) >= 0.98 * len(src)
+    # Where the two differ it can only be the order of a near tie: two hypotheses whose scores
+    # differ by float32 rounding (about 1e-7) may be ranked in either order, because the two
+    # implementations sum the same log-probabilities in a different order (seen: Marian's 39th
+    # and 40th of 50 returned hypotheses, -1.37132144 and -1.37132156, swapped).
+    for a, b in zip(ours, theirs):
+        assert same_up_to_near_ties(a, b), (a, b)
     assert all(len(hyps) == settings.num_return for hyps in ours)
 
 
