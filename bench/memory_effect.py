@@ -16,7 +16,7 @@ epoch, and which is lower at the last one; then the dev and test loss of both ke
 is read only here: any setting tried on dev can be checked on it.
 With several seeds (each sets the initial weights and the batch order of both models),
 the last evaluations are put side by side: on the demo the no-memory model's last dev loss
-spans 0.048 over three seeds, more than the memory changes it on average, so one pair of
+spans 0.048 over four seeds, more than the memory changes it on average, so one pair of
 runs decides nothing. --report reads each run's own config.yaml, so it needs no overrides. Native generators
 only (not `generator.engine: hf`).
 """
