@@ -12,8 +12,11 @@ tokenizer and BM25 memory are made first, or reused when the run directory under
 already has them. Printed: dev loss and dev metric (greedy decoding) of both after every
 epoch, and which is lower at the last one; then the dev and test loss of both kept models
 (best dev metric) on the examples grouped by how close their top memory is to the reference
-(sentence BLEU), since a memory can only help where it holds part of the translation. Test
-is read only here: any setting tried on dev can be checked on it.
+(sentence BLEU), since a memory can only help where it holds part of the translation, and
+the memory model's loss with each example's own reference as its memory (how much it has
+learned to copy). Test is read only here: any setting tried on dev can be checked on it.
+Evaluations are paired by epoch; with generator.copy_epochs the memory model's first
+epochs have their own step counts, so read its steps beside the no-memory model's.
 With several seeds (each sets the initial weights and the batch order of both models),
 the last evaluations are put side by side: on the demo the no-memory model's last dev loss
 spans 0.048 over four seeds, more than the memory changes it on average, so one pair of
@@ -75,8 +78,9 @@ def matched_none_budget(config_path: Path, common: list[str], memory: str) -> in
     configs = {mode: load_config(config_path, [*common, f"generator.memory={mode}"]) for mode in (memory, "none")}
     paths = RunPaths(configs[memory].run_dir)
     with_memory, none = (prepare_generator(config, ONE_PROCESS, paths)[1] for config in configs.values())
-    steps = len(with_memory.epoch_batches(0))
     seed = configs["none"].run.seed
+    # epoch 0 of the retrieved memory (copy epochs, if any, train on other inputs)
+    steps = len(token_budget_batches(with_memory.train_sizes, configs[memory].train.max_tokens, seed, 0))
     low, high = 1, configs[memory].train.max_tokens  # shorter inputs: the no-memory budget is below the other's
     while low < high:
         middle = (low + high) // 2
@@ -96,12 +100,15 @@ def evaluations(log: Path) -> list[tuple[int, float, float]]:
 
 
 @torch.no_grad()
-def example_losses(config, split: str) -> list[tuple[float, int]]:
-    """(summed cross entropy, target tokens) of every example of ``split`` under the run's kept generator."""
+def example_losses(config, split: str, reference_as_memory: bool = False) -> list[tuple[float, int]]:
+    """(summed cross entropy, target tokens) of every example of ``split`` under the run's kept
+    generator, with its retrieved memories or with its own reference as the memory."""
     paths = RunPaths(config.run_dir)
     _, task = prepare_generator(config, ONE_PROCESS, paths)
-    examples = encode_examples(load_split(config.data, split), load_memories(paths.bm25_memory(split), split),
-                               task.tokenizer, config.generator)
+    data = load_split(config.data, split)
+    memories = ([[example.target] for example in data] if reference_as_memory
+                else load_memories(paths.bm25_memory(split), split))
+    examples = encode_examples(data, memories, task.tokenizer, config.generator)
     model = Seq2SeqModel.load(paths.generator, ONE_PROCESS.device)
     losses = []
     for start in range(0, len(examples), 32):
@@ -140,6 +147,10 @@ def loss_by_memory_quality(root: Path, names: dict[str, str], split: str) -> Non
                     for mode in modes}
             print(f"{label:>11} {len(members):8d} {mean[memory]:7.4f} {mean['none']:7.4f} "
                   f"{mean['none'] - mean[memory]:+12.4f}")
+    # A model that has learned to copy from its memory is nearly certain here
+    oracle = example_losses(configs[memory], split, reference_as_memory=True)
+    print(f"with its reference as the memory, the {memory} model's {split} loss is "
+          f"{sum(loss for loss, _ in oracle) / sum(count for _, count in oracle):.4f}")
 
 
 def report(root: Path, name: str, memory: str, seeds: list[int]) -> None:
