@@ -77,6 +77,14 @@ def test_engine_hf_refuses_dual_memory(tmp_path, bart_checkpoint):
         train_generator(config, ONE_PROCESS, paths)
 
 
+@pytest.mark.parametrize("engine", ["hf", "native"])
+def test_slotted_joint_positions_refused_for_checkpoints(tmp_path, bart_checkpoint, engine):
+    config, paths = prepared_run(tmp_path, bart_checkpoint, f"generator.engine={engine}", "generator.memory=joint",
+                                 "generator.joint_positions=slots")
+    with pytest.raises(ValueError, match="joint_positions 'slots' is for native models trained from scratch"):
+        train_generator(config, ONE_PROCESS, paths)
+
+
 def test_native_dual_model_fine_tunes_an_imported_checkpoint(tmp_path, bart_checkpoint):
     config, paths = prepared_run(tmp_path, bart_checkpoint, "generator.engine=native", "generator.memory=dual")
     train_generator(config, ONE_PROCESS, paths)

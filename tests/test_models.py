@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,8 +20,13 @@ from transformers import (
     T5Config,
 )
 
+from selfmem.common.config import load_config
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.hf_import import import_hf
+from selfmem.models.seq2seq import slotted_positions
+from selfmem.train.generator import build_model
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 torch.set_num_threads(1)  # the test machine is small and shared
 
@@ -144,18 +151,33 @@ def small_model(memory: str, **overrides) -> Seq2SeqModel:
     return Seq2SeqModel(ModelConfig(**{**config, **overrides})).eval()
 
 
-# joint: our defaults (post-norm, sinusoidal); dual: the BART/mBART-style switches
+SEP = 4  # ModelConfig's default sep_id; random_rows never draws it
+
+# name -> (memory mode, overrides). joint: our defaults (post-norm, sinusoidal), then with
+# slotted positions; dual: the BART/mBART-style switches
 VARIANTS = {
-    "joint": {},
-    "dual": dict(pre_norm=True, positions="learned", position_offset=2, layernorm_embedding=True,
-                 final_layer_norm=True, activation="gelu", final_logits_bias=True),
+    "joint": ("joint", {}),
+    "joint-slots": ("joint", dict(source_slot=12, memory_slot=8)),
+    "dual": ("dual", dict(pre_norm=True, positions="learned", position_offset=2, layernorm_embedding=True,
+                          final_layer_norm=True, activation="gelu", final_logits_bias=True)),
 }
 
 
+def variant_model(variant: str) -> Seq2SeqModel:
+    memory, overrides = VARIANTS[variant]
+    return small_model(memory, **overrides)
+
+
 def batch(memory: str, seed: int = 3):
-    """Source (padded), decoder input and, for dual, memories (batch, 2, len), one slot empty."""
+    """Source (padded; for joint ``source sep memory eos``), decoder input and, for dual,
+    memories (batch, 2, len), one slot empty."""
     g = torch.Generator().manual_seed(seed)
-    src = padded(random_rows([7, 4, 2], EOS, g), PAD)
+    if memory == "joint":
+        memories = random_rows([3, 5, 1], EOS, g)
+        src = padded([source[:-1] + [SEP] + memory for source, memory in zip(random_rows([7, 4, 2], EOS, g),
+                                                                               memories)], PAD)
+    else:
+        src = padded(random_rows([7, 4, 2], EOS, g), PAD)
     dec = torch.randint(5, 40, (3, 6), generator=g)
     dec[:, 0] = START
     if memory != "dual":
@@ -166,10 +188,11 @@ def batch(memory: str, seed: int = 3):
     return src, dec, torch.stack([first, second], dim=1)
 
 
-@pytest.mark.parametrize("memory", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @torch.no_grad()
-def test_incremental_decoding_matches_forward(memory):
-    model = small_model(memory, **VARIANTS[memory])
+def test_incremental_decoding_matches_forward(variant):
+    model = variant_model(variant)
+    memory = model.config.memory
     src, dec, mem = batch(memory)
     expected = model(src, dec, mem)
 
@@ -188,10 +211,11 @@ def test_incremental_decoding_matches_forward(memory):
     assert (torch.cat([first, rest], dim=1) - expected).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("memory", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @torch.no_grad()
-def test_reorder_cache_and_encoder_out(memory):
-    model = small_model(memory, **VARIANTS[memory])
+def test_reorder_cache_and_encoder_out(variant):
+    model = variant_model(variant)
+    memory = model.config.memory
     src, dec, mem = batch(memory)
     expected = model(src, dec, mem)
     encoder_out = model.encode(src, mem)
@@ -204,9 +228,44 @@ def test_reorder_cache_and_encoder_out(memory):
         assert (logits[:, 0] - expected[index, 3]).abs().max() < 1e-5
 
 
+def test_slotted_positions_pad_the_source_and_each_memory_to_its_slot():
+    ids = torch.tensor([[9, 9, 9, SEP, 7, 7, SEP, 8, EOS, PAD],
+                        [9, SEP, 7, 7, 7, 7, EOS, PAD, PAD, PAD],
+                        [9, 9, EOS, PAD, PAD, PAD, PAD, PAD, PAD, PAD]])
+    assert slotted_positions(ids, SEP, source_slot=10, memory_slot=5).tolist() == [
+        [0, 1, 2, 3, 10, 11, 12, 15, 16, 17],
+        [0, 1, 10, 11, 12, 13, 14, 15, 16, 17],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]
+
+
+@torch.no_grad()
+def test_joint_slots_keep_the_memory_at_one_distance_from_the_target():
+    slotted = variant_model("joint-slots")
+    continued = variant_model("joint")
+    continued.load_state_dict(slotted.state_dict())
+    g = torch.Generator().manual_seed(5)
+    memory = torch.tensor(random_rows([6], EOS, g))
+    for source_len in (2, 9):
+        source = torch.tensor(random_rows([source_len], EOS, g))[:, :-1]
+        joint = torch.cat([source, torch.tensor([[SEP]]), memory], dim=1)
+        embedded = slotted.encoder.embed(joint, positions=slotted_positions(joint, SEP, 12, 8))
+        # whatever the source's length, memory token i sits at position 12 + i
+        assert torch.equal(embedded[:, source_len:], slotted.encoder.embed(memory, start=12))
+        src, dec = padded(joint.tolist(), PAD), torch.tensor([[START, 9, 9]])
+        assert (slotted(src, dec) - continued(src, dec)).abs().max() > 1e-3
+    # without a separator the two position schemes are the same model
+    src, dec, _ = batch("none")
+    assert torch.equal(slotted(src, dec), continued(src, dec))
+    # padding past the last slot stays inside the position table
+    wide = torch.cat([torch.tensor([[9, SEP] + [7] * 7 + [EOS]]), torch.full((1, 50), PAD)], dim=1)
+    assert torch.isfinite(slotted(wide, dec)).all()
+    with pytest.raises(ValueError, match="source_slot and memory_slot are both 0 or both positive"):
+        small_model("joint", source_slot=12)
+
+
 @torch.no_grad()
 def test_dual_memory_padding_changes_nothing():
-    model = small_model("dual", **VARIANTS["dual"])
+    model = variant_model("dual")
     src, dec, mem = batch("dual")
     one_slot = mem[:, :1]
     expected = model(src, dec, one_slot)
@@ -216,10 +275,11 @@ def test_dual_memory_padding_changes_nothing():
         assert (model(src, dec, memory) - expected).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("memory", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @torch.no_grad()
-def test_source_padding_changes_nothing(memory):
-    model = small_model(memory, **VARIANTS[memory])
+def test_source_padding_changes_nothing(variant):
+    model = variant_model(variant)
+    memory = model.config.memory
     src, dec, mem = batch(memory)
     wider = torch.cat([src, torch.full((3, 5), PAD)], dim=1)
     assert (model(wider, dec, mem) - model(src, dec, mem)).abs().max() < 1e-5
@@ -227,7 +287,7 @@ def test_source_padding_changes_nothing(memory):
 
 @torch.no_grad()
 def test_dual_memory_changes_output():
-    model = small_model("dual", **VARIANTS["dual"])
+    model = variant_model("dual")
     src, dec, mem = batch("dual")
     other = mem.clone()
     other[:, 0, 0] = (other[:, 0, 0] + 1 - 5) % 35 + 5  # another ordinary token first
@@ -256,6 +316,15 @@ def test_initialisation():
     assert abs(embed.std().item() - 0.05) < 0.01
     fc1 = model.encoder.layers[0].fc1
     assert torch.equal(fc1.bias, torch.zeros_like(fc1.bias)) and abs(fc1.weight.std().item() - 0.05) < 0.01
+
+
+def test_generator_config_sets_the_slots_to_the_length_budgets():
+    tokenizer = SimpleNamespace(vocab_size=48, pad_id=PAD, bos_id=START, eos_id=EOS, sep_id=SEP)
+    slotted = build_model(load_config(CONFIGS / "demo.yaml", ["generator.joint_positions=slots",
+                                                             "generator.max_source_len=40"]), tokenizer)
+    assert (slotted.config.source_slot, slotted.config.memory_slot) == (40, 64)
+    continued = build_model(load_config(CONFIGS / "demo.yaml", ["generator.joint_positions=continue"]), tokenizer)
+    assert (continued.config.source_slot, continued.config.memory_slot) == (0, 0)
 
 
 # --- save / load --------------------------------------------------------------------
@@ -314,10 +383,11 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
 # --- low precision ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("memory", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @torch.no_grad()
-def test_bf16_autocast_heavy_padding_is_finite(memory):
-    model = small_model(memory, **VARIANTS[memory])
+def test_bf16_autocast_heavy_padding_is_finite(variant):
+    model = variant_model(variant)
+    memory = model.config.memory
     g = torch.Generator().manual_seed(4)
     src = padded(random_rows([1, 2, 30], EOS, g), PAD, width=48)
     dec = torch.full((3, 5), START)

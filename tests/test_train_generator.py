@@ -10,6 +10,10 @@ import pytest
 import torch
 
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun, start_torchrun
+from selfmem.common.config import load_config
+from selfmem.common.distributed import DistEnv
+from selfmem.common.run import RunPaths
+from selfmem.train.generator import prepare_generator
 
 CONFIG = str(DEMO_CONFIG)
 
@@ -84,3 +88,20 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(prepared, tmp_path):
     # the resumed log reads as one run: the same steps and losses
     assert [(r["step"], r.get("loss")) for r in log_records(killed) if "loss" in r] == \
         [(r["step"], r.get("loss")) for r in log_records(straight) if "loss" in r]
+
+
+def test_copy_epochs_train_first_on_the_reference_as_memory(prepared):
+    config = load_config(DEMO_CONFIG, [f"run.root={prepared}", *TINY, "generator.copy_epochs=2"])
+    _, task = prepare_generator(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                                RunPaths(config.run_dir))
+    n = len(task.train)
+    for epoch in (0, 1):
+        indices = sorted(i for batch in task.epoch_batches(epoch) for i in batch)
+        assert indices == list(range(n, 2 * n))  # every example once, each with its reference as memory
+    for i in range(n):
+        copy = task.examples[n + i]
+        assert copy.memories == [copy.target] and copy.source == task.train[i].source
+        assert copy.target == task.train[i].target
+    assert sorted(i for batch in task.epoch_batches(2) for i in batch) == list(range(n))
+    batch = task.epoch_batches(0)[0]
+    assert task.num_targets(batch) == sum(len(task.examples[i].target) + 1 for i in batch)

@@ -70,6 +70,13 @@ class RetrievalConfig:
 class GeneratorConfig:
     engine: Literal["native", "hf"] = "native"
     memory: Literal["none", "joint", "dual"] = "joint"
+    # joint memory, native models trained from scratch: "slots" places the memory's positions
+    # as if the source and each memory were padded to their max lengths (a fixed distance
+    # between memory token i and target token i); "continue" goes on after the source
+    joint_positions: Literal["continue", "slots"] = "continue"
+    # the first N epochs train with each example's own reference as its memory, so that a
+    # small model learns to copy before it learns when to (0: retrieved memory throughout)
+    copy_epochs: int = 0
     num_memories: int = 1  # memories per example (top BM25 hits during training)
     init: Optional[str] = None  # a Hugging Face checkpoint directory to import
     encoder_layers: int = 6

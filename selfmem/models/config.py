@@ -43,6 +43,10 @@ class ModelConfig:
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     memory: Literal["none", "joint", "dual"] = "none"
+    # joint memory: 0 = positions continue through the input (as imported models were
+    # trained); > 0 = positions as if the source and each memory were padded to these lengths
+    source_slot: int = 0
+    memory_slot: int = 0
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -59,6 +63,9 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.position_offset < 0:
             raise ValueError(f"ModelConfig.position_offset must be >= 0, got {self.position_offset}")
+        if (self.source_slot > 0) != (self.memory_slot > 0) or min(self.source_slot, self.memory_slot) < 0:
+            raise ValueError(f"ModelConfig: source_slot and memory_slot are both 0 or both positive, "
+                             f"got {self.source_slot} and {self.memory_slot}")
         if self.d_model % self.heads:
             raise ValueError(f"ModelConfig: d_model {self.d_model} is not divisible by heads {self.heads}")
         for name in ("pad_id", "bos_id", "eos_id", "sep_id", "decoder_start_id"):

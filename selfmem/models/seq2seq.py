@@ -4,7 +4,10 @@ Memory modes (``ModelConfig.memory``):
 
 * ``none``: a plain encoder-decoder.
 * ``joint``: the caller feeds ``source <sep> memory`` as one encoder input, so the model
-  sees a single input and nothing is special.
+  sees a single input. With ``source_slot`` and ``memory_slot`` set, positions go as if the
+  source and each memory were padded to those lengths: memory token i then always sits at
+  the same distance from target token i, which lets a small model learn to copy by
+  position (with positions that simply continue, that distance changes with every source).
 * ``dual``: the memories go through the same encoder (shared weights), each one encoded
   on its own, and every decoder layer attends to all of them together in an extra
   cross-attention (with its own layer norm) after the source cross-attention.
@@ -145,6 +148,11 @@ class LearnedPositionalEmbedding(nn.Embedding):
         rows = torch.arange(start + self.offset, start + length + self.offset, device=self.weight.device)
         return super().forward(rows)
 
+    def at(self, positions: Tensor) -> Tensor:
+        """Embeddings of arbitrary ``positions`` (any shape), shape ``positions.shape + (dim,)``."""
+        _check_positions(int(positions.max()) + 1, self.max_positions)
+        return super().forward(positions + self.offset)
+
 
 class SinusoidalPositionalEmbedding(nn.Module):
     """Fixed sinusoidal positions (``sinusoidal_table``); not saved, rebuilt from the config."""
@@ -158,6 +166,11 @@ class SinusoidalPositionalEmbedding(nn.Module):
         """Embeddings of positions ``start .. start + length - 1``, shape (length, dim)."""
         _check_positions(start + length, self.max_positions)
         return self.table[start:start + length]
+
+    def at(self, positions: Tensor) -> Tensor:
+        """Embeddings of arbitrary ``positions`` (any shape), shape ``positions.shape + (dim,)``."""
+        _check_positions(int(positions.max()) + 1, self.max_positions)
+        return self.table[positions]
 
 
 class MultiheadAttention(nn.Module):
@@ -296,9 +309,12 @@ class TransformerStack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(config.d_model) if config.final_layer_norm else None
 
-    def embed(self, ids: Tensor, start: int = 0) -> Tensor:
-        """Token plus position embeddings of ``ids`` (batch, length), positions from ``start``."""
-        x = self.embed_tokens(ids) * self.embed_scale + self.embed_positions(start, ids.size(1))
+    def embed(self, ids: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
+        """Token plus position embeddings of ``ids`` (batch, length): positions from ``start``,
+        or ``positions`` (batch, length) where given."""
+        position_embeddings = (self.embed_positions(start, ids.size(1)) if positions is None
+                               else self.embed_positions.at(positions))
+        x = self.embed_tokens(ids) * self.embed_scale + position_embeddings
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
         return self.dropout(x)
@@ -307,18 +323,37 @@ class TransformerStack(nn.Module):
         return x if self.layer_norm is None else self.layer_norm(x)
 
 
+def slotted_positions(ids: Tensor, sep_id: int, source_slot: int, memory_slot: int) -> Tensor:
+    """Positions (batch, length) of a joint input ``source sep memory sep memory ... eos`` as
+    if the source were padded to ``source_slot`` tokens and each memory to ``memory_slot``;
+    a separator (and the final eos) takes the position after the token before it."""
+    index = torch.arange(ids.size(1), device=ids.device).expand_as(ids)
+    is_sep = ids.eq(sep_id)
+    last_sep = torch.where(is_sep, index, -1).cummax(dim=1).values
+    before = F.pad(last_sep[:, :-1], (1, 0), value=-1)  # the last separator strictly before each token
+    offset = index - before - 1  # within the source or the memory
+    segment = F.pad(is_sep[:, :-1].long().cumsum(dim=1), (1, 0))  # 0: source, k: memory k
+    start = torch.where(segment > 0, source_slot + (segment - 1) * memory_slot, 0)
+    return start + offset
+
+
 class Encoder(TransformerStack):
     """The Transformer encoder."""
 
     def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__(config, embed_tokens, [EncoderLayer(config) for _ in range(config.encoder_layers)])
         self.pad_id = config.pad_id
+        self.slots = (config.source_slot, config.memory_slot) if config.memory == "joint" else (0, 0)
+        self.sep_id = config.sep_id
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Encode ``ids`` (batch, length); return the states and the mask of real tokens."""
         mask = ids.ne(self.pad_id)
         key_mask = mask[:, None, None, :]  # broadcast over heads and queries
-        x = self.embed(ids)
+        positions = None
+        if self.slots[0]:  # padding sits at position 0: past the last slot it could overrun the table
+            positions = slotted_positions(ids, self.sep_id, *self.slots).masked_fill(~mask, 0)
+        x = self.embed(ids, positions=positions)
         for layer in self.layers:
             x = layer(x, key_mask)
         return self.final_norm(x), mask

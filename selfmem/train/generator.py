@@ -40,27 +40,41 @@ log = logging.getLogger(__name__)
 
 
 class GeneratorTask:
-    """Label-smoothed cross entropy on token-budget batches; dev loss and greedy-decoded metric."""
+    """Label-smoothed cross entropy on token-budget batches; dev loss and greedy-decoded metric.
+
+    ``copy_train`` holds the train examples with their own reference as the memory: the
+    first ``generator.copy_epochs`` epochs train on those, then on ``train`` (a model
+    without memory has no ``copy_train``). Batch indices at or above ``len(train)`` point
+    into ``copy_train``.
+    """
 
     def __init__(self, config: Config, env: DistEnv, ids: SpecialIds, tokenizer: Tokenizer,
-                 train: list[EncodedExample], dev: list[EncodedExample], dev_references: list[str]):
+                 train: list[EncodedExample], dev: list[EncodedExample], dev_references: list[str],
+                 copy_train: list[EncodedExample] = ()) -> None:
         self.config, self.env, self.ids, self.tokenizer = config, env, ids, tokenizer
         self.mode = config.generator.memory
         self.train, self.dev, self.dev_references = train, dev, dev_references
         self.train_sizes = self._sizes(train)
         self.dev_sizes = self._sizes(dev)
+        self.examples = train + list(copy_train)
+        self.sizes = self.train_sizes + self._sizes(copy_train)
+        self.copy_epochs = config.generator.copy_epochs if copy_train else 0
 
     def _sizes(self, examples: list[EncodedExample]) -> list[tuple[int, ...]]:
         return [example_sizes(ex, self.mode, self.ids, self.config.generator.num_memories) for ex in examples]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
+        if epoch < self.copy_epochs:
+            offset = len(self.train)
+            return [[offset + i for i in batch] for batch in token_budget_batches(
+                self.sizes[offset:], self.config.train.max_tokens, self.config.run.seed, epoch)]
         return token_budget_batches(self.train_sizes, self.config.train.max_tokens, self.config.run.seed, epoch)
 
     def num_targets(self, batch: list[int]) -> int:
-        return sum(self.train_sizes[i][1] for i in batch)
+        return sum(self.sizes[i][1] for i in batch)
 
     def num_tokens(self, batch: list[int]) -> int:
-        return sum(sum(self.train_sizes[i]) for i in batch)
+        return sum(sum(self.sizes[i]) for i in batch)
 
     def _batch_loss(self, model, examples: list[EncodedExample], smoothing: float) -> torch.Tensor:
         batch = {k: v.to(self.env.device) for k, v in collate(examples, self.mode, self.ids).items()}
@@ -69,7 +83,7 @@ class GeneratorTask:
                                label_smoothing=smoothing, reduction="sum")
 
     def loss(self, model, batch: list[int]) -> torch.Tensor:
-        return self._batch_loss(model, [self.train[i] for i in batch], self.config.train.label_smoothing)
+        return self._batch_loss(model, [self.examples[i] for i in batch], self.config.train.label_smoothing)
 
     def _dev_batches(self, indices: range) -> list[list[int]]:
         sizes = [self.dev_sizes[i] for i in indices]
@@ -117,6 +131,9 @@ class GeneratorTask:
 def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
     """A fresh native model, a native model imported from a HF checkpoint, or an `engine: hf` model."""
     g = config.generator
+    if g.joint_positions == "slots" and (g.engine == "hf" or g.init):
+        raise ValueError("generator.joint_positions 'slots' is for native models trained from scratch; "
+                         "an imported or Hugging Face model keeps the positions it was trained with")
     if g.engine == "hf":
         if not g.init:
             raise ValueError("generator.engine is 'hf' but generator.init (a checkpoint directory) is not set")
@@ -126,14 +143,16 @@ def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
     if g.init:
         return import_hf(g.init, memory=g.memory)
     joint_len = g.max_source_len + g.num_memories * g.max_memory_len + 1
+    slots = g.joint_positions == "slots"
     return Seq2SeqModel(ModelConfig(
         vocab_size=tokenizer.vocab_size, d_model=g.d_model, encoder_layers=g.encoder_layers,
         decoder_layers=g.decoder_layers, heads=g.heads, ffn_dim=g.ffn_dim, pre_norm=g.pre_norm,
         positions=g.positions, max_positions=max(joint_len, g.max_target_len, g.max_memory_len) + 1,
         scale_embedding=g.scale_embedding, final_layer_norm=g.pre_norm, activation=g.activation,
         share_embeddings=g.share_embeddings, dropout=g.dropout, attention_dropout=g.attention_dropout,
-        memory=g.memory, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-        sep_id=tokenizer.sep_id, decoder_start_id=tokenizer.bos_id,
+        memory=g.memory, source_slot=g.max_source_len if slots else 0, memory_slot=g.max_memory_len if slots else 0,
+        pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, sep_id=tokenizer.sep_id,
+        decoder_start_id=tokenizer.bos_id,
     ))
 
 
@@ -167,8 +186,12 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
         if split == "train" and train_indices is not None:
             examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
+    copy_train = []
+    if config.generator.copy_epochs and config.generator.memory != "none":
+        train = [splits["train"][i] for i in train_indices] if train_indices is not None else splits["train"]
+        copy_train = encode_examples(train, [[ex.target] for ex in train], tokenizer, config.generator)
     task = GeneratorTask(config, env, ids, tokenizer, encoded["train"], encoded["dev"],
-                         [ex.target for ex in splits["dev"]])
+                         [ex.target for ex in splits["dev"]], copy_train)
     if env.is_main:
         params = sum(p.numel() for p in model.parameters())
         log.info("generator: %s memory, %.2fM parameters, %d train / %d dev examples", config.generator.memory,
