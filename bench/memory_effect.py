@@ -15,8 +15,9 @@ epoch, and which is lower at the last one; then the dev and test loss of both ke
 (sentence BLEU), since a memory can only help where it holds part of the translation, and
 the memory model's loss with each example's own reference as its memory (how much it has
 learned to copy). Test is read only here: any setting tried on dev can be checked on it.
-Evaluations are paired by epoch; with generator.copy_epochs the memory model's first
-epochs have their own step counts, so read its steps beside the no-memory model's.
+Each evaluation of the memory model is set against the no-memory model's at the same step,
+or the next later one where generator.copy_epochs makes the memory model's first epochs
+shorter.
 With several seeds (each sets the initial weights and the batch order of both models),
 the last evaluations are put side by side: on the demo the no-memory model's last dev loss
 spans 0.048 over four seeds, more than the memory changes it on average, so one pair of
@@ -27,6 +28,7 @@ only (not `generator.engine: hf`).
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import shutil
 import statistics
@@ -163,7 +165,11 @@ def report(root: Path, name: str, memory: str, seeds: list[int]) -> None:
         ours, none = (evaluations(root / names[mode] / "generator" / "train_log.jsonl") for mode in names)
         print(f"seed {seed}:")
         print(f"{'epoch':>5} {f'{memory} step':>10} {'loss':>7} {'metric':>7} {'none step':>9} {'loss':>7} {'metric':>7}")
-        pairs = list(zip(ours, none))
+        # each evaluation against the no-memory one at the same or the next later step
+        # (equal with equal epochs; copy epochs are shorter), none after the last of those
+        none_steps = [step for step, _, _ in none]
+        pairs = [(ours_eval, none[k]) for ours_eval in ours
+                 if (k := bisect.bisect_left(none_steps, ours_eval[0])) < len(none)]
         for epoch, ((ms, ml, mm), (ns, nl, nm)) in enumerate(pairs):
             print(f"{epoch:5d} {ms:10d} {ml:7.4f} {mm:7.2f} {ns:9d} {nl:7.4f} {nm:7.2f}"
                   f"{f'  {memory} lower' if ml < nl else ''}")

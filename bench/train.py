@@ -124,6 +124,7 @@ def main() -> None:
     logging.getLogger("selfmem").setLevel(logging.WARNING)
     root = Path(args.run_root or tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(REPO / args.config, [f"run.root={root}", *args.overrides])
+    config.generator.copy_epochs = 0  # both loops measure the retrieved-memory inputs
     if not Path(config.data.dir).is_absolute():
         config.data.dir = str((REPO / config.data.dir).resolve())
     paths = RunPaths(config.run_dir)

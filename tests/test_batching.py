@@ -62,7 +62,9 @@ def test_rank_share_splits_a_step_like_accumulation_does():
 
 
 class CharTokenizer:
-    """ids = code points + 10 (no tokenizer training needed)."""
+    """ids = code points + 10 (no tokenizer training needed); "|" is the separator, "$" eos."""
+
+    sep_id, eos_id = ord("|") + 10, ord("$") + 10
 
     def encode(self, text):
         return [ord(c) + 10 for c in text]
@@ -77,6 +79,13 @@ def test_joint_input_keeps_the_source_budget_and_truncates_only_memory():
     assert encoder_input(ex, "joint", IDS) == [a, a + 1, a + 2, 4, a + 6, a + 7, 4, a + 10, a + 11, 2]
     assert encoder_input(ex, "none", IDS) == [a, a + 1, a + 2, 2]
     assert len(ex.target) == 4
+
+
+def test_separators_and_eos_in_the_text_are_dropped():
+    config = GeneratorConfig(memory="joint", max_source_len=8, max_memory_len=8, max_target_len=8)
+    [ex] = encode_examples([Example("a|b$", "c$d")], [["e|f"]], CharTokenizer(), config)
+    a = ord("a") + 10
+    assert (ex.source, ex.memories, ex.target) == ([a, a + 1], [[a + 4, a + 5]], [a + 2, a + 3])
 
 
 def test_memory_none_drops_memories():

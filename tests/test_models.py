@@ -390,6 +390,8 @@ def test_bf16_autocast_heavy_padding_is_finite(variant):
     memory = model.config.memory
     g = torch.Generator().manual_seed(4)
     src = padded(random_rows([1, 2, 30], EOS, g), PAD, width=48)
+    if memory == "joint":
+        src[2, 10] = SEP  # a source of 10 tokens and a memory of 19
     dec = torch.full((3, 5), START)
     mem = None
     if memory == "dual":

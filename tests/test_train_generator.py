@@ -105,3 +105,7 @@ def test_copy_epochs_train_first_on_the_reference_as_memory(prepared):
     assert sorted(i for batch in task.epoch_batches(2) for i in batch) == list(range(n))
     batch = task.epoch_batches(0)[0]
     assert task.num_targets(batch) == sum(len(task.examples[i].target) + 1 for i in batch)
+    too_many = load_config(DEMO_CONFIG, [f"run.root={prepared}", *TINY, "generator.copy_epochs=4", "train.max_epochs=4"])
+    with pytest.raises(ValueError, match="copy_epochs = 4 leaves no epoch of train.max_epochs = 4"):
+        prepare_generator(too_many, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                          RunPaths(too_many.run_dir))

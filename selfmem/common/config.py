@@ -75,7 +75,8 @@ class GeneratorConfig:
     # between memory token i and target token i); "continue" goes on after the source
     joint_positions: Literal["continue", "slots"] = "continue"
     # the first N epochs train with each example's own reference as its memory, so that a
-    # small model learns to copy before it learns when to (0: retrieved memory throughout)
+    # small model learns to copy before it learns when to (0: retrieved memory throughout);
+    # they count towards train.max_epochs and train.patience
     copy_epochs: int = 0
     num_memories: int = 1  # memories per example (top BM25 hits during training)
     init: Optional[str] = None  # a Hugging Face checkpoint directory to import

@@ -187,6 +187,9 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
             examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
     copy_train = []
+    if config.generator.copy_epochs >= config.train.max_epochs:
+        raise ValueError(f"generator.copy_epochs = {config.generator.copy_epochs} leaves no epoch of "
+                         f"train.max_epochs = {config.train.max_epochs} for the retrieved memory")
     if config.generator.copy_epochs and config.generator.memory != "none":
         train = [splits["train"][i] for i in train_indices] if train_indices is not None else splits["train"]
         copy_train = encode_examples(train, [[ex.target] for ex in train], tokenizer, config.generator)

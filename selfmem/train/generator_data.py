@@ -38,17 +38,24 @@ class SpecialIds:
 def encode_examples(
     examples: list[Example], memories: list[list[str]], tokenizer: Tokenizer, config: GeneratorConfig
 ) -> list[EncodedExample]:
-    """Tokenize and truncate every example with its first ``config.num_memories`` memories."""
+    """Tokenize and truncate every example with its first ``config.num_memories`` memories;
+    separator and eos ids produced from the text itself are dropped."""
     if len(memories) != len(examples):
         raise ValueError(f"{len(memories)} memory lines for {len(examples)} examples")
+    # A separator or eos spelled out in the text would split the joint input or end it early
+    structural = {tokenizer.sep_id, tokenizer.eos_id}
+
+    def ids(text: str, limit: int) -> list[int]:
+        return [i for i in tokenizer.encode(text) if i not in structural][: limit - 1]
+
     encoded = []
     for example, example_memories in zip(examples, memories):
         kept = example_memories[: config.num_memories] if config.memory != "none" else []
         encoded.append(
             EncodedExample(
-                source=tokenizer.encode(example.source)[: config.max_source_len - 1],
-                memories=[tokenizer.encode(m)[: config.max_memory_len - 1] for m in kept],
-                target=tokenizer.encode(example.target)[: config.max_target_len - 1],
+                source=ids(example.source, config.max_source_len),
+                memories=[ids(m, config.max_memory_len) for m in kept],
+                target=ids(example.target, config.max_target_len),
             )
         )
     return encoded
