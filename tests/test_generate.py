@@ -4,10 +4,14 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
 
 from selfmem.common.config import load_config
+from selfmem.common.run import RunPaths
+from selfmem.infer.generate import load_generator
+from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.train.selector import crossfit_halves, selector_subset
 
 # 40 examples a split, 6 candidates each: a few seconds a run
@@ -183,3 +187,15 @@ def test_augmented_memory_lists_are_one_input(memory, request, tmp_path):
     lines = records(generate(run_root, 10, "generator.num_memories=3", "--memory", str(lists)))
     assert [r["memories"] for r in lines] == [[[" ".join(m.split()[:1]) for m in b["memories"][:3]]] for b in bm25]
     assert all(len(r["candidates"]) == 1 and len(r["candidates"][0]) == 6 for r in lines)
+
+
+def test_a_slotted_generator_refuses_inputs_longer_than_its_slots(tmp_path):
+    config = load_config(DEMO_CONFIG, [f"run.root={tmp_path}", "generator.max_source_len=40",
+                                       "generator.max_memory_len=30"])
+    paths = RunPaths(config.run_dir)
+    Seq2SeqModel(ModelConfig(vocab_size=48, d_model=16, encoder_layers=1, decoder_layers=1, heads=2, ffn_dim=32,
+                             memory="joint", source_slot=40, memory_slot=30)).save(paths.generator)
+    assert load_generator(config, paths, torch.device("cpu"), 0).config.source_slot == 40
+    config.generator.max_memory_len = 31
+    with pytest.raises(ValueError, match="position slots of 40 source and 30 memory tokens.*max_memory_len = 31"):
+        load_generator(config, paths, torch.device("cpu"), 0)

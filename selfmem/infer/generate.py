@@ -69,7 +69,14 @@ def load_generator(config: Config, paths: RunPaths, device: torch.device, pad_id
         raise FileNotFoundError(f"{paths.generator}: no trained generator; run launch/train_generator.py first")
     if config.generator.engine == "hf":
         return HFSeq2Seq(paths.generator, pad_id).to(device).eval()
-    return Seq2SeqModel.load(paths.generator, map_location=device)
+    model = Seq2SeqModel.load(paths.generator, map_location=device)
+    g, slots = config.generator, (model.config.source_slot, model.config.memory_slot)
+    if slots[0] and (g.max_source_len > slots[0] or g.max_memory_len > slots[1]):
+        # longer inputs would spill into the next slot's positions
+        raise ValueError(f"{paths.generator}: trained with position slots of {slots[0]} source and {slots[1]} "
+                         f"memory tokens; generator.max_source_len = {g.max_source_len} and max_memory_len = "
+                         f"{g.max_memory_len} must not exceed them")
+    return model
 
 
 @dataclass(frozen=True)
