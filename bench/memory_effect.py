@@ -73,6 +73,17 @@ def wait(proc: subprocess.Popen, log: Path) -> None:
         sys.exit(f"{' '.join(proc.args)} failed:\n{log.read_text(encoding='utf-8')[-3000:]}")
 
 
+def prepare_shared(config_path: Path, overrides: list[str], config) -> RunPaths:
+    """The run directory holding the tokenizer and BM25 memory every compared run starts
+    from; each is made unless it is there already."""
+    paths = RunPaths(config.run_dir)
+    for script, done in (("train_tokenizer.py", paths.tokenizer), ("retrieve.py", paths.bm25_memory("train"))):
+        if not done.exists():
+            log = paths.root / f"{Path(script).stem}.log"
+            wait(launch(config_path, script, overrides, log), log)
+    return paths
+
+
 def matched_none_budget(config_path: Path, common: list[str], memory: str) -> int:
     """The no-memory token budget that cuts an epoch into as many steps as the memory model's
     budget does, so both see the same examples per step (a ratio of mean sizes is not
@@ -211,11 +222,7 @@ def main() -> None:
     seeds = args.seeds or [config.run.seed]
     if args.report:
         return report(args.root, name, memory, seeds)
-    paths = RunPaths(config.run_dir)
-    for script, done in (("train_tokenizer.py", paths.tokenizer), ("retrieve.py", paths.bm25_memory("train"))):
-        if not done.exists():
-            log = paths.root / f"{Path(script).stem}.log"
-            wait(launch(args.config, script, common, log), log)
+    paths = prepare_shared(args.config, common, config)
     for seed in seeds:  # both models of a seed train side by side; seeds one after the other
         seeded = [*common, f"run.seed={seed}"]
         budgets = {memory: config.train.max_tokens, "none": matched_none_budget(args.config, seeded, memory)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -42,23 +43,24 @@ log = logging.getLogger(__name__)
 class GeneratorTask:
     """Label-smoothed cross entropy on token-budget batches; dev loss and greedy-decoded metric.
 
-    ``copy_train`` holds the train examples with their own reference as the memory: the
-    first ``generator.copy_epochs`` epochs train on those, then on ``train`` (a model
-    without memory has no ``copy_train``). Batch indices at or above ``len(train)`` point
-    into ``copy_train``.
+    The first ``generator.copy_epochs`` epochs train on copies of the train examples whose
+    memory is their own reference, then on ``train`` itself; batch indices at or above
+    ``len(train)`` point into those copies (a model without memory has none).
     """
 
     def __init__(self, config: Config, env: DistEnv, ids: SpecialIds, tokenizer: Tokenizer,
-                 train: list[EncodedExample], dev: list[EncodedExample], dev_references: list[str],
-                 copy_train: list[EncodedExample] = ()) -> None:
+                 train: list[EncodedExample], dev: list[EncodedExample], dev_references: list[str]) -> None:
         self.config, self.env, self.ids, self.tokenizer = config, env, ids, tokenizer
         self.mode = config.generator.memory
         self.train, self.dev, self.dev_references = train, dev, dev_references
         self.train_sizes = self._sizes(train)
         self.dev_sizes = self._sizes(dev)
-        self.examples = train + list(copy_train)
-        self.sizes = self.train_sizes + self._sizes(copy_train)
-        self.copy_epochs = config.generator.copy_epochs if copy_train else 0
+        g = config.generator
+        self.copy_epochs = g.copy_epochs if self.mode != "none" else 0
+        copies = [dataclasses.replace(ex, memories=[ex.target[: g.max_memory_len - 1]])
+                  for ex in train] if self.copy_epochs else []
+        self.examples = train + copies
+        self.sizes = self.train_sizes + self._sizes(copies)
 
     def _sizes(self, examples: list[EncodedExample]) -> list[tuple[int, ...]]:
         return [example_sizes(ex, self.mode, self.ids, self.config.generator.num_memories) for ex in examples]
@@ -186,15 +188,11 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
         if split == "train" and train_indices is not None:
             examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
-    copy_train = []
     if config.generator.copy_epochs >= config.train.max_epochs:
         raise ValueError(f"generator.copy_epochs = {config.generator.copy_epochs} leaves no epoch of "
                          f"train.max_epochs = {config.train.max_epochs} for the retrieved memory")
-    if config.generator.copy_epochs and config.generator.memory != "none":
-        train = [splits["train"][i] for i in train_indices] if train_indices is not None else splits["train"]
-        copy_train = encode_examples(train, [[ex.target] for ex in train], tokenizer, config.generator)
     task = GeneratorTask(config, env, ids, tokenizer, encoded["train"], encoded["dev"],
-                         [ex.target for ex in splits["dev"]], copy_train)
+                         [ex.target for ex in splits["dev"]])
     if env.is_main:
         params = sum(p.numel() for p in model.parameters())
         log.info("generator: %s memory, %.2fM parameters, %d train / %d dev examples", config.generator.memory,
