@@ -4,6 +4,7 @@ without memory, trained for the same number of steps on the same examples per st
     python bench/memory_effect.py [--memory joint|dual] [--config configs/demo.yaml] [--steps 6000]
                                   [--seeds 1234 1 2] [--root /tmp/memory_effect] [k=v ...]
     python bench/memory_effect.py --report [--memory ...] [--seeds ...] [--config ...] [--root ...]  # finished or cut runs
+    python bench/memory_effect.py --prepare [--config ...] [--root ...] [k=v ...]  # tokenizer and memory only
 
 Each step of both models sees the same number of examples on average: the no-memory
 model's token budget is the one that cuts an epoch into as many steps as the memory model's.
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument("--memory", choices=["joint", "dual"], default="joint", help="the memory model's mode")
     parser.add_argument("--seeds", type=int, nargs="+", help="one pair of runs per seed (default: run.seed)")
     parser.add_argument("--report", action="store_true", help="only print the table of the runs under --root")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only make the tokenizer and BM25 memory under --root (before runs of several seeds "
+                             "are started side by side)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for both models")
     args = parser.parse_intermixed_args()
     args.root = args.root.resolve()  # the launched scripts run from the repository
@@ -223,6 +227,8 @@ def main() -> None:
     if args.report:
         return report(args.root, name, memory, seeds)
     paths = prepare_shared(args.config, common, config)
+    if args.prepare:
+        return
     for seed in seeds:  # both models of a seed train side by side; seeds one after the other
         seeded = [*common, f"run.seed={seed}"]
         budgets = {memory: config.train.max_tokens, "none": matched_none_budget(args.config, seeded, memory)}
