@@ -4,7 +4,8 @@ without memory, trained for the same number of steps on the same examples per st
     python bench/memory_effect.py [--memory joint|dual] [--config configs/demo.yaml] [--steps 6000]
                                   [--seeds 1234 1 2] [--root /tmp/memory_effect] [k=v ...]
     python bench/memory_effect.py --report [--memory ...] [--seeds ...] [--config ...] [--root ...]  # finished or cut runs
-    python bench/memory_effect.py --prepare [--config ...] [--root ...] [k=v ...]  # tokenizer and memory only
+    python bench/memory_effect.py --prepare [--config ...] [--root ...] [k=v ...]  # tokenizer and memory only,
+                                                                                 # and how close its memories are
 
 Each step of both models sees the same number of examples on average: the no-memory
 model's token budget is the one that cuts an epoch into as many steps as the memory model's.
@@ -138,17 +139,32 @@ def run_name(name: str, seed: int, mode: str) -> str:
     return f"{name}_s{seed}_{mode}"
 
 
+def top_memory_bleu(config, split: str) -> tuple[list[str], list[str], list[float]]:
+    """Each example's top BM25 memory ("" if none), its reference, and the memory's sentence
+    BLEU against the reference (-1 where retrieval.min_fuzzy_match dropped every hit)."""
+    references = [example.target for example in load_split(config.data, split)]
+    tops = [(r["memories"] or [""])[0] for r in read_jsonl(RunPaths(config.run_dir).bm25_memory(split))]
+    bleu = sacrebleu.BLEU(tokenize=config.data.bleu_tokenize, effective_order=True)
+    return tops, references, [bleu.sentence_score(m, [r]).score if m else -1 for m, r in zip(tops, references)]
+
+
+def print_memory_closeness(config) -> None:
+    """How close the top memories are to the references, per split: a model trained on
+    train memories meets dev and test memories at evaluation, so the two should match."""
+    for split in ("train", "dev", "test"):
+        tops, references, memory_bleu = top_memory_bleu(config, split)
+        corpus = sacrebleu.corpus_bleu(tops, [references], tokenize=config.data.bleu_tokenize).score
+        close = sum(b >= MEMORY_BLEU_GROUPS[-1][0] for b in memory_bleu) / len(memory_bleu)
+        print(f"{split}: top memory vs reference: corpus BLEU {corpus:.2f}; {close:.1%} of {len(tops)} examples "
+              f"at sentence BLEU {MEMORY_BLEU_GROUPS[-1][0]}+")
+
+
 def loss_by_memory_quality(root: Path, names: dict[str, str], split: str) -> None:
     """Loss of both kept models (``names``: mode -> run name) on ``split``, per group of
     examples by their top memory's sentence BLEU."""
     memory, modes = next(iter(names)), tuple(names)
     configs = {mode: load_config(root / names[mode] / "config.yaml", []) for mode in modes}
-    first = configs[memory]
-    references = [example.target for example in load_split(first.data, split)]
-    memories = [r["memories"][:1] for r in read_jsonl(RunPaths(first.run_dir).bm25_memory(split))]
-    bleu = sacrebleu.BLEU(tokenize=first.data.bleu_tokenize, effective_order=True)
-    # -1: no memory (retrieval.min_fuzzy_match dropped every hit)
-    memory_bleu = [bleu.sentence_score(m[0], [r]).score if m else -1 for m, r in zip(memories, references)]
+    _, references, memory_bleu = top_memory_bleu(configs[memory], split)
     losses = {mode: example_losses(config, split) for mode, config in configs.items()}
     print(f"{split} loss of the kept models by top-memory sentence BLEU ({len(references)} {split} examples):")
     print(f"{'memory BLEU':>11} {'examples':>8} {memory:>7} {'none':>7} {f'none - {memory}':>12}")
@@ -228,7 +244,7 @@ def main() -> None:
         return report(args.root, name, memory, seeds)
     paths = prepare_shared(args.config, common, config)
     if args.prepare:
-        return
+        return print_memory_closeness(config)
     for seed in seeds:  # both models of a seed train side by side; seeds one after the other
         seeded = [*common, f"run.seed={seed}"]
         budgets = {memory: config.train.max_tokens, "none": matched_none_budget(args.config, seeded, memory)}
