@@ -49,7 +49,7 @@ def test_read_demo_dev():
     assert len(examples) == 300
     first = _first_record(DEMO_DEV)
     assert examples[0] == Example(first["src"], first["trg"])
-    assert examples[0].source == "1 An exception occurred"
+    assert examples[0].source == "... the field contains a data value that does not lie between the two values x and y."
     assert all(isinstance(e, Example) for e in examples)
 
 
