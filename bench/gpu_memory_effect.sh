@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/gpu_memory_effect}
-STEPS=${STEPS:-4816}       # 56 demo epochs, as the CPU pairs in the README
+STEPS=${STEPS:-4816}       # as the CPU pairs on the page-split demo in the README (56 of its epochs)
 DEADLINE=${DEADLINE:-420}  # seconds; a cut pair is reported up to its last evaluation
 # 1,000 warmup steps: with the demo's 100, most runs of this model got stuck ignoring their input
 LARGER="generator.d_model=256 generator.ffn_dim=1024 generator.encoder_layers=3 generator.decoder_layers=3

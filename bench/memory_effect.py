@@ -22,8 +22,8 @@ or the next later one where generator.copy_epochs makes the memory model's first
 shorter.
 With several seeds (each sets the initial weights and the batch order of both models),
 the last evaluations are put side by side: on the demo the no-memory model's last dev loss
-spans 0.048 over four seeds, more than the memory changes it on average, so one pair of
-runs decides nothing. --report reads each run's own config.yaml, so it needs no overrides. Native generators
+spans 0.026 over four seeds (0.048 on the page-split demo, more than the memory changed it
+there on average), so one pair of runs decides nothing. --report reads each run's own config.yaml, so it needs no overrides. Native generators
 only (not `generator.engine: hf`).
 """
 
