@@ -1,6 +1,6 @@
 """Cut a small, seeded sample of a corpus in ../shared/data into a folder of this repo.
 
-    python data/cut_sample.py ../shared/data/libreoffice_ende data/demo --train 4000 --dev 300 --test 300 --neighbours
+    python data/cut_sample.py ../shared/data/libreoffice_ende data/demo --train 4000 --dev 300 --test 300 --neighbours --resplit
 
 Lines are sampled without replacement and kept in their original order. With
 --neighbours, the train sample first takes, for every sampled dev and test example, the
