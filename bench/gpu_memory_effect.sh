@@ -2,8 +2,9 @@
 # The memory effect on the demo with a larger model than demo.yaml's (d_model 256, 3+3 layers,
 # FFN 1024, dropout 0.3, 1,000 warmup steps), which the 2-core CPU cannot train through 56 epochs
 # in a session. (The README's GPU figures were measured on the page-split cut of the demo:
-# pass data.dir=/tmp/demo_pages, cut as the README says, to repeat them.) On one GPU, bench/memory_effect.py pairs (a joint-memory model and one without
-# memory, the same examples per step) train side by side, one pair per seed and setting, each
+# pass data.dir=/tmp/demo_pages, cut as the README says, to repeat them.) On one GPU,
+# bench/memory_effect.py pairs (a joint-memory model and one without memory, the same
+# examples per step) train side by side, one pair per seed and setting, each
 # process on one CPU thread; every pair is cut after DEADLINE seconds, then each setting's
 # report is printed (evaluations side by side, the kept models' loss by how close the memory
 # is, copying).
