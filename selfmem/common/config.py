@@ -47,7 +47,9 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     kind: Literal["sentencepiece", "hf"] = "sentencepiece"
-    path: Optional[str] = None  # a Hugging Face checkpoint directory (kind: hf)
+    # kind hf: a Hugging Face checkpoint directory; kind sentencepiece: a directory whose
+    # spm.model (trained before, e.g. a run's tokenizer/) is reused instead of training one
+    path: Optional[str] = None
     vocab_size: int = 8000
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = 0.9995
@@ -152,6 +154,9 @@ class LiftConfig:
     max_rounds: int = 5
     patience: int = 1
     no_memory_baseline: bool = False
+    # the baseline's starting checkpoint when generator.init is the run generator's own (a
+    # trained native joint or dual model cannot start a model without memory); None: generator.init
+    no_memory_init: Optional[str] = None
 
 
 @dataclass

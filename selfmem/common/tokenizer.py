@@ -218,7 +218,10 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 
 def build_tokenizer(config: TokenizerConfig, texts: Iterable[str], seed: int) -> Tokenizer:
-    """Train SentencePiece on ``texts``, or load the Hugging Face tokenizer at ``config.path``."""
+    """Train SentencePiece on ``texts`` (or reuse the model trained before in ``config.path``),
+    or load the Hugging Face tokenizer at ``config.path``."""
+    if config.kind == "sentencepiece" and config.path:
+        return _trained_sentencepiece(config)
     if config.kind == "sentencepiece":
         return SentencePieceTokenizer.train(texts, config, seed)
     if config.kind == "hf":
@@ -228,6 +231,19 @@ def build_tokenizer(config: TokenizerConfig, texts: Iterable[str], seed: int) ->
             )
         return HFTokenizer(config.path)
     raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'hf', got {config.kind!r}")
+
+
+def _trained_sentencepiece(config: TokenizerConfig) -> SentencePieceTokenizer:
+    """The SentencePiece model in ``config.path``, refused when its size is not ``vocab_size``:
+    a model trained on it (the shipped demo checkpoints, say) must see the same ids."""
+    if not (Path(config.path) / SPM_FILE).is_file():
+        raise FileNotFoundError(f"tokenizer.path {config.path}: no {SPM_FILE} (a SentencePiece model "
+                                "trained before, e.g. a run's tokenizer/ directory)")
+    tokenizer = SentencePieceTokenizer.load(config.path)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"tokenizer.path {config.path}: its SentencePiece model has {tokenizer.vocab_size} "
+                         f"pieces, but tokenizer.vocab_size is {config.vocab_size}")
+    return tokenizer
 
 
 def _reservoir_sample(items: Iterable[str], k: int, seed: int) -> list[str]:
