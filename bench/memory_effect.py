@@ -46,15 +46,15 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from selfmem.common.batching import token_budget_batches  # noqa: E402
 from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.distributed import DistEnv  # noqa: E402
+from selfmem.common.generator_inputs import collate, encode_examples  # noqa: E402
 from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.models import Seq2SeqModel  # noqa: E402
-from selfmem.train.batching import token_budget_batches  # noqa: E402
 from selfmem.train.generator import load_memories, prepare_generator  # noqa: E402
-from selfmem.train.generator_data import collate, encode_examples  # noqa: E402
 
 MEMORY_BLEU_GROUPS = ((0, 20), (20, 50), (50, 101))  # sentence BLEU of the top memory against the reference
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)

@@ -32,14 +32,9 @@ from selfmem.common.metrics import headline_score  # noqa: E402
 from selfmem.common.run import start_run  # noqa: E402
 from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory  # noqa: E402
+from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric  # noqa: E402
 from selfmem.select.stage import select_memories  # noqa: E402
-from selfmem.train.selector import (  # noqa: E402
-    baseline_picks,
-    selector_examples,
-    selector_subset,
-    sentence_metric,
-    train_selector,
-)
+from selfmem.train.selector import selector_subset, train_selector  # noqa: E402
 
 
 def corpus_figures(config, candidates_path: Path, examples: list, picks: list[str] | None = None) -> dict[str, float]:

@@ -2,10 +2,10 @@
 
 import torch
 
+from selfmem.common.batching import rank_share, token_budget_batches
 from selfmem.common.config import GeneratorConfig
 from selfmem.common.data import Example
-from selfmem.train.batching import rank_share, token_budget_batches
-from selfmem.train.generator_data import (
+from selfmem.common.generator_inputs import (
     EncodedExample,
     SpecialIds,
     collate,

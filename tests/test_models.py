@@ -22,9 +22,9 @@ from transformers import (
 
 from selfmem.common.config import load_config
 from selfmem.models import ModelConfig, Seq2SeqModel
+from selfmem.models.build import build_model
 from selfmem.models.hf_import import import_hf
 from selfmem.models.seq2seq import slotted_positions
-from selfmem.train.generator import build_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -20,15 +20,10 @@ from selfmem.models.selector import (
     pair_encoder,
     pair_ids,
 )
+from selfmem.select.candidates import SelectorExample
 from selfmem.select.pick import augment, top_b
 from selfmem.train.loop import fit
-from selfmem.train.selector import (
-    SelectorExample,
-    SelectorTask,
-    linear_schedule,
-    listwise_kl,
-    metric_targets,
-)
+from selfmem.train.selector import SelectorTask, linear_schedule, listwise_kl, metric_targets
 
 torch.set_num_threads(1)
 

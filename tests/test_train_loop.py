@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv
-from selfmem.train.batching import token_budget_batches
 from selfmem.train.loop import autocast_dtype, fit, inverse_sqrt_schedule
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)

@@ -21,9 +21,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config
 from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv, barrier, on_main
+from selfmem.common.generator_inputs import (
+    SpecialIds,
+    collate,
+    encode_examples,
+    encoder_input,
+    memory_inputs,
+)
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, one_line, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
@@ -32,14 +40,6 @@ from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
-from selfmem.train.batching import token_budget_batches
-from selfmem.train.generator_data import (
-    SpecialIds,
-    collate,
-    encode_examples,
-    encoder_input,
-    memory_inputs,
-)
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,10 @@ from selfmem.infer.generate import generate
 from selfmem.lift.report import best_round, write_report
 from selfmem.lift.state import RunState, file_digest, path_digest
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
+from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
 from selfmem.select.stage import select_memories
 from selfmem.train.generator import train_generator
-from selfmem.train.selector import (
-    baseline_picks,
-    generate_selector_candidates,
-    selector_examples,
-    sentence_metric,
-    train_selector,
-)
+from selfmem.train.selector import generate_selector_candidates, train_selector
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,10 @@ import torch
 from safetensors.torch import load_model
 from torch import Tensor, nn
 
+from selfmem.common.config import Config
 from selfmem.common.io import atomic_write_text
+from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.models.config import ModelConfig
 from selfmem.models.seq2seq import WEIGHTS_NAME, Encoder, save_weights
 
@@ -47,6 +50,15 @@ def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, 
                                                   tokenizer.bos_id, tokenizer.sep_id, max_len)
     return lambda source, candidate: tokenizer.hf(source, candidate, truncation="only_first",
                                                   max_length=max_len)["input_ids"]
+
+
+def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
+    """The run's tokenizer for the generator backbone; the HF encoder's own for ``hf``."""
+    if config.selector.backbone == "generator":
+        return load_tokenizer(paths.tokenizer)
+    if not config.selector.path:
+        raise ValueError("selector.backbone is 'hf' but selector.path (an encoder directory) is not set")
+    return HFTokenizer(config.selector.path)
 
 
 class ClassificationHead(nn.Module):

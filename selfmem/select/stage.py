@@ -16,15 +16,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config
 from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.run import RunPaths
-from selfmem.models.selector import Selector, pair_encoder
+from selfmem.models.selector import Selector, pair_encoder, selector_tokenizer
 from selfmem.select.pick import augment, top_b
-from selfmem.train.batching import token_budget_batches
-from selfmem.train.selector import selector_tokenizer
 
 log = logging.getLogger(__name__)
 

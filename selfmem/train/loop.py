@@ -27,10 +27,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from selfmem.common.batching import rank_share
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_open, json_line
-from selfmem.train.batching import rank_share
 
 log = logging.getLogger(__name__)
 

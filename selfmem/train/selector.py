@@ -7,24 +7,29 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
-from selfmem.common.data import Example, load_split
+from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl
-from selfmem.common.metrics import headline_score, sentence_bleu, sentence_rouge
+from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
-from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.infer.generate import generate
-from selfmem.models.selector import GeneratorEncoderBackbone, HFEncoderBackbone, Selector, pair_encoder
+from selfmem.models.selector import (
+    GeneratorEncoderBackbone,
+    HFEncoderBackbone,
+    Selector,
+    pair_encoder,
+    selector_tokenizer,
+)
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory
-from selfmem.train.batching import token_budget_batches
+from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import TrainState, fit
 
@@ -54,15 +59,6 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
     """Linear warmup to the peak at ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
     warmup = max(1, warmup_steps)
     return lambda step: min(step / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
-
-
-@dataclass(frozen=True)
-class SelectorExample:
-    """One source with its candidates and their sentence metrics."""
-
-    source: str
-    candidates: list[str]
-    metric: list[float]
 
 
 class SelectorTask:
@@ -145,43 +141,6 @@ class SelectorTask:
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
-
-
-def baseline_picks(examples: list[SelectorExample]) -> dict[str, list[str]]:
-    """What the selector's pick is measured against: each example's first candidate (the
-    beam top-1) and its best one by the metric against the reference (the oracle)."""
-    return {"top1": [ex.candidates[0] for ex in examples],
-            "oracle": [ex.candidates[max(range(len(ex.metric)), key=ex.metric.__getitem__)] for ex in examples]}
-
-
-def sentence_metric(config: Config) -> Callable[[str, str], float]:
-    """The per-candidate metric: sentence BLEU (translation) or weighted ROUGE-1 + ROUGE-2."""
-    if config.data.metric == "bleu":
-        return lambda hyp, ref: sentence_bleu(hyp, ref, config.data.bleu_tokenize)
-    weights = tuple(config.selector.rouge_weights)
-    return lambda hyp, ref: sentence_rouge(hyp, ref, weights)
-
-
-def selector_examples(candidates_path: Path, examples: list[Example],
-                      metric: Callable[[str, str], float]) -> list[SelectorExample]:
-    """Each example's candidates (over all of its memory inputs) with their metric against its target."""
-    records = read_jsonl(candidates_path)
-    if len(records) != len(examples):
-        raise ValueError(f"{candidates_path}: {len(records)} lines for {len(examples)} examples")
-    out = []
-    for record, example in zip(records, examples):
-        pool = [c for per_input in record["candidates"] for c in per_input]
-        out.append(SelectorExample(example.source, pool, [metric(c, example.target) for c in pool]))
-    return out
-
-
-def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
-    """The run's tokenizer for the generator backbone; the HF encoder's own for ``hf``."""
-    if config.selector.backbone == "generator":
-        return load_tokenizer(paths.tokenizer)
-    if not config.selector.path:
-        raise ValueError("selector.backbone is 'hf' but selector.path (an encoder directory) is not set")
-    return HFTokenizer(config.selector.path)
 
 
 def selector_subset(config: Config, num_train: int) -> list[int]:
