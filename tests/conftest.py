@@ -15,8 +15,12 @@ DEMO_DATA = REPO / "data" / "demo"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
+# demo.yaml overrides for a run that trains from scratch, as the demo's shipped checkpoints were
+FROM_SCRATCH = ["tokenizer.path=null", "generator.init=null", "lift.no_memory_init=null",
+                "generator.joint_positions=continue", "train.max_epochs=4"]
 # demo.yaml overrides for a run that takes seconds: a small vocabulary, corpus and model
 TINY = [
+    *FROM_SCRATCH,
     "tokenizer.vocab_size=1000", "data.max_examples=300",
     "generator.d_model=32", "generator.encoder_layers=1", "generator.decoder_layers=1", "generator.heads=2",
     "generator.ffn_dim=64", "generator.max_source_len=32", "generator.max_memory_len=32",

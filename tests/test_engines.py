@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
-from conftest import DEMO_DATA
+from conftest import DEMO_DATA, FROM_SCRATCH
 from selfmem.common.config import load_config
 from selfmem.common.distributed import DistEnv
 from selfmem.common.run import RunPaths
@@ -45,7 +45,7 @@ def bart_checkpoint(tmp_path_factory):
 
 def prepared_run(tmp_path, checkpoint, *overrides):
     config = load_config(DEMO_DATA.parent.parent / "configs" / "demo.yaml", [
-        f"run.root={tmp_path}", "data.max_examples=120", "tokenizer.kind=hf", f"tokenizer.path={checkpoint}",
+        *FROM_SCRATCH, f"run.root={tmp_path}", "data.max_examples=120", "tokenizer.kind=hf", f"tokenizer.path={checkpoint}",
         f"generator.init={checkpoint}", "generator.max_source_len=48", "generator.max_memory_len=48",
         "generator.max_target_len=32", "train.max_tokens=3000", "train.warmup_steps=5", "train.lr=3e-3",
         "train.max_steps=15", "train.log_every=1", *overrides])

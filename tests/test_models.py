@@ -20,6 +20,7 @@ from transformers import (
     T5Config,
 )
 
+from conftest import FROM_SCRATCH
 from selfmem.common.config import load_config
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.build import build_model
@@ -320,10 +321,11 @@ def test_initialisation():
 
 def test_generator_config_sets_the_slots_to_the_length_budgets():
     tokenizer = SimpleNamespace(vocab_size=48, pad_id=PAD, bos_id=START, eos_id=EOS, sep_id=SEP)
-    slotted = build_model(load_config(CONFIGS / "demo.yaml", ["generator.joint_positions=slots",
+    slotted = build_model(load_config(CONFIGS / "demo.yaml", [*FROM_SCRATCH, "generator.joint_positions=slots",
                                                              "generator.max_source_len=40"]), tokenizer)
     assert (slotted.config.source_slot, slotted.config.memory_slot) == (40, 64)
-    continued = build_model(load_config(CONFIGS / "demo.yaml", ["generator.joint_positions=continue"]), tokenizer)
+    continued = build_model(load_config(CONFIGS / "demo.yaml", [*FROM_SCRATCH, "generator.joint_positions=continue"]),
+                            tokenizer)
     assert (continued.config.source_slot, continued.config.memory_slot) == (0, 0)
 
 

@@ -127,6 +127,20 @@ def test_training_is_deterministic(spm_tok, demo_train, spm_config, tmp_path):
     assert first == (tmp_path / "b" / "spm.model").read_bytes()
 
 
+def test_a_trained_sentencepiece_model_is_reused_from_tokenizer_path(spm_tok, spm_config, tmp_path):
+    spm_tok.save(tmp_path / "shipped")
+    reuse = TokenizerConfig(kind="sentencepiece", vocab_size=spm_config.vocab_size, path=str(tmp_path / "shipped"))
+    build_tokenizer(reuse, iter(()), SEED).save(tmp_path / "run")  # no texts: nothing is trained
+    assert (tmp_path / "run" / "spm.model").read_bytes() == (tmp_path / "shipped" / "spm.model").read_bytes()
+    other_size = TokenizerConfig(kind="sentencepiece", vocab_size=3000, path=str(tmp_path / "shipped"))
+    with pytest.raises(ValueError, match=f"its SentencePiece model has {spm_tok.vocab_size} pieces, "
+                                         "but tokenizer.vocab_size is 3000"):
+        build_tokenizer(other_size, iter(()), SEED)
+    missing = TokenizerConfig(kind="sentencepiece", vocab_size=2000, path=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"tokenizer.path {tmp_path}: no spm.model"):
+        build_tokenizer(missing, iter(()), SEED)
+
+
 def test_max_sentences_samples_with_seed(demo_train, tmp_path):
     config = TokenizerConfig(vocab_size=8000, max_sentences=200)
     models = {}

@@ -13,6 +13,9 @@ from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun, start_torchrun
 from selfmem.common.config import load_config
 from selfmem.common.distributed import DistEnv
 from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import load_tokenizer
+from selfmem.models import Seq2SeqModel
+from selfmem.models.build import build_model
 from selfmem.train.generator import prepare_generator
 
 CONFIG = str(DEMO_CONFIG)
@@ -109,3 +112,25 @@ def test_copy_epochs_train_first_on_the_reference_as_memory(prepared):
     with pytest.raises(ValueError, match="copy_epochs = 4 leaves no epoch of train.max_epochs = 4"):
         prepare_generator(too_many, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
                           RunPaths(too_many.run_dir))
+
+
+def test_a_native_checkpoint_starts_a_run_and_zero_epochs_keep_it(prepared, tmp_path):
+    trained = fresh_run(prepared, tmp_path, "trained")
+    run_single("launch/train_generator.py", train_args(trained, "train.max_steps=3"))
+    # shipped as the demo's are: float16 weights, loaded into the float32 model
+    shipped = tmp_path / "shipped"
+    Seq2SeqModel.load(trained / "demo" / "generator").to(torch.float16).save(shipped)
+    started = fresh_run(prepared, tmp_path, "started")
+    run_single("launch/train_generator.py", train_args(started, f"generator.init={shipped}", "train.max_epochs=0"))
+    kept = Seq2SeqModel.load(started / "demo" / "generator").state_dict()
+    expected = Seq2SeqModel.load(trained / "demo" / "generator").state_dict()
+    assert kept.keys() == expected.keys()
+    assert all(torch.equal(kept[k], expected[k].half().float()) for k in kept)
+    assert [r["step"] for r in log_records(started) if "eval" in r] == [0]  # evaluated, not trained
+
+    wider = load_config(DEMO_CONFIG, [f"run.root={started}", *TINY, f"generator.init={shipped}", "generator.d_model=64",
+                                      "generator.heads=4"])
+    tokenizer = load_tokenizer(RunPaths(wider.run_dir).tokenizer)
+    with pytest.raises(ValueError, match=r"holds a native generator other than the one this config describes: "
+                                         r"d_model 32 \(the config builds 64\); heads 2 \(the config builds 4\)\."):
+        build_model(wider, tokenizer)

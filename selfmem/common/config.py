@@ -81,7 +81,9 @@ class GeneratorConfig:
     # they count towards train.max_epochs and train.patience
     copy_epochs: int = 0
     num_memories: int = 1  # memories per example (top BM25 hits during training)
-    init: Optional[str] = None  # a Hugging Face checkpoint directory to import
+    # a checkpoint to start from: a Hugging Face directory to import, or a native generator
+    # (a run's generator/, same architecture); train.max_epochs 0 keeps it as it is
+    init: Optional[str] = None
     encoder_layers: int = 6
     decoder_layers: int = 6
     d_model: int = 512

@@ -1,34 +1,73 @@
-"""The generator model a config describes: fresh native, imported from Hugging Face, or run by HF."""
+"""The generator model a config describes: fresh native, started from a native checkpoint,
+imported from Hugging Face, or run by HF."""
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+import json
+from pathlib import Path
 
-from selfmem.common.config import Config
+import torch
+from safetensors.torch import load_model
+
+from selfmem.common.config import Config, GeneratorConfig
 from selfmem.common.tokenizer import Tokenizer
-from selfmem.models.config import ModelConfig
+from selfmem.models.config import CONFIG_NAME, ModelConfig
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.hf_import import import_hf
-from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.models.seq2seq import WEIGHTS_NAME, Seq2SeqModel
+
+# ModelConfig fields that only training reads: a native checkpoint may differ in them, and the
+# config's values are used
+TRAINING_ONLY = ("dropout", "attention_dropout", "activation_dropout", "init_std")
+
+
+def is_native_checkpoint(path: str | Path) -> bool:
+    """True for a directory a native generator was saved to: its config.json is a ModelConfig,
+    which, unlike a Hugging Face config, has no ``model_type``."""
+    config_file = Path(path) / CONFIG_NAME
+    return config_file.is_file() and "model_type" not in json.loads(config_file.read_text(encoding="utf-8"))
 
 
 def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
-    """A fresh native model, a native model imported from a HF checkpoint, or an `engine: hf` model."""
+    """A fresh native model, one started from the native checkpoint ``generator.init`` (a
+    trained run's ``generator/``), one imported from a HF checkpoint, or an `engine: hf` model."""
     g = config.generator
-    if g.joint_positions == "slots" and (g.engine == "hf" or g.init):
-        raise ValueError("generator.joint_positions 'slots' is for native models trained from scratch; "
-                         "an imported or Hugging Face model keeps the positions it was trained with")
+    native_init = g.engine == "native" and g.init is not None and is_native_checkpoint(g.init)
+    if g.joint_positions == "slots" and (g.engine == "hf" or (g.init and not native_init)):
+        raise ValueError("generator.joint_positions 'slots' is for native models, trained from scratch or "
+                         "from a native checkpoint; an imported or Hugging Face model keeps the positions it "
+                         "was trained with")
     if g.engine == "hf":
         if not g.init:
             raise ValueError("generator.engine is 'hf' but generator.init (a checkpoint directory) is not set")
         if g.memory == "dual":
             raise ValueError("generator.engine 'hf' supports generator.memory none or joint, not dual")
         return HFSeq2Seq(g.init, tokenizer.pad_id)
-    if g.init:
+    if g.init and not native_init:
         return import_hf(g.init, memory=g.memory)
+    model = Seq2SeqModel(native_model_config(g, tokenizer))
+    if native_init:
+        _check_same_architecture(ModelConfig.load(g.init), model.config, g.init)
+        load_model(model, Path(g.init) / WEIGHTS_NAME, strict=True)  # float16 weights are cast to the model's
+    return model
+
+
+def _check_same_architecture(saved: ModelConfig, expected: ModelConfig, path: str) -> None:
+    differ = [f"{f.name} {getattr(saved, f.name)!r} (the config builds {getattr(expected, f.name)!r})"
+              for f in dataclasses.fields(ModelConfig)
+              if f.name not in TRAINING_ONLY and getattr(saved, f.name) != getattr(expected, f.name)]
+    if differ:
+        raise ValueError(f"generator.init {path} holds a native generator other than the one this config "
+                         f"describes: {'; '.join(differ)}. Set the generator section (and the tokenizer) to "
+                         f"match its {CONFIG_NAME}")
+
+
+def native_model_config(g: GeneratorConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """The architecture of a native generator with the settings ``g`` and the vocabulary of ``tokenizer``."""
     joint_len = g.max_source_len + g.num_memories * g.max_memory_len + 1
     slots = g.joint_positions == "slots"
-    return Seq2SeqModel(ModelConfig(
+    return ModelConfig(
         vocab_size=tokenizer.vocab_size, d_model=g.d_model, encoder_layers=g.encoder_layers,
         decoder_layers=g.decoder_layers, heads=g.heads, ffn_dim=g.ffn_dim, pre_norm=g.pre_norm,
         positions=g.positions, max_positions=max(joint_len, g.max_target_len, g.max_memory_len) + 1,
@@ -37,7 +76,7 @@ def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
         memory=g.memory, source_slot=g.max_source_len if slots else 0, memory_slot=g.max_memory_len if slots else 0,
         pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, sep_id=tokenizer.sep_id,
         decoder_start_id=tokenizer.bos_id,
-    ))
+    )
 
 
 def decoder_start_id(model: torch.nn.Module) -> int:
