@@ -1,4 +1,4 @@
-"""The run directory (DESIGN section 3): where each artifact of a run lives, and its set-up."""
+"""The run directory: where each artifact of a run lives, and its set-up (see docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The lift loop: every stage of Selfmem in one torchrun job, resumable (DESIGN section 1).
+"""The lift loop: every stage of Selfmem in one torchrun job, resumable (see docs/internals.md).
 
 Stages, in order, with a barrier after each: tokenizer -> BM25 memory -> generator [->
 no-memory baseline] -> round 0 (hypotheses with the retrieved memory) -> the selector's
@@ -28,6 +28,7 @@ from selfmem.common.tokenizer import prepare_run_tokenizer
 from selfmem.infer.generate import generate
 from selfmem.lift.report import best_round, write_report
 from selfmem.lift.state import RunState, file_digest, path_digest
+from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
 from selfmem.select.stage import select_memories
@@ -130,6 +131,10 @@ def check_lift_config(config: Config) -> None:
     if config.retrieval.topk < max(config.generator.num_memories, selector.beam):
         raise ValueError(f"retrieval.topk ({config.retrieval.topk}) must cover generator.num_memories "
                          f"({config.generator.num_memories}) and selector.beam ({selector.beam})")
+    check_length_budgets(config)
+    if config.lift.no_memory_baseline:  # a generator without memory, maybe from its own checkpoint
+        without_memory = dataclasses.replace(config.generator, memory="none")
+        check_length_budgets(dataclasses.replace(config, generator=without_memory), config.lift.no_memory_init)
 
 
 def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
