@@ -4,6 +4,7 @@
 # returned), examples/s, ratio and peak allocated memory. MODEL is a HF Marian checkpoint
 # (bench/marian_init.py, trained as the README says), TOKENIZER its run's tokenizer.
 #   MODEL=dir TOKENIZER=dir DATA=path/to/libreoffice_ende bash bench/gpu_beam.sh [extra bench/beam.py flags]
+source "$(dirname "$0")/help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 bench/beam.py --model "$MODEL" --tokenizer "$TOKENIZER" --data "${DATA:-../shared/data/libreoffice_ende}/dev.jsonl" \

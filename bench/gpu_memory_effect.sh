@@ -13,6 +13,7 @@
 # SEEDS: pairs with the plain BM25 memory; FUZZY_SEEDS: pairs with close memories only
 # (retrieval.min_fuzzy_match=0.5). k=v: config overrides for every run, after the larger
 # model's own. A setting's tokenizer and memory under ROOT/<setting>/demo are reused where they exist.
+source "$(dirname "$0")/help.sh"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/gpu_memory_effect}

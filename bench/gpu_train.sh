@@ -5,6 +5,7 @@
 # tokens/s of a plain fp32 loop and of this project's loop in fp32, fp16 AMP (GradScaler)
 # and bf16, with model FLOPs utilisation against the GPU's dense fp16 peak.
 #   DATA=path/to/libreoffice_ende bash bench/gpu_train.sh [extra bench/train.py flags]
+source "$(dirname "$0")/help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 bench/train.py --config configs/jrc_ende.yaml --steps 40 --repeats 1 --precisions fp32,fp16,bf16 \

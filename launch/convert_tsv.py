@@ -1,16 +1,17 @@
-"""Convert a tab-separated parallel file (JRC-Acquis as the Selfmem authors distribute it) to JSON lines.
+"""Convert a tab-separated parallel file (JRC-Acquis as the Selfmem authors distribute it) to JSON
+lines: each line is source<TAB>target; subword-nmt "@@ " markers are removed.
 
-    python launch/convert_tsv.py raw/train.txt data/jrc_ende/train.jsonl
-
-Each line is ``source<TAB>target``; subword-nmt ``@@ `` markers are removed.
+reads:   INPUT, one source<TAB>target pair a line
+writes:  OUTPUT, one {"src": ..., "trg": ...} object a line (--source-field, --target-field)
+example:
+  python launch/convert_tsv.py raw/train.txt data/jrc_ende/train.jsonl
 """
 
-import argparse
-
+from selfmem.common.config import script_parser
 from selfmem.common.data import convert_parallel_tsv
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("input", help="tab-separated source/target file")
     parser.add_argument("output", help="JSON-lines file to write")
     parser.add_argument("--source-field", default="src")

@@ -1,5 +1,14 @@
-"""Decode a split with the run's generator:
-torchrun ... launch/generate.py --config C --split test --mode candidates|hypotheses [--memory PATH] [--round K] [k=v ...]"""
+r"""Decode a split with the run's generator: --mode candidates (candidates.num_beams beams,
+candidates.num_return kept, for every memory) or hypotheses (the best of candidates.hypothesis_beams
+beams, with the top memory).
+
+reads:   RUN/tokenizer/, RUN/generator/, data.dir/SPLIT.jsonl and the memory (--memory; default
+         RUN/memory/bm25/SPLIT.jsonl) (RUN = run.root/run.name)
+writes:  RUN/round_K/candidates/SPLIT.jsonl or RUN/round_K/hyps/SPLIT.txt (K: --round)
+example:
+  torchrun --nproc_per_node 2 launch/generate.py --config configs/libreoffice_ende.yaml --split test \
+      --mode hypotheses --memory runs/libreoffice_ende/round_1/memory/test.jsonl --round 1
+"""
 
 from pathlib import Path
 

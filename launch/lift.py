@@ -1,6 +1,13 @@
-"""The whole Selfmem loop in one job, resumable: the same command continues a stopped run.
+r"""The whole Selfmem loop in one job, resumable: the same command continues a stopped run.
 
-torchrun --nnodes N --nproc_per_node G launch/lift.py --config configs/X.yaml [k=v ...]
+reads:   data.dir/{train,dev,test}.jsonl; tokenizer.path, generator.init and lift.no_memory_init where set
+writes:  RUN = run.root/run.name (runs/NAME): config.yaml, state.json, tokenizer/, memory/bm25/, generator/,
+         no_memory/ (lift.no_memory_baseline), selector_candidates/, selector/,
+         round_K/{candidates,memory,hyps}/, metrics.jsonl, report.md, lift.png (with matplotlib)
+example:
+  torchrun --standalone --nproc_per_node 2 launch/lift.py --config configs/demo.yaml
+  torchrun --nnodes N --nproc_per_node G --rdzv_backend c10d --rdzv_endpoint HOST:PORT \
+      launch/lift.py --config configs/jrc_ende.yaml   # on each of N nodes
 """
 
 from selfmem.common.config import parse_args

@@ -1,4 +1,11 @@
-"""BM25 memory for train, dev and test: torchrun --nproc_per_node G launch/retrieve.py --config C [k=v ...]"""
+"""BM25 memory: the top retrieval.topk train targets for every train, dev and test source.
+
+reads:   data.dir/{train,dev,test}.jsonl (retrieval.backend elasticsearch: SELFMEM_ES_URL and credentials)
+writes:  RUN/memory/bm25/{train,dev,test}.jsonl and the bm25s index RUN/memory/bm25/index/
+         (RUN = run.root/run.name)
+example:
+  torchrun --nproc_per_node 2 launch/retrieve.py --config configs/demo.yaml retrieval.topk=4
+"""
 
 from selfmem.common.config import parse_args
 from selfmem.common.distributed import close_distributed, init_distributed

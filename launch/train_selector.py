@@ -1,7 +1,13 @@
-"""Train the run's memory selector: torchrun ... launch/train_selector.py --config C [k=v ...]
+"""Train the run's memory selector on the generator's candidates for a train subset
+(selector.train_subset), evaluated on round 1's dev candidates (from round 0's memory).
 
-It learns from the generator's candidates for a train subset and is evaluated on round 1's
-dev candidates (round 0's memory); both are generated first where missing."""
+reads:   RUN/tokenizer/, RUN/generator/, data.dir/{train,dev}.jsonl, RUN/memory/bm25/{train,dev}.jsonl,
+         selector.path (selector.backbone hf) (RUN = run.root/run.name)
+writes:  RUN/selector/ (the best on dev, train_log.jsonl, a checkpoint to resume from); first, where
+         missing, the candidates RUN/selector_candidates/train.jsonl and RUN/round_1/candidates/dev.jsonl
+example:
+  torchrun --nproc_per_node 2 launch/train_selector.py --config configs/libreoffice_ende.yaml
+"""
 
 from selfmem.common.config import parse_args
 from selfmem.common.distributed import close_distributed, init_distributed

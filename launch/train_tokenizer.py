@@ -1,4 +1,11 @@
-"""The run's tokenizer: torchrun --nproc_per_node G launch/train_tokenizer.py --config C [k=v ...]"""
+"""The run's tokenizer: SentencePiece trained on the train sources and targets (one joint
+vocabulary), a trained spm.model reused from tokenizer.path, or a Hugging Face tokenizer (kind hf).
+
+reads:   data.dir/train.jsonl, or tokenizer.path
+writes:  RUN/tokenizer/ (RUN = run.root/run.name)
+example:
+  torchrun --nproc_per_node 2 launch/train_tokenizer.py --config configs/libreoffice_ende.yaml
+"""
 
 import logging
 

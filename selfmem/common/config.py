@@ -284,12 +284,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return config
 
 
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose help is a script's docstring as written: its first paragraph above the
+    options, the rest (what it reads, what it writes, an example) below them."""
+    summary, _, details = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=summary, epilog=details or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def parse_args(description: str, argv: list[str] | None = None,
                add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
                ) -> tuple[Config, argparse.Namespace]:
     """Parse ``--config FILE [key=value ...]``; ``add_arguments`` adds a launcher's own flags,
-    which come back in the namespace."""
-    parser = argparse.ArgumentParser(description=description)
+    which come back in the namespace. ``description`` is the script's docstring (see ``script_parser``)."""
+    parser = script_parser(description)
     parser.add_argument("--config", required=True, help="YAML config file")
     if add_arguments is not None:
         add_arguments(parser)
