@@ -180,11 +180,12 @@ def test_augmented_memory_lists_are_one_input(memory, request, tmp_path):
     run_root = request.getfixturevalue("run_root" if memory == "joint" else "dual_root")
     bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
     # the retrieved memory and two self-memories, one word each: the models were built for one
-    # memory (generator.num_memories sizes the joint positions), so longer lists would not fit
+    # memory of 32 tokens (66 positions), so three fit only with a smaller memory budget
     lists = tmp_path / "lists.jsonl"
     lists.write_text("".join(json.dumps({"memories": [[" ".join(m.split()[:1]) for m in r["memories"][:3]]]}) + "\n"
                              for r in bm25), encoding="utf-8")
-    lines = records(generate(run_root, 10, "generator.num_memories=3", "--memory", str(lists)))
+    lines = records(generate(run_root, 10, "generator.num_memories=3", "generator.max_memory_len=11", "--memory",
+                             str(lists)))
     assert [r["memories"] for r in lines] == [[[" ".join(m.split()[:1]) for m in b["memories"][:3]]] for b in bm25]
     assert all(len(r["candidates"]) == 1 and len(r["candidates"][0]) == 6 for r in lines)
 

@@ -38,6 +38,7 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
+from selfmem.models.budgets import check_length_budgets
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
 
@@ -67,6 +68,7 @@ def load_generator(config: Config, paths: RunPaths, device: torch.device, pad_id
     """The run's trained generator, in eval mode on ``device``."""
     if not (paths.generator / "config.json").exists():
         raise FileNotFoundError(f"{paths.generator}: no trained generator; run launch/train_generator.py first")
+    check_length_budgets(config, paths.generator)
     if config.generator.engine == "hf":
         return HFSeq2Seq(paths.generator, pad_id).to(device).eval()
     model = Seq2SeqModel.load(paths.generator, map_location=device)

@@ -31,6 +31,7 @@ from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, beam_search
+from selfmem.models.budgets import check_length_budgets
 from selfmem.models.build import build_model, decoder_start_id
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.train.loop import TrainState, fit, inverse_sqrt_schedule
@@ -139,6 +140,7 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
                       ) -> tuple[torch.nn.Module, GeneratorTask]:
     """The untrained generator and its training task, from the run's tokenizer, data and BM25
     memory; ``train_indices`` keeps only those train examples."""
+    check_length_budgets(config)
     if not paths.tokenizer.exists():
         raise FileNotFoundError(f"{paths.tokenizer}: no tokenizer; run launch/train_tokenizer.py with this config first")
     tokenizer = load_tokenizer(paths.tokenizer)
