@@ -83,7 +83,8 @@ def bundled(path: Path, tmp_path: Path, overrides: list[str] = ()) -> tuple[Conf
             saved = ModelConfig.load(init)
             tokenizer = WordTokenizer(saved.vocab_size, saved.pad_id, saved.bos_id, saved.eos_id, saved.sep_id)
     else:
-        assert init in STAND_INS, f"{path.name}: generator.init {init} is not here; add its position count to STAND_INS"
+        assert init in STAND_INS, (f"{path.name}: generator.init {init} is neither in the repository nor one of "
+                                   f"the stand-ins {sorted(STAND_INS)}")
         init = tiny_bart(tmp_path / Path(init).name, STAND_INS[init])
     return dataclasses.replace(config, generator=dataclasses.replace(config.generator, init=str(init))), tokenizer
 
