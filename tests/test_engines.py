@@ -81,7 +81,8 @@ def test_engine_hf_refuses_dual_memory(tmp_path, bart_checkpoint):
 def test_slotted_joint_positions_refused_for_checkpoints(tmp_path, bart_checkpoint, engine):
     config, paths = prepared_run(tmp_path, bart_checkpoint, f"generator.engine={engine}", "generator.memory=joint",
                                  "generator.joint_positions=slots")
-    with pytest.raises(ValueError, match="joint_positions 'slots' is for native models trained from scratch"):
+    with pytest.raises(ValueError, match="joint_positions 'slots' is for native models, trained from scratch or from a native "
+                                         "checkpoint; an imported or Hugging Face model keeps the positions"):
         train_generator(config, ONE_PROCESS, paths)
 
 

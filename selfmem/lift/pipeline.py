@@ -103,7 +103,8 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
 
 def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """A generator without memory, trained and decoded like the run's own, in ``no_memory/``."""
-    baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none"))
+    init = config.lift.no_memory_init or config.generator.init
+    baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none", init=init))
     baseline_paths = dataclasses.replace(paths, generator_dir="no_memory/generator")
     train_generator(baseline, env, baseline_paths)
     hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
@@ -157,7 +158,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
                               [paths.generator], lambda: train_generator(config, env, paths))
     baselines = []
     if config.lift.no_memory_baseline:
-        state.run("no_memory", [tokenizer_key, config.data, config.generator, init,
+        baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
+        state.run("no_memory", [tokenizer_key, config.data, config.generator, baseline_init,
                                 train, config.candidates, seed],
                   [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
