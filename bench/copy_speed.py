@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory_effect import evaluations, launch, prepare_shared, wait  # noqa: E402
+from memory_effect import evaluations, from_scratch, launch, prepare_shared, wait  # noqa: E402
 
 from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     args.root = args.root.resolve()  # the launched scripts run from the repository
     common = [f"run.root={args.root}", "train.max_epochs=1000", "train.patience=1000", "train.save_every=100000",
-              "generator.memory=joint", *args.overrides]
+              "generator.memory=joint", *from_scratch(args.config, args.overrides)]
     config = load_config(args.config, common)
     paths = prepare_shared(args.config, common, config)
     procs, logs = {}, {}

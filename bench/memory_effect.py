@@ -25,7 +25,11 @@ the last evaluations are put side by side: on the demo the no-memory model's las
 spans 0.026 over four seeds at 3,000 steps and 0.030 at 6,000 (0.048 on the page-split demo
 at 4,816, more than the memory changed it there on average), so one pair of runs decides
 nothing. --report reads each run's own config.yaml, so it needs no overrides. Native generators
-only (not `generator.engine: hf`).
+only (not `generator.engine: hf`). Both models train from scratch: the checkpoints a config
+starts from (the demo's shipped ones) are dropped. configs/demo.yaml sets
+`generator.joint_positions: slots` (its shipped model's); the plain joint runs of
+docs/results.md pass `generator.joint_positions=continue`, the demo config's setting until
+2026-12-01.
 """
 
 from __future__ import annotations
@@ -54,11 +58,27 @@ from selfmem.common.generator_inputs import collate, encode_examples  # noqa: E4
 from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.models import Seq2SeqModel  # noqa: E402
+from selfmem.models.build import is_native_checkpoint  # noqa: E402
 from selfmem.train.generator import load_memories, prepare_generator  # noqa: E402
 
 MEMORY_BLEU_GROUPS = ((0, 20), (20, 50), (50, 101))  # sentence BLEU of the top memory against the reference
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
+
+
+def from_scratch(config_path: Path, overrides: list[str]) -> list[str]:
+    """Overrides that drop the checkpoints a config starts from (the demo's shipped vocabulary and
+    generators), placed before ``overrides`` so that an explicit one still wins: these benches
+    compare trainings from scratch."""
+    config = load_config(config_path, overrides)
+    dropped = []
+    if config.tokenizer.kind == "sentencepiece" and config.tokenizer.path:
+        dropped.append("tokenizer.path=null")
+    if config.generator.init and is_native_checkpoint(config.generator.init):
+        dropped.append("generator.init=null")
+    if config.lift.no_memory_init:
+        dropped.append("lift.no_memory_init=null")
+    return [*dropped, *overrides]
 
 
 def launch(config: Path, script: str, overrides: list[str], log: Path, threads: int = 2) -> subprocess.Popen:
@@ -236,7 +256,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     args.root = args.root.resolve()  # the launched scripts run from the repository
     common = [f"run.root={args.root}", "train.max_epochs=1000", "train.patience=1000", "train.save_every=100000",
-              *args.overrides]
+              *from_scratch(args.config, args.overrides)]
     config = load_config(args.config, common)
     name = config.run.name
     memory, modes = args.memory, (args.memory, "none")
