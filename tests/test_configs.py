@@ -23,7 +23,7 @@ from selfmem.common.tokenizer import Tokenizer
 from selfmem.infer.generate import load_generator
 from selfmem.lift.pipeline import check_lift_config, lift
 from selfmem.models.budgets import check_length_budgets
-from selfmem.models.build import build_model, decoder_start_id, is_native_checkpoint, native_model_config
+from selfmem.models.build import build_model, is_native_checkpoint, native_model_config
 from selfmem.models.config import ModelConfig
 from selfmem.train.generator import prepare_generator
 
@@ -95,7 +95,7 @@ def longest_batch(config: Config, tokenizer: Tokenizer, model: torch.nn.Module) 
     long_text = " ".join(["word"] * (max(g.max_source_len, g.max_memory_len, g.max_target_len) + 10))
     encoded = encode_examples([Example(long_text, long_text)], [[long_text] * g.num_memories], tokenizer, g)
     ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=decoder_start_id(model))
+                     decoder_start=model.decoder_start_id)
     return collate(encoded, g.memory, ids)
 
 

@@ -95,8 +95,8 @@ class Generator:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, settings: BeamSettings):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.mode = config.generator.memory
-        start = model.decoder_start_id if isinstance(model, HFSeq2Seq) else model.config.decoder_start_id
-        self.ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id, decoder_start=start)
+        self.ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
+                              decoder_start=model.decoder_start_id)
 
     def decode(self, encoded: list, examples: list[int], device: torch.device) -> list[list[Hypothesis]]:
         """The hypotheses of each encoded input; ``examples`` says which example each one is.

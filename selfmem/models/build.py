@@ -78,7 +78,3 @@ def native_model_config(g: GeneratorConfig, tokenizer: Tokenizer) -> ModelConfig
         decoder_start_id=tokenizer.bos_id,
     )
 
-
-def decoder_start_id(model: torch.nn.Module) -> int:
-    """The token a native or HF generator starts decoding with."""
-    return model.decoder_start_id if isinstance(model, HFSeq2Seq) else model.config.decoder_start_id

@@ -504,6 +504,11 @@ class Seq2SeqModel(nn.Module):
         """Select batch rows ``index`` of every layer's cache, e.g. the beams that survive a step."""
         return [layer_cache.select(index, index) for layer_cache in cache]
 
+    @property
+    def decoder_start_id(self) -> int:
+        """The token decoding starts with (the same attribute as ``HFSeq2Seq``'s)."""
+        return self.config.decoder_start_id
+
     def num_parameters(self) -> int:
         """Trainable and frozen parameters, each shared tensor counted once."""
         return sum(p.numel() for p in self.parameters())

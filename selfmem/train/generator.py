@@ -32,7 +32,7 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.models.budgets import check_length_budgets
-from selfmem.models.build import build_model, decoder_start_id
+from selfmem.models.build import build_model
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.train.loop import TrainState, fit, inverse_sqrt_schedule
 
@@ -147,7 +147,7 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
     torch.manual_seed(config.run.seed)  # the same initial weights on every rank
     model = build_model(config, tokenizer)
     ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=decoder_start_id(model))
+                     decoder_start=model.decoder_start_id)
     splits: dict[str, list[Example]] = {s: load_split(config.data, s) for s in ("train", "dev")}
     encoded = {}
     for split, examples in splits.items():
