@@ -11,7 +11,7 @@ second (median of --repeats), the ratio, the peak memory of each (CUDA: allocate
 CPU: growth of the resident set during decoding, sampled every 2 ms) and the share of
 examples whose best hypothesis is the same. Where the ``ctranslate2`` package is installed
 and the model is a Marian one, CTranslate2's float32 beam search on the converted weights
-is a third line (on CPU). `bench/marian_init.py` makes the Marian model the README's
+is a third line (on CPU). `bench/marian_init.py` makes the Marian model docs/benchmarks.md's
 figures come from.
 """
 

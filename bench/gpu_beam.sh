@@ -2,7 +2,7 @@
 # Beam search on one GPU in fp16 (a few minutes): the native beam search against HF
 # generate on the same Marian weights and inputs, (5 beams, 1 returned) and (50 beams, 50
 # returned), examples/s, ratio and peak allocated memory. MODEL is a HF Marian checkpoint
-# (bench/marian_init.py, trained as the README says), TOKENIZER its run's tokenizer.
+# (bench/marian_init.py, trained as docs/benchmarks.md says), TOKENIZER its run's tokenizer.
 #   MODEL=dir TOKENIZER=dir DATA=path/to/libreoffice_ende bash bench/gpu_beam.sh [extra bench/beam.py flags]
 source "$(dirname "$0")/help.sh"
 set -euo pipefail

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The memory effect on the demo with a larger model than demo.yaml's (d_model 256, 3+3 layers,
 # FFN 1024, dropout 0.3, 1,000 warmup steps), which the 2-core CPU cannot train through 56 epochs
-# in a session. (The README's GPU figures were measured on the page-split cut of the demo:
-# pass data.dir=/tmp/demo_pages, cut as the README says, to repeat them.) On one GPU,
+# in a session. (The GPU figures of docs/results.md were measured on the page-split cut of the demo:
+# pass data.dir=/tmp/demo_pages, cut as docs/results.md says, to repeat them.) On one GPU,
 # bench/memory_effect.py pairs (a joint-memory model and one without memory, the same
 # examples per step) train side by side, one pair per seed and setting, each
 # process on one CPU thread; every pair is cut after DEADLINE seconds, then each setting's
@@ -17,11 +17,12 @@ source "$(dirname "$0")/help.sh"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/gpu_memory_effect}
-STEPS=${STEPS:-4816}       # as the CPU pairs on the page-split demo in the README (56 of its epochs)
+STEPS=${STEPS:-4816}       # as the CPU pairs on the page-split demo in docs/results.md (56 of its epochs)
 DEADLINE=${DEADLINE:-420}  # seconds; a cut pair is reported up to its last evaluation
 # 1,000 warmup steps: with the demo's 100, most runs of this model got stuck ignoring their input
+# continuing joint positions, as these runs were made (configs/demo.yaml now sets slots)
 LARGER="generator.d_model=256 generator.ffn_dim=1024 generator.encoder_layers=3 generator.decoder_layers=3
-generator.dropout=0.3 train.warmup_steps=1000 $*"
+generator.dropout=0.3 train.warmup_steps=1000 generator.joint_positions=continue $*"
 # name|overrides on top of LARGER|seeds
 SETTINGS=(
   "larger||${SEEDS-1234 1 2 3}"

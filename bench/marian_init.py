@@ -4,7 +4,7 @@ reference, for a run's SentencePiece vocabulary: the model `bench/beam.py` decod
     python bench/marian_init.py --tokenizer runs/NAME/tokenizer --out DIR
 
 Train it through the project's loop (engine hf) before benchmarking, so that beams end
-as a trained model's do; the README lists the commands.
+as a trained model's do; docs/benchmarks.md lists the commands.
 """
 
 from __future__ import annotations
