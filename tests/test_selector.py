@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import sacrebleu
@@ -95,6 +96,20 @@ def test_generator_encoder_selector(tmp_path):
     selector.save(tmp_path)
     with torch.no_grad():
         assert torch.equal(Selector.load(tmp_path)(padded(pairs, 0)), scores)
+
+
+def test_a_slotted_generator_encoder_reads_the_candidate_in_the_memory_slot():
+    # the demo's layout in small: source slot 6, memory slot 4, max_positions 6 + 4 + 1 + 1
+    generator = Seq2SeqModel(ModelConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, heads=2,
+                                         ffn_dim=32, max_positions=12, memory="joint", source_slot=6, memory_slot=4))
+    selector = Selector(GeneratorEncoderBackbone.from_generator(generator)).eval()
+    tokenizer = SimpleNamespace(encode=lambda text: [int(t) for t in text.split()], bos_id=1, sep_id=4)
+    encode = pair_encoder(selector, tokenizer, max_len=256)
+    long = encode("10 11 12 13 14 15 16 17", "20 21 22 23 24 25 26")
+    assert long == [1, 10, 11, 12, 13, 14, 4, 20, 21, 22, 23, 4]  # source cut to 5 after cls, candidate to 4
+    assert encode("10 11", "20 21") == [1, 10, 11, 4, 20, 21, 4]
+    with torch.no_grad():  # the last separator sits at position 6 + 4 = 10, inside the table of 12
+        assert torch.isfinite(selector(torch.tensor([long]))).all()
 
 
 def test_hf_encoder_selector(tmp_path):

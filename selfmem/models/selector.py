@@ -46,7 +46,11 @@ def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, 
     [SEP]``, ``<s> a </s></s> b </s>``, ...)."""
     max_len = min(max_len, selector.backbone.max_positions)
     if isinstance(selector.backbone, GeneratorEncoderBackbone):
-        return lambda source, candidate: pair_ids(tokenizer.encode(source), tokenizer.encode(candidate),
+        # an encoder trained with slotted positions reads the candidate in the memory's slot, so
+        # each part must fit its slot, as the generator's source and memory did (cls takes a place)
+        source_len, candidate_len = selector.backbone.slots
+        return lambda source, candidate: pair_ids(tokenizer.encode(source)[:source_len],
+                                                  tokenizer.encode(candidate)[:candidate_len],
                                                   tokenizer.bos_id, tokenizer.sep_id, max_len)
     return lambda source, candidate: tokenizer.hf(source, candidate, truncation="only_first",
                                                   max_length=max_len)["input_ids"]
@@ -96,6 +100,14 @@ class GeneratorEncoderBackbone(nn.Module):
     @property
     def max_positions(self) -> int:
         return self.config.max_positions
+
+    @property
+    def slots(self) -> tuple[int | None, int | None]:
+        """The most source and candidate tokens a pair may hold with slotted positions (None: no
+        limit but ``max_positions``)."""
+        if not self.config.source_slot:
+            return None, None
+        return self.config.source_slot - 1, self.config.memory_slot
 
     def forward(self, ids: Tensor) -> Tensor:
         states, _ = self.encoder(ids)
