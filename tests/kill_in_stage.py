@@ -2,6 +2,8 @@
 
 python tests/kill_in_stage.py STAGE --config ... [k=v ...]: the process kills itself, with
 no chance to clean up, at a point inside STAGE where part of the stage's work is written.
+KILL_CALLS=N in the environment moves the point to the N-th call of the stage's kill function
+(bench/faults.py draws it); a stage that makes fewer calls finishes unharmed.
 """
 
 import os
@@ -16,7 +18,7 @@ import selfmem.retrieve.memory
 import selfmem.train.loop
 from selfmem.lift.state import RunState
 
-STAGE = sys.argv.pop(1)
+STAGE = None  # set from the command line (not on import: bench/faults.py imports KILL_POINTS)
 current = {"stage": None}
 
 
@@ -58,8 +60,10 @@ KILL_POINTS = {
 }
 
 if __name__ == "__main__":
+    STAGE = sys.argv.pop(1)
     track_stages()
-    kill_after(*KILL_POINTS[STAGE])
+    owner, attribute, calls = KILL_POINTS[STAGE]
+    kill_after(owner, attribute, int(os.environ.get("KILL_CALLS", calls)))
     script = Path(__file__).resolve().parent.parent / "launch" / "lift.py"
     sys.argv = [str(script), *sys.argv[1:]]
     runpy.run_path(str(script), run_name="__main__")
