@@ -10,17 +10,17 @@ from torch import nn
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv
-from selfmem.train.loop import autocast_dtype, fit, inverse_sqrt_schedule
+from selfmem.train.loop import CHECKPOINT, autocast_dtype, counts_as_nonfinite, fit, inverse_sqrt_schedule
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
 
 class ToyTask:
-    """Least squares y = 3x on 64 points; dev figures scripted per evaluation."""
+    """Least squares y = 3x on 64 points (x of about ``magnitude``); dev figures scripted per evaluation."""
 
-    def __init__(self, dev_metrics=None, poison=False):
+    def __init__(self, dev_metrics=None, poison=False, magnitude=1.0):
         generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(64, 1, generator=generator)
+        self.x = magnitude * torch.randn(64, 1, generator=generator)
         self.y = 3 * self.x
         self.dev_metrics = list(dev_metrics or [])
         self.poison = poison
@@ -100,6 +100,34 @@ def test_consecutive_non_finite_steps_stop_with_a_clear_message(tmp_path):
         fit(model, ToyTask(poison=True), toy_config(max_nonfinite=3), ONE_PROCESS, tmp_path, seed=0,
             lr_schedule=lambda s: 1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no poisoned update applied
+
+
+def test_fp16_overflow_skips_of_the_grad_scaler_do_not_stop_a_run(tmp_path):
+    # the first scaled gradients overflow fp16, so the GradScaler skips steps and halves its
+    # scale, more times in a row than train.max_nonfinite allows non-finite steps
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1, bias=False)
+    state = fit(model, ToyTask(magnitude=4.0), toy_config(precision="fp16", max_nonfinite=3, max_epochs=10),
+                ONE_PROCESS, tmp_path, seed=0, lr_schedule=lambda s: 1.0)
+    norms = [json.loads(line)["grad_norm"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()
+             if "grad_norm" in line]
+    skipped = [step for step, norm in enumerate(norms) if not math.isfinite(norm)]
+    assert skipped == [0, 1, 2, 3, 4, 5, 8, 12]
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["scaler"]["scale"] == 2.0**16 / 2 ** len(skipped)
+    assert state.step == 80 and model.weight.item() == pytest.approx(3.0, abs=0.2)
+
+
+def test_a_non_finite_step_counts_without_a_grad_scaler_or_below_its_floor():
+    assert counts_as_nonfinite(torch.amp.GradScaler("cpu", enabled=False))
+    assert not counts_as_nonfinite(torch.amp.GradScaler("cpu", init_scale=1.0))  # fp16 overflow handling
+    assert counts_as_nonfinite(torch.amp.GradScaler("cpu", init_scale=0.5))  # gradients overflow unscaled
+
+
+def test_a_diverging_fp16_run_still_stops_once_the_scale_is_below_its_floor(tmp_path):
+    # the scale halves from 2**16 at each poisoned step: steps 0-16 are the scaler's, 17-19 count
+    with pytest.raises(RuntimeError, match="3 consecutive steps with non-finite gradients at step 19"):
+        fit(nn.Linear(1, 1), ToyTask(poison=True), toy_config(precision="fp16", max_nonfinite=3), ONE_PROCESS,
+            tmp_path, seed=0, lr_schedule=lambda s: 1.0)
 
 
 def test_too_few_batches_for_one_step_is_an_error(tmp_path):

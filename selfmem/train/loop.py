@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
+# below this loss scale the GradScaler no longer guards fp16's range (it shrinks gradients):
+# a step that still overflows belongs to a diverging run, not to routine overflow handling
+SCALE_FLOOR = 1.0
 
 
 class TrainTask(Protocol):
@@ -96,6 +99,16 @@ def parameters_digest(model: torch.nn.Module) -> str:
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def counts_as_nonfinite(scaler: torch.amp.GradScaler) -> bool:
+    """Whether a step with non-finite gradients counts towards ``train.max_nonfinite``.
+
+    Always without a GradScaler. With one (fp16), skipping the step and halving the scale is
+    its routine handling of an overflow, frequent at the start of a run: such a step counts
+    only once the scale it was taken with is below ``SCALE_FLOOR``.
+    """
+    return not scaler.is_enabled() or scaler.get_scale() < SCALE_FLOOR
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: TrainState) -> None:
@@ -232,7 +245,7 @@ def fit(
             if torch.isfinite(grad_norm):
                 scaler.step(optimizer)
                 state.nonfinite_steps = 0
-            else:
+            elif counts_as_nonfinite(scaler):
                 state.nonfinite_steps += 1
                 if state.nonfinite_steps >= config.max_nonfinite:
                     raise RuntimeError(
