@@ -154,7 +154,7 @@ def test_unknown_top_level_section(tmp_path):
         load_config(path)
     message = str(info.value)
     assert message.startswith(f"{path}: unknown key 'trian'; valid keys here: ")
-    assert message.endswith("run, data, tokenizer, retrieval, generator, train, candidates, selector, lift")
+    assert message.endswith("run, data, tokenizer, retrieval, generator, train, candidates, selector, lift, dist")
 
 
 def test_string_for_int_field(tmp_path):

@@ -77,25 +77,36 @@ def test_two_nodes_on_loopback_write_the_same_bytes(single_process_run, tmp_path
 
 
 ON_MAIN_SCRIPT = """
-from selfmem.common.distributed import close_distributed, init_distributed, on_main
+import os
+import time
+
+from selfmem.common.distributed import barrier, init_distributed, on_main
 
 def fail():
     raise OSError("No space left on device")
 
-env = init_distributed()
+env = init_distributed(timeout_s=3)
 assert on_main(lambda: 41 + 1) == (42 if env.is_main else None)
 try:
     on_main(fail)
 except Exception as exc:
     print(f"rank {env.rank} raised {type(exc).__name__}: {exc}", flush=True)
-close_distributed()
+if env.rank == 0:  # rank 1 never joins this barrier
+    started = time.monotonic()
+    try:
+        barrier()
+    except Exception as exc:
+        print(f"rank 0's lone barrier raised {type(exc).__name__} after {time.monotonic() - started:.0f} s", flush=True)
+    os._exit(1)  # torchrun then ends rank 1
+time.sleep(120)
 """
 
 
-def test_a_failure_on_rank_0_reaches_every_rank(tmp_path):
-    # without this, rank 1 would wait at its next collective until the 30-minute timeout
+def test_a_failure_on_rank_0_reaches_every_rank_and_a_lone_collective_times_out(tmp_path):
+    # without on_main, rank 1 would wait at its next collective until the timeout
     script = tmp_path / "on_main.py"
     script.write_text(ON_MAIN_SCRIPT)
     (out,) = [p.communicate(timeout=120)[0] for p in start_torchrun(str(script), [])]
     assert "rank 0 raised OSError: No space left on device" in out
-    assert "rank 1 raised RuntimeError: rank 0 failed: OSError: No space left on device" in out
+    assert "rank 1 raised RankFailed: rank 0 failed: OSError: No space left on device" in out
+    assert "rank 0's lone barrier raised RuntimeError after 3 s" in out

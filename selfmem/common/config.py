@@ -162,6 +162,13 @@ class LiftConfig:
 
 
 @dataclass
+class DistConfig:
+    # seconds a collective may wait for the other ranks before it raises: long enough for
+    # rank 0's longest step alone (an index build, a merge, a save), short of a hung job's hours
+    timeout: float = 1800
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -172,6 +179,7 @@ class Config:
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     lift: LiftConfig = field(default_factory=LiftConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from selfmem.common.config import DistConfig
 
 T = TypeVar("T")
 
@@ -37,20 +40,30 @@ class DistEnv:
         return max(1, (os.cpu_count() or 1) // self.local_world_size)
 
 
-def init_distributed() -> DistEnv:
-    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs) when launched by torchrun."""
+class RankFailed(RuntimeError):
+    """Raised on the other ranks when rank 0's share of the work failed; its message holds the cause."""
+
+
+def init_distributed(timeout_s: float = DistConfig.timeout) -> DistEnv:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs) when launched by torchrun.
+
+    A collective that waits longer than ``timeout_s`` seconds (config ``dist.timeout``)
+    raises instead of hanging: a rank may be gone without its launcher noticing.
+    """
     env = DistEnv(
         rank=int(os.environ.get("RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
     )
+    if timeout_s <= 0:
+        raise ValueError(f"dist.timeout must be a positive number of seconds, got {timeout_s}")
     if env.world_size > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(env.local_rank)
-            dist.init_process_group("nccl", device_id=env.device)
+            dist.init_process_group("nccl", device_id=env.device, timeout=timedelta(seconds=timeout_s))
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
     return env
 
 
@@ -110,8 +123,9 @@ def all_gather(obj: Any) -> list[Any]:
 def on_main(work: Callable[[], T]) -> T | None:
     """Run ``work`` on rank 0 only (its result there, None elsewhere), as a barrier.
 
-    If it raises, every rank raises (the others with its message), instead of waiting
-    forever at their next collective for a rank that is gone.
+    Every rank-0-only step goes through here. If it raises, every rank raises: rank 0 its
+    own error, the others ``RankFailed`` with its cause, instead of waiting at their next
+    collective for a rank that is gone.
     """
     result, error = None, None
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -123,5 +137,5 @@ def on_main(work: Callable[[], T]) -> T | None:
     if error is not None:
         raise error
     if message is not None:
-        raise RuntimeError(f"rank 0 failed: {message}")
+        raise RankFailed(f"rank 0 failed: {message}")
     return result

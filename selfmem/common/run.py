@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfmem.common.config import Config, save_config
-from selfmem.common.distributed import DistEnv, barrier
+from selfmem.common.distributed import DistEnv, on_main
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ def start_run(config: Config, env: DistEnv) -> RunPaths:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if env.is_main else logging.WARNING)
     paths = RunPaths(config.run_dir)
-    if env.is_main:
+
+    def create() -> None:
         paths.root.mkdir(parents=True, exist_ok=True)
         save_config(config, paths.root)
-    barrier()
+
+    on_main(create)
     return paths

@@ -16,7 +16,6 @@ from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, Example, load_split
 from selfmem.common.distributed import (
     DistEnv,
-    barrier,
     gather_to_main,
     on_main,
     shard_range,
@@ -38,14 +37,15 @@ def open_retriever(config: Config, env: DistEnv, train: list[Example], paths: Ru
         from selfmem.retrieve.elastic import ElasticsearchRetriever
 
         index_name = cfg.index_name or f"selfmem-{config.run.name}".lower()
-        if env.is_main:
-            ElasticsearchRetriever.build(documents, cfg.k1, cfg.b, index_name)
-        barrier()
+        on_main(lambda: ElasticsearchRetriever.build(documents, cfg.k1, cfg.b, index_name))
         return ElasticsearchRetriever.open(index_name)
-    if env.is_main:
+
+    def build_and_save() -> BM25Retriever:
         retriever = BM25Retriever.build(documents, cfg.k1, cfg.b, threads=env.cpu_threads())
         retriever.save(paths.bm25_index)
-    barrier()
+        return retriever
+
+    retriever = on_main(build_and_save)
     return retriever if env.is_main else BM25Retriever.load(paths.bm25_index, threads=env.cpu_threads())
 
 

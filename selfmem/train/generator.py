@@ -15,7 +15,7 @@ from selfmem.common.config import Config
 from selfmem.common.data import Example, load_split
 from selfmem.common.distributed import (
     DistEnv,
-    broadcast_from_main,
+    agreed,
     gather_to_main,
     shard_range,
 )
@@ -116,14 +116,14 @@ class GeneratorTask:
         if dist.is_initialized():
             dist.all_reduce(loss_and_count)
         gathered = gather_to_main(hyps)
-        metric = None
-        if self.env.is_main:
+
+        def score() -> float:
             merged = {i: h for part in gathered for i, h in part.items()}
             ordered = [merged[i] for i in range(len(self.dev))]
-            metric = headline_score(self.config.data.metric, ordered, self.dev_references,
-                                    self.config.data.bleu_tokenize)
+            return headline_score(self.config.data.metric, ordered, self.dev_references, self.config.data.bleu_tokenize)
+
         model.train()
-        return {"metric": broadcast_from_main(metric), "dev_loss": (loss_and_count[0] / loss_and_count[1]).item()}
+        return {"metric": agreed(score), "dev_loss": (loss_and_count[0] / loss_and_count[1]).item()}
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)

@@ -175,8 +175,7 @@ def fit(
         scaler.load_state_dict(saved["scaler"])
         state = TrainState(**saved["state"])
         log.info("resumed from %s at step %d (epoch %d)", checkpoint_path, state.step, state.epoch)
-        if env.is_main:
-            _trim_log(log_path, state.step)
+        on_main(lambda: _trim_log(log_path, state.step))
     per_step = env.world_size * config.accumulate
     max_steps = config.max_steps or math.inf
 
@@ -188,16 +187,18 @@ def fit(
     # the epoch length varies by a batch or so with the shuffle: a close estimate for the bar
     total = config.max_steps or config.max_epochs * (len(task.epoch_batches(state.epoch)) // per_step)
     progress = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not env.is_main)
-    log_file = open(log_path, "a", encoding="utf-8") if env.is_main else None
+    log_file = on_main(lambda: open(log_path, "a", encoding="utf-8"))
     window_tokens, window_start = 0, time.perf_counter()
 
     def save() -> None:
         on_main(lambda: _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state))
 
     def write_log(record: dict) -> None:
-        if log_file is not None:
+        def append() -> None:
             log_file.write(json_line(record))
             log_file.flush()
+
+        on_main(append)
 
     def evaluate_and_keep_best(epoch_end: bool) -> None:
         """Keep the model if dev improved; only epoch ends count towards patience, so a run

@@ -1,0 +1,67 @@
+"""Rank-0-only work and the process-group timeout (the 2-process runs are in test_retrieve_distributed.py)."""
+
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+
+from selfmem.common import distributed
+from selfmem.common.distributed import RankFailed, init_distributed, on_main
+
+
+def as_rank(monkeypatch, rank: int, rank_0_message: str | None = None) -> list:
+    """Make on_main see an initialised group in which this process is ``rank``; returns the
+    messages it broadcasts (rank 0's is ``rank_0_message`` on the other ranks)."""
+    sent = []
+
+    def broadcast(obj):
+        sent.append(obj)
+        return obj if rank == 0 else rank_0_message
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(distributed, "broadcast_from_main", broadcast)
+    return sent
+
+
+def test_on_main_tells_the_other_ranks_that_rank_0_failed(monkeypatch):
+    sent = as_rank(monkeypatch, 0)
+
+    def fail():
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        on_main(fail)
+    assert sent == ["OSError: No space left on device"]
+
+
+def test_on_main_raises_rank_0s_cause_on_the_other_ranks(monkeypatch):
+    sent = as_rank(monkeypatch, 1, rank_0_message="OSError: No space left on device")
+    ran = []
+    with pytest.raises(RankFailed) as info:
+        on_main(lambda: ran.append(1))
+    assert str(info.value) == "rank 0 failed: OSError: No space left on device"
+    assert ran == [] and sent == [None]
+
+
+def test_on_main_returns_rank_0s_result_there_and_none_elsewhere(monkeypatch):
+    as_rank(monkeypatch, 0)
+    assert on_main(lambda: 42) == 42
+    as_rank(monkeypatch, 1)
+    assert on_main(lambda: 42) is None
+
+
+def test_the_process_group_gets_dist_timeout(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: calls.append((backend, kwargs)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    env = init_distributed(timeout_s=7)
+    assert (env.rank, env.world_size) == (1, 2)
+    assert calls == [("gloo", {"timeout": timedelta(seconds=7)})]
+
+
+def test_a_timeout_that_is_not_positive_is_refused():
+    with pytest.raises(ValueError) as info:
+        init_distributed(timeout_s=0)
+    assert str(info.value) == "dist.timeout must be a positive number of seconds, got 0"
