@@ -9,8 +9,10 @@ example:
 
 from selfmem.common.config import script_parser
 from selfmem.common.data import convert_parallel_tsv
+from selfmem.common.entry import entry_point
 
-if __name__ == "__main__":
+
+def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("input", help="tab-separated source/target file")
     parser.add_argument("output", help="JSON-lines file to write")
@@ -19,3 +21,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     count = convert_parallel_tsv(args.input, args.output, args.source_field, args.target_field)
     print(f"{args.output}: {count} examples")
+
+
+if __name__ == "__main__":
+    entry_point(main)

@@ -12,9 +12,7 @@ example:
 
 from pathlib import Path
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.infer.generate import MODES, generate
 
 
@@ -26,7 +24,5 @@ def add_arguments(parser):
 
 
 if __name__ == "__main__":
-    config, args = parse_args(__doc__, add_arguments=add_arguments)
-    env = init_distributed()
-    generate(config, env, start_run(config, env), args.split, args.mode, args.memory, args.round)
-    close_distributed()
+    launch(__doc__, lambda config, env, paths, args: generate(config, env, paths, args.split, args.mode, args.memory,
+                                                              args.round), add_arguments)

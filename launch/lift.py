@@ -10,13 +10,8 @@ example:
       launch/lift.py --config configs/jrc_ende.yaml   # on each of N nodes
 """
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.lift.pipeline import lift
 
 if __name__ == "__main__":
-    config, _ = parse_args(__doc__)
-    env = init_distributed()
-    lift(config, env, start_run(config, env))
-    close_distributed()
+    launch(__doc__, lambda config, env, paths, args: lift(config, env, paths))

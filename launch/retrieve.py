@@ -7,13 +7,8 @@ example:
   torchrun --nproc_per_node 2 launch/retrieve.py --config configs/demo.yaml retrieval.topk=4
 """
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.retrieve.memory import build_bm25_memory
 
 if __name__ == "__main__":
-    config, _ = parse_args(__doc__)
-    env = init_distributed()
-    build_bm25_memory(config, env, start_run(config, env))
-    close_distributed()
+    launch(__doc__, lambda config, env, paths, args: build_bm25_memory(config, env, paths))

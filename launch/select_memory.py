@@ -13,9 +13,7 @@ example:
 
 from pathlib import Path
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.select.stage import select_memories
 
 
@@ -26,7 +24,5 @@ def add_arguments(parser):
 
 
 if __name__ == "__main__":
-    config, args = parse_args(__doc__, add_arguments=add_arguments)
-    env = init_distributed()
-    select_memories(config, env, start_run(config, env), args.split, args.round, args.candidates)
-    close_distributed()
+    launch(__doc__, lambda config, env, paths, args: select_memories(config, env, paths, args.split, args.round,
+                                                                     args.candidates), add_arguments)

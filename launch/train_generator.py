@@ -8,13 +8,8 @@ example:
   torchrun --nproc_per_node 2 launch/train_generator.py --config configs/libreoffice_ende.yaml train.max_epochs=10
 """
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.train.generator import train_generator
 
 if __name__ == "__main__":
-    config, _ = parse_args(__doc__)
-    env = init_distributed()
-    train_generator(config, env, start_run(config, env))
-    close_distributed()
+    launch(__doc__, lambda config, env, paths, args: train_generator(config, env, paths))

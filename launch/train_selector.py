@@ -9,13 +9,8 @@ example:
   torchrun --nproc_per_node 2 launch/train_selector.py --config configs/libreoffice_ende.yaml
 """
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.train.selector import train_selector
 
 if __name__ == "__main__":
-    config, _ = parse_args(__doc__)
-    env = init_distributed()
-    train_selector(config, env, start_run(config, env))
-    close_distributed()
+    launch(__doc__, lambda config, env, paths, args: train_selector(config, env, paths))

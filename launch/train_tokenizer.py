@@ -9,15 +9,14 @@ example:
 
 import logging
 
-from selfmem.common.config import parse_args
-from selfmem.common.distributed import close_distributed, init_distributed
-from selfmem.common.run import start_run
+from selfmem.common.entry import launch
 from selfmem.common.tokenizer import prepare_run_tokenizer
 
-if __name__ == "__main__":
-    config, _ = parse_args(__doc__)
-    env = init_distributed()
-    paths = start_run(config, env)
+
+def train_tokenizer(config, env, paths, args) -> None:
     tokenizer = prepare_run_tokenizer(config, paths.tokenizer)
     logging.getLogger("selfmem").info("tokenizer in %s: %d ids", paths.tokenizer, tokenizer.vocab_size)
-    close_distributed()
+
+
+if __name__ == "__main__":
+    launch(__doc__, train_tokenizer)

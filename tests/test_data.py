@@ -98,7 +98,7 @@ def test_load_split_unknown_split():
 def test_load_split_missing_file(tmp_path):
     with pytest.raises(DataError) as info:
         load_split(DataConfig(dir=str(tmp_path)), "dev")
-    assert str(info.value) == f"{tmp_path / 'dev.jsonl'}: dataset file not found"
+    assert str(info.value) == f"{tmp_path / 'dev.jsonl'}: dataset file not found (data.dir is {tmp_path})"
 
 
 def test_unicode_and_crlf(tmp_path):

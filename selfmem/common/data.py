@@ -79,12 +79,20 @@ def read_examples(
     return examples
 
 
-def load_split(config: DataConfig, split: str) -> list[Example]:
-    """The examples of ``split`` (train, dev or test) as the data config describes them."""
+def split_file(config: DataConfig, split: str) -> Path:
+    """The dataset file of ``split`` (train, dev or test); a DataError naming ``data.dir`` if it is missing."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    path = Path(config.dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found (data.dir is {config.dir})")
+    return path
+
+
+def load_split(config: DataConfig, split: str) -> list[Example]:
+    """The examples of ``split`` (train, dev or test) as the data config describes them."""
     return read_examples(
-        Path(config.dir) / f"{split}.jsonl",
+        split_file(config, split),
         config.source_field,
         config.target_field,
         turn_separator=config.turn_separator if config.task == "dialogue" else None,

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from selfmem.common.config import Config
-from selfmem.common.data import SPLITS, load_split
+from selfmem.common.data import SPLITS, load_split, split_file
 from selfmem.common.distributed import DistEnv, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
@@ -144,7 +144,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     state = RunState(paths.state)
     seed = config.run.seed
     data = [_without(config.data, ("metric", "bleu_tokenize")),
-            {split: file_digest(Path(config.data.dir) / f"{split}.jsonl") for split in SPLITS}]
+            {split: file_digest(split_file(config.data, split)) for split in SPLITS}]
     train = _without(config.train, BOOKKEEPING)
     init = path_digest(config.generator.init)  # hashed once: a checkpoint can be gigabytes
 

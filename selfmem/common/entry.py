@@ -1,0 +1,79 @@
+"""The launch scripts' entry point: a failed run ends with one line, ``error: <message>``.
+
+Under torchrun every rank prints that line, and torch elastic's ``record`` writes it to the
+error file that torchrun's closing summary shows as the root cause (without it the summary
+says ``error_file: <N/A>``, and the message sits far above it in the ranks' tracebacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
+
+from selfmem.common.config import Config, ConfigError, parse_args
+from selfmem.common.data import DataError
+from selfmem.common.distributed import DistEnv, RankFailed, close_distributed, init_distributed
+from selfmem.common.io import one_line
+from selfmem.common.run import RunPaths, start_run
+
+# the message says all there is to say: a bad config or data file, or another rank's
+# failure (that rank prints its own traceback)
+WITHOUT_TRACEBACK = (ConfigError, DataError, RankFailed)
+# the types whose messages this project writes for users; others (KeyError, TypeError, ...)
+# are bugs, and their type name is part of the message
+MESSAGE_ONLY = (ValueError, RuntimeError, OSError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a failed run ends with: ``error: <message>``."""
+    message = str(exc) if isinstance(exc, MESSAGE_ONLY) and str(exc) else f"{type(exc).__name__}: {exc}"
+    return f"error: {one_line(message)}"
+
+
+def error_report(exc: BaseException) -> str:
+    """What a failed rank prints: the traceback (unless WITHOUT_TRACEBACK), then the error line.
+    Call it while ``exc`` is being handled."""
+    trace = "" if isinstance(exc, WITHOUT_TRACEBACK) else traceback.format_exc()
+    return trace + error_line(exc)
+
+
+class _ErrorFile(ErrorHandler):
+    """torch elastic's error file, holding this rank's report, for torchrun's summary."""
+
+    def record_exception(self, e: BaseException) -> None:
+        path = self._get_error_file_path()  # TORCHELASTIC_ERROR_FILE, set by torchrun
+        if path:
+            data = {"message": {"message": error_line(e),
+                                "extraInfo": {"py_callstack": error_report(e), "timestamp": str(int(time.time()))}}}
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+
+
+def entry_point(main: Callable[[], object]) -> None:
+    """Run a launch script's ``main``; if it raises, print ``error_report`` and exit with status 1."""
+    try:
+        record(main, _ErrorFile())()
+    except Exception as exc:  # noqa: BLE001 - reported in full, then the process ends
+        print(error_report(exc), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namespace], object],
+           add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """A launch script's whole run: parse ``--config FILE [key=value ...]`` (and the flags of
+    ``add_arguments``), join the process group with ``dist.timeout``, set up the run directory,
+    run ``stage(config, env, paths, args)`` and leave; a failure as ``entry_point`` reports it.
+    ``doc`` is the script's docstring (its ``--help``)."""
+    def main() -> None:
+        config, args = parse_args(doc, add_arguments=add_arguments)
+        env = init_distributed(config.dist.timeout)
+        stage(config, env, start_run(config, env), args)
+        close_distributed()
+
+    entry_point(main)
