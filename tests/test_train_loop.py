@@ -84,6 +84,27 @@ def test_training_fits_the_toy_problem(tmp_path):
     assert task.evaluations == 20 and task.saved_at_eval[0] == 1
 
 
+class SavingTask(ToyTask):
+    """The toy task with a model of two files, as a generator's is."""
+
+    def save_model(self, model, directory):
+        super().save_model(model, directory)
+        torch.save(model.state_dict(), directory / "weights.pt")
+        (directory / "evaluation.txt").write_text(str(self.evaluations))
+
+
+def test_the_best_model_replaces_the_last_beside_the_checkpoint_and_the_log(tmp_path):
+    fit(nn.Linear(1, 1), SavingTask(dev_metrics=[1.0, 2.0, 1.5]), toy_config(max_epochs=3), ONE_PROCESS,
+        tmp_path / "run", seed=0, lr_schedule=lambda s: 1.0)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "evaluation.txt", "train_log.jsonl",
+                                                      "weights.pt"]
+    assert (run / "evaluation.txt").read_text() == "2"  # the best of three
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))  # the log outlived both saves
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary left
+
+
 def test_early_stop_after_patience_epochs_without_a_better_metric(tmp_path):
     task = ToyTask(dev_metrics=[1.0, 2.0, 2.0, 1.5, 9.0])
     state = fit(nn.Linear(1, 1), task, toy_config(patience=2), ONE_PROCESS, tmp_path, seed=0,

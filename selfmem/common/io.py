@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -37,6 +38,71 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path) as f:
         f.write(text)
+
+
+def _sibling(path: Path, role: str) -> Path:
+    """The hidden sibling of directory ``path`` that ``atomic_directory`` uses for ``role``."""
+    return path.with_name(f".{path.name}.{role}")
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or a directory (a directory's entries: the names renamed into it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_directory(path: str | Path) -> None:
+    """Undo what a crash inside ``atomic_directory(path)`` left behind: the old directory goes
+    back in place if the new one never arrived, and no temporary sibling remains."""
+    path = Path(path)
+    aside, staging = _sibling(path, "replaced"), _sibling(path, "staging")
+    if aside.exists() and not path.exists():
+        os.replace(aside, path)
+    for leftover in (aside, staging):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, keep: Sequence[str] = ()) -> Iterator[Path]:
+    """Write directory ``path`` as one unit: yields an empty temporary sibling to fill; on
+    success its files are synced and it replaces ``path`` whole.
+
+    The old directory is renamed aside, the new one renamed in, the parent directory synced
+    and the old one removed, so a reader finds the complete old directory or the complete
+    new one, never a mix (``recover_directory`` puts the old one back after a crash between
+    the two renames). ``keep`` names files of the old directory that the new one carries on
+    (a training run's checkpoint and log beside its model), hard-linked where the file
+    system allows: a checkpoint can be gigabytes.
+    """
+    path = Path(path)
+    recover_directory(path)
+    staging = _sibling(path, "staging")
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for name in keep:
+            if (path / name).exists():
+                try:
+                    os.link(path / name, staging / name)
+                except OSError:  # no hard links here (some network file systems)
+                    shutil.copy2(path / name, staging / name)
+        for file in staging.rglob("*"):
+            _sync(file)
+        _sync(staging)
+        aside, replacing = _sibling(path, "replaced"), path.exists()
+        if replacing:
+            os.replace(path, aside)
+        os.replace(staging, path)
+        _sync(path.parent)
+        if replacing:
+            shutil.rmtree(aside)
+    except BaseException:
+        recover_directory(path)
+        raise
 
 
 def json_line(record: Any) -> str:

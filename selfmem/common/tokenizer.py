@@ -31,7 +31,7 @@ import sentencepiece as spm
 from selfmem.common.config import Config, TokenizerConfig
 from selfmem.common.data import load_split
 from selfmem.common.distributed import on_main
-from selfmem.common.io import atomic_open
+from selfmem.common.io import atomic_directory, atomic_open
 
 SPM_FILE = "spm.model"
 HF_CONFIG_FILE = "tokenizer_config.json"
@@ -201,7 +201,8 @@ class HFTokenizer(Tokenizer):
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def save(self, directory: str | Path) -> None:
-        self._tok.save_pretrained(str(directory))
+        with atomic_directory(directory) as staging:  # its several files as one unit
+            self._tok.save_pretrained(str(staging))
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

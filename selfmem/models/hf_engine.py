@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from selfmem.common.io import atomic_directory
 
 
 class HFSeq2Seq(nn.Module):
@@ -50,15 +50,9 @@ class HFSeq2Seq(nn.Module):
         return hyps
 
     def save(self, directory: str | Path) -> None:
-        """``save_pretrained`` into a staging folder, then move the files in (the config last)."""
-        directory = Path(directory)
-        staging = directory / ".hf-save.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.hf.save_pretrained(str(staging))
-        files = sorted(staging.iterdir(), key=lambda f: f.name == "config.json")
-        for file in files:
-            os.replace(file, directory / file.name)
-        staging.rmdir()
+        """``save_pretrained`` into ``directory``, replacing it as one unit."""
+        with atomic_directory(directory) as staging:
+            self.hf.save_pretrained(str(staging))
 
 
 def plain_generate(hf_model, src_ids: torch.Tensor, pad_id: int, generation_config):

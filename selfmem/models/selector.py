@@ -23,7 +23,7 @@ from safetensors.torch import load_model
 from torch import Tensor, nn
 
 from selfmem.common.config import Config
-from selfmem.common.io import atomic_write_text
+from selfmem.common.io import atomic_directory
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.models.config import ModelConfig
@@ -149,18 +149,19 @@ class Selector(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         """The backbone in ``backbone/`` (in its own format), the head's weights in
-        ``model.safetensors``, then ``selector.json``."""
-        directory = Path(directory)
-        if isinstance(self.backbone, GeneratorEncoderBackbone):
-            save_weights(self.backbone, directory / "backbone")
-            self.backbone.config.save(directory / "backbone")
-            meta = {"backbone": "generator"}
-        else:
-            self.backbone.hf.save_pretrained(directory / "backbone")
-            meta = {"backbone": "hf", "pad_id": self.backbone.pad_id}
-        save_weights(self.head, directory)
-        meta["dropout"] = self.head.dropout.p
-        atomic_write_text(directory / SELECTOR_CONFIG, json.dumps(meta, indent=2) + "\n")
+        ``model.safetensors`` and ``selector.json``, replacing ``directory`` as one unit: a
+        crash never leaves a new backbone beside an old head."""
+        with atomic_directory(directory) as staging:
+            if isinstance(self.backbone, GeneratorEncoderBackbone):
+                save_weights(self.backbone, staging / "backbone")
+                self.backbone.config.save(staging / "backbone")
+                meta = {"backbone": "generator"}
+            else:
+                self.backbone.hf.save_pretrained(staging / "backbone")
+                meta = {"backbone": "hf", "pad_id": self.backbone.pad_id}
+            save_weights(self.head, staging)
+            meta["dropout"] = self.head.dropout.p
+            (staging / SELECTOR_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Selector:

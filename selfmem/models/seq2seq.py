@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from selfmem.common.io import atomic_directory
 from selfmem.models.config import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -390,20 +389,11 @@ class Decoder(TransformerStack):
         return self.final_norm(x), new_cache
 
 
-def save_weights(module: nn.Module, directory: str | Path) -> None:
-    """Write ``module``'s weights to ``directory/model.safetensors`` atomically."""
-    directory = Path(directory)
+def save_weights(module: nn.Module, directory: Path) -> None:
+    """Write ``module``'s weights to ``directory/model.safetensors``, in a directory being
+    written as one unit (``atomic_directory``)."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_model(module, tmp)  # writes each shared tensor once; load_model restores the tie
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_model(module, str(directory / WEIGHTS_NAME))  # each shared tensor once; load_model restores the tie
 
 
 class Seq2SeqModel(nn.Module):
@@ -514,10 +504,10 @@ class Seq2SeqModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory``, each atomically."""
-        save_weights(self, directory)
-        # config last: a directory with a config.json holds complete weights
-        self.config.save(directory)
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``, replacing it as one unit."""
+        with atomic_directory(directory) as staging:
+            save_weights(self, staging)
+            self.config.save(staging)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Seq2SeqModel:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +31,7 @@ import bm25s  # noqa: E402
 import numpy as np  # noqa: E402
 
 from selfmem.common.distributed import shard_range
+from selfmem.common.io import atomic_directory
 
 try:
     import numba
@@ -113,13 +113,10 @@ class BM25Retriever:
         return cls(index, threads)
 
     def save(self, directory: str | Path) -> None:
-        """Write the index to ``directory``, replacing it whole: a crash leaves no half index."""
-        directory = Path(directory)
-        staging = directory.with_name(f".{directory.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        self.index.save(str(staging), show_progress=False)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(staging, directory)
+        """Write the index to ``directory``, replacing it as one unit: a crash leaves the old
+        index or the new one, never a half index or none."""
+        with atomic_directory(directory) as staging:
+            self.index.save(str(staging), show_progress=False)
 
     @classmethod
     def load(cls, directory: str | Path, threads: int | None = None) -> "BM25Retriever":

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from selfmem.common.batching import rank_share
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv, all_gather, on_main
-from selfmem.common.io import atomic_open, json_line
+from selfmem.common.io import atomic_directory, atomic_open, json_line, recover_directory
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class TrainTask(Protocol):
         """Dev figures, the same on every rank; key "metric" is maximised."""
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> None:
-        """Write the model as the stage's artifact (rank 0 only)."""
+        """Write the model as the stage's artifact into ``directory`` (rank 0 only)."""
 
 
 @dataclass
@@ -120,6 +120,13 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: Tra
         )
 
 
+def _save_model(task: TrainTask, model: torch.nn.Module, out_dir: Path) -> None:
+    """The new best model replaces the last one as one unit; the checkpoint and the log beside
+    it are carried over."""
+    with atomic_directory(out_dir, keep=(CHECKPOINT, TRAIN_LOG)) as staging:
+        task.save_model(model, staging)
+
+
 def _trim_log(path: Path, step: int) -> None:
     """Drop log records past the resumed checkpoint, so the log reads as one uninterrupted run."""
     if not path.exists():
@@ -151,6 +158,7 @@ def fit(
     ``out_dir`` receives the checkpoint, the JSON-lines log and (through
     ``task.save_model``) the best model on dev.
     """
+    on_main(lambda: recover_directory(out_dir))  # a crash while saving the best model
     out_dir.mkdir(parents=True, exist_ok=True)
     device = env.device
     model.to(device)
@@ -207,7 +215,7 @@ def fit(
         improved = figures["metric"] > state.best_metric
         if improved:
             state.best_metric = figures["metric"]
-            on_main(lambda: task.save_model(model, out_dir))
+            on_main(lambda: _save_model(task, model, out_dir))
         if epoch_end:
             state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.evaluated_step = state.step
