@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -93,7 +94,13 @@ class SavingTask(ToyTask):
         (directory / "evaluation.txt").write_text(str(self.evaluations))
 
 
-def test_the_best_model_replaces_the_last_beside_the_checkpoint_and_the_log(tmp_path):
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_the_best_model_replaces_the_last_beside_the_checkpoint_and_the_log(hard_links, tmp_path, monkeypatch):
+    def no_hard_links(source, target):
+        raise OSError("hard links are not supported here")
+
+    if not hard_links:  # the checkpoint and the log are copied into each new directory
+        monkeypatch.setattr(os, "link", no_hard_links)
     fit(nn.Linear(1, 1), SavingTask(dev_metrics=[1.0, 2.0, 1.5]), toy_config(max_epochs=3), ONE_PROCESS,
         tmp_path / "run", seed=0, lr_schedule=lambda s: 1.0)
     run = tmp_path / "run"

@@ -195,7 +195,6 @@ def fit(
     # the epoch length varies by a batch or so with the shuffle: a close estimate for the bar
     total = config.max_steps or config.max_epochs * (len(task.epoch_batches(state.epoch)) // per_step)
     progress = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not env.is_main)
-    log_file = on_main(lambda: open(log_path, "a", encoding="utf-8"))
     window_tokens, window_start = 0, time.perf_counter()
 
     def save() -> None:
@@ -203,8 +202,9 @@ def fit(
 
     def write_log(record: dict) -> None:
         def append() -> None:
-            log_file.write(json_line(record))
-            log_file.flush()
+            # opened for each record: a new best model's directory takes the log's place
+            with open(log_path, "a", encoding="utf-8") as log_file:
+                log_file.write(json_line(record))
 
         on_main(append)
 
@@ -301,6 +301,4 @@ def fit(
         raise RuntimeError(f"ranks finished with different parameters: {digests}")
     save()
     progress.close()
-    if log_file is not None:
-        log_file.close()
     return state
