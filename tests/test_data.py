@@ -161,6 +161,17 @@ def test_not_json(tmp_path):
     assert "at column 2)" in message
 
 
+@pytest.mark.parametrize("line, what", [
+    ('{"src": "a", "trg": "b"', "Expecting ',' delimiter at the end of the line: the line is cut short"),
+    ('{"src": "a", "trg": "b', "Invalid control character at the end of the line: the line is cut short"),
+    ('{"src": "a", "trg": ', "Expecting value at the end of the line: the line is cut short"),
+    ('{"src": "a", "trg": "b"} x', "Extra data at column 26"),
+])
+def test_a_json_line_cut_at_its_end_is_called_cut_not_column_1_of_a_next_line(tmp_path, line, what):
+    path = _write_lines(tmp_path, [GOOD, line, GOOD])
+    assert _error(path, "src", "trg") == f"{path}:2: not valid JSON ({what})"
+
+
 @pytest.mark.parametrize("line, kind", [('["a", "b"]', "list"), ('"a string"', "str"), ("42", "int"), ("null", "NoneType")])
 def test_line_not_an_object(tmp_path, line, kind):
     path = _write_lines(tmp_path, [GOOD, line])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfmem.common.config import DataConfig
-from selfmem.common.io import atomic_open
+from selfmem.common.io import atomic_open, json_error
 
 SPLITS = ("train", "dev", "test")
 
@@ -62,7 +62,7 @@ def read_examples(
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{where}: not valid JSON ({json_error(e, line)})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
             for field in (source_field, target_field):

@@ -123,6 +123,18 @@ def read_jsonl(path: str | Path) -> list[Any]:
         return [json.loads(line) for line in f]
 
 
+def json_error(error: json.JSONDecodeError, line: str) -> str:
+    """What is wrong with one line of JSON, for a message that already names its file and line.
+
+    A line that stops before its JSON does is said to be cut short: the decoder would point
+    past the line's newline, at a misleading "line 2 column 1".
+    """
+    what = error.msg.removesuffix(" at")  # "Invalid control character at"
+    if error.pos >= len(line.rstrip()):
+        return f"{what} at the end of the line: the line is cut short"
+    return f"{what} at column {error.colno}"
+
+
 def one_line(text: str) -> str:
     """``text`` with every line boundary Python knows (\\n, \\r, \\u2028, ...) made a space."""
     return " ".join(text.splitlines())

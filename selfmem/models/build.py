@@ -8,14 +8,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
 
 from selfmem.common.config import Config, GeneratorConfig
 from selfmem.common.tokenizer import Tokenizer
 from selfmem.models.config import CONFIG_NAME, ModelConfig
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.hf_import import import_hf
-from selfmem.models.seq2seq import WEIGHTS_NAME, Seq2SeqModel
+from selfmem.models.seq2seq import WEIGHTS_NAME, Seq2SeqModel, load_weights
 
 # ModelConfig fields that only training reads: a native checkpoint may differ in them, and the
 # config's values are used
@@ -49,7 +48,7 @@ def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
     model = Seq2SeqModel(native_model_config(g, tokenizer))
     if native_init:
         _check_same_architecture(ModelConfig.load(g.init), model.config, g.init)
-        load_model(model, Path(g.init) / WEIGHTS_NAME, strict=True)  # float16 weights are cast to the model's
+        load_weights(model, Path(g.init) / WEIGHTS_NAME)  # float16 weights are cast to the model's
     return model
 
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
 from torch import Tensor, nn
 
 from selfmem.common.config import Config
@@ -27,7 +26,7 @@ from selfmem.common.io import atomic_directory
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.models.config import ModelConfig
-from selfmem.models.seq2seq import WEIGHTS_NAME, Encoder, save_weights
+from selfmem.models.seq2seq import WEIGHTS_NAME, Encoder, load_weights, save_weights
 
 SELECTOR_CONFIG = "selector.json"
 
@@ -172,9 +171,9 @@ class Selector(nn.Module):
         meta = json.loads((directory / SELECTOR_CONFIG).read_text(encoding="utf-8"))
         if meta["backbone"] == "generator":
             backbone = GeneratorEncoderBackbone(ModelConfig.load(directory / "backbone"))
-            load_model(backbone, directory / "backbone" / WEIGHTS_NAME, strict=True)
+            load_weights(backbone, directory / "backbone" / WEIGHTS_NAME)
         else:
             backbone = HFEncoderBackbone(directory / "backbone", meta["pad_id"])
         selector = cls(backbone, meta["dropout"])
-        load_model(selector.head, directory / WEIGHTS_NAME, strict=True)
+        load_weights(selector.head, directory / WEIGHTS_NAME)
         return selector.to(map_location).eval()

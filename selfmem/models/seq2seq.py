@@ -33,6 +33,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
@@ -396,6 +397,15 @@ def save_weights(module: nn.Module, directory: Path) -> None:
     save_model(module, str(directory / WEIGHTS_NAME))  # each shared tensor once; load_model restores the tie
 
 
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load the safetensors file ``path`` into ``module`` (every tensor); a damaged file is an
+    error that names it."""
+    try:
+        load_model(module, path, strict=True)
+    except SafetensorError as e:  # its own message names no file
+        raise ValueError(f"{path}: cannot read the weights, the file is damaged or cut short ({e})") from None
+
+
 class Seq2SeqModel(nn.Module):
     """Encoder-decoder Transformer with ``memory`` none, joint or dual (see the module doc)."""
 
@@ -514,5 +524,5 @@ class Seq2SeqModel(nn.Module):
         """Load a model written by ``save``, on ``map_location``, in eval mode (call ``train()`` to train)."""
         directory = Path(directory)
         model = cls(ModelConfig.load(directory))
-        load_model(model, directory / WEIGHTS_NAME, strict=True)
+        load_weights(model, directory / WEIGHTS_NAME)
         return model.to(map_location).eval()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from selfmem.common.batching import rank_share
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv, all_gather, on_main
-from selfmem.common.io import atomic_directory, atomic_open, json_line, recover_directory
+from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,16 @@ def _save_model(task: TrainTask, model: torch.nn.Module, out_dir: Path) -> None:
         task.save_model(model, staging)
 
 
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint written by ``_save_checkpoint``; a damaged one is an error that names it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # their messages name no file
+        reason = one_line(str(e)).split(". ")[0] or type(e).__name__  # torch's first sentence says what
+        raise ValueError(f"{path}: cannot read the training checkpoint, the file is damaged or cut short "
+                         f"({reason}); delete it to train from the start") from None
+
+
 def _trim_log(path: Path, step: int) -> None:
     """Drop log records past the resumed checkpoint, so the log reads as one uninterrupted run."""
     if not path.exists():
@@ -176,7 +187,7 @@ def fit(
     state = TrainState()
     checkpoint_path, log_path = out_dir / CHECKPOINT, out_dir / TRAIN_LOG
     if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        saved = _load_checkpoint(checkpoint_path, device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
