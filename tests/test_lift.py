@@ -12,7 +12,7 @@ import pytest
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 
 from selfmem.common.metrics import headline_score
-from selfmem.lift.state import file_digest, path_digest
+from selfmem.common.digest import file_digest, path_digest
 
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",

@@ -10,7 +10,7 @@ import sacrebleu
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from selfmem.common.config import SelectorConfig, TrainConfig
+from selfmem.common.config import Config, SelectorConfig, TrainConfig
 from selfmem.common.distributed import DistEnv
 from selfmem.common.tokenizer import HFTokenizer
 from selfmem.models import ModelConfig, Seq2SeqModel
@@ -24,7 +24,7 @@ from selfmem.models.selector import (
 from selfmem.select.candidates import SelectorExample
 from selfmem.select.pick import augment, top_b
 from selfmem.train.loop import fit
-from selfmem.train.selector import SelectorTask, linear_schedule, listwise_kl, metric_targets
+from selfmem.train.selector import SelectorTask, linear_schedule, listwise_kl, metric_targets, selector_depends_on
 
 torch.set_num_threads(1)
 
@@ -210,3 +210,14 @@ def test_hf_pair_format_cuts_the_source_first(tmp_path):
     tokenizer = HFTokenizer(tmp_path)
     assert pair_encoder(selector, tokenizer, 16)("a b c d", "e f") == [2, 5, 6, 7, 8, 3, 9, 10, 3]
     assert pair_encoder(selector, tokenizer, 7)("a b c d", "e f") == [2, 5, 6, 3, 9, 10, 3]
+
+
+def test_a_selector_checkpoint_depends_on_its_training_settings_not_on_the_rounds():
+    keys = selector_depends_on(Config()).keys()
+    assert {"selector.lr", "selector.max_epochs", "selector.group_size", "generator.d_model", "train.accumulate",
+            "tokenizer.vocab_size", "data.dir", "run.seed"} <= keys
+    # read by the rounds only; set from the selector's own section or unused; free to change on a rerun
+    assert keys.isdisjoint({"selector.mode", "selector.beam", "selector.max_memories", "selector.keep_retrieved",
+                            "train.lr", "train.max_epochs", "train.max_tokens", "train.warmup_steps",
+                            "train.label_smoothing", "train.max_steps", "train.patience", "train.save_every",
+                            "train.log_every", "train.max_nonfinite", "run.name", "candidates.num_beams"})

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun, start_torchrun
-from selfmem.common.config import load_config
+from selfmem.common.config import Config, load_config
 from selfmem.common.distributed import DistEnv
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import Seq2SeqModel
 from selfmem.models.build import build_model
-from selfmem.train.generator import prepare_generator
+from selfmem.train.generator import generator_depends_on, prepare_generator, train_generator
 
 CONFIG = str(DEMO_CONFIG)
 
@@ -91,6 +91,33 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(prepared, tmp_path):
     # the resumed log reads as one run: the same steps and losses
     assert [(r["step"], r.get("loss")) for r in log_records(killed) if "loss" in r] == \
         [(r["step"], r.get("loss")) for r in log_records(straight) if "loss" in r]
+
+
+def test_a_rerun_under_other_settings_is_refused_but_a_larger_limit_continues(prepared, tmp_path):
+    root = fresh_run(prepared, tmp_path, "rerun")
+
+    def train(*overrides):
+        config = load_config(DEMO_CONFIG, [f"run.root={root}", *TINY, *overrides])
+        return train_generator(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                               RunPaths(config.run_dir))
+
+    assert train("train.max_steps=2").step == 2
+    with pytest.raises(ValueError, match=r"trained under other settings: train.lr was 0.001, now 0.002\. Start afresh"):
+        train("train.max_steps=2", "train.lr=2e-3")  # silently continued at the old rate before
+    with pytest.raises(ValueError, match=r"settings: generator.d_model was 32, now 64; generator.heads was 2, now 4\."):
+        train("train.max_steps=2", "generator.d_model=64", "generator.heads=4")  # a size-mismatch traceback before
+    # the limits a rerun raises to go on, and bookkeeping, are free
+    assert train("train.max_steps=3", "train.max_epochs=9", "train.patience=9", "train.save_every=7",
+                 "train.log_every=2", "train.max_nonfinite=20").step == 3
+
+
+def test_a_generator_checkpoint_depends_on_its_sections_but_not_on_limits_or_bookkeeping():
+    values = generator_depends_on(Config())
+    sections = {key.split(".")[0] for key in values}
+    assert sections == {"data", "tokenizer", "generator", "train", "run"} and values["run.seed"] == 1234
+    assert values["train.lr"] == 7e-4 and values["generator.d_model"] == 512
+    assert values.keys().isdisjoint({"train.max_steps", "train.max_epochs", "train.patience", "train.save_every",
+                                     "train.log_every", "train.max_nonfinite", "run.name", "run.root"})
 
 
 def test_copy_epochs_train_first_on_the_reference_as_memory(prepared):

@@ -1,8 +1,10 @@
 """The shared training loop on a toy task, in one process: schedule, early stop, non-finite guard."""
 
 import json
+import logging
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -156,6 +158,40 @@ def test_a_diverging_fp16_run_still_stops_once_the_scale_is_below_its_floor(tmp_
     with pytest.raises(RuntimeError, match="3 consecutive steps with non-finite gradients at step 19"):
         fit(nn.Linear(1, 1), ToyTask(poison=True), toy_config(precision="fp16", max_nonfinite=3), ONE_PROCESS,
             tmp_path, seed=0, lr_schedule=lambda s: 1.0)
+
+
+SETTINGS = {"train.lr": 0.05, "generator.d_model": 32, "data.dir": "data/demo"}
+
+
+def test_a_checkpoint_written_under_other_settings_is_refused_with_the_keys_that_differ(tmp_path):
+    def train(max_steps, depends_on):
+        return fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=max_steps), ONE_PROCESS, tmp_path, seed=0,
+                   lr_schedule=lambda s: 1.0, depends_on=depends_on)
+
+    train(3, SETTINGS)
+    expected = (f"{tmp_path / CHECKPOINT} was trained under other settings: generator.d_model was 32, now 64; "
+                f"train.lr was 0.05, now 0.1. Start afresh under a new run.name (or delete {tmp_path}), or rerun "
+                f"with the settings it was trained with to continue it")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        train(3, {**SETTINGS, "train.lr": 0.1, "generator.d_model": 64})
+    with pytest.raises(ValueError, match=re.escape("generator.copy_epochs was (not set), now 2.")):
+        train(3, {**SETTINGS, "generator.copy_epochs": 2})
+    assert train(5, SETTINGS).step == 5  # the same settings continue it
+
+
+def test_a_checkpoint_from_before_fingerprints_is_resumed_with_a_warning(tmp_path, caplog):
+    fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=3), ONE_PROCESS, tmp_path, seed=0,
+        lr_schedule=lambda s: 1.0, depends_on=SETTINGS)
+    checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del checkpoint["depends_on"], checkpoint["fingerprint"]  # as selfmem wrote them before
+    torch.save(checkpoint, tmp_path / CHECKPOINT)
+    with caplog.at_level(logging.WARNING, logger="selfmem.train.loop"):
+        state = fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=5), ONE_PROCESS, tmp_path, seed=0,
+                    lr_schedule=lambda s: 1.0, depends_on={**SETTINGS, "train.lr": 0.1})
+    assert state.step == 5
+    assert (f"{tmp_path / CHECKPOINT} records no config (written by an older selfmem): resumed without checking "
+            "that this run's settings are the ones it was trained with") in caplog.text
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["depends_on"]["train.lr"] == 0.1  # checked from now
 
 
 def test_too_few_batches_for_one_step_is_an_error(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, load_split, split_file
+from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
@@ -27,23 +28,19 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
 from selfmem.infer.generate import generate
 from selfmem.lift.report import best_round, write_report
-from selfmem.lift.state import RunState, file_digest, path_digest
+from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
 from selfmem.select.stage import select_memories
 from selfmem.train.generator import train_generator
-from selfmem.train.selector import generate_selector_candidates, train_selector
+from selfmem.train.selector import NOT_FOR_SELECTOR, SELECTION, generate_selector_candidates, train_selector
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
 # keys that change no result: they are left out of the fingerprints
 BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name")
-# train keys that the selector's training sets from its own section, or does not use
-NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
-# selector keys that only the rounds read
-SELECTION = ("mode", "beam", "max_memories", "keep_retrieved")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:

@@ -11,8 +11,6 @@ under other inputs is never resumed.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -21,45 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import barrier, broadcast_from_main, on_main
 from selfmem.common.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(inputs: Sequence[Any]) -> str:
-    """A short hash of ``inputs``: config sections (dataclasses), dicts, strings, numbers."""
-    def plain(value: Any) -> Any:
-        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-
-    text = json.dumps([plain(v) for v in inputs], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def path_digest(path: str | Path | None) -> str | None:
-    """The SHA-256 of a file, or of a directory's file names and bytes; None for no path.
-
-    Stages that read a tokenizer or checkpoint named by a config path hash what is there,
-    so new files behind an unchanged path rerun them.
-    """
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_file():
-        return file_digest(path)
-    digest = hashlib.sha256()
-    for file in sorted(f for f in path.rglob("*") if f.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode("utf-8"))
-    return digest.hexdigest()
 
 
 def remove(paths: Sequence[Path]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config
 from selfmem.common.data import Example, load_split
+from selfmem.common.digest import config_values
 from selfmem.common.distributed import (
     DistEnv,
     agreed,
@@ -34,7 +36,7 @@ from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.models.budgets import check_length_budgets
 from selfmem.models.build import build_model
 from selfmem.models.hf_engine import HFSeq2Seq
-from selfmem.train.loop import TrainState, fit, inverse_sqrt_schedule
+from selfmem.train.loop import RESUME_FREE, TrainState, fit, inverse_sqrt_schedule
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +171,15 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
     return model, task
 
 
+def generator_depends_on(config: Config) -> dict[str, Any]:
+    """The config values the generator's training depends on, which its checkpoint records."""
+    return config_values(config, ("data", "tokenizer", "generator", "train", "run.seed"), RESUME_FREE)
+
+
 def train_generator(config: Config, env: DistEnv, paths: RunPaths, train_indices: list[int] | None = None,
                     ) -> TrainState:
     """Train the run's generator on its data and BM25 memory (only the ``train_indices``
     examples of train, when given); the best dev model lands in ``paths.generator``."""
     model, task = prepare_generator(config, env, paths, train_indices)
     return fit(model, task, config.train, env, paths.generator, config.run.seed,
-               inverse_sqrt_schedule(config.train.warmup_steps))
+               inverse_sqrt_schedule(config.train.warmup_steps), generator_depends_on(config))

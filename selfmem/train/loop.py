@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from selfmem.common.batching import rank_share
 from selfmem.common.config import TrainConfig
+from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
 
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
+# train keys a checkpoint does not depend on: bookkeeping, and the limits that a rerun may
+# raise to continue a run (a finished one, or one stopped by non-finite steps)
+RESUME_FREE = ("train.save_every", "train.log_every", "train.max_steps", "train.max_epochs", "train.patience",
+               "train.max_nonfinite")
 # below this loss scale the GradScaler no longer guards fp16's range (it shrinks gradients):
 # a step that still overflows belongs to a diverging run, not to routine overflow handling
 SCALE_FLOOR = 1.0
@@ -112,13 +117,38 @@ def counts_as_nonfinite(scaler: torch.amp.GradScaler) -> bool:
     return not scaler.is_enabled() or scaler.get_scale() < SCALE_FLOOR
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: TrainState) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: TrainState,
+                     depends_on: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "state": asdict(state)},
+             "scaler": scaler.state_dict(), "state": asdict(state), "depends_on": depends_on,
+             "fingerprint": fingerprint([depends_on])},
             f,
         )
+
+
+def check_resumable(path: Path, saved: dict, depends_on: dict[str, Any]) -> None:
+    """Refuse checkpoint ``saved`` if it was written under other values of the config keys it
+    depends on, naming each key that differs; one from before checkpoints recorded them is
+    resumed with a warning."""
+    if "fingerprint" not in saved:
+        # such a checkpoint was resumed unchecked before; in the lift, state.json has checked it
+        log.warning("%s records no config (written by an older selfmem): resumed without checking that this "
+                    "run's settings are the ones it was trained with", path)
+        return
+    if saved["fingerprint"] == fingerprint([depends_on]):
+        return
+    old = saved["depends_on"]
+
+    def shown(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "(not set)"  # a key of another selfmem version
+
+    changes = [f"{key} was {shown(old, key)}, now {shown(depends_on, key)}"
+               for key in sorted(old.keys() | depends_on.keys()) if shown(old, key) != shown(depends_on, key)]
+    raise ValueError(
+        f"{path} was trained under other settings: {'; '.join(changes)}. Start afresh under a new run.name (or "
+        f"delete {path.parent}), or rerun with the settings it was trained with to continue it")
 
 
 def _save_model(task: TrainTask, model: torch.nn.Module, out_dir: Path) -> None:
@@ -163,12 +193,16 @@ def fit(
     out_dir: Path,
     seed: int,
     lr_schedule: Callable[[int], float],
+    depends_on: dict[str, Any] | None = None,
 ) -> TrainState:
     """Train ``model`` on ``task`` until max_epochs, max_steps or early stop; resume if possible.
 
     ``out_dir`` receives the checkpoint, the JSON-lines log and (through
-    ``task.save_model``) the best model on dev.
+    ``task.save_model``) the best model on dev. ``depends_on`` holds the config values the
+    training depends on, by dotted key (``config_values``, less ``RESUME_FREE``): the
+    checkpoint records them, and a checkpoint written under others is refused.
     """
+    depends_on = depends_on or {}
     on_main(lambda: recover_directory(out_dir))  # a crash while saving the best model
     out_dir.mkdir(parents=True, exist_ok=True)
     device = env.device
@@ -188,6 +222,7 @@ def fit(
     checkpoint_path, log_path = out_dir / CHECKPOINT, out_dir / TRAIN_LOG
     if checkpoint_path.exists():
         saved = _load_checkpoint(checkpoint_path, device)
+        check_resumable(checkpoint_path, saved, depends_on)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -209,7 +244,7 @@ def fit(
     window_tokens, window_start = 0, time.perf_counter()
 
     def save() -> None:
-        on_main(lambda: _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state))
+        on_main(lambda: _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state, depends_on))
 
     def write_log(record: dict) -> None:
         def append() -> None:

@@ -8,6 +8,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +16,7 @@ from torch import Tensor
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import load_split
+from selfmem.common.digest import config_values
 from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.metrics import headline_score
@@ -31,9 +33,14 @@ from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
 from selfmem.train.generator import train_generator
-from selfmem.train.loop import TrainState, fit
+from selfmem.train.loop import RESUME_FREE, TrainState, fit
 
 log = logging.getLogger(__name__)
+
+# selector keys that only the rounds read, not its training
+SELECTION = ("mode", "beam", "max_memories", "keep_retrieved")
+# train keys that the selector's training sets from its own section, or does not use
+NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
 
 
 def metric_targets(metric: Tensor, mask: Tensor, temperature: float) -> Tensor:
@@ -191,6 +198,15 @@ def generate_selector_candidates(config: Config, env: DistEnv, paths: RunPaths, 
         generate(config, env, paths, "dev", "candidates", initial_memory(config, paths, "dev"), 1)
 
 
+def selector_depends_on(config: Config) -> dict[str, Any]:
+    """The config values the selector's training depends on, which its checkpoint records: its
+    section less the keys only the rounds read (selector.max_epochs stays: it shapes the
+    schedule), the train keys it uses, and the data, tokenizer and generator sections (the
+    generator's candidates are what it learns from, its encoder what it may start from)."""
+    leave_out = (*RESUME_FREE, *(f"selector.{key}" for key in SELECTION), *(f"train.{key}" for key in NOT_FOR_SELECTOR))
+    return config_values(config, ("data", "tokenizer", "generator", "selector", "train", "run.seed"), leave_out)
+
+
 def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
@@ -223,4 +239,4 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     train_config = dataclasses.replace(config.train, lr=cfg.lr, max_epochs=cfg.max_epochs, max_tokens=cfg.max_tokens,
                                        warmup_steps=max(1, steps // 10), max_steps=None)
     return fit(selector, task, train_config, env, paths.selector, config.run.seed,
-               linear_schedule(train_config.warmup_steps, steps))
+               linear_schedule(train_config.warmup_steps, steps), selector_depends_on(config))
