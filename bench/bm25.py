@@ -35,10 +35,9 @@ from selfmem.common.data import SPLITS, load_split  # noqa: E402
 from selfmem.retrieve.bm25 import BM25Retriever, analyze  # noqa: E402
 
 
-def rank_bm25_top_k(index: BM25Okapi, query: str, topk: int, exclude: int) -> list[int]:
+def rank_bm25_top_k(index: BM25Okapi, query: str, topk: int, exclude: list[int]) -> list[int]:
     scores = index.get_scores(analyze(query))
-    if exclude >= 0:
-        scores[exclude] = -np.inf
+    scores[exclude] = -np.inf
     return np.argsort(-scores, kind="stable")[:topk].tolist()
 
 
@@ -46,7 +45,7 @@ def time_in_process(config, sample: int, repeats: int) -> None:
     splits = {split: load_split(config.data, split) for split in SPLITS}
     documents = [ex.source for ex in splits["train"]]
     queries = [ex.source for split in SPLITS for ex in splits[split]]
-    exclude = list(range(len(documents))) + [-1] * (len(queries) - len(documents))
+    exclude = [[i] for i in range(len(documents))] + [[]] * (len(queries) - len(documents))
     topk = config.retrieval.topk
 
     ours = BM25Retriever.build(documents, config.retrieval.k1, config.retrieval.b)

@@ -66,10 +66,10 @@ def brute_force(documents, query, k1=K1, b=B):
     return scores
 
 
-def assert_hits_match(hits, expected, topk, exclude=None):
-    """Our hits are the brute-force top-k (score desc, id asc), up to float32 near-ties."""
-    if exclude is not None:
-        expected = {d: s for d, s in expected.items() if d != exclude}
+def assert_hits_match(hits, expected, topk, exclude=()):
+    """Our hits are the brute-force top-k (score desc, id asc) of the documents not in
+    ``exclude``, up to float32 near-ties."""
+    expected = {d: s for d, s in expected.items() if d not in exclude}
     ranked = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:topk]
     assert len(hits) == len(ranked)
     for (doc, score), (want_doc, want_score) in zip(hits, ranked):
@@ -109,11 +109,24 @@ def test_train_queries_never_retrieve_themselves(corpus):
     documents, _, retriever = corpus
     queries = documents[:80]
     with_self = retriever.search(queries, topk=5)
-    without_self = retriever.search(queries, topk=5, exclude=list(range(80)))
+    without_self = retriever.search(queries, topk=5, exclude=[[i] for i in range(80)])
     assert sum(hits[0][0] == i for i, hits in enumerate(with_self)) >= 75  # a document is its own best match
     for i, (query, hits) in enumerate(zip(queries, without_self)):
         assert i not in [doc for doc, _ in hits]
-        assert_hits_match(hits, brute_force(documents, query), topk=5, exclude=i)
+        assert_hits_match(hits, brute_force(documents, query), topk=5, exclude=[i])
+
+
+def test_a_query_excludes_every_document_it_is_given(corpus):
+    documents, _, retriever = corpus
+    # each of the first 40 documents twice more, as a corpus with duplicated pairs holds them
+    repeated = documents + documents[:40] + documents[:40]
+    retriever = BM25Retriever.build(repeated, K1, B)
+    copies = [[i, len(documents) + i, len(documents) + 40 + i] for i in range(40)]
+    for i, (query, hits) in enumerate(zip(documents[:40], retriever.search(documents[:40], topk=5, exclude=copies))):
+        assert not set(copies[i]) & {doc for doc, _ in hits}
+        assert_hits_match(hits, brute_force(repeated, query), topk=5, exclude=copies[i])
+    with pytest.raises(ValueError, match="exclude has 1 entries for 2 queries"):
+        retriever.search(documents[:2], topk=5, exclude=[[0]])
 
 
 def test_ties_are_broken_by_lower_document_id():
@@ -158,8 +171,9 @@ def test_numpy_path_equals_numba_kernel(corpus):
     token_ids = [[vocab[t] for t in analyze(q) if t in vocab] for q in queries + documents[:50]]
     pointers = np.cumsum([0] + [len(t) for t in token_ids]).astype(np.int64)
     flat = np.array([t for ids in token_ids for t in ids], dtype=np.int64)
-    exclude = np.array([-1] * len(queries) + list(range(50)), dtype=np.int64)
-    args = (pointers, flat, exclude, scores["data"], scores["indices"], scores["indptr"], scores["num_docs"], 7)
+    exclude_pointers, exclude_flat = bm25.ragged([[]] * len(queries) + [[i, i + 1] for i in range(50)])
+    args = (pointers, flat, exclude_pointers, exclude_flat, scores["data"], scores["indices"], scores["indptr"],
+            scores["num_docs"], 7)
     ids_np, scores_np = bm25._top_k_numpy(*args)
     ids_jit, scores_jit = bm25._top_k_jit(*args)
     np.testing.assert_array_equal(ids_np, ids_jit)

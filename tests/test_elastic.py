@@ -33,10 +33,10 @@ ENV_VARS = ("SELFMEM_ES_URL", "SELFMEM_ES_API_KEY", "SELFMEM_ES_USER", "SELFMEM_
 LOOPBACK = "127.0.0.1:9"
 
 
-def _search(exclude=None, size=5, text="a query"):
+def _search(exclude=(), size=5, text="a query"):
     boolean = {"must": {"match": {"text": text}}}
-    if exclude is not None:
-        boolean["must_not"] = {"ids": {"values": [exclude]}}
+    if exclude:
+        boolean["must_not"] = {"ids": {"values": list(exclude)}}
     return {
         "query": {"bool": boolean},
         "size": size,
@@ -93,8 +93,8 @@ def test_msearch_body_without_exclusion():
 
 
 def test_msearch_body_with_exclusion():
-    body = msearch_body(["a query", "a query", "a query"], 5, exclude=[3, -1, 0])
-    assert body == [{}, _search(exclude="3"), {}, _search(), {}, _search(exclude="0")]
+    body = msearch_body(["a query", "a query", "a query"], 5, exclude=[[3], [], [0, 7, 9]])
+    assert body == [{}, _search(exclude=["3"]), {}, _search(), {}, _search(exclude=["0", "7", "9"])]
 
 
 def test_msearch_body_rejects_bad_arguments():
@@ -103,7 +103,7 @@ def test_msearch_body_rejects_bad_arguments():
     with pytest.raises(ValueError, match="topk must be between 1 and 10000"):
         msearch_body(["q"], 0)
     with pytest.raises(ValueError, match="exclude has 1 entries for 2 queries"):
-        msearch_body(["q", "r"], 5, exclude=[0])
+        msearch_body(["q", "r"], 5, exclude=[[0]])
 
 
 def test_long_queries_are_truncated_to_max_query_words():
@@ -324,18 +324,18 @@ def test_search_sends_chunks_and_returns_hits_in_query_order(monkeypatch):
     client, calls = fake_client(answer)
     retriever = ElasticsearchRetriever(client, "idx")
     queries = [f"q{n}" for n in range(5)]
-    assert retriever.search(queries, 3, exclude=[-1, 1, 2, -1, 4]) == [[(n + 10, n + 1.0)] for n in range(5)]
+    assert retriever.search(queries, 3, exclude=[[], [1], [2], [], [4]]) == [[(n + 10, n + 1.0)] for n in range(5)]
 
     assert [(m, t.split("?")[0]) for m, t, _ in calls] == [("POST", "/idx/_msearch")] * 3
     sent = [_ndjson(body) for _, _, body in calls]
     assert sent == [
-        [{}, _search(size=3, text="q0"), {}, _search("1", size=3, text="q1")],
-        [{}, _search("2", size=3, text="q2"), {}, _search(size=3, text="q3")],
-        [{}, _search("4", size=3, text="q4")],
+        [{}, _search(size=3, text="q0"), {}, _search(["1"], size=3, text="q1")],
+        [{}, _search(["2"], size=3, text="q2"), {}, _search(size=3, text="q3")],
+        [{}, _search(["4"], size=3, text="q4")],
     ]
     assert retriever.search([], 3) == []
     with pytest.raises(ValueError, match="exclude has 1 entries for 2 queries"):
-        retriever.search(["q0", "q1"], 3, exclude=[0])
+        retriever.search(["q0", "q1"], 3, exclude=[[0]])
 
 
 def test_search_reports_the_failing_query_across_chunks(monkeypatch):
@@ -361,8 +361,9 @@ def test_agrees_with_the_embedded_backend():
         pytest.skip("SELFMEM_ES_URL not set: no Elasticsearch server to test against")
     with open(DEMO_TRAIN, encoding="utf-8") as f:
         documents = [json.loads(line)["src"] for _, line in zip(range(300), f)]
+    documents += documents[:20]  # duplicates, excluded with their originals
     queries = documents[:50]
-    exclude = list(range(50))
+    exclude = [[i, 300 + i] if i < 20 else [i] for i in range(50)]
     reference = BM25Retriever.build(documents, k1=1.2, b=0.75).search(queries, 10, exclude)
 
     index_name = f"selfmem-test-{uuid.uuid4().hex}"

@@ -123,15 +123,17 @@ class BM25Retriever:
         index = LuceneBM25.load(str(directory), show_progress=False, verbosity=0)
         return cls(index, threads)
 
-    def search(self, queries: Sequence[str], topk: int, exclude: Sequence[int] | None = None) -> list[Hits]:
+    def search(self, queries: Sequence[str], topk: int, exclude: Sequence[Sequence[int]] | None = None) -> list[Hits]:
         """The ``topk`` best (doc id, score) hits of each query.
 
-        ``exclude[i]``, when given and >= 0, is a document that query i must not
-        retrieve (a train example's own pair).
+        ``exclude[i]``, when given, lists the documents query i must not retrieve (a train
+        example's own pair and its exact duplicates).
         """
+        if exclude is not None and len(exclude) != len(queries):
+            raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
         vocab = self.index.vocab_dict
         token_ids = [[vocab[t] for t in analyze(q) if t in vocab] for q in queries]
-        excluded = [-1] * len(queries) if exclude is None else list(exclude)
+        excluded = [()] * len(queries) if exclude is None else exclude
         # the kernel releases the GIL: one contiguous block of queries per thread
         threads = max(1, min(self.threads or os.cpu_count() or 1, len(queries)))
         blocks = [shard_range(len(queries), i, threads) for i in range(threads)]
@@ -139,13 +141,12 @@ class BM25Retriever:
         with ThreadPoolExecutor(threads) as pool:
             return [hits for block in pool.map(lambda args: self._search_block(*args), blocks) for hits in block]
 
-    def _search_block(self, token_ids: list[list[int]], exclude: list[int], topk: int) -> list[Hits]:
-        pointers = np.zeros(len(token_ids) + 1, dtype=np.int64)
-        np.cumsum([len(ids) for ids in token_ids], out=pointers[1:])
-        flat = np.fromiter((t for ids in token_ids for t in ids), dtype=np.int64, count=int(pointers[-1]))
+    def _search_block(self, token_ids: list[list[int]], exclude: Sequence[Sequence[int]], topk: int) -> list[Hits]:
+        pointers, flat = ragged(token_ids)
+        exclude_pointers, exclude_flat = ragged(exclude)
         scores = self.index.scores
         ids, values = _top_k(
-            pointers, flat, np.asarray(exclude, dtype=np.int64), scores["data"], scores["indices"], scores["indptr"],
+            pointers, flat, exclude_pointers, exclude_flat, scores["data"], scores["indices"], scores["indptr"],
             scores["num_docs"], topk,
         )
         return [
@@ -154,7 +155,14 @@ class BM25Retriever:
         ]
 
 
-def _top_k_numpy(pointers, flat, exclude, data, indices, indptr, num_docs, k):
+def ragged(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ints as the kernel reads them: row i is ``flat[pointers[i]:pointers[i + 1]]``."""
+    pointers = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(row) for row in rows], out=pointers[1:])
+    return pointers, np.fromiter((x for row in rows for x in row), dtype=np.int64, count=int(pointers[-1]))
+
+
+def _top_k_numpy(pointers, flat, exclude_pointers, exclude_flat, data, indices, indptr, num_docs, k):
     """Reference path, used without numba; same float32 sums in the same order as the kernel."""
     n = len(pointers) - 1
     out_ids = np.full((n, k), -1, dtype=np.int64)
@@ -165,8 +173,7 @@ def _top_k_numpy(pointers, flat, exclude, data, indices, indptr, num_docs, k):
         for t in flat[pointers[q] : pointers[q + 1]]:
             start, end = indptr[t], indptr[t + 1]
             scores[indices[start:end]] += data[start:end]  # a posting list holds each doc once
-        if exclude[q] >= 0:
-            scores[exclude[q]] = 0.0
+        scores[exclude_flat[exclude_pointers[q] : exclude_pointers[q + 1]]] = 0.0
         hit = np.flatnonzero(scores > 0)
         keys = (scores[hit].view(np.uint32).astype(np.int64) << 32) | doc_keys[hit]
         best = np.sort(keys if len(keys) <= k else np.partition(keys, len(keys) - k)[-k:])[::-1]
@@ -180,7 +187,7 @@ def _worse(score_a, doc_a, score_b, doc_b):
     return score_a < score_b or (score_a == score_b and doc_a > doc_b)
 
 
-def _top_k_kernel(pointers, flat, exclude, data, indices, indptr, num_docs, k):
+def _top_k_kernel(pointers, flat, exclude_pointers, exclude_flat, data, indices, indptr, num_docs, k):
     """Accumulate each query's scores and keep its k best hits in a min-heap.
 
     Hits are ordered by score, then by lower doc id, so the selection is exact and
@@ -202,8 +209,8 @@ def _top_k_kernel(pointers, flat, exclude, data, indices, indptr, num_docs, k):
                     touched[num_touched] = d
                     num_touched += 1
                 scores[d] += data[j]
-        if exclude[q] >= 0:
-            scores[exclude[q]] = 0.0
+        for e in range(exclude_pointers[q], exclude_pointers[q + 1]):
+            scores[exclude_flat[e]] = 0.0
         size = 0
         for m in range(num_touched):
             d = touched[m]

@@ -147,7 +147,7 @@ def truncate_query(text: str, max_words: int = MAX_QUERY_WORDS) -> str:
     return text if len(ends) <= max_words else text[: ends[max_words - 1]]
 
 
-def msearch_body(queries: Sequence[str], topk: int, exclude: Sequence[int] | None = None) -> list[dict]:
+def msearch_body(queries: Sequence[str], topk: int, exclude: Sequence[Sequence[int]] | None = None) -> list[dict]:
     """The ``_msearch`` body: a header and a search per query (see ``ElasticsearchRetriever.search``)."""
     if not 1 <= topk <= MAX_RESULT_WINDOW:
         raise ValueError(f"topk must be between 1 and {MAX_RESULT_WINDOW} (index.max_result_window), got {topk}")
@@ -156,8 +156,8 @@ def msearch_body(queries: Sequence[str], topk: int, exclude: Sequence[int] | Non
     body: list[dict] = []
     for i, query in enumerate(queries):
         boolean: dict[str, Any] = {"must": {"match": {"text": truncate_query(query)}}}
-        if exclude is not None and exclude[i] >= 0:
-            boolean["must_not"] = {"ids": {"values": [str(exclude[i])]}}
+        if exclude is not None and exclude[i]:
+            boolean["must_not"] = {"ids": {"values": [str(row) for row in exclude[i]]}}
         body.append({})
         body.append(
             {
@@ -224,11 +224,11 @@ class ElasticsearchRetriever:
             raise LookupError(f"Elasticsearch index {index_name!r} does not exist: build it first")
         return cls(client, index_name)
 
-    def search(self, queries: Sequence[str], topk: int, exclude: Sequence[int] | None = None) -> list[Hits]:
+    def search(self, queries: Sequence[str], topk: int, exclude: Sequence[Sequence[int]] | None = None) -> list[Hits]:
         """The ``topk`` best (doc id, score) hits of each query.
 
-        ``exclude[i]``, when given and >= 0, is a document that query i must not
-        retrieve (a train example's own pair).
+        ``exclude[i]``, when given, lists the documents query i must not retrieve (a train
+        example's own pair and its exact duplicates).
         """
         if exclude is not None and len(exclude) != len(queries):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")

@@ -58,6 +58,15 @@ def memory_record(hits: Hits, train: list[Example]) -> dict:
     }
 
 
+def same_pair_rows(train: list[Example]) -> list[list[int]]:
+    """For each train example, the rows holding its exact (source, target) pair, its own
+    included: what its query must not retrieve, or the reference leaks into its own memory."""
+    rows: dict[Example, list[int]] = {}
+    for i, example in enumerate(train):
+        rows.setdefault(example, []).append(i)
+    return [rows[example] for example in train]  # one list shared by the rows of a pair
+
+
 def close_hits(query: str, hits: Hits, train: list[Example], min_fuzzy_match: float) -> Hits:
     """The hits whose train source has a fuzzy match of at least ``min_fuzzy_match`` with the query."""
     if min_fuzzy_match <= 0:
@@ -72,6 +81,12 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
         raise ValueError(f"retrieval.min_fuzzy_match must lie in [0, 1], got {cfg.min_fuzzy_match}")
     splits = {split: load_split(config.data, split) for split in SPLITS}
     train = splits["train"]
+    own_pairs = same_pair_rows(train) if cfg.exclude_self else None
+    if own_pairs is not None and env.is_main:
+        duplicated = sum(len(rows) > 1 for rows in own_pairs)
+        log.info("train: %d queries share their (source, target) pair with other train rows; %d duplicates "
+                 "excluded from their retrieval besides each query's own row", duplicated,
+                 sum(len(rows) - 1 for rows in own_pairs))
     retriever = open_retriever(config, env, train, paths)
     for split, examples in splits.items():
         shard = shard_range(len(examples), env.rank, env.world_size)
@@ -79,7 +94,7 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
         batches = range(shard.start, shard.stop, cfg.batch_size)
         for start in tqdm(batches, desc=f"bm25 {split}", unit="batch", disable=not env.is_main):
             rows = range(start, min(start + cfg.batch_size, shard.stop))
-            exclude = list(rows) if split == "train" and cfg.exclude_self else None
+            exclude = [own_pairs[i] for i in rows] if split == "train" and own_pairs is not None else None
             queries = [examples[i].source for i in rows]
             hits += [close_hits(query, query_hits, train, cfg.min_fuzzy_match)
                      for query, query_hits in zip(queries, retriever.search(queries, cfg.topk, exclude))]
