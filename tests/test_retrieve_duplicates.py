@@ -4,8 +4,6 @@ corpus holding a pair twice leaks the reference into that pair's own training me
 import json
 import logging
 
-import pytest
-
 from conftest import DEMO_CONFIG
 
 from selfmem.common.config import load_config
