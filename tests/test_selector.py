@@ -103,7 +103,8 @@ def test_a_slotted_generator_encoder_reads_the_candidate_in_the_memory_slot():
     generator = Seq2SeqModel(ModelConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, heads=2,
                                          ffn_dim=32, max_positions=12, memory="joint", source_slot=6, memory_slot=4))
     selector = Selector(GeneratorEncoderBackbone.from_generator(generator)).eval()
-    tokenizer = SimpleNamespace(encode=lambda text: [int(t) for t in text.split()], bos_id=1, sep_id=4)
+    tokenizer = SimpleNamespace(encode=lambda text: [int(t) for t in text.split()], vocab_size=40, pad_id=0, bos_id=1,
+                                eos_id=2, sep_id=4)
     encode = pair_encoder(selector, tokenizer, max_len=256)
     long = encode("10 11 12 13 14 15 16 17", "20 21 22 23 24 25 26")
     assert long == [1, 10, 11, 12, 13, 14, 4, 20, 21, 22, 23, 4]  # source cut to 5 after cls, candidate to 4

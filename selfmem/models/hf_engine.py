@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from selfmem.common.io import atomic_directory
+from selfmem.models.hf_weights import from_pretrained_safe
+from selfmem.models.vocabulary import check_tokenizer
 
 
 class HFSeq2Seq(nn.Module):
@@ -20,10 +22,16 @@ class HFSeq2Seq(nn.Module):
         super().__init__()
         from transformers import AutoModelForSeq2SeqLM
 
-        self.hf = AutoModelForSeq2SeqLM.from_pretrained(str(path), local_files_only=True)
+        self.hf = from_pretrained_safe(AutoModelForSeq2SeqLM, path)
         self.pad_id = pad_id
         if self.hf.config.decoder_start_token_id is None:
             raise ValueError(f"{path}: the model config has no decoder_start_token_id; set it in its config.json")
+
+    def check_tokenizer(self, tokenizer, what: str) -> None:
+        """Refuse a tokenizer with more pieces than the model's table or another pad or eos id."""
+        c = self.hf.config
+        eos = c.eos_token_id if isinstance(c.eos_token_id, int) else None  # some configs list several
+        check_tokenizer(tokenizer, c.vocab_size, {"pad": c.pad_token_id, "eos": eos}, what, padded=True)
 
     @property
     def decoder_start_id(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from selfmem.models.config import ModelConfig
+from selfmem.models.hf_weights import from_pretrained_safe
 from selfmem.models.seq2seq import Seq2SeqModel
 
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -51,7 +52,7 @@ def import_hf(path: str | Path, memory: str = "none") -> Seq2SeqModel:
             f"{path}: cannot import model type {hf_config.model_type!r}; supported: {', '.join(FAMILIES)} "
             "(generator.engine: hf runs any AutoModelForSeq2SeqLM)"
         )
-    hf_model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True)
+    hf_model = from_pretrained_safe(AutoModelForSeq2SeqLM, path)
     model = Seq2SeqModel(_model_config(hf_model, memory, path))
     model.load_state_dict(_state_dict(hf_model, model, path), strict=True)
     return model.eval()

@@ -14,6 +14,7 @@ A pair longer than the budget keeps its candidate and loses the end of its sourc
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,9 @@ from selfmem.common.io import atomic_directory
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.models.config import ModelConfig
+from selfmem.models.hf_weights import from_pretrained_safe
 from selfmem.models.seq2seq import WEIGHTS_NAME, Encoder, load_weights, save_weights
+from selfmem.models.vocabulary import check_native_tokenizer, check_tokenizer
 
 SELECTOR_CONFIG = "selector.json"
 
@@ -42,7 +45,8 @@ def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, 
     """How ``selector`` reads a (source, candidate) text pair, within ``max_len`` tokens (or
     the backbone's positions), cutting the source first: ``pair_ids`` with the run
     tokenizer's bos and separator, or the HF tokenizer's own pair format (``[CLS] a [SEP] b
-    [SEP]``, ``<s> a </s></s> b </s>``, ...)."""
+    [SEP]``, ``<s> a </s></s> b </s>``, ...). Refused if ``tokenizer`` is not the backbone's."""
+    selector.backbone.check_tokenizer(tokenizer)
     max_len = min(max_len, selector.backbone.max_positions)
     if isinstance(selector.backbone, GeneratorEncoderBackbone):
         # an encoder trained with slotted positions reads the candidate in the memory's slot, so
@@ -100,6 +104,11 @@ class GeneratorEncoderBackbone(nn.Module):
     def max_positions(self) -> int:
         return self.config.max_positions
 
+    def check_tokenizer(self, tokenizer) -> None:
+        """Refuse a tokenizer other than the generator's (the run's ``tokenizer/``)."""
+        check_native_tokenizer(tokenizer, self.config, "the selector's generator-encoder backbone read with the "
+                                                       "run's tokenizer")
+
     @property
     def slots(self) -> tuple[int | None, int | None]:
         """The most source and candidate tokens a pair may hold with slotted positions (None: no
@@ -113,14 +122,36 @@ class GeneratorEncoderBackbone(nn.Module):
         return states
 
 
+def hf_encoder_class(path: str | Path) -> tuple[type, dict]:
+    """The ``AutoModel`` class of the encoder checkpoint ``path`` and the arguments that build it
+    without a pooling layer where the class has one.
+
+    The selector reads the first token's final state, so a pooler (BERT, RoBERTa, XLM-R) would
+    get no gradient, and DDP, which expects a gradient for every parameter, fails at the second
+    step. The checkpoint's pooler weights are then left out on purpose: a subclass of the same
+    name tells transformers not to report them.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if type(config) not in MODEL_MAPPING:
+        raise ValueError(f"{path}: transformers has no AutoModel (an encoder) for model type {config.model_type!r}")
+    model_class = MODEL_MAPPING[type(config)]
+    if "add_pooling_layer" not in inspect.signature(model_class.__init__).parameters:
+        return model_class, {"config": config}
+    ignored = [*(model_class._keys_to_ignore_on_load_unexpected or []), r"^pooler\."]
+    without_pooler = type(model_class.__name__, (model_class,), {"_keys_to_ignore_on_load_unexpected": ignored})
+    return without_pooler, {"config": config, "add_pooling_layer": False}
+
+
 class HFEncoderBackbone(nn.Module):
-    """A Hugging Face encoder (``AutoModel``) as the selector's backbone."""
+    """A Hugging Face encoder (``AutoModel``, without a pooler) as the selector's backbone."""
 
     def __init__(self, path: str | Path, pad_id: int):
         super().__init__()
-        from transformers import AutoModel
-
-        self.hf = AutoModel.from_pretrained(str(path), local_files_only=True)
+        model_class, arguments = hf_encoder_class(path)
+        self.hf = from_pretrained_safe(model_class, path, loader="AutoModel", **arguments)
         self.pad_id = pad_id
 
     @property
@@ -130,6 +161,11 @@ class HFEncoderBackbone(nn.Module):
     @property
     def max_positions(self) -> int:
         return self.hf.config.max_position_embeddings
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Refuse a tokenizer with more pieces than the encoder's table or another pad id."""
+        check_tokenizer(tokenizer, self.hf.config.vocab_size, {"pad": self.pad_id},
+                        "the selector's Hugging Face backbone read with the tokenizer in selector.path", padded=True)
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.hf(input_ids=ids, attention_mask=ids.ne(self.pad_id)).last_hidden_state
