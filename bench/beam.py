@@ -37,6 +37,7 @@ from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search  # noqa: E402
 from selfmem.infer.hf_beam import hf_beam_search  # noqa: E402
 from selfmem.models.hf_import import import_hf  # noqa: E402
+from selfmem.models.hf_weights import from_pretrained_safe  # noqa: E402
 
 
 def resident_bytes() -> int:
@@ -153,7 +154,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     from transformers import AutoModelForSeq2SeqLM
 
-    hf = AutoModelForSeq2SeqLM.from_pretrained(str(args.model), local_files_only=True).to(device, dtype).eval()
+    hf = from_pretrained_safe(AutoModelForSeq2SeqLM, args.model).to(device, dtype).eval()
     native = import_hf(args.model, memory="none").to(device, dtype).eval()
     config = hf.config
     ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
