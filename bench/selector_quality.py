@@ -37,10 +37,12 @@ from selfmem.select.stage import select_memories  # noqa: E402
 from selfmem.train.selector import selector_subset, train_selector  # noqa: E402
 
 
-def corpus_figures(config, candidates_path: Path, examples: list, picks: list[str] | None = None) -> dict[str, float]:
-    """Corpus metric of the beam top-1 and the oracle pick of a candidates file (and of ``picks``)."""
+def corpus_figures(config, candidates_path: Path, examples: list, split: str,
+                   picks: list[str] | None = None) -> dict[str, float]:
+    """Corpus metric of the beam top-1 and the oracle pick of a candidates file of ``split``
+    (and of ``picks``)."""
     references = [ex.target for ex in examples]
-    chosen = baseline_picks(selector_examples(candidates_path, examples, sentence_metric(config)))
+    chosen = baseline_picks(selector_examples(candidates_path, examples, sentence_metric(config), split))
     if picks is not None:
         chosen["pick"] = picks
     return {name: headline_score(config.data.metric, texts, references, config.data.bleu_tokenize)
@@ -57,12 +59,13 @@ def main() -> None:
         generate(config, env, paths, "test", "candidates", initial_memory(config, paths, "test"), 1)
     picks = select_memories(config, env, paths, "test", 1)
     if env.is_main:
-        test = corpus_figures(config, paths.candidates(1, "test"), load_split(config.data, "test"), picks)
+        test = corpus_figures(config, paths.candidates(1, "test"), load_split(config.data, "test"), "test", picks)
         train = load_split(config.data, "train")
         learned_from = ([train[i] for i in selector_subset(config, len(train))]
                         if config.selector.train_from != "dev" else load_split(config.data, "dev"))
         trained_on = corpus_figures(config, paths.selector_candidates if config.selector.train_from != "dev"
-                                    else paths.candidates(1, "dev"), learned_from)
+                                    else paths.candidates(1, "dev"), learned_from,
+                                    "dev" if config.selector.train_from == "dev" else "train")
         generator_evals = [r["eval"] for r in read_jsonl(paths.generator / "train_log.jsonl") if "eval" in r]
         evals = [r for r in read_jsonl(paths.selector / "train_log.jsonl") if "eval" in r]
         dev = read_jsonl(paths.candidates(1, "dev"))

@@ -250,4 +250,4 @@ def test_decoding_refuses_budgets_over_the_trained_generators_table(tmp_path):
     longer = load_config(None, ["generator.max_source_len=11", "generator.max_memory_len=6",
                                 "generator.max_target_len=8"])
     with pytest.raises(ConfigError, match=r"= 11 \+ 1 x 6 = 17 positions, 1 more than the 16 of"):
-        load_generator(longer, paths, torch.device("cpu"), pad_id=0)
+        load_generator(longer, paths, torch.device("cpu"), WordTokenizer(32))

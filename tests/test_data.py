@@ -219,7 +219,7 @@ def test_empty_file(tmp_path):
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_empty_line_in_the_middle(tmp_path, blank):
     path = _write_lines(tmp_path, [GOOD, blank, GOOD])
-    assert _error(path, "src", "trg") == f"{path}:2: empty line (every line must hold one example)"
+    assert _error(path, "src", "trg") == f"{path}:2: empty line (every line must hold one JSON object)"
 
 
 def test_missing_file(tmp_path):

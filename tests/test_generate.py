@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -196,7 +197,8 @@ def test_a_slotted_generator_refuses_inputs_longer_than_its_slots(tmp_path):
     paths = RunPaths(config.run_dir)
     Seq2SeqModel(ModelConfig(vocab_size=48, d_model=16, encoder_layers=1, decoder_layers=1, heads=2, ffn_dim=32,
                              memory="joint", source_slot=40, memory_slot=30)).save(paths.generator)
-    assert load_generator(config, paths, torch.device("cpu"), 0).config.source_slot == 40
+    tokenizer = SimpleNamespace(vocab_size=48, pad_id=0, bos_id=1, eos_id=2, sep_id=4)  # the ModelConfig's ids
+    assert load_generator(config, paths, torch.device("cpu"), tokenizer).config.source_slot == 40
     config.generator.max_memory_len = 31
     with pytest.raises(ValueError, match="position slots of 40 source and 30 memory tokens.*max_memory_len = 31"):
-        load_generator(config, paths, torch.device("cpu"), 0)
+        load_generator(config, paths, torch.device("cpu"), tokenizer)

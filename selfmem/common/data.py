@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from selfmem.common.config import DataConfig
-from selfmem.common.io import atomic_open, json_error
+from selfmem.common.io import atomic_open
+from selfmem.common.records import DataError, field, is_texts, iter_records
 
 SPLITS = ("train", "dev", "test")
-
-
-class DataError(ValueError):
-    """A dataset file that cannot be read as the config describes it."""
 
 
 @dataclass(frozen=True)
@@ -27,13 +25,13 @@ class Example:
     target: str
 
 
-def _text(value: object, field: str, where: str, turn_separator: str | None) -> str:
+def _text(value: object, name: str, where: str, turn_separator: str | None) -> str:
     if isinstance(value, str):
         return value
-    if turn_separator is not None and isinstance(value, list) and all(isinstance(t, str) for t in value):
+    if turn_separator is not None and is_texts(value):
         return turn_separator.join(value)
     expected = "a string or a list of strings (dialogue turns)" if turn_separator is not None else "a string"
-    raise DataError(f"{where}: field '{field}' must be {expected}, got {type(value).__name__}")
+    raise DataError(f"{where}: field '{name}' must be {expected}, got {type(value).__name__}")
 
 
 def read_examples(
@@ -48,32 +46,12 @@ def read_examples(
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
     examples = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if max_examples is not None and len(examples) >= max_examples:
-                break
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-            if not line.strip():
-                raise DataError(f"{where}: empty line (every line must hold one example)")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({json_error(e, line)})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for field in (source_field, target_field):
-                if field not in record:
-                    present = ", ".join(record) or "none"
-                    raise DataError(f"{where}: missing field '{field}' (fields present: {present})")
-            source = _text(record[source_field], source_field, where, turn_separator)
-            target = _text(record[target_field], target_field, where, turn_separator)
-            if not source.strip():
-                raise DataError(f"{where}: empty source in field '{source_field}'")
-            examples.append(Example(source, target))
+    for where, record in islice(iter_records(path), max_examples):  # lines past the limit are not read
+        source = _text(field(where, record, source_field), source_field, where, turn_separator)
+        target = _text(field(where, record, target_field), target_field, where, turn_separator)
+        if not source.strip():
+            raise DataError(f"{where}: empty source in field '{source_field}'")
+        examples.append(Example(source, target))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples

@@ -34,6 +34,7 @@ from selfmem.common.generator_inputs import (
 )
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, one_line, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
+from selfmem.common.records import DataError, describe, field, is_texts, read_aligned
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
@@ -41,6 +42,7 @@ from selfmem.infer.hf_beam import hf_beam_search
 from selfmem.models.budgets import check_length_budgets
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.models.vocabulary import check_native_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +58,31 @@ def beam_settings(config: Config, mode: str) -> BeamSettings:
                         early_stopping=c.early_stopping)
 
 
-def memory_sets(record: dict, num_memories: int) -> list[list[str]]:
-    """The memory inputs of one memory-file line (see the module docstring)."""
-    memories = record["memories"]
-    if all(isinstance(m, str) for m in memories):
+def memory_sets(where: str, record: dict, num_memories: int) -> list[list[str]]:
+    """The memory inputs of one memory-file line (see the module docstring); ``where`` is its
+    ``FILE:LINE``, for errors."""
+    memories = field(where, record, "memories")
+    if is_texts(memories):
         return [memories[:num_memories]]
-    return [list(m) for m in memories]
+    if isinstance(memories, list) and all(is_texts(m) for m in memories):
+        return [list(m) for m in memories]
+    raise DataError(f"{where}: \"memories\" must be a list of strings (ranked retrieved memories) or a list "
+                    f"of memory inputs, each a list of strings; got {describe(memories)}")
 
 
-def load_generator(config: Config, paths: RunPaths, device: torch.device, pad_id: int) -> torch.nn.Module:
-    """The run's trained generator, in eval mode on ``device``."""
+def load_generator(config: Config, paths: RunPaths, device: torch.device, tokenizer: Tokenizer) -> torch.nn.Module:
+    """The run's trained generator, in eval mode on ``device``, refused if ``tokenizer`` (the
+    run's) is not the one it was trained with."""
     if not (paths.generator / "config.json").exists():
         raise FileNotFoundError(f"{paths.generator}: no trained generator; run launch/train_generator.py first")
     check_length_budgets(config, paths.generator)
+    what = f"{paths.generator} read with the tokenizer in {paths.tokenizer}"
     if config.generator.engine == "hf":
-        return HFSeq2Seq(paths.generator, pad_id).to(device).eval()
+        model = HFSeq2Seq(paths.generator, tokenizer.pad_id)
+        model.check_tokenizer(tokenizer, what)
+        return model.to(device).eval()
     model = Seq2SeqModel.load(paths.generator, map_location=device)
+    check_native_tokenizer(tokenizer, model.config, what)
     g, slots = config.generator, (model.config.source_slot, model.config.memory_slot)
     if slots[0] and (g.max_source_len > slots[0] or g.max_memory_len > slots[1]):
         # longer inputs would spill into the next slot's positions
@@ -130,20 +141,17 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     gcfg = config.generator
     settings = beam_settings(config, mode)
-    tokenizer = load_tokenizer(paths.tokenizer)
-    model = load_generator(config, paths, env.device, tokenizer.pad_id)
-    generator = Generator(model, tokenizer, config, settings)
     examples = load_split(config.data, split)
     if gcfg.memory == "none":
         sets = [[[]] for _ in examples]
-    else:
-        memory_path = memory_path or paths.bm25_memory(split)
-        records = read_jsonl(memory_path)
-        if len(records) != len(examples):
-            raise ValueError(f"{memory_path}: {len(records)} lines for {len(examples)} {split} examples")
-        sets = [memory_sets(r, gcfg.num_memories) for r in records]
+    else:  # read before the model: a bad memory file fails at once
+        records = read_aligned(memory_path or paths.bm25_memory(split), len(examples), split)
+        sets = [memory_sets(where, r, gcfg.num_memories) for where, r in records]
         if mode == "hypotheses":
             sets = [s[:1] for s in sets]  # the top memory
+    tokenizer = load_tokenizer(paths.tokenizer)
+    model = load_generator(config, paths, env.device, tokenizer)
+    generator = Generator(model, tokenizer, config, settings)
     if subset is not None:
         examples, sets = [examples[i] for i in subset], [sets[i] for i in subset]
     units = [Unit(i, s) for i, example_sets in enumerate(sets) for s in range(len(example_sets))]

@@ -32,7 +32,7 @@ from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import select_memories
+from selfmem.select.stage import check_selector_config, select_memories
 from selfmem.train.generator import train_generator
 from selfmem.train.selector import NOT_FOR_SELECTOR, SELECTION, generate_selector_candidates, train_selector
 
@@ -88,7 +88,7 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
         def row(split=split, picks=picks) -> dict:
             examples = load_split(config.data, split)
             candidates = baseline_picks(selector_examples(paths.candidates(k, split), examples,
-                                                          sentence_metric(config)))
+                                                          sentence_metric(config), split))
             before, after = read_jsonl(paths.round_memory(k - 1, split)), read_jsonl(paths.round_memory(k, split))
             return {"round": k, "split": split, "hyps": _score(config, read_lines(paths.hyps(k, split)), split),
                     "memory": _score(config, picks, split), "oracle": _score(config, candidates["oracle"], split),
@@ -118,6 +118,7 @@ def check_lift_config(config: Config) -> None:
         raise ValueError("generator.memory is 'none': a generator without memory has nothing to lift; "
                          "use joint or dual (lift.no_memory_baseline=true adds the no-memory baseline)")
     selector = config.selector
+    check_selector_config(selector)
     if selector.mode == "augment" and config.generator.num_memories < selector.max_memories:
         raise ValueError(f"selector.mode augment grows memory lists to selector.max_memories "
                          f"({selector.max_memories}) but the generator reads generator.num_memories "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from selfmem.common.config import Config
 from selfmem.common.data import Example
-from selfmem.common.io import read_jsonl
+from selfmem.common.records import DataError, read_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
 
 
@@ -37,14 +37,32 @@ def sentence_metric(config: Config) -> Callable[[str, str], float]:
     return lambda hyp, ref: sentence_rouge(hyp, ref, weights)
 
 
-def selector_examples(candidates_path: Path, examples: list[Example],
-                      metric: Callable[[str, str], float]) -> list[SelectorExample]:
+@dataclass(frozen=True)
+class CandidateLine:
+    """One line of a candidates file: its ``FILE:LINE``, the line, and its candidates over all
+    of its memory inputs (never none)."""
+
+    where: str
+    record: dict
+    pool: list[str]
+
+
+def read_candidates(path: Path, num_examples: int, split: str) -> list[CandidateLine]:
+    """The lines of a candidates file (one per example of ``split``), each with candidates: a
+    line without any is refused (decoding returns at least one per memory input)."""
+    lines = []
+    for where, record in read_aligned(path, num_examples, split):
+        pool = [c for per_input in text_lists(where, record, "candidates") for c in per_input]
+        if not pool:
+            raise DataError(f"{where}: no candidates (\"candidates\" holds no text; decoding gives at least one "
+                            f"per memory input): decode the split again with launch/generate.py --mode candidates")
+        lines.append(CandidateLine(where, record, pool))
+    return lines
+
+
+def selector_examples(candidates_path: Path, examples: list[Example], metric: Callable[[str, str], float],
+                      split: str) -> list[SelectorExample]:
     """Each example's candidates (over all of its memory inputs) with their metric against its target."""
-    records = read_jsonl(candidates_path)
-    if len(records) != len(examples):
-        raise ValueError(f"{candidates_path}: {len(records)} lines for {len(examples)} examples")
-    out = []
-    for record, example in zip(records, examples):
-        pool = [c for per_input in record["candidates"] for c in per_input]
-        out.append(SelectorExample(example.source, pool, [metric(c, example.target) for c in pool]))
-    return out
+    lines = read_candidates(candidates_path, len(examples), split)
+    return [SelectorExample(example.source, line.pool, [metric(c, example.target) for c in line.pool])
+            for line, example in zip(lines, examples)]

@@ -223,13 +223,14 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     selector = Selector(backbone, dropout=config.generator.dropout)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric)
+    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev")
     if cfg.train_from == "dev":
         train_examples = dev_examples  # S is trained and evaluated on the same candidates
     else:
         train = load_split(config.data, "train")
         subset = selector_subset(config, len(train))
-        train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric)
+        train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric,
+                                           "train (selector.train_subset)")
     log.info("selector: %d train examples (%s), %d dev examples", len(train_examples), cfg.train_from,
              len(dev_examples))
     task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],
