@@ -51,7 +51,7 @@ def kill_after(owner, attribute: str, calls: int) -> None:
 
 KILL_POINTS = {
     "tokenizer": (selfmem.lift.pipeline, "prepare_run_tokenizer", 1),  # saved, not recorded as done
-    "retrieval": (selfmem.retrieve.memory, "atomic_write_jsonl", 1),  # train memory written, dev not
+    "retrieval": (selfmem.retrieve.memory, "merge_shards", 1),  # train memory written, dev not
     "generator": (selfmem.train.loop, "_save_checkpoint", 2),  # mid-training, after a checkpoint
     "round_0": (selfmem.lift.pipeline, "generate", 1),  # dev hypotheses written, test not
     "selector_candidates": (selfmem.infer.generate.Generator, "decode", 2),  # mid-decoding

@@ -8,10 +8,13 @@ from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
 
 from selfmem.common.config import load_config
 from selfmem.common.data import load_split
+from selfmem.common.distributed import DistEnv
+from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import ModelConfig
 from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
 from selfmem.select.pick import augment, top_b
+from selfmem.select.stage import select_memories
 
 SMALL = [*TINY, "data.max_examples=20", "selector.max_tokens=200"]  # several scoring batches
 
@@ -82,3 +85,15 @@ def test_augment_appends_the_pick(run_root):
     for memories, (record, pool, scores) in zip(lines, expected_scores(run_root)):
         assert memories == [augment(record["memories"][0], top_b(pool, scores, 1)[0], 3)]
         assert len(memories[0]) == 2
+
+
+def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
+    whole = select(run_root, "selector.beam=2")
+    config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, "selector.beam=2"])
+    one_process = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    # 20 examples in chunks of 3: seven sets of batches, the last one short
+    picks = select_memories(config, one_process, RunPaths(config.run_dir), "dev", 0, chunk_examples=3)
+    output = run_root / "demo" / "round_0" / "memory" / "dev.jsonl"
+    assert output.read_bytes() == whole
+    assert picks == [json.loads(line)["memories"][0][0] for line in whole.decode("utf-8").splitlines()]
+    assert sorted(p.name for p in output.parent.iterdir()) == ["dev.jsonl"]  # no shard left behind

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -34,27 +35,33 @@ def _text(value: object, name: str, where: str, turn_separator: str | None) -> s
     raise DataError(f"{where}: field '{name}' must be {expected}, got {type(value).__name__}")
 
 
-def read_examples(
+def iter_examples(
     path: str | Path,
     source_field: str,
     target_field: str,
     turn_separator: str | None = None,
     max_examples: int | None = None,
-) -> list[Example]:
-    """Read ``path`` (JSON lines). ``turn_separator`` set: a field may be a list of turns, joined by it."""
+) -> Iterator[Example]:
+    """The examples of ``path`` (JSON lines), read one at a time as the caller asks for them.
+    ``turn_separator`` set: a field may be a list of turns, joined by it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
-    examples = []
+    empty = True
     for where, record in islice(iter_records(path), max_examples):  # lines past the limit are not read
         source = _text(field(where, record, source_field), source_field, where, turn_separator)
         target = _text(field(where, record, target_field), target_field, where, turn_separator)
         if not source.strip():
             raise DataError(f"{where}: empty source in field '{source_field}'")
-        examples.append(Example(source, target))
-    if not examples:
+        empty = False
+        yield Example(source, target)
+    if empty:
         raise DataError(f"{path}: no examples (the file is empty)")
-    return examples
+
+
+def read_examples(path: str | Path, *args, **kwargs) -> list[Example]:
+    """Every example of ``path``; the other arguments are ``iter_examples``'s."""
+    return list(iter_examples(path, *args, **kwargs))
 
 
 def split_file(config: DataConfig, split: str) -> Path:
@@ -67,15 +74,21 @@ def split_file(config: DataConfig, split: str) -> Path:
     return path
 
 
-def load_split(config: DataConfig, split: str) -> list[Example]:
-    """The examples of ``split`` (train, dev or test) as the data config describes them."""
-    return read_examples(
+def iter_split(config: DataConfig, split: str) -> Iterator[Example]:
+    """The examples of ``split`` (train, dev or test) as the data config describes them, one at a
+    time: what a stage streams through never holds the split."""
+    return iter_examples(
         split_file(config, split),
         config.source_field,
         config.target_field,
         turn_separator=config.turn_separator if config.task == "dialogue" else None,
         max_examples=config.max_examples,
     )
+
+
+def load_split(config: DataConfig, split: str) -> list[Example]:
+    """Every example of ``split`` (see ``iter_split``)."""
+    return list(iter_split(config, split))
 
 
 _BPE_MARKER = re.compile(r"@@( |$)")

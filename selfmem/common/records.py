@@ -43,13 +43,22 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, record
 
 
-def read_aligned(path: str | Path, num_examples: int, split: str) -> list[tuple[str, dict[str, Any]]]:
-    """The records of ``path``, refused unless the file has one line per example of ``split``."""
-    records = list(iter_records(path))
-    if len(records) != num_examples:
-        raise DataError(f"{path}: {len(records)} lines for {num_examples} {split} examples (one line per "
+def iter_aligned(path: str | Path, num_examples: int, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The records of ``path`` one at a time; once they are all read, refused unless the file
+    has one line per example of ``split`` (a consumer must read to the end)."""
+    count = 0
+    for where, record in iter_records(path):
+        count += 1
+        if count <= num_examples:
+            yield where, record
+    if count != num_examples:
+        raise DataError(f"{path}: {count} lines for {num_examples} {split} examples (one line per "
                         f"example, in dataset order)")
-    return records
+
+
+def read_aligned(path: str | Path, num_examples: int, split: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every record of ``path`` (see ``iter_aligned``)."""
+    return list(iter_aligned(path, num_examples, split))
 
 
 def field(where: str, record: dict[str, Any], name: str) -> Any:

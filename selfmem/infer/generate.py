@@ -4,7 +4,8 @@ An example may come with several memory inputs (the top-B memories of a later ro
 candidates decode it once per memory input, hypotheses with its first (top) memory input. Examples, with all of their memory inputs, are packed
 into length-sorted token-budget batches that depend only on the data and the settings, and
 rank r decodes every world_size-th batch, so the output is the same for any number of
-ranks. Each rank writes its shard; rank 0 merges the shards in dataset order.
+ranks. Each rank writes its examples' finished lines to its shard; rank 0 merges the shards in
+dataset order, streaming (``selfmem/common/shards.py``).
 
 Memory files: a line's ``"memories"`` is either a ranked list of strings (retrieval: the
 first ``num_memories`` form the one memory input, as in training) or a list of memory
@@ -32,10 +33,11 @@ from selfmem.common.generator_inputs import (
     encoder_input,
     memory_inputs,
 )
-from selfmem.common.io import atomic_write_jsonl, atomic_write_text, one_line, read_jsonl, read_lines
+from selfmem.common.io import json_line, one_line, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.records import DataError, describe, field, is_texts, read_aligned
 from selfmem.common.run import RunPaths
+from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
@@ -139,6 +141,36 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if output is None:
+        output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
+    started = time.perf_counter()
+    shards = shard_paths(output, env.world_size)
+    num_examples, num_decodings = decode_share(config, env, paths, split, mode, memory_path, subset,
+                                               shards[env.rank])
+    barrier()
+
+    def merge() -> None:
+        merge_shards(shards, output, num_examples)
+        log.info("%s %s: %d examples, %d decodings in %.1f s -> %s", mode, split, num_examples, num_decodings,
+                 time.perf_counter() - started, output)
+        if mode == "hypotheses":
+            examples = load_split(config.data, split)
+            targets = [examples[i].target for i in (range(len(examples)) if subset is None else subset)]
+            score = headline_score(config.data.metric, read_lines(output), targets, config.data.bleu_tokenize)
+            log.info("%s hypotheses: %s %.2f", split, config.data.metric, score)
+
+    on_main(merge)
+    return output
+
+
+def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
+                 subset: list[int] | None, shard: Path) -> tuple[int, int]:
+    """Decode this rank's batches of ``split`` and write their output lines to ``shard``;
+    returns the numbers of examples and of decodings of the whole split (or subset).
+
+    Every rank reads the split and its memories to size the batches; it keeps only its own
+    examples' finished lines, and all of it is freed before rank 0 merges the shards.
+    """
     gcfg = config.generator
     settings = beam_settings(config, mode)
     examples = load_split(config.data, split)
@@ -165,39 +197,18 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
     # whole examples per batch (a dual-memory source is encoded once for all its memories)
     batches = token_budget_batches(sizes, config.candidates.max_tokens, seed=0, epoch=0)[env.rank::env.world_size]
 
-    results: dict[int, list[Hypothesis]] = {}
-    started = time.perf_counter()
+    lines: dict[int, str] = {}  # this rank's examples' output lines, until they are written in order
     bar = tqdm(total=sum(map(len, batches)), desc=f"{mode} {split}", unit="ex", disable=not env.is_main)
     for batch in batches:
         batch_units = [u for i in batch for u in units_of[i]]
-        decoded = generator.decode([encoded[u] for u in batch_units], [units[u].example for u in batch_units],
-                                   env.device)
-        results.update(zip(batch_units, decoded))
+        decoded = dict(zip(batch_units, generator.decode([encoded[u] for u in batch_units],
+                                                         [units[u].example for u in batch_units], env.device)))
+        for i in batch:
+            lines[i] = output_line(mode, sets[i], [decoded[u] for u in units_of[i]], tokenizer)
         bar.update(len(batch))
     bar.close()
-    if output is None:
-        output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
-    shards = [output.parent / f".{output.name}.rank{rank}" for rank in range(env.world_size)]
-    atomic_write_jsonl(shards[env.rank], ({"unit": u, "tokens": [h.tokens for h in hyps],
-                                           "scores": [h.score for h in hyps]} for u, hyps in sorted(results.items())))
-    barrier()
-
-    def merge() -> None:
-        merged = {r["unit"]: r for shard in shards for r in read_jsonl(shard)}
-        if len(merged) != len(units):
-            raise RuntimeError(f"the shards hold {len(merged)} of {len(units)} decodings")
-        write_output(output, mode, units, sets, merged, tokenizer)
-        for shard in shards:
-            shard.unlink()
-        log.info("%s %s: %d examples, %d decodings in %.1f s -> %s", mode, split, len(examples), len(units),
-                 time.perf_counter() - started, output)
-        if mode == "hypotheses":
-            hyps = read_lines(output)
-            score = headline_score(config.data.metric, hyps, [ex.target for ex in examples], config.data.bleu_tokenize)
-            log.info("%s hypotheses: %s %.2f", split, config.data.metric, score)
-
-    on_main(merge)
-    return output
+    write_shard(shard, sorted(lines.items()))
+    return len(examples), len(units)
 
 
 def input_size(example, mode: str, ids: SpecialIds) -> int:
@@ -206,19 +217,14 @@ def input_size(example, mode: str, ids: SpecialIds) -> int:
     return size + sum(map(len, memory_inputs(example, ids))) if mode == "dual" else size
 
 
-def write_output(path: Path, mode: str, units: list[Unit], sets: list[list[list[str]]], decoded: dict[int, dict],
-                 tokenizer: Tokenizer) -> None:
-    """Candidates: one line per example, one candidate list per memory input. Hypotheses: per
-    example the best hypothesis (of its one memory input)."""
-    per_example: list[list[dict]] = [[] for _ in sets]
-    for u, unit in enumerate(units):
-        per_example[unit.example].append(decoded[u])
+def output_line(mode: str, example_sets: list[list[str]], decoded: list[list[Hypothesis]],
+                tokenizer: Tokenizer) -> str:
+    """One example's line of the output. Candidates: one candidate list per memory input.
+    Hypotheses: the best hypothesis (of its one memory input)."""
     if mode == "candidates":
-        atomic_write_jsonl(path, ({
+        return json_line({
             "memories": example_sets,
-            "candidates": [[tokenizer.decode(t) for t in d["tokens"]] for d in outs],
-            "scores": [[round(s, 4) for s in d["scores"]] for d in outs],
-        } for example_sets, outs in zip(sets, per_example)))
-        return
-    lines = [tokenizer.decode(outs[0]["tokens"][0]) if outs[0]["tokens"] else "" for outs in per_example]
-    atomic_write_text(path, "".join(one_line(line) + "\n" for line in lines))
+            "candidates": [[tokenizer.decode(h.tokens) for h in hyps] for hyps in decoded],
+            "scores": [[round(h.score, 4) for h in hyps] for hyps in decoded],
+        })
+    return one_line(tokenizer.decode(decoded[0][0].tokens) if decoded[0] else "") + "\n"

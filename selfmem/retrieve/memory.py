@@ -1,28 +1,28 @@
 """The BM25 memory stage: top-k train targets for every train, dev and test source.
 
-Queries are sharded over ranks; rank 0 builds the index (the others load it or attach
-to the Elasticsearch index) and writes ``memory/bm25/{split}.jsonl`` in dataset order,
-so the files are byte-identical whatever the number of ranks.
+Queries are sharded over ranks in contiguous blocks; rank 0 builds the index (the others load
+it or attach to the Elasticsearch index). Each rank writes its block's memory lines to its
+shard as its batches of queries finish; rank 0 merges the shards, streaming, into
+``memory/bm25/{split}.jsonl`` in dataset order, so the files are byte-identical whatever the
+number of ranks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, Example, load_split
-from selfmem.common.distributed import (
-    DistEnv,
-    gather_to_main,
-    on_main,
-    shard_range,
-)
-from selfmem.common.io import atomic_write_jsonl, read_jsonl
+from selfmem.common.distributed import DistEnv, barrier, on_main, shard_range
+from selfmem.common.io import atomic_write_jsonl, json_line
 from selfmem.common.metrics import headline_score
+from selfmem.common.records import iter_records
 from selfmem.common.run import RunPaths
+from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.retrieve.bm25 import BM25Retriever, Hits
 from selfmem.retrieve.fuzzy import fuzzy_match
 
@@ -89,29 +89,43 @@ def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
                  sum(len(rows) - 1 for rows in own_pairs))
     retriever = open_retriever(config, env, train, paths)
     for split, examples in splits.items():
+        output = paths.bm25_memory(split)
+        shards = shard_paths(output, env.world_size)
         shard = shard_range(len(examples), env.rank, env.world_size)
-        hits: list[Hits] = []
-        batches = range(shard.start, shard.stop, cfg.batch_size)
-        for start in tqdm(batches, desc=f"bm25 {split}", unit="batch", disable=not env.is_main):
-            rows = range(start, min(start + cfg.batch_size, shard.stop))
-            exclude = [own_pairs[i] for i in rows] if split == "train" and own_pairs is not None else None
-            queries = [examples[i].source for i in rows]
-            hits += [close_hits(query, query_hits, train, cfg.min_fuzzy_match)
-                     for query, query_hits in zip(queries, retriever.search(queries, cfg.topk, exclude))]
-        gathered = gather_to_main(hits)
+        write_shard(shards[env.rank], memory_lines(config, retriever, split, examples, shard, train, own_pairs,
+                                                   env.is_main))
+        barrier()
 
-        def write(split=split, examples=examples) -> None:
-            all_hits = [h for rank_hits in gathered for h in rank_hits]
-            atomic_write_jsonl(paths.bm25_memory(split), (memory_record(h, train) for h in all_hits))
-            with_memory = [i for i, h in enumerate(all_hits) if h]
-            if split != "train" and with_memory:
-                top = [train[all_hits[i][0][0]].target for i in with_memory]
-                references = [examples[i].target for i in with_memory]
-                score = headline_score(config.data.metric, top, references, config.data.bleu_tokenize)
-                log.info("%s: top BM25 memory vs reference: %s %.2f on the %d of %d examples that have one",
-                         split, config.data.metric, score, len(with_memory), len(all_hits))
+        def merge(split=split, examples=examples, output=output, shards=shards) -> None:
+            merge_shards(shards, output, len(examples))
+            if split != "train":
+                log_top_memory_score(config, split, examples, output)
 
-        on_main(write)
+        on_main(merge)
+
+
+def memory_lines(config: Config, retriever, split: str, examples: list[Example], rows: range, train: list[Example],
+                 own_pairs: list[list[int]] | None, show_progress: bool) -> Iterator[tuple[int, str]]:
+    """The memory-file lines of ``rows`` of ``split``, in order, a batch of queries at a time."""
+    cfg = config.retrieval
+    batches = range(rows.start, rows.stop, cfg.batch_size)
+    for start in tqdm(batches, desc=f"bm25 {split}", unit="batch", disable=not show_progress):
+        batch = range(start, min(start + cfg.batch_size, rows.stop))
+        exclude = [own_pairs[i] for i in batch] if split == "train" and own_pairs is not None else None
+        queries = [examples[i].source for i in batch]
+        for i, query, query_hits in zip(batch, queries, retriever.search(queries, cfg.topk, exclude)):
+            yield i, json_line(memory_record(close_hits(query, query_hits, train, cfg.min_fuzzy_match), train))
+
+
+def log_top_memory_score(config: Config, split: str, examples: list[Example], memory_file: Path) -> None:
+    """Log the metric of each example's top memory against its reference, over the examples
+    that have one."""
+    top = {i: record["memories"][0] for i, (_, record) in enumerate(iter_records(memory_file)) if record["memories"]}
+    if top:
+        references = [examples[i].target for i in top]
+        score = headline_score(config.data.metric, list(top.values()), references, config.data.bleu_tokenize)
+        log.info("%s: top BM25 memory vs reference: %s %.2f on the %d of %d examples that have one",
+                 split, config.data.metric, score, len(top), len(examples))
 
 
 def initial_memory(config: Config, paths: RunPaths, split: str) -> Path:
@@ -129,6 +143,6 @@ def initial_memory(config: Config, paths: RunPaths, split: str) -> Path:
         return [hits[:config.generator.num_memories]]
 
     output = paths.round_memory(0, split)
-    records = read_jsonl(paths.bm25_memory(split))
-    on_main(lambda: atomic_write_jsonl(output, ({"memories": inputs(r["memories"])} for r in records)))
+    on_main(lambda: atomic_write_jsonl(output, ({"memories": inputs(r["memories"])}
+                                                for _, r in iter_records(paths.bm25_memory(split)))))
     return output

@@ -3,13 +3,13 @@ against: the beam top-1 and the oracle."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfmem.common.config import Config
 from selfmem.common.data import Example
-from selfmem.common.records import DataError, read_aligned, text_lists
+from selfmem.common.records import DataError, iter_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
 
 
@@ -47,17 +47,20 @@ class CandidateLine:
     pool: list[str]
 
 
-def read_candidates(path: Path, num_examples: int, split: str) -> list[CandidateLine]:
-    """The lines of a candidates file (one per example of ``split``), each with candidates: a
-    line without any is refused (decoding returns at least one per memory input)."""
-    lines = []
-    for where, record in read_aligned(path, num_examples, split):
+def iter_candidates(path: Path, num_examples: int, split: str) -> Iterator[CandidateLine]:
+    """The lines of a candidates file (one per example of ``split``) one at a time, each with
+    candidates: a line without any is refused (decoding returns at least one per memory input)."""
+    for where, record in iter_aligned(path, num_examples, split):
         pool = [c for per_input in text_lists(where, record, "candidates") for c in per_input]
         if not pool:
             raise DataError(f"{where}: no candidates (\"candidates\" holds no text; decoding gives at least one "
                             f"per memory input): decode the split again with launch/generate.py --mode candidates")
-        lines.append(CandidateLine(where, record, pool))
-    return lines
+        yield CandidateLine(where, record, pool)
+
+
+def read_candidates(path: Path, num_examples: int, split: str) -> list[CandidateLine]:
+    """Every line of a candidates file (see ``iter_candidates``)."""
+    return list(iter_candidates(path, num_examples, split))
 
 
 def selector_examples(candidates_path: Path, examples: list[Example], metric: Callable[[str, str], float],

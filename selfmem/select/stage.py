@@ -1,16 +1,21 @@
-"""The selection stage: score every candidate with the selector, all-gather, choose memories.
+"""The selection stage: score every candidate with the selector, choose memories, merge.
 
-Pairs are packed into length-sorted token-budget batches that depend only on the data,
-and rank r scores every world_size-th batch, so each pair's score is computed the same
-way whatever the number of ranks; the scores are all-gathered and every rank derives the
-same next memories (``top_b`` or ``augment``). Rank 0 writes ``round_K/memory/{split}.jsonl``:
-``{"memories": [[m1], [m2], ...]}`` (replace: one memory input per kept candidate) or
-``{"memories": [[retrieved, self_1, ...]]}`` (augment: one growing list).
+The split is read a chunk of ``CHUNK_EXAMPLES`` examples at a time. A chunk's pairs are packed
+into length-sorted token-budget batches that depend only on the data, and rank r scores every
+world_size-th batch, so each pair's score is computed the same way whatever the number of
+ranks; the chunk's scores are all-gathered, and rank r derives the next memories (``top_b``
+or ``augment``) of the chunk's every world_size-th example into its shard. Rank 0 merges the
+shards, streaming, into ``round_K/memory/{split}.jsonl``: ``{"memories": [[m1], [m2], ...]}``
+(replace: one memory input per kept candidate) or ``{"memories": [[retrieved, self_1, ...]]}``
+(augment: one growing list). No rank holds more than a chunk of candidates and scores (and
+the top picks it returns, one text per example, for the lift's metrics).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -18,16 +23,22 @@ from tqdm import tqdm
 
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
-from selfmem.common.data import load_split
-from selfmem.common.distributed import DistEnv, all_gather, on_main
-from selfmem.common.io import atomic_write_jsonl
+from selfmem.common.data import iter_split
+from selfmem.common.distributed import DistEnv, all_gather, barrier, gather_to_main, on_main
+from selfmem.common.io import json_line
 from selfmem.common.records import DataError, text_lists
 from selfmem.common.run import RunPaths
+from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.models.selector import Selector, pair_encoder, selector_tokenizer
-from selfmem.select.candidates import CandidateLine, read_candidates
+from selfmem.select.candidates import CandidateLine, iter_candidates
 from selfmem.select.pick import augment, top_b
 
 log = logging.getLogger(__name__)
+
+# Examples whose candidates are scored as one set of batches: it bounds what a rank holds (a
+# chunk's candidates, encoded pairs and scores) whatever the split's size, and a split of at
+# most this many (a usual dev or test set) is batched exactly as if read whole.
+CHUNK_EXAMPLES = 4096
 
 
 @torch.no_grad()
@@ -65,30 +76,50 @@ def augmented_list(line: CandidateLine) -> list[str]:
 
 
 def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
-                    candidates_path: Path | None = None) -> list[str]:
+                    candidates_path: Path | None = None, chunk_examples: int = CHUNK_EXAMPLES) -> list[str] | None:
     """Choose the next memories of ``split`` from round K's candidates into round K's memory
-    file; returns the selector's top pick of each example (the same list on every rank)."""
+    file; returns the selector's top pick of each example on rank 0 (None on the others)."""
     cfg = config.selector
     check_selector_config(cfg)
-    examples = load_split(config.data, split)
-    # every example's candidates over all of its memory inputs compete together
-    lines = read_candidates(candidates_path or paths.candidates(round_k, split), len(examples), split)
-    grown = [augmented_list(line) for line in lines] if cfg.mode == "augment" else None
+    path = candidates_path or paths.candidates(round_k, split)
+    num_examples = sum(1 for _ in iter_split(config.data, split))
+    for line in iter_candidates(path, num_examples, split):  # all of it before any model: a bad line fails at once
+        if cfg.mode == "augment":
+            augmented_list(line)
     tokenizer = selector_tokenizer(config, paths)
     selector = Selector.load(paths.selector, map_location=env.device)
     pair = pair_encoder(selector, tokenizer, cfg.max_len)
-    pairs = [pair(ex.source, c) for ex, line in zip(examples, lines) for c in line.pool]
-    flat = score_pairs(selector, pairs, tokenizer.pad_id, env, cfg.max_tokens)
-    memories, picks, start = [], [], 0
-    for i, line in enumerate(lines):
-        scores, start = flat[start:start + len(line.pool)], start + len(line.pool)
-        best = top_b(line.pool, scores, cfg.beam)
-        picks.append(best[0])
-        if grown is None:
-            memories.append([[m] for m in best])
-        else:
-            memories.append([augment(grown[i], best[0], cfg.max_memories, cfg.keep_retrieved)])
+    picks: dict[int, str] = {}  # this rank's examples' top picks
+
+    def memory_lines() -> Iterator[tuple[int, str]]:
+        """This rank's examples' memory lines, in order: a chunk of examples at a time, whose
+        candidates every rank scores together (every world_size-th batch each, all-gathered)."""
+        lines = zip(iter_candidates(path, num_examples, split), iter_split(config.data, split))
+        first = 0
+        while chunk := list(islice(lines, chunk_examples)):
+            # every example's candidates over all of its memory inputs compete together
+            flat = score_pairs(selector, [pair(ex.source, c) for line, ex in chunk for c in line.pool],
+                               tokenizer.pad_id, env, cfg.max_tokens)
+            start = 0
+            for i, (line, _) in enumerate(chunk, start=first):
+                scores, start = flat[start:start + len(line.pool)], start + len(line.pool)
+                if i % env.world_size != env.rank:
+                    continue
+                best = top_b(line.pool, scores, cfg.beam)
+                picks[i] = best[0]
+                memories = ([augment(augmented_list(line), best[0], cfg.max_memories, cfg.keep_retrieved)]
+                            if cfg.mode == "augment" else [[m] for m in best])
+                yield i, json_line({"memories": memories})
+            first += len(chunk)
+
     output = paths.round_memory(round_k, split)
-    on_main(lambda: atomic_write_jsonl(output, ({"memories": m} for m in memories)))
-    log.info("%s: %d memories chosen (%s, B = %d) -> %s", split, len(memories), cfg.mode, cfg.beam, output)
-    return picks
+    shards = shard_paths(output, env.world_size)
+    write_shard(shards[env.rank], memory_lines())
+    barrier()
+    on_main(lambda: merge_shards(shards, output, num_examples))
+    log.info("%s: %d memories chosen (%s, B = %d) -> %s", split, num_examples, cfg.mode, cfg.beam, output)
+    gathered = gather_to_main(picks)
+    if gathered is None:
+        return None
+    merged = {i: pick for part in gathered for i, pick in part.items()}
+    return [merged[i] for i in range(num_examples)]

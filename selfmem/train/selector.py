@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import load_split
 from selfmem.common.digest import config_values
 from selfmem.common.distributed import DistEnv, agreed, on_main
-from selfmem.common.io import atomic_write_jsonl, read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
+from selfmem.common.shards import merge_lines
 from selfmem.infer.generate import generate
 from selfmem.models.selector import (
     GeneratorEncoderBackbone,
@@ -168,7 +169,7 @@ def crossfit_candidates(config: Config, env: DistEnv, paths: RunPaths, subset: l
     half of train (``crossfit/half{h}/generator``), each decoding the subset's examples of the
     other half; merged in subset order into ``selector_candidates/train.jsonl``."""
     halves = crossfit_halves(config, len(load_split(config.data, "train")))
-    parts: dict[int, dict] = {}
+    parts: list[tuple[list[int], Path]] = []  # each half's examples and their candidates, in subset order
     for h, half in enumerate(halves):
         half_paths = dataclasses.replace(paths, generator_dir=f"crossfit/half{h}/generator")
         train_generator(config, env, half_paths, train_indices=half)  # returns at once when trained before
@@ -176,8 +177,14 @@ def crossfit_candidates(config: Config, env: DistEnv, paths: RunPaths, subset: l
         others = [i for i in subset if i not in seen]
         output = paths.root / "crossfit" / f"half{h}" / "candidates.jsonl"
         generate(config, env, half_paths, "train", "candidates", None, 0, subset=others, output=output)
-        parts.update(zip(others, read_jsonl(output)))
-    on_main(lambda: atomic_write_jsonl(paths.selector_candidates, (parts[i] for i in subset)))
+        parts.append((others, output))
+
+    def merge() -> None:
+        with ExitStack() as stack:
+            merge_lines([zip(others, stack.enter_context(open(output, "rb"))) for others, output in parts],
+                        paths.selector_candidates, subset)
+
+    on_main(merge)
 
 
 def generate_selector_candidates(config: Config, env: DistEnv, paths: RunPaths, only_missing: bool = False) -> None:

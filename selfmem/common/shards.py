@@ -1,0 +1,75 @@
+"""A split's output lines written by several ranks and merged in example order, streaming.
+
+Each rank writes the finished output lines of its examples to its own shard file, each line
+keyed by its example's index, keys ascending. Rank 0 merges the shards with a k-way merge
+(``heapq.merge``): it holds one line per shard at a time, never the split, and writes the
+output line by line. The lines are copied as bytes, so the output is the same file whatever
+the number of ranks and however the examples were shared out.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, closing
+from operator import itemgetter
+from pathlib import Path
+
+from selfmem.common.io import atomic_open
+
+Keyed = tuple[int, bytes]  # an example's index and its output line, newline included
+
+
+def shard_paths(output: Path, world_size: int) -> list[Path]:
+    """Each rank's shard of ``output``: hidden files beside it (on the shared file system)."""
+    return [output.parent / f".{output.name}.rank{rank}" for rank in range(world_size)]
+
+
+def write_shard(path: Path, lines: Iterable[tuple[int, str]]) -> None:
+    """Write ``(example, output line)`` pairs, keys ascending, as shard ``path`` (atomically).
+
+    ``lines`` is consumed as it is written: a generator that computes them chunk by chunk
+    never holds them all.
+    """
+    previous = -1
+    with atomic_open(path, "wb") as f:
+        for key, line in lines:
+            if key <= previous:  # the merge relies on it: a bug in the caller, not in the data
+                raise ValueError(f"{path}: example {key} written after example {previous}; keys must ascend")
+            previous = key
+            f.write(b"%d\t%s" % (key, line.encode("utf-8")))
+
+
+def read_shard(path: Path) -> Iterator[Keyed]:
+    """The ``(example, line)`` pairs of a shard, one at a time."""
+    with open(path, "rb") as f:
+        for raw in f:  # binary: split on b"\n" only, whatever the line holds
+            key, _, line = raw.partition(b"\t")
+            yield int(key), line
+
+
+def merge_lines(sources: Iterable[Iterator[Keyed]], output: Path, keys: Iterable[int]) -> None:
+    """Write the lines of ``sources`` (each keyed, keys ascending) to ``output`` in key order;
+    the keys must be exactly ``keys``, in order (every example once)."""
+    expected = iter(keys)
+    with atomic_open(output, "wb") as out:
+        for key, line in heapq.merge(*sources, key=itemgetter(0)):
+            want = next(expected, None)
+            if key != want:
+                what = "the end" if want is None else f"example {want}"
+                raise RuntimeError(f"{output}: merging its parts, found example {key} where {what} was due "
+                                   f"(a part is missing, damaged or from another run)")
+            out.write(line)
+        missing = next(expected, None)
+        if missing is not None:
+            raise RuntimeError(f"{output}: merging its parts, example {missing} is missing from every part")
+
+
+def merge_shards(shards: list[Path], output: Path, count: int) -> None:
+    """Merge the shards of ``output`` (examples ``0 .. count-1``) into it, then delete them."""
+    with ExitStack() as stack:
+        sources = [stack.enter_context(closing(read_shard(shard))) for shard in shards]  # closed on error too
+        merge_lines(sources, output, range(count))
+    for shard in shards:
+        shard.unlink()
+
