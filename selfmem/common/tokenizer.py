@@ -29,7 +29,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from selfmem.common.config import Config, TokenizerConfig
-from selfmem.common.data import load_split
+from selfmem.common.data import iter_split
 from selfmem.common.distributed import on_main
 from selfmem.common.io import atomic_directory, atomic_open
 
@@ -270,8 +270,8 @@ def prepare_run_tokenizer(config: Config, tokenizer_dir: Path) -> Tokenizer:
     SentencePiece trains one joint vocabulary on the train sources and targets.
     """
     def train_and_save() -> None:
-        train = load_split(config.data, "train")
-        texts = (text for ex in train for text in (ex.source, ex.target))
+        # streamed into a reservoir sample of tokenizer.max_sentences texts: never the whole split
+        texts = (text for ex in iter_split(config.data, "train") for text in (ex.source, ex.target))
         build_tokenizer(config.tokenizer, texts, config.run.seed).save(tokenizer_dir)
 
     on_main(train_and_save)
