@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
 # keys that change no result: they are left out of the fingerprints
-BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name")
+BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name", "connect_attempts", "connect_backoff")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:
@@ -139,6 +139,8 @@ def check_lift_config(config: Config) -> None:
 def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     """Run (or resume) every stage; returns the report's rows (also in ``metrics.jsonl``)."""
     check_lift_config(config)
+    for split in SPLITS:  # a bad line in test.jsonl is refused now, not after hours of training at round 0
+        load_split(config.data, split)
     state = RunState(paths.state)
     seed = config.run.seed
     data = [_without(config.data, ("metric", "bleu_tokenize")),

@@ -33,6 +33,7 @@ from selfmem.common.config import TrainConfig
 from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
+from selfmem.common.records import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict:
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # their messages name no file
         reason = one_line(str(e)).split(". ")[0] or type(e).__name__  # torch's first sentence says what
-        raise ValueError(f"{path}: cannot read the training checkpoint, the file is damaged or cut short "
+        raise CheckpointError(f"{path}: cannot read the training checkpoint, the file is damaged or cut short "
                          f"({reason}); delete it to train from the start") from None
 
 
