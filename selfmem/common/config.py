@@ -66,6 +66,10 @@ class RetrievalConfig:
     min_fuzzy_match: float = 0.0  # drop hits whose source's word fuzzy match is below this (0.5: NFR's)
     batch_size: int = 1024  # queries per retrieval call
     index_name: Optional[str] = None  # Elasticsearch index; default selfmem-RUNNAME
+    # Elasticsearch: probes of the server before giving up, the first retry after connect_backoff
+    # seconds, each later one after twice the wait before (6 and 2: a minute for a restart)
+    connect_attempts: int = 6
+    connect_backoff: float = 2.0
 
 
 @dataclass
