@@ -1,8 +1,9 @@
 """The lift loop for real: one process against two torchrun "nodes" on 127.0.0.1, a run
-SIGKILLed inside every stage and restarted against an uninterrupted one, reruns after a
-config change, top-B and augmented memory end to end."""
+SIGKILLed inside every stage and restarted against an uninterrupted one, a rank killed under
+torchrun --max-restarts, reruns after a config change, top-B and augmented memory end to end."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
+from kill_in_stage import KILL_POINTS
 
 from selfmem.common.metrics import headline_score
 from selfmem.common.digest import file_digest, path_digest
@@ -125,6 +127,26 @@ def test_killed_in_every_stage_and_restarted_equals_uninterrupted(uninterrupted,
     run_single("launch/lift.py", lift_args(tmp_path, ONE_PROCESS))
     assert artifacts(tmp_path) == artifacts(uninterrupted)
     assert metrics(tmp_path) == metrics(uninterrupted)
+
+
+# draws the stage and the kill point as bench/faults.py does; 5 lands in the selector's training
+RESTART_SEED = 5
+
+
+def test_torchrun_restarts_a_rank_killed_once_and_the_run_ends_as_uninterrupted(uninterrupted, tmp_path):
+    rng = random.Random(RESTART_SEED)
+    stage = rng.choice(sorted(KILL_POINTS))
+    calls = rng.randint(1, KILL_POINTS[stage][2])
+    killed = tmp_path / "killed"
+    # rank 0 makes every call a kill point watches; the file lets only the first try die
+    kill = {"KILL_RANK": "0", "KILL_CALLS": str(calls), "KILL_ONCE": str(killed)}
+    # dist.timeout: a restarted group that cannot meet fails in a minute instead of hanging
+    [output] = run_torchrun("tests/kill_in_stage.py", [stage, *lift_args(tmp_path / "run", "dist.timeout=60")],
+                            launcher=["--max-restarts", "3"], env=kill)
+    assert killed.exists() and "failed (exitcode: -9) local_rank: 0" in output
+    assert output.count("exitcode") == 1  # one kill, one restart, and that restart finished the job
+    assert f"stage {stage}: resuming" in output
+    assert artifacts(tmp_path / "run") == artifacts(uninterrupted)
 
 
 def test_a_changed_value_reruns_exactly_the_stages_that_read_it(uninterrupted, tmp_path):
