@@ -13,8 +13,12 @@ import pytest
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 from kill_in_stage import KILL_POINTS
 
-from selfmem.common.metrics import headline_score
+from selfmem.common.config import load_config
 from selfmem.common.digest import file_digest, path_digest
+from selfmem.common.distributed import DistEnv
+from selfmem.common.metrics import headline_score
+from selfmem.common.run import RunPaths
+from selfmem.lift.pipeline import lift
 
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
@@ -207,6 +211,15 @@ def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):
     with pytest.raises(pytest.fail.Exception, match=r"selector.mode augment grows memory lists to "
                        r"selector.max_memories \(4\) but the generator reads generator.num_memories \(1\)"):
         run_single("launch/lift.py", lift_args(tmp_path, "selector.mode=augment"))
+
+
+def test_lift_refuses_a_global_batch_its_processes_cannot_share_before_any_stage(tmp_path):
+    config = load_config(DEMO_CONFIG, lift_args(tmp_path, "train.global_batch=3")[2:])
+    two_ranks = DistEnv(rank=0, world_size=2, local_rank=0, local_world_size=2)
+    with pytest.raises(ValueError, match=r"^train.global_batch = 3 micro-batches per step cannot be shared by 2 "
+                                         r"processes: start a number of processes that divides 3$"):
+        lift(config, two_ranks, RunPaths(config.run_dir))
+    assert not (tmp_path / "demo").exists()
 
 
 def test_path_digest_follows_the_files_behind_a_path(tmp_path):

@@ -112,7 +112,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     max_tokens: int = 4096  # per rank and step: encoder input plus target tokens
-    accumulate: int = 1
+    accumulate: int = 1  # micro-batches each process adds up per step (with global_batch null)
+    # micro-batches per step over all processes, whatever their number (each accumulates its
+    # share): a job restarted on fewer or more processes continues the same training; null:
+    # processes x accumulate
+    global_batch: Optional[int] = None
     clip_norm: float = 1.0
     max_epochs: int = 30
     max_steps: Optional[int] = None
