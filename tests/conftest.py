@@ -71,23 +71,27 @@ def run_single(script: str, args: list[str], timeout: float = 300) -> str:
     return _check([proc], timeout)[0]
 
 
-def start_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1) -> list[subprocess.Popen]:
+def start_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1,
+                   env: dict[str, str] | None = None, launcher: list[str] = ()) -> list[subprocess.Popen]:
     """Start a launch script under torchrun with gloo on 127.0.0.1; each launcher in its own session.
 
     ``nnodes > 1`` starts one torchrun launcher per simulated node, each with
-    ``--node_rank`` set, all meeting at one loopback address.
+    ``--node_rank`` set, all meeting at one loopback address. ``env`` adds environment variables,
+    ``launcher`` torchrun options (``--max-restarts 3``).
     """
     port = free_port()
     procs = []
     for node_rank in range(nnodes):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
-               "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port), *launcher,
                str(REPO / script), *args]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True))
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env={**_env(), **(env or {})}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, start_new_session=True))
     return procs
 
 
-def run_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1, timeout: float = 300) -> None:
-    """Run a launch script under torchrun (see ``start_torchrun``) and fail the test if it fails."""
-    _check(start_torchrun(script, args, nproc, nnodes), timeout)
+def run_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1, timeout: float = 300,
+                 launcher: list[str] = (), env: dict[str, str] | None = None) -> list[str]:
+    """Run a launch script under torchrun (see ``start_torchrun``) and fail the test if it fails;
+    returns each launcher's output."""
+    return _check(start_torchrun(script, args, nproc, nnodes, env, launcher), timeout)

@@ -4,6 +4,10 @@ python tests/kill_in_stage.py STAGE --config ... [k=v ...]: the process kills it
 no chance to clean up, at a point inside STAGE where part of the stage's work is written.
 KILL_CALLS=N in the environment moves the point to the N-th call of the stage's kill function
 (bench/faults.py draws it); a stage that makes fewer calls finishes unharmed.
+
+Under torchrun every rank runs this script: KILL_RANK=R lets only rank R die, and
+KILL_ONCE=PATH only the first time (the file at PATH records the kill, so the ranks that
+torchrun --max-restarts starts again run on unharmed).
 """
 
 import os
@@ -34,15 +38,18 @@ def track_stages() -> None:
     RunState.run = tracked
 
 
-def kill_after(owner, attribute: str, calls: int) -> None:
-    """SIGKILL this process once ``owner.attribute`` has returned ``calls`` times inside STAGE."""
+def kill_after(owner, attribute: str, calls: int, once: Path | None = None) -> None:
+    """SIGKILL this process once ``owner.attribute`` has returned ``calls`` times inside STAGE;
+    with ``once``, only if that file does not exist yet (it is created first)."""
     real, count = getattr(owner, attribute), [0]
 
     def wrapper(*args, **kwargs):
         result = real(*args, **kwargs)
         if current["stage"] == STAGE:
             count[0] += 1
-            if count[0] == calls:
+            if count[0] == calls and not (once and once.exists()):
+                if once:
+                    once.touch()
                 os.kill(os.getpid(), signal.SIGKILL)
         return result
 
@@ -63,7 +70,10 @@ if __name__ == "__main__":
     STAGE = sys.argv.pop(1)
     track_stages()
     owner, attribute, calls = KILL_POINTS[STAGE]
-    kill_after(owner, attribute, int(os.environ.get("KILL_CALLS", calls)))
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get("KILL_RANK", rank) == rank:
+        once = Path(os.environ["KILL_ONCE"]) if "KILL_ONCE" in os.environ else None
+        kill_after(owner, attribute, int(os.environ.get("KILL_CALLS", calls)), once)
     script = Path(__file__).resolve().parent.parent / "launch" / "lift.py"
     sys.argv = [str(script), *sys.argv[1:]]
     runpy.run_path(str(script), run_name="__main__")

@@ -6,7 +6,7 @@ import pytest
 import torch.distributed as dist
 
 from selfmem.common import distributed
-from selfmem.common.distributed import RankFailed, init_distributed, on_main
+from selfmem.common.distributed import DistEnv, RankFailed, init_distributed, on_main, restart_store
 
 
 def as_rank(monkeypatch, rank: int, rank_0_message: str | None = None) -> list:
@@ -56,9 +56,25 @@ def test_the_process_group_gets_dist_timeout(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: calls.append((backend, kwargs)))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)  # not under torchrun: torch makes the store
     env = init_distributed(timeout_s=7)
     assert (env.rank, env.world_size) == (1, 2)
-    assert calls == [("gloo", {"timeout": timedelta(seconds=7)})]
+    assert calls == [("gloo", {"store": None, "rank": 1, "world_size": 2, "timeout": timedelta(seconds=7)})]
+
+
+def test_each_torchrun_restart_keeps_its_keys_apart_in_the_agents_store(monkeypatch):
+    # torchrun's agent hosts one store for the whole job: a restarted group that reads the keys
+    # of the killed one gets the dead ranks' addresses
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent.port))
+    env = DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    for restart in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", restart)
+        restart_store(env, timedelta(seconds=10)).set("rank_0", f"address of try {restart}")
+    assert agent.get("selfmem/restart_0/rank_0") == b"address of try 0"
+    assert agent.get("selfmem/restart_1/rank_0") == b"address of try 1"
 
 
 def test_a_timeout_that_is_not_positive_is_refused():

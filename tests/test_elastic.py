@@ -2,8 +2,10 @@ import base64
 import json
 import logging
 import os
+import threading
 import traceback
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,17 +13,21 @@ import pytest
 from elastic_transport import ApiResponseMeta, BaseNode, HttpHeaders
 from elasticsearch import Elasticsearch
 
+from conftest import free_port
+from selfmem.common.config import ConfigError
 from selfmem.retrieve import elastic
 from selfmem.retrieve.bm25 import BM25Retriever
 from selfmem.retrieve.elastic import (
     MAX_QUERY_WORDS,
     ElasticsearchRetrievalError,
     ElasticsearchRetriever,
+    ElasticsearchUnreachable,
     bulk_actions,
     connect_from_env,
     index_body,
     msearch_body,
     parse_msearch_response,
+    reachable_client,
     redact_url,
     truncate_query,
 )
@@ -236,6 +242,65 @@ def test_connection_errors_and_logs_hide_credentials(es_env, caplog, capsys, env
     assert LOOPBACK in caplog.text  # the client did try, and logged its attempt
     for secret in ("secret", base64.b64encode(b"user:secret").decode()):
         assert secret not in text
+
+
+class _RefusingServer(BaseHTTPRequestHandler):
+    """An Elasticsearch that answers every request 401: up, but not for these credentials."""
+
+    def do_GET(self):
+        body = json.dumps({"error": {"type": "security_exception", "reason": "missing credentials"},
+                           "status": 401}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # not on the test's stderr
+        pass
+
+
+def serve(port):
+    """A ``_RefusingServer`` on 127.0.0.1:``port`` in a thread; call ``shutdown()`` on it."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _RefusingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_unreachable_server_is_retried_with_backoff_then_named_without_credentials(es_env):
+    port = free_port()  # nothing listens there: each attempt is refused at once
+    es_env.setenv("SELFMEM_ES_URL", f"http://elastic:secret@127.0.0.1:{port}")
+    waits = []
+    es_env.setattr(elastic.time, "sleep", waits.append)
+    with pytest.raises(ElasticsearchUnreachable) as raised:
+        reachable_client(attempts=4, backoff=0.5)
+    assert waits == [0.5, 1.0, 2.0]
+    assert str(raised.value) == (
+        f"no Elasticsearch server answers at http://127.0.0.1:{port} (SELFMEM_ES_URL) after 4 attempts over 3.5 s: "
+        f"[Errno 111] Connection refused; start the server or set SELFMEM_ES_URL to its address (retries: "
+        f"retrieval.connect_attempts, retrieval.connect_backoff)")
+    assert isinstance(raised.value, ConfigError)  # a setting to fix: the launchers print no traceback
+    assert "secret" not in _all_error_text(raised.value)
+
+
+def test_a_server_that_comes_up_during_the_backoff_is_used(es_env):
+    port = free_port()
+    es_env.setenv("SELFMEM_ES_URL", f"http://127.0.0.1:{port}")
+    servers = []
+    es_env.setattr(elastic.time, "sleep", lambda seconds: servers.append(serve(port)))
+    try:
+        client = reachable_client(attempts=3, backoff=1.0)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert len(servers) == 1  # refused once; the 401 of the second attempt is an answer: the server is up
+    assert isinstance(client, Elasticsearch)
+
+
+def test_retries_need_an_attempt_and_a_backoff_of_at_least_zero(es_env):
+    with pytest.raises(ConfigError, match="retrieval.connect_attempts must be at least 1"):
+        reachable_client(attempts=0, backoff=1.0)
 
 
 # ---------------------------------------------------------------- calls issued, through a fake transport node

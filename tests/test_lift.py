@@ -1,8 +1,9 @@
 """The lift loop for real: one process against two torchrun "nodes" on 127.0.0.1, a run
-SIGKILLed inside every stage and restarted against an uninterrupted one, reruns after a
-config change, top-B and augmented memory end to end."""
+SIGKILLed inside every stage and restarted against an uninterrupted one, a rank killed under
+torchrun --max-restarts, reruns after a config change, top-B and augmented memory end to end."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -10,9 +11,14 @@ import sys
 import pytest
 
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
+from kill_in_stage import KILL_POINTS
 
-from selfmem.common.metrics import headline_score
+from selfmem.common.config import load_config
 from selfmem.common.digest import file_digest, path_digest
+from selfmem.common.distributed import DistEnv
+from selfmem.common.metrics import headline_score
+from selfmem.common.run import RunPaths
+from selfmem.lift.pipeline import lift
 
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
@@ -127,6 +133,26 @@ def test_killed_in_every_stage_and_restarted_equals_uninterrupted(uninterrupted,
     assert metrics(tmp_path) == metrics(uninterrupted)
 
 
+# draws the stage and the kill point as bench/faults.py does; 5 lands in the selector's training
+RESTART_SEED = 5
+
+
+def test_torchrun_restarts_a_rank_killed_once_and_the_run_ends_as_uninterrupted(uninterrupted, tmp_path):
+    rng = random.Random(RESTART_SEED)
+    stage = rng.choice(sorted(KILL_POINTS))
+    calls = rng.randint(1, KILL_POINTS[stage][2])
+    killed = tmp_path / "killed"
+    # rank 0 makes every call a kill point watches; the file lets only the first try die
+    kill = {"KILL_RANK": "0", "KILL_CALLS": str(calls), "KILL_ONCE": str(killed)}
+    # dist.timeout: a restarted group that cannot meet fails in a minute instead of hanging
+    [output] = run_torchrun("tests/kill_in_stage.py", [stage, *lift_args(tmp_path / "run", "dist.timeout=60")],
+                            launcher=["--max-restarts", "3"], env=kill)
+    assert killed.exists() and "failed (exitcode: -9) local_rank: 0" in output
+    assert output.count("exitcode") == 1  # one kill, one restart, and that restart finished the job
+    assert f"stage {stage}: resuming" in output
+    assert artifacts(tmp_path / "run") == artifacts(uninterrupted)
+
+
 def test_a_changed_value_reruns_exactly_the_stages_that_read_it(uninterrupted, tmp_path):
     root = tmp_path / "changed"
     shutil.copytree(uninterrupted, root)
@@ -185,6 +211,15 @@ def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):
     with pytest.raises(pytest.fail.Exception, match=r"selector.mode augment grows memory lists to "
                        r"selector.max_memories \(4\) but the generator reads generator.num_memories \(1\)"):
         run_single("launch/lift.py", lift_args(tmp_path, "selector.mode=augment"))
+
+
+def test_lift_refuses_a_global_batch_its_processes_cannot_share_before_any_stage(tmp_path):
+    config = load_config(DEMO_CONFIG, lift_args(tmp_path, "train.global_batch=3")[2:])
+    two_ranks = DistEnv(rank=0, world_size=2, local_rank=0, local_world_size=2)
+    with pytest.raises(ValueError, match=r"^train.global_batch = 3 micro-batches per step cannot be shared by 2 "
+                                         r"processes: start a number of processes that divides 3$"):
+        lift(config, two_ranks, RunPaths(config.run_dir))
+    assert not (tmp_path / "demo").exists()
 
 
 def test_path_digest_follows_the_files_behind_a_path(tmp_path):

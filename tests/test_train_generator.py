@@ -1,4 +1,5 @@
-"""The generator training loop for real: torchrun with gloo, 2 ranks against 1, and a SIGKILL resume."""
+"""The generator training loop for real: torchrun with gloo, 2 ranks against 1, and SIGKILL resumes
+(on the same number of processes, and with train.global_batch on another)."""
 
 import json
 import os
@@ -64,33 +65,66 @@ def load_checkpoint(root):
     return torch.load(root / "demo" / "generator" / "checkpoint.pt", weights_only=True)
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(prepared, tmp_path):
-    straight, killed = fresh_run(prepared, tmp_path, "straight"), fresh_run(prepared, tmp_path, "killed")
-    steps = ["train.max_steps=40", "train.save_every=4", "train.max_epochs=100"]
-    run_torchrun("launch/train_generator.py", train_args(straight, *steps), nproc=2)
+STEPS = ["train.max_steps=40", "train.save_every=4", "train.max_epochs=100"]
 
-    [proc] = start_torchrun("launch/train_generator.py", train_args(killed, *steps), nproc=2)
-    checkpoint = killed / "demo" / "generator" / "checkpoint.pt"
+
+def kill_after_first_checkpoint(root, args, nproc, max_steps=40):
+    """Start a torchrun job, SIGKILL it (launcher and ranks) once it has a checkpoint; returns its step."""
+    [proc] = start_torchrun("launch/train_generator.py", args, nproc=nproc)
+    checkpoint = root / "demo" / "generator" / "checkpoint.pt"
     deadline = time.time() + 240
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun job: launcher and both ranks
     proc.wait()
-    interrupted_at = load_checkpoint(killed)["state"]["step"]
-    assert 0 < interrupted_at < 40, "the kill must land inside the run"
+    interrupted_at = load_checkpoint(root)["state"]["step"]
+    assert 0 < interrupted_at < max_steps, "the kill must land inside the run"
+    return interrupted_at
 
-    run_torchrun("launch/train_generator.py", train_args(killed, *steps), nproc=2)
-    resumed, uninterrupted = load_checkpoint(killed), load_checkpoint(straight)
+
+def assert_same_training(resumed_root, uninterrupted_root):
+    """The final checkpoints hold bit-equal weights and optimizer states, and the logs the same losses."""
+    resumed, uninterrupted = load_checkpoint(resumed_root), load_checkpoint(uninterrupted_root)
     assert resumed["state"] == uninterrupted["state"]
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
-    for key in ("state",):
-        for p, saved in uninterrupted["optimizer"][key].items():
-            for k, v in saved.items():
-                assert torch.equal(resumed["optimizer"][key][p][k], v) if torch.is_tensor(v) else resumed["optimizer"][key][p][k] == v
+    for p, saved in uninterrupted["optimizer"]["state"].items():
+        for k, v in saved.items():
+            assert torch.equal(resumed["optimizer"]["state"][p][k], v) if torch.is_tensor(v) else \
+                resumed["optimizer"]["state"][p][k] == v
     # the resumed log reads as one run: the same steps and losses
-    assert [(r["step"], r.get("loss")) for r in log_records(killed) if "loss" in r] == \
-        [(r["step"], r.get("loss")) for r in log_records(straight) if "loss" in r]
+    assert [(r["step"], r.get("loss")) for r in log_records(resumed_root) if "loss" in r] == \
+        [(r["step"], r.get("loss")) for r in log_records(uninterrupted_root) if "loss" in r]
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(prepared, tmp_path):
+    straight, killed = fresh_run(prepared, tmp_path, "straight"), fresh_run(prepared, tmp_path, "killed")
+    run_torchrun("launch/train_generator.py", train_args(straight, *STEPS), nproc=2)
+    kill_after_first_checkpoint(killed, train_args(killed, *STEPS), nproc=2)
+    run_torchrun("launch/train_generator.py", train_args(killed, *STEPS), nproc=2)
+    assert_same_training(killed, straight)
+
+
+# two micro-batches a step, whatever the number of processes; 16 steps cross three epoch ends
+GLOBAL_BATCH = ["train.max_steps=16", "train.save_every=4", "train.max_epochs=100", "train.global_batch=2"]
+
+
+@pytest.fixture(scope="module")
+def global_batch_run(prepared, tmp_path_factory):
+    """An uninterrupted run with train.global_batch 2, on one process."""
+    root = fresh_run(prepared, tmp_path_factory.mktemp("global-batch"), "straight")
+    run_single("launch/train_generator.py", train_args(root, *GLOBAL_BATCH))
+    return root
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_a_global_batch_job_killed_resumes_on_another_number_of_processes(prepared, global_batch_run, tmp_path,
+                                                                          before, after):
+    root = fresh_run(prepared, tmp_path, "elastic")
+    kill_after_first_checkpoint(root, train_args(root, *GLOBAL_BATCH), nproc=before, max_steps=16)
+    run_torchrun("launch/train_generator.py", train_args(root, *GLOBAL_BATCH), nproc=after)
+    # 2 ranks x 1 micro-batch against 1 rank x 2: the gradient sum of two terms is the same either way
+    assert_same_training(root, global_batch_run)
 
 
 def test_a_rerun_under_other_settings_is_refused_but_a_larger_limit_continues(prepared, tmp_path):

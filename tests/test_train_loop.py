@@ -13,7 +13,14 @@ from torch import nn
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv
-from selfmem.train.loop import CHECKPOINT, autocast_dtype, counts_as_nonfinite, fit, inverse_sqrt_schedule
+from selfmem.train.loop import (
+    CHECKPOINT,
+    autocast_dtype,
+    counts_as_nonfinite,
+    fit,
+    inverse_sqrt_schedule,
+    micro_batches_per_step,
+)
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
@@ -211,3 +218,33 @@ def test_a_finished_run_resumed_with_more_steps_continues(tmp_path):
                 lr_schedule=lambda s: 1.0)
     assert state.step == 12
     assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
+
+
+def test_a_global_batch_fixes_the_step_whatever_the_number_of_processes():
+    assert [micro_batches_per_step(TrainConfig(accumulate=3), n) for n in (1, 2, 4)] == [3, 6, 12]  # as before
+    assert [micro_batches_per_step(TrainConfig(global_batch=4), n) for n in (1, 2, 4)] == [4, 4, 4]
+    with pytest.raises(ValueError, match=re.escape(
+            "train.global_batch = 4 micro-batches per step cannot be shared by 3 processes: start a number of "
+            "processes that divides 4")):
+        micro_batches_per_step(TrainConfig(global_batch=4), 3)
+    with pytest.raises(ValueError, match=re.escape(
+            "train.global_batch (4) and train.accumulate (2) both set the micro-batches per step: leave "
+            "train.accumulate at 1 (each process then accumulates train.global_batch / processes) or set "
+            "train.global_batch=null")):
+        micro_batches_per_step(TrainConfig(global_batch=4, accumulate=2), 2)
+    with pytest.raises(ValueError, match=re.escape("train.global_batch must be at least 1 micro-batch (or null), "
+                                                   "got 0")):
+        micro_batches_per_step(TrainConfig(global_batch=0), 1)
+
+
+def test_a_checkpoint_records_the_micro_batches_per_step_not_how_they_are_split(tmp_path):
+    def train(max_steps, **step):
+        return fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=max_steps, **step), ONE_PROCESS, tmp_path, seed=0,
+                   lr_schedule=lambda s: 1.0, depends_on={**SETTINGS, "train.accumulate": 2, "train.global_batch": None})
+
+    train(2, accumulate=2)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)["depends_on"]
+    assert saved == {**SETTINGS, "train.global_batch": 2}  # train.accumulate is not recorded
+    assert train(3, global_batch=2).step == 3  # the same step, split another way: continued
+    with pytest.raises(ValueError, match=re.escape("other settings: train.global_batch was 2, now 1. Start afresh")):
+        train(4)  # one process, one micro-batch a step: another training, refused

@@ -66,6 +66,10 @@ class RetrievalConfig:
     min_fuzzy_match: float = 0.0  # drop hits whose source's word fuzzy match is below this (0.5: NFR's)
     batch_size: int = 1024  # queries per retrieval call
     index_name: Optional[str] = None  # Elasticsearch index; default selfmem-RUNNAME
+    # Elasticsearch: probes of the server before giving up, the first retry after connect_backoff
+    # seconds, each later one after twice the wait before (6 and 2: a minute for a restart)
+    connect_attempts: int = 6
+    connect_backoff: float = 2.0
 
 
 @dataclass
@@ -108,7 +112,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     max_tokens: int = 4096  # per rank and step: encoder input plus target tokens
-    accumulate: int = 1
+    accumulate: int = 1  # micro-batches each process adds up per step (with global_batch null)
+    # micro-batches per step over all processes, whatever their number (each accumulates its
+    # share): a job restarted on fewer or more processes continues the same training; null:
+    # processes x accumulate
+    global_batch: Optional[int] = None
     clip_norm: float = 1.0
     max_epochs: int = 30
     max_steps: Optional[int] = None

@@ -44,6 +44,22 @@ class RankFailed(RuntimeError):
     """Raised on the other ranks when rank 0's share of the work failed; its message holds the cause."""
 
 
+def restart_store(env: DistEnv, timeout: timedelta) -> dist.Store | None:
+    """The process group's store when torchrun's agent hosts it: the keys of this restart.
+
+    The agent keeps one store for the whole job, and torch's process group reuses its keys:
+    after a ``torchrun --max-restarts`` restart the new ranks read the addresses the killed
+    ones published and fail to connect, or wait until ``dist.timeout``. The restart count
+    is the same on every rank of a node (one agent starts them all). None elsewhere: torch
+    makes the store.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    return dist.PrefixStore(f"selfmem/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_distributed(timeout_s: float = DistConfig.timeout) -> DistEnv:
     """Join the torchrun process group (NCCL on GPUs, gloo on CPUs) when launched by torchrun.
 
@@ -59,11 +75,13 @@ def init_distributed(timeout_s: float = DistConfig.timeout) -> DistEnv:
     if timeout_s <= 0:
         raise ValueError(f"dist.timeout must be a positive number of seconds, got {timeout_s}")
     if env.world_size > 1 and not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
+        group = dict(store=restart_store(env, timeout), rank=env.rank, world_size=env.world_size, timeout=timeout)
         if torch.cuda.is_available():
             torch.cuda.set_device(env.local_rank)
-            dist.init_process_group("nccl", device_id=env.device, timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group("nccl", device_id=env.device, **group)
         else:
-            dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group("gloo", **group)
     return env
 
 

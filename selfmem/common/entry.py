@@ -60,7 +60,10 @@ def entry_point(main: Callable[[], object]) -> None:
     try:
         record(main, _ErrorFile())()
     except Exception as exc:  # noqa: BLE001 - reported in full, then the process ends
-        print(error_report(exc), file=sys.stderr, flush=True)
+        # one write, newline included: ranks share one stderr, and print's separate write of
+        # the newline let another rank's line join this one
+        sys.stderr.write(error_report(exc) + "\n")
+        sys.stderr.flush()
         sys.exit(1)
 
 

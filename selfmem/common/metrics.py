@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum")
@@ -64,7 +63,10 @@ def corpus_ter(hyps: Sequence[str], refs: Sequence[str]) -> Score:
 
 
 @lru_cache(maxsize=None)
-def _rouge_scorer(keys: tuple[str, ...]) -> rouge_scorer.RougeScorer:
+def _rouge_scorer(keys: tuple[str, ...]):
+    # rouge-score imports nltk and scipy, a second of every launch's start; BLEU runs never need it
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
 
 

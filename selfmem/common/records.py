@@ -18,6 +18,12 @@ class DataError(ValueError):
     """An input file (a dataset, a memory or candidates file) that cannot be read as expected."""
 
 
+class CheckpointError(DataError):
+    """A model or training checkpoint a stage cannot use: missing, damaged or cut short, or read
+    with a tokenizer other than its own. An input error like a bad data line: the launchers end
+    with its message alone, without a traceback."""
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each line's JSON object with its ``FILE:LINE`` (for messages), read as the caller asks
     for them; a missing file, invalid UTF-8, a blank line, a line that is not JSON or not an

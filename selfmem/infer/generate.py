@@ -35,7 +35,7 @@ from selfmem.common.generator_inputs import (
 )
 from selfmem.common.io import json_line, one_line, read_lines
 from selfmem.common.metrics import headline_score
-from selfmem.common.records import DataError, describe, field, is_texts, read_aligned
+from selfmem.common.records import CheckpointError, DataError, describe, field, is_texts, read_aligned
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
@@ -76,7 +76,7 @@ def load_generator(config: Config, paths: RunPaths, device: torch.device, tokeni
     """The run's trained generator, in eval mode on ``device``, refused if ``tokenizer`` (the
     run's) is not the one it was trained with."""
     if not (paths.generator / "config.json").exists():
-        raise FileNotFoundError(f"{paths.generator}: no trained generator; run launch/train_generator.py first")
+        raise CheckpointError(f"{paths.generator}: no trained generator; run launch/train_generator.py first")
     check_length_budgets(config, paths.generator)
     what = f"{paths.generator} read with the tokenizer in {paths.tokenizer}"
     if config.generator.engine == "hf":

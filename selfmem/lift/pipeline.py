@@ -34,13 +34,14 @@ from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
 from selfmem.select.stage import check_selector_config, select_memories
 from selfmem.train.generator import train_generator
+from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import NOT_FOR_SELECTOR, SELECTION, generate_selector_candidates, train_selector
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
 # keys that change no result: they are left out of the fingerprints
-BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name")
+BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name", "connect_attempts", "connect_backoff")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:
@@ -139,11 +140,16 @@ def check_lift_config(config: Config) -> None:
 def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     """Run (or resume) every stage; returns the report's rows (also in ``metrics.jsonl``)."""
     check_lift_config(config)
+    micro_batches_per_step(config.train, env.world_size)  # a global batch these processes cannot share
+    for split in SPLITS:  # a bad line in test.jsonl is refused now, not after hours of training at round 0
+        load_split(config.data, split)
     state = RunState(paths.state)
     seed = config.run.seed
     data = [_without(config.data, ("metric", "bleu_tokenize")),
             {split: file_digest(split_file(config.data, split)) for split in SPLITS}]
-    train = _without(config.train, BOOKKEEPING)
+    # a null train.global_batch trains as before the key existed: left out, so that the
+    # stages of a run from before stay done
+    train = _without(config.train, (*BOOKKEEPING, *(("global_batch",) if config.train.global_batch is None else ())))
     init = path_digest(config.generator.init)  # hashed once: a checkpoint can be gigabytes
 
     tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, path_digest(config.tokenizer.path), seed],

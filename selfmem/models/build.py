@@ -13,7 +13,6 @@ from selfmem.common.config import Config, GeneratorConfig
 from selfmem.common.tokenizer import Tokenizer
 from selfmem.models.config import CONFIG_NAME, ModelConfig
 from selfmem.models.hf_engine import HFSeq2Seq
-from selfmem.models.hf_import import import_hf
 from selfmem.models.seq2seq import WEIGHTS_NAME, Seq2SeqModel, load_weights
 
 # ModelConfig fields that only training reads: a native checkpoint may differ in them, and the
@@ -44,6 +43,9 @@ def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
             raise ValueError("generator.engine 'hf' supports generator.memory none or joint, not dual")
         return HFSeq2Seq(g.init, tokenizer.pad_id)
     if g.init and not native_init:
+        # transformers takes seconds to import; runs of native models never need it
+        from selfmem.models.hf_import import import_hf
+
         return import_hf(g.init, memory=g.memory)
     model = Seq2SeqModel(native_model_config(g, tokenizer))
     if native_init:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from selfmem.common.config import Config
 from selfmem.common.io import atomic_directory
+from selfmem.common.records import CheckpointError
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from selfmem.models.config import ModelConfig
@@ -203,7 +204,7 @@ class Selector(nn.Module):
         """A selector written by ``save``, in eval mode on ``map_location``."""
         directory = Path(directory)
         if not (directory / SELECTOR_CONFIG).exists():
-            raise FileNotFoundError(f"{directory}: no trained selector ({SELECTOR_CONFIG} missing)")
+            raise CheckpointError(f"{directory}: no trained selector ({SELECTOR_CONFIG} missing)")
         meta = json.loads((directory / SELECTOR_CONFIG).read_text(encoding="utf-8"))
         if meta["backbone"] == "generator":
             backbone = GeneratorEncoderBackbone(ModelConfig.load(directory / "backbone"))

@@ -38,6 +38,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from selfmem.common.io import atomic_directory
+from selfmem.common.records import CheckpointError
 from selfmem.models.config import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -403,7 +404,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     try:
         load_model(module, path, strict=True)
     except SafetensorError as e:  # its own message names no file
-        raise ValueError(f"{path}: cannot read the weights, the file is damaged or cut short ({e})") from None
+        raise CheckpointError(f"{path}: cannot read the weights, the file is damaged or cut short ({e})") from None
 
 
 class Seq2SeqModel(nn.Module):

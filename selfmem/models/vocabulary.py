@@ -7,6 +7,7 @@ read by a 4,000-piece generator decodes "esenoooooo...").
 
 from __future__ import annotations
 
+from selfmem.common.records import CheckpointError
 from selfmem.models.config import ModelConfig
 
 SPECIAL_TOKENS = ("pad", "bos", "eos", "sep")
@@ -28,7 +29,7 @@ def check_tokenizer(tokenizer, vocab_size: int, special_ids: dict[str, int | Non
         if model_id is not None and ours != model_id:
             problems.append(f"{name} id {ours} for the model's {model_id}")
     if problems:
-        raise ValueError(f"{what}: the tokenizer does not match the model ({'; '.join(problems)}), so decoding "
+        raise CheckpointError(f"{what}: the tokenizer does not match the model ({'; '.join(problems)}), so decoding "
                          f"would give garbage: use the tokenizer the model was trained with")
 
 

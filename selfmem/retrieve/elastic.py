@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from elasticsearch import Elasticsearch, helpers
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch, helpers
 
+from selfmem.common.config import ConfigError
 from selfmem.retrieve.bm25 import WORD_PATTERN, Hits
 
 # Elasticsearch's `indices.query.bool.max_clause_count` was 1024 by default (8.x derives
@@ -40,12 +43,20 @@ MSEARCH_CHUNK = 256
 BULK_CHUNK = 500
 # Refreshing or searching a large index can exceed the client's 10 s default.
 REQUEST_TIMEOUT_S = 120.0
+# One attempt of the reachability probe: an address that drops packets would otherwise hold
+# each attempt for REQUEST_TIMEOUT_S, times the client's own retries.
+PROBE_TIMEOUT_S = 10.0
 
 _SIMILARITY = "selfmem_bm25"
 
 
 class ElasticsearchRetrievalError(RuntimeError):
     """An Elasticsearch request item failed."""
+
+
+class ElasticsearchUnreachable(ConfigError):
+    """No server answers at ``SELFMEM_ES_URL``: a setting to correct or a server to start. Its
+    message says all there is to say (a traceback would show only the client's internals)."""
 
 
 def redact_url(url: str) -> str:
@@ -102,6 +113,45 @@ def connect_from_env() -> Elasticsearch:
     raise RuntimeError(
         f"cannot configure an Elasticsearch client for {redact_url(url)} (from SELFMEM_ES_URL): {failure}"
     )
+
+
+def reachable_client(attempts: int, backoff: float) -> Elasticsearch:
+    """``connect_from_env``'s client, once its server answers: up to ``attempts`` probes, the
+    first retry after ``backoff`` seconds and each later one after twice the wait before
+    (``retrieval.connect_attempts`` and ``connect_backoff``: a server that is restarting gets
+    the time to come back). No answer at all is ``ElasticsearchUnreachable``, which names the
+    address without its credentials."""
+    if attempts < 1 or backoff < 0:
+        raise ConfigError(f"retrieval.connect_attempts must be at least 1 and retrieval.connect_backoff at least 0, "
+                          f"got {attempts} and {backoff}")
+    client = connect_from_env()
+    probe = client.options(request_timeout=PROBE_TIMEOUT_S, max_retries=0)
+    waits = [backoff * 2 ** i for i in range(attempts - 1)]
+    for wait in [*waits, None]:
+        try:
+            probe.info()
+            return client
+        except ApiError:  # an HTTP answer, even a refusal of this request: the server is up
+            return client
+        except TransportError as error:  # no answer: refused, no such host, timed out
+            reason = _innermost(error)
+        if wait is not None:
+            time.sleep(wait)
+    url = os.environ["SELFMEM_ES_URL"].strip()
+    reason = _scrub(reason.replace(url, redact_url(url)), [os.environ.get("SELFMEM_ES_API_KEY"),
+                                                           os.environ.get("SELFMEM_ES_PASSWORD"), _url_password(url)])
+    raise ElasticsearchUnreachable(
+        f"no Elasticsearch server answers at {redact_url(url)} (SELFMEM_ES_URL) after {attempts} "
+        f"attempt{'s' if attempts > 1 else ''} over {sum(waits):g} s: {reason}; start the server or set "
+        f"SELFMEM_ES_URL to its address (retries: retrieval.connect_attempts, retrieval.connect_backoff)")
+
+
+def _innermost(error: BaseException) -> str:
+    """The message of the exception at the bottom of ``error``'s chain: the network's own
+    words (``[Errno 111] Connection refused``), not the layers of client wrappers above it."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return str(error) or type(error).__name__
 
 
 def _url_password(url: str) -> str | None:

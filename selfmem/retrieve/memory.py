@@ -34,11 +34,12 @@ def open_retriever(config: Config, env: DistEnv, train: list[Example], paths: Ru
     documents = [ex.source for ex in train]
     cfg = config.retrieval
     if cfg.backend == "elasticsearch":
-        from selfmem.retrieve.elastic import ElasticsearchRetriever
+        from selfmem.retrieve.elastic import ElasticsearchRetriever, reachable_client
 
         index_name = cfg.index_name or f"selfmem-{config.run.name}".lower()
-        on_main(lambda: ElasticsearchRetriever.build(documents, cfg.k1, cfg.b, index_name))
-        return ElasticsearchRetriever.open(index_name)
+        on_main(lambda: ElasticsearchRetriever.build(
+            documents, cfg.k1, cfg.b, index_name, reachable_client(cfg.connect_attempts, cfg.connect_backoff)))
+        return ElasticsearchRetriever.open(index_name, reachable_client(cfg.connect_attempts, cfg.connect_backoff))
 
     def build_and_save() -> BM25Retriever:
         retriever = BM25Retriever.build(documents, cfg.k1, cfg.b, threads=env.cpu_threads())

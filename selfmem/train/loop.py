@@ -33,6 +33,7 @@ from selfmem.common.config import TrainConfig
 from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
+from selfmem.common.records import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ TRAIN_LOG = "train_log.jsonl"
 # raise to continue a run (a finished one, or one stopped by non-finite steps)
 RESUME_FREE = ("train.save_every", "train.log_every", "train.max_steps", "train.max_epochs", "train.patience",
                "train.max_nonfinite")
+# the train keys that split a step among the processes: a checkpoint records the step's size
+# they give (as train.global_batch) instead, so that it resumes on any split of the same step
+STEP_SPLIT = ("train.accumulate", "train.global_batch")
 # below this loss scale the GradScaler no longer guards fp16's range (it shrinks gradients):
 # a step that still overflows belongs to a diverging run, not to routine overflow handling
 SCALE_FLOOR = 1.0
@@ -107,6 +111,24 @@ def parameters_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def micro_batches_per_step(config: TrainConfig, world_size: int) -> int:
+    """Micro-batches in one optimizer step over all ranks: ``train.global_batch``, each rank
+    accumulating its share, or ``world_size x train.accumulate`` where it is null."""
+    total = config.global_batch
+    if total is None:
+        return world_size * config.accumulate
+    if total < 1:
+        raise ValueError(f"train.global_batch must be at least 1 micro-batch (or null), got {total}")
+    if config.accumulate != 1:
+        raise ValueError(f"train.global_batch ({total}) and train.accumulate ({config.accumulate}) both set the "
+                         f"micro-batches per step: leave train.accumulate at 1 (each process then accumulates "
+                         f"train.global_batch / processes) or set train.global_batch=null")
+    if total % world_size:
+        raise ValueError(f"train.global_batch = {total} micro-batches per step cannot be shared by {world_size} "
+                         f"processes: start a number of processes that divides {total}")
+    return total
+
+
 def counts_as_nonfinite(scaler: torch.amp.GradScaler) -> bool:
     """Whether a step with non-finite gradients counts towards ``train.max_nonfinite``.
 
@@ -164,7 +186,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict:
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # their messages name no file
         reason = one_line(str(e)).split(". ")[0] or type(e).__name__  # torch's first sentence says what
-        raise ValueError(f"{path}: cannot read the training checkpoint, the file is damaged or cut short "
+        raise CheckpointError(f"{path}: cannot read the training checkpoint, the file is damaged or cut short "
                          f"({reason}); delete it to train from the start") from None
 
 
@@ -200,9 +222,13 @@ def fit(
     ``out_dir`` receives the checkpoint, the JSON-lines log and (through
     ``task.save_model``) the best model on dev. ``depends_on`` holds the config values the
     training depends on, by dotted key (``config_values``, less ``RESUME_FREE``): the
-    checkpoint records them, and a checkpoint written under others is refused.
+    checkpoint records them, and a checkpoint written under others is refused. Of the keys
+    that split a step among the ranks (``STEP_SPLIT``) it records only the micro-batches per
+    step, as ``train.global_batch``: the world size is free as long as the step stays the same.
     """
-    depends_on = depends_on or {}
+    per_step = micro_batches_per_step(config, env.world_size)
+    depends_on = {**{key: value for key, value in (depends_on or {}).items() if key not in STEP_SPLIT},
+                  "train.global_batch": per_step}
     on_main(lambda: recover_directory(out_dir))  # a crash while saving the best model
     out_dir.mkdir(parents=True, exist_ok=True)
     device = env.device
@@ -230,7 +256,6 @@ def fit(
         state = TrainState(**saved["state"])
         log.info("resumed from %s at step %d (epoch %d)", checkpoint_path, state.step, state.epoch)
         on_main(lambda: _trim_log(log_path, state.step))
-    per_step = env.world_size * config.accumulate
     max_steps = config.max_steps or math.inf
 
     def should_train() -> bool:
@@ -273,8 +298,10 @@ def fit(
         batches = task.epoch_batches(state.epoch)
         steps_in_epoch = len(batches) // per_step  # a last partial step is dropped
         if steps_in_epoch == 0:
+            step_size = (f"train.global_batch {config.global_batch}" if config.global_batch is not None
+                         else f"{env.world_size} ranks x train.accumulate {config.accumulate}")
             raise ValueError(f"an epoch has {len(batches)} micro-batches, fewer than one step needs "
-                             f"({env.world_size} ranks x train.accumulate {config.accumulate}): lower train.max_tokens")
+                             f"({step_size}): lower train.max_tokens")
         train_model.train()
         while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
             step_batches = batches[state.step_in_epoch * per_step : (state.step_in_epoch + 1) * per_step]

@@ -34,7 +34,7 @@ from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
 from selfmem.train.generator import train_generator
-from selfmem.train.loop import RESUME_FREE, TrainState, fit
+from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],
                         pair_encoder(selector, tokenizer, cfg.max_len), tokenizer.pad_id, cfg, config.data.metric,
                         config.data.bleu_tokenize, env, config.run.seed)
-    steps = cfg.max_epochs * (len(task.epoch_batches(0)) // (env.world_size * config.train.accumulate))
+    steps = cfg.max_epochs * (len(task.epoch_batches(0)) // micro_batches_per_step(config.train, env.world_size))
     train_config = dataclasses.replace(config.train, lr=cfg.lr, max_epochs=cfg.max_epochs, max_tokens=cfg.max_tokens,
                                        warmup_steps=max(1, steps // 10), max_steps=None)
     return fit(selector, task, train_config, env, paths.selector, config.run.seed,
