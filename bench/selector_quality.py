@@ -1,22 +1,27 @@
-"""The selector on real candidates: its pick against the beam top-1 and the oracle pick.
+"""Selector variants on real candidates: each one's pick against the beam top-1 and the oracle.
 
-    python bench/selector_quality.py --config configs/libreoffice_ende.yaml [k=v ...]
+    python bench/selector_quality.py --config configs/libreoffice_ende.yaml [--variants NAME ...]
+        [--splits dev] [k=v ...]
 
-Needs the run's trained generator (launch/train_generator.py). Generates the candidates
-where missing (``selector.train_subset`` train examples with their BM25 memory; every dev
-example with round 0's memory), trains the selector exactly as launch/train_selector.py
-does (the best epoch kept by the dev metric of its pick), and prints for every epoch the
-dev corpus metric of the selector's pick, of the beam top-1 (the first candidate) and of
-the oracle pick (the candidate closest to the reference), with the run's settings. The
-kept epoch is chosen on dev, so its dev figure is optimistic; the same three figures on
-test (round 1's test candidates, scored by the kept selector) are not. Also printed: the
-beam top-1 and oracle of the selector's own training candidates, to compare their quality
-with the candidates it must rank.
+Needs the run's trained generator (launch/train_generator.py). Generates the candidates where
+missing, as the lift does: every dev and test example with round 0's memory (round 1's
+candidates) and, for the trained variants, ``selector.train_subset`` train examples (with
+their BM25 memory; from the crossfit generators for ``train_from: crossfit``). Then, for
+each variant, the pick of every example of each split in --splits, and one table per split:
+the corpus BLEU and chrF++ of the beam top-1 (the first candidate), of the oracle pick (the
+candidate of best sentence BLEU against the reference) and of each variant's pick, with
+its difference from the top-1 in BLEU. A trained variant trains its selector in
+``selectors/NAME/`` of the run (resumed or reused when there), exactly as
+launch/train_selector.py does, the best epoch kept by the dev metric of its pick.
+
+Choose on dev; read test once, for the chosen variants (``--splits test --variants ...``):
+the kept epoch of a trained variant is chosen on dev, so its dev figure is optimistic.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,71 +29,84 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from selfmem.common.config import parse_args  # noqa: E402
+from selfmem.common.config import Config, load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.distributed import agreed, close_distributed, init_distributed  # noqa: E402
-from selfmem.common.io import read_jsonl  # noqa: E402
-from selfmem.common.metrics import headline_score  # noqa: E402
-from selfmem.common.run import start_run  # noqa: E402
+from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
+from selfmem.common.run import RunPaths, start_run  # noqa: E402
 from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory  # noqa: E402
-from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric  # noqa: E402
-from selfmem.select.stage import select_memories  # noqa: E402
-from selfmem.train.selector import selector_subset, train_selector  # noqa: E402
+from selfmem.select.candidates import baseline_picks, read_candidates, selector_examples, sentence_metric  # noqa: E402
+from selfmem.select.pick import top_b  # noqa: E402
+from selfmem.select.stage import mbr_scorer, trained_scorer  # noqa: E402
+from selfmem.train.selector import train_selector  # noqa: E402
+
+# name -> overrides of the run's config; the trained ones are trained in selectors/NAME/
+VARIANTS = {
+    "mbr-bleu": ["selector.kind=mbr"],
+    "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0"],
+    "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2"],
+    "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf"],
+    "S": [],
+    "S+g": ["selector.generator_feature=true"],
+    "S-crossfit": ["selector.train_from=crossfit"],
+    "S-crossfit+g": ["selector.train_from=crossfit", "selector.generator_feature=true"],
+}
 
 
-def corpus_figures(config, candidates_path: Path, examples: list, split: str,
-                   picks: list[str] | None = None) -> dict[str, float]:
-    """Corpus metric of the beam top-1 and the oracle pick of a candidates file of ``split``
-    (and of ``picks``)."""
-    references = [ex.target for ex in examples]
-    chosen = baseline_picks(selector_examples(candidates_path, examples, sentence_metric(config), split))
-    if picks is not None:
-        chosen["pick"] = picks
-    return {name: headline_score(config.data.metric, texts, references, config.data.bleu_tokenize)
-            for name, texts in chosen.items()}
+def variant_paths(paths: RunPaths, config: Config, name: str) -> RunPaths:
+    """The run's paths with the variant's own selector (and crossfit candidates) directory."""
+    candidates = "selector_candidates" if config.selector.train_from == "train" else "selector_candidates_crossfit"
+    return dataclasses.replace(paths, selector_dir=f"selectors/{name}", selector_candidates_dir=candidates)
 
 
 def main() -> None:
-    config, _ = parse_args(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--splits", nargs="+", default=["dev"], choices=["dev", "test"])
+    args, overrides = parser.parse_known_args()
+    config = load_config(args.config, overrides)
     env = init_distributed()
     paths = start_run(config, env)
-    started = time.perf_counter()
-    train_selector(config, env, paths)
-    if not agreed(paths.candidates(1, "test").exists):
-        generate(config, env, paths, "test", "candidates", initial_memory(config, paths, "test"), 1)
-    picks = select_memories(config, env, paths, "test", 1)
+    for split in ("dev", "test"):  # round 1's candidates, from round 0's memory (the BM25 memory)
+        if not agreed(paths.candidates(1, split).exists):
+            generate(config, env, paths, split, "candidates", initial_memory(config, paths, split), 1)
+    picks: dict[str, dict[str, list[str]]] = {split: {} for split in args.splits}
+    seconds = {}
+    for name in args.variants:
+        variant = load_config(args.config, [*overrides, *VARIANTS[name]])
+        vpaths = variant_paths(paths, variant, name)
+        started = time.perf_counter()
+        if variant.selector.kind == "trained":
+            train_selector(variant, env, vpaths)  # returns at once when trained before
+        for split in args.splits:
+            examples = load_split(config.data, split)
+            lines = read_candidates(paths.candidates(1, split), len(examples), split)
+            chunk = list(zip(lines, examples))
+            score = trained_scorer(variant, env, vpaths) if variant.selector.kind == "trained" else mbr_scorer(variant)
+            scores = score(chunk, [True] * len(chunk))
+            picks[split][name] = [top_b(line.pool, s, 1)[0] for line, s in zip(lines, scores)]
+        seconds[name] = time.perf_counter() - started
     if env.is_main:
-        test = corpus_figures(config, paths.candidates(1, "test"), load_split(config.data, "test"), "test", picks)
-        train = load_split(config.data, "train")
-        learned_from = ([train[i] for i in selector_subset(config, len(train))]
-                        if config.selector.train_from != "dev" else load_split(config.data, "dev"))
-        trained_on = corpus_figures(config, paths.selector_candidates if config.selector.train_from != "dev"
-                                    else paths.candidates(1, "dev"), learned_from,
-                                    "dev" if config.selector.train_from == "dev" else "train")
-        generator_evals = [r["eval"] for r in read_jsonl(paths.generator / "train_log.jsonl") if "eval" in r]
-        evals = [r for r in read_jsonl(paths.selector / "train_log.jsonl") if "eval" in r]
-        dev = read_jsonl(paths.candidates(1, "dev"))
-        per_example = sorted({len([c for cs in r["candidates"] for c in cs]) for r in dev})
-        s, c = config.selector, config.candidates
-        print(f"\nrun {paths.root}: generator {config.generator.memory} memory, best dev "
-              f"{config.data.metric} {max(e['metric'] for e in generator_evals):.2f}")
-        print(f"candidates: {c.num_beams} beams, {c.num_return} returned ({per_example[0]}-{per_example[-1]} per dev "
-              f"example); selector: {s.backbone} backbone, {s.train_subset} train examples, group {s.group_size}, "
-              f"lr {s.lr}, temperature {s.temperature}, {s.max_epochs} epochs, {time.perf_counter() - started:.0f} s")
-        print(f"\n{'epoch':>5} {'S pick':>8} {'top-1':>8} {'oracle':>8}   (dev corpus {config.data.metric})")
-        for record in evals:
-            e = record["eval"]
-            kept = "  kept" if record.get("best") else ""
-            print(f"{record['epoch']:>5} {e['metric']:>8.2f} {e['top1']:>8.2f} {e['oracle']:>8.2f}{kept}")
-        best = max(evals, key=lambda r: r["eval"]["metric"])["eval"]
-        for split, figures in (("dev", {"pick": best["metric"], "top1": best["top1"], "oracle": best["oracle"]}),
-                               ("test", test)):
-            print(f"kept selector, {split}: pick {figures['pick']:.2f} vs top-1 {figures['top1']:.2f} "
-                  f"({figures['pick'] - figures['top1']:+.2f}); oracle {figures['oracle']:.2f}")
-            print(json.dumps({"split": split, **figures}))
-        print(f"the selector's training candidates ({config.selector.train_from}): top-1 {trained_on['top1']:.2f}, "
-              f"oracle {trained_on['oracle']:.2f}")
+        c = config.candidates
+        print(f"\nrun {paths.root}; {c.num_beams} beams, {c.num_return} candidates returned per example; "
+              f"command: python bench/selector_quality.py --config {args.config} {' '.join(overrides)}")
+        for split in args.splits:
+            examples = load_split(config.data, split)
+            references = [ex.target for ex in examples]
+            rows = baseline_picks(selector_examples(paths.candidates(1, split), examples, sentence_metric(config),
+                                                    split))
+            rows = {"beam top-1": rows["top1"], "oracle": rows["oracle"], **picks[split]}
+            top1 = corpus_bleu(rows["beam top-1"], references, config.data.bleu_tokenize).value
+            print(f"\n{split} ({len(examples)} examples)\n")
+            print("| pick | BLEU | chrF++ | BLEU vs top-1 | seconds |")
+            print("|---|---:|---:|---:|---:|")
+            for name, texts in rows.items():
+                bleu = corpus_bleu(texts, references, config.data.bleu_tokenize).value
+                chrf = corpus_chrf(texts, references).value
+                took = f"{seconds[name]:.0f}" if name in seconds else ""
+                print(f"| {name} | {bleu:.2f} | {chrf:.2f} | {bleu - top1:+.2f} | {took} |")
     close_distributed()
 
 

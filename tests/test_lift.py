@@ -12,13 +12,17 @@ import pytest
 
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 from kill_in_stage import KILL_POINTS
+from sacrebleu.metrics import BLEU
 
 from selfmem.common.config import load_config
+from selfmem.common.data import load_split
 from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv
+from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.lift.pipeline import lift
+from selfmem.select.pick import top_b
 
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
@@ -205,6 +209,37 @@ def test_top_b_and_augmented_memory_run_end_to_end(mode, uninterrupted, tmp_path
                 len(before) == 3 and after[0] == before[0] and after[1:-1] == before[2:])
             grown += after != before
         assert grown > 0 or k > 1  # round 1 adds the first self-memory
+
+
+def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tmp_path):
+    root = tmp_path / "mbr"
+    shutil.copytree(uninterrupted, root)
+    run = root / "demo"
+    shutil.rmtree(run / "selector")
+    shutil.rmtree(run / "selector_candidates")
+    (run / "round_1" / "candidates" / "dev.jsonl").unlink()  # the selector stage's, in a trained run
+    saved = json.loads((run / "state.json").read_text())
+    for name in ("selector", "selector_candidates"):
+        del saved["stages"][name]
+    (run / "state.json").write_text(json.dumps(saved))
+
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr"))
+    stages = state(root)
+    assert "selector" not in stages and "selector_candidates" not in stages
+    assert not (run / "selector").exists() and not (run / "selector_candidates").exists()
+    assert all(stages[s] == state(uninterrupted)[s] for s in ("tokenizer", "retrieval", "generator", "round_0"))
+    config = load_config(DEMO_CONFIG, lift_args(root, ONE_PROCESS)[2:])
+    metric = BLEU(tokenize="13a", effective_order=True)
+    for split in ("dev", "test"):  # round 1's candidates, its own on dev too, and the consensus pick of each
+        examples = load_split(config.data, split)
+        records = read_jsonl(run / "round_1" / "candidates" / f"{split}.jsonl")
+        memories = read_jsonl(run / "round_1" / "memory" / f"{split}.jsonl")
+        assert len(records) == len(memories) == len(examples)
+        for record, memory in zip(records, memories):
+            pool = record["candidates"][0]
+            distinct = list(dict.fromkeys(pool))
+            expected = [sum(metric.sentence_score(c, [r]).score for r in distinct) for c in pool]
+            assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
 
 
 def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):

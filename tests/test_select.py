@@ -1,14 +1,17 @@
 """The selection stage for real: 1 rank against 2 (torchrun, gloo), top-B and augment, ties and duplicates."""
 
 import json
+import math
 
 import pytest
 import torch
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
+from sacrebleu.metrics import BLEU
 
 from selfmem.common.config import load_config
 from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv
+from selfmem.common.records import DataError
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import ModelConfig
@@ -37,7 +40,9 @@ def run_root(tmp_path_factory):
     for i in range(len(dev)):
         pool = [targets[(i + j) % len(dev)] for j in range(5)]
         pool.insert(3, pool[1])  # a duplicate, which scores exactly as its twin
-        lines.append({"memories": [[targets[(i + 7) % len(dev)]]], "candidates": [pool], "scores": [[0.0] * 6]})
+        # the generator's scores: the duplicate's twin scores -0.1, the duplicate -0.3
+        lines.append({"memories": [[targets[(i + 7) % len(dev)]]], "candidates": [pool],
+                      "scores": [[-0.05 * ((i + j) % 5) - 0.1 * (j % 3) for j in range(6)]]})
     path = run / "round_0" / "candidates" / "dev.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
@@ -97,3 +102,44 @@ def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
     assert output.read_bytes() == whole
     assert picks == [json.loads(line)["memories"][0][0] for line in whole.decode("utf-8").splitlines()]
     assert sorted(p.name for p in output.parent.iterdir()) == ["dev.jsonl"]  # no shard left behind
+
+
+@pytest.mark.parametrize("temperature", ["null", "0.5"])
+def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, temperature):
+    overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_temperature={temperature}"]
+    one = select(run_root, *overrides)
+    assert select(run_root, *overrides, nproc=2) == one
+    records = [json.loads(line) for line in
+               (run_root / "demo" / "round_0" / "candidates" / "dev.jsonl").read_text().splitlines()]
+    metric = BLEU(tokenize="13a", effective_order=True)
+    changed = 0
+    for line, record in zip(one.decode("utf-8").splitlines(), records):
+        pool, generator = record["candidates"][0], record["scores"][0]
+        # expected sentence BLEU against the distinct candidates, computed by sacrebleu itself
+        best = {}
+        for text, score in zip(pool, generator):
+            best[text] = max(score, best.get(text, -math.inf))
+        weights = {t: 1.0 if temperature == "null" else math.exp(s / 0.5) for t, s in best.items()}
+        expected = [sum(w * metric.sentence_score(c, [r]).score for r, w in weights.items()) / sum(weights.values())
+                    for c in pool]
+        assert json.loads(line)["memories"] == [[m] for m in top_b(pool, expected, 2)]
+        changed += top_b(pool, expected, 1)[0] != pool[0]
+    assert changed > 0  # some picks are not the first candidate
+
+
+def test_mbr_weighted_by_the_generator_refuses_a_candidates_file_without_scores(run_root, tmp_path):
+    config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, "selector.kind=mbr",
+                                       "selector.mbr_temperature=1.0"])
+    source = run_root / "demo" / "round_0" / "candidates" / "dev.jsonl"
+    lines = [json.loads(line) for line in source.read_text().splitlines()]
+    del lines[4]["scores"]
+    bare = tmp_path / "dev.jsonl"
+    bare.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    one_process = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    with pytest.raises(DataError, match=rf"{bare}:5: no \"scores\" \(the generator's score of each candidate\), "
+                                        r"which selector.mbr_temperature needs"):
+        select_memories(config, one_process, RunPaths(config.run_dir), "dev", 5, candidates_path=bare)
+    lines[4]["scores"] = [[0.0]]
+    bare.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{bare}:5: \"scores\" must be a list of lists of numbers shaped like"):
+        select_memories(config, one_process, RunPaths(config.run_dir), "dev", 5, candidates_path=bare)

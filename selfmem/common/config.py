@@ -142,6 +142,15 @@ class CandidatesConfig:
 
 @dataclass
 class SelectorConfig:
+    # trained: the cross-encoder S; mbr: minimum Bayes risk over each example's candidates (no training)
+    kind: Literal["trained", "mbr"] = "trained"
+    mbr_utility: Literal["bleu", "chrf"] = "bleu"  # sentence BLEU or chrF++ against the other candidates
+    # MBR's weight of each pseudo-reference: softmax of the generator's length-normalised
+    # log-probabilities divided by this temperature; None: every candidate alike
+    mbr_temperature: Optional[float] = None
+    # the trained S adds a learned multiple of the candidate's generator score (its length-
+    # normalised log-probability) to its own, so that it only has to learn what the beam order misses
+    generator_feature: bool = False
     backbone: Literal["generator", "hf"] = "generator"
     path: Optional[str] = None  # a Hugging Face encoder directory (backbone: hf)
     temperature: float = 0.5

@@ -14,6 +14,9 @@ from selfmem.common.distributed import DistEnv, on_main
 class RunPaths:
     root: Path
     generator_dir: str = "generator"  # relative to root: no_memory/generator for the lift's baseline
+    # relative to root: bench/selector_quality.py trains each selector variant beside the others
+    selector_dir: str = "selector"
+    selector_candidates_dir: str = "selector_candidates"
 
     @property
     def tokenizer(self) -> Path:
@@ -32,12 +35,12 @@ class RunPaths:
 
     @property
     def selector(self) -> Path:
-        return self.root / "selector"
+        return self.root / self.selector_dir
 
     @property
     def selector_candidates(self) -> Path:
         """The generator's candidates for the selector's train subset (lines follow the subset)."""
-        return self.root / "selector_candidates" / "train.jsonl"
+        return self.root / self.selector_candidates_dir / "train.jsonl"
 
     @property
     def state(self) -> Path:

@@ -55,11 +55,17 @@ def _score(config: Config, texts: list[str], split: str) -> float:
     return headline_score(config.data.metric, texts, references, config.data.bleu_tokenize)
 
 
-def _round_outputs(paths: RunPaths, k: int) -> list[Path]:
+def _with_selector_candidates(config: Config, k: int, split: str) -> bool:
+    """Whether round k's candidates of ``split`` are made by the selector's stage (round 1's
+    dev candidates, which a trained selector is evaluated on), not by the round."""
+    return config.selector.kind == "trained" and (k, split) == (1, "dev")
+
+
+def _round_outputs(config: Config, paths: RunPaths, k: int) -> list[Path]:
     outputs = [paths.round_dir(k) / "metrics.jsonl"]
     for split in EVAL_SPLITS:
         outputs += [paths.round_memory(k, split), paths.hyps(k, split)]
-        if k > 0 and not (k == 1 and split == "dev"):  # round 1's dev candidates come with the selector's
+        if k > 0 and not _with_selector_candidates(config, k, split):
             outputs.append(paths.candidates(k, split))
     return outputs
 
@@ -81,7 +87,7 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
     """Round k >= 1 on dev and test: candidates -> selection -> hypotheses -> metrics."""
     rows = []
     for split in EVAL_SPLITS:
-        if (k, split) != (1, "dev"):  # round 1's dev candidates are the selector stage's
+        if not _with_selector_candidates(config, k, split):
             generate(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
         picks = select_memories(config, env, paths, split, k)
         generate(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
@@ -170,9 +176,10 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     selection = {key: getattr(config.selector, key) for key in SELECTION}
     initial = {key: selection[key] for key in ("mode", "beam")}  # what round 0's memory files depend on
     previous_key = state.run("round_0", [generator_key, memory_key, config.data, config.candidates, initial],
-                             _round_outputs(paths, 0), lambda: _round_zero(config, env, paths))
+                             _round_outputs(config, paths, 0), lambda: _round_zero(config, env, paths))
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
-    if config.lift.max_rounds > 0:
+    selector_key = None  # minimum Bayes risk: no selector to train, the rounds' keys hold its settings
+    if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, config.candidates, config.selector.train_from,
                                     config.selector.train_subset, seed],
@@ -186,7 +193,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     last = 0
     for k in range(1, config.lift.max_rounds + 1):
         previous_key = state.run(f"round_{k}", [previous_key, selector_key, config.data, config.candidates,
-                                                selection], _round_outputs(paths, k),
+                                                selection], _round_outputs(config, paths, k),
                                  lambda k=k: _round(config, env, paths, k))
         round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")
         rows += round_rows
@@ -201,7 +208,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             log.info("round %d: the dev metric has not risen for %d round(s); stopping", k, k - best_round(rows))
             break
     for name in [n for n in state.stages if n.startswith("round_") and int(n.split("_")[1]) > last]:
-        state.forget(name, _round_outputs(paths, int(name.split("_")[1])))  # from an earlier, longer run
+        state.forget(name, _round_outputs(config, paths, int(name.split("_")[1])))  # from an earlier, longer run
     seconds = state.seconds()
     text = on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
     if env.is_main:

@@ -9,17 +9,19 @@ from pathlib import Path
 
 from selfmem.common.config import Config
 from selfmem.common.data import Example
-from selfmem.common.records import DataError, iter_aligned, text_lists
+from selfmem.common.records import DataError, describe, iter_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
 
 
 @dataclass(frozen=True)
 class SelectorExample:
-    """One source with its candidates and their sentence metrics."""
+    """One source with its candidates, their sentence metrics and, where the candidates file
+    has them, the generator's scores of them."""
 
     source: str
     candidates: list[str]
     metric: list[float]
+    generator_scores: list[float] | None = None
 
 
 def baseline_picks(examples: list[SelectorExample]) -> dict[str, list[str]]:
@@ -39,23 +41,47 @@ def sentence_metric(config: Config) -> Callable[[str, str], float]:
 
 @dataclass(frozen=True)
 class CandidateLine:
-    """One line of a candidates file: its ``FILE:LINE``, the line, and its candidates over all
-    of its memory inputs (never none)."""
+    """One line of a candidates file: its ``FILE:LINE``, the line, its candidates over all of
+    its memory inputs (never none) and their generator scores (None where the line has no
+    ``"scores"``)."""
 
     where: str
     record: dict
     pool: list[str]
+    pool_scores: list[float] | None
+
+
+def generator_scores(where: str, record: dict, candidates: list[list[str]]) -> list[float] | None:
+    """The line's ``"scores"`` flattened like its candidates, checked to match them; None if absent."""
+    if "scores" not in record:
+        return None
+    scores = record["scores"]
+    if not (isinstance(scores, list) and len(scores) == len(candidates)
+            and all(isinstance(s, list) and len(s) == len(c) for s, c in zip(scores, candidates))
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for s in scores for x in s)):
+        raise DataError(f"{where}: \"scores\" must be a list of lists of numbers shaped like \"candidates\" "
+                        f"(one generator score per candidate), got {describe(scores)}")
+    return [float(x) for s in scores for x in s]
+
+
+def require_generator_scores(line: CandidateLine, wanted_by: str) -> list[float]:
+    """The line's generator scores, or an error naming what needs them."""
+    if line.pool_scores is None:
+        raise DataError(f"{line.where}: no \"scores\" (the generator's score of each candidate), which "
+                        f"{wanted_by} needs: decode the candidates with launch/generate.py --mode candidates")
+    return line.pool_scores
 
 
 def iter_candidates(path: Path, num_examples: int, split: str) -> Iterator[CandidateLine]:
     """The lines of a candidates file (one per example of ``split``) one at a time, each with
     candidates: a line without any is refused (decoding returns at least one per memory input)."""
     for where, record in iter_aligned(path, num_examples, split):
-        pool = [c for per_input in text_lists(where, record, "candidates") for c in per_input]
+        candidates = text_lists(where, record, "candidates")
+        pool = [c for per_input in candidates for c in per_input]
         if not pool:
             raise DataError(f"{where}: no candidates (\"candidates\" holds no text; decoding gives at least one "
                             f"per memory input): decode the split again with launch/generate.py --mode candidates")
-        yield CandidateLine(where, record, pool)
+        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates))
 
 
 def read_candidates(path: Path, num_examples: int, split: str) -> list[CandidateLine]:
@@ -67,5 +93,6 @@ def selector_examples(candidates_path: Path, examples: list[Example], metric: Ca
                       split: str) -> list[SelectorExample]:
     """Each example's candidates (over all of its memory inputs) with their metric against its target."""
     lines = read_candidates(candidates_path, len(examples), split)
-    return [SelectorExample(example.source, line.pool, [metric(c, example.target) for c in line.pool])
+    return [SelectorExample(example.source, line.pool, [metric(c, example.target) for c in line.pool],
+                            line.pool_scores)
             for line, example in zip(lines, examples)]

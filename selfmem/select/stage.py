@@ -1,9 +1,11 @@
 """The selection stage: score every candidate with the selector, choose memories, merge.
 
-The split is read a chunk of ``CHUNK_EXAMPLES`` examples at a time. A chunk's pairs are packed
-into length-sorted token-budget batches that depend only on the data, and rank r scores every
-world_size-th batch, so each pair's score is computed the same way whatever the number of
-ranks; the chunk's scores are all-gathered, and rank r derives the next memories (``top_b``
+The split is read a chunk of ``CHUNK_EXAMPLES`` examples at a time. With the trained selector
+(``selector.kind: trained``), a chunk's pairs are packed into length-sorted token-budget
+batches that depend only on the data, and rank r scores every world_size-th batch, so each
+pair's score is computed the same way whatever the number of ranks; the chunk's scores are
+all-gathered. With minimum Bayes risk (``mbr``), an example's scores depend on its candidates
+alone, and each rank scores only its own examples. Rank r derives the next memories (``top_b``
 or ``augment``) of the chunk's every world_size-th example into its shard. Rank 0 merges the
 shards, streaming, into ``round_K/memory/{split}.jsonl``: ``{"memories": [[m1], [m2], ...]}``
 (replace: one memory input per kept candidate) or ``{"memories": [[retrieved, self_1, ...]]}``
@@ -14,8 +16,8 @@ the top picks it returns, one text per example, for the lift's metrics).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from itertools import islice
+from collections.abc import Callable, Iterator
+from itertools import accumulate, islice
 from pathlib import Path
 
 import torch
@@ -23,14 +25,15 @@ from tqdm import tqdm
 
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
-from selfmem.common.data import iter_split
+from selfmem.common.data import Example, iter_split
 from selfmem.common.distributed import DistEnv, all_gather, barrier, gather_to_main, on_main
 from selfmem.common.io import json_line
 from selfmem.common.records import DataError, text_lists
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.models.selector import Selector, pair_encoder, selector_tokenizer
-from selfmem.select.candidates import CandidateLine, iter_candidates
+from selfmem.select.candidates import CandidateLine, iter_candidates, require_generator_scores
+from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
 
 log = logging.getLogger(__name__)
@@ -42,23 +45,64 @@ CHUNK_EXAMPLES = 4096
 
 
 @torch.no_grad()
-def score_pairs(selector: Selector, pairs: list[list[int]], pad_id: int, env: DistEnv, max_tokens: int) -> list[float]:
-    """The selector's score of every encoded pair, in order: the same list on every rank."""
+def score_pairs(selector: Selector, pairs: list[list[int]], pad_id: int, env: DistEnv, max_tokens: int,
+                generator_scores: list[float] | None = None) -> list[float]:
+    """The selector's score of every encoded pair (with its candidate's generator score, for a
+    selector with the generator feature), in order: the same list on every rank."""
     batches = token_budget_batches([(len(p),) for p in pairs], max_tokens, seed=0, epoch=0)
     mine = batches[env.rank::env.world_size]
     scores: dict[int, float] = {}
     for batch in tqdm(mine, desc="select", unit="batch", disable=not env.is_main):
         width = max(len(pairs[i]) for i in batch)
         ids = torch.tensor([pairs[i] + [pad_id] * (width - len(pairs[i])) for i in batch], device=env.device)
-        scores.update(zip(batch, selector(ids).float().tolist()))
+        features = (None if generator_scores is None else
+                    torch.tensor([generator_scores[i] for i in batch], device=env.device))
+        scores.update(zip(batch, selector(ids, features).float().tolist()))
     merged = {i: s for part in all_gather(scores) for i, s in part.items()}
     return [merged[i] for i in range(len(pairs))]
+
+
+# A chunk's lines with their examples, and which of them this rank writes -> each example's
+# candidate scores (None where this rank needs none)
+ChunkScorer = Callable[[list[tuple[CandidateLine, Example]], list[bool]], list[list[float] | None]]
+
+
+def trained_scorer(config: Config, env: DistEnv, paths: RunPaths) -> ChunkScorer:
+    """The trained selector S: every rank scores a share of the chunk's batches, all-gathered."""
+    cfg = config.selector
+    tokenizer = selector_tokenizer(config, paths)
+    selector = Selector.load(paths.selector, map_location=env.device)
+    pair = pair_encoder(selector, tokenizer, cfg.max_len)
+
+    def score(chunk: list[tuple[CandidateLine, Example]], mine: list[bool]) -> list[list[float] | None]:
+        features = ([s for line, _ in chunk for s in require_generator_scores(
+            line, "a selector trained with selector.generator_feature")] if selector.generator_feature else None)
+        flat = score_pairs(selector, [pair(ex.source, c) for line, ex in chunk for c in line.pool],
+                           tokenizer.pad_id, env, cfg.max_tokens, features)
+        starts = list(accumulate((len(line.pool) for line, _ in chunk), initial=0))
+        return [flat[a:b] for a, b in zip(starts, starts[1:])]
+    return score
+
+
+def mbr_scorer(config: Config) -> ChunkScorer:
+    """Minimum Bayes risk, no model: each rank scores its own examples, nothing is gathered."""
+    cfg = config.selector
+
+    def score(chunk: list[tuple[CandidateLine, Example]], mine: list[bool]) -> list[list[float] | None]:
+        return [mbr_scores(line.pool, None if cfg.mbr_temperature is None else
+                           require_generator_scores(line, "selector.mbr_temperature"),
+                           cfg.mbr_utility, cfg.mbr_temperature, config.data.bleu_tokenize) if wanted else None
+                for (line, _), wanted in zip(chunk, mine)]
+    return score
 
 
 def check_selector_config(cfg: SelectorConfig) -> None:
     """Refuse selector settings that cannot choose memories as asked, before any work."""
     if cfg.beam < 1:
         raise ValueError(f"selector.beam must be at least 1, got {cfg.beam}")
+    if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
+        raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
+                         f"got {cfg.mbr_temperature}")
     if cfg.mode == "augment" and cfg.beam > 1:
         raise ValueError(f"selector.mode augment appends the selector's one top pick to each example's memory "
                          f"list, so selector.beam (B = {cfg.beam}, the memories kept per example) must be 1; "
@@ -86,26 +130,24 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     for line in iter_candidates(path, num_examples, split):  # all of it before any model: a bad line fails at once
         if cfg.mode == "augment":
             augmented_list(line)
-    tokenizer = selector_tokenizer(config, paths)
-    selector = Selector.load(paths.selector, map_location=env.device)
-    pair = pair_encoder(selector, tokenizer, cfg.max_len)
+        if cfg.kind == "mbr" and cfg.mbr_temperature is not None:
+            require_generator_scores(line, "selector.mbr_temperature")
+    score = trained_scorer(config, env, paths) if cfg.kind == "trained" else mbr_scorer(config)
     picks: dict[int, str] = {}  # this rank's examples' top picks
 
     def memory_lines() -> Iterator[tuple[int, str]]:
-        """This rank's examples' memory lines, in order: a chunk of examples at a time, whose
-        candidates every rank scores together (every world_size-th batch each, all-gathered)."""
+        """This rank's examples' memory lines, in order: a chunk of examples at a time (every
+        world_size-th example each), whose candidates are scored together."""
         lines = zip(iter_candidates(path, num_examples, split), iter_split(config.data, split))
         first = 0
         while chunk := list(islice(lines, chunk_examples)):
+            indices = range(first, first + len(chunk))
             # every example's candidates over all of its memory inputs compete together
-            flat = score_pairs(selector, [pair(ex.source, c) for line, ex in chunk for c in line.pool],
-                               tokenizer.pad_id, env, cfg.max_tokens)
-            start = 0
-            for i, (line, _) in enumerate(chunk, start=first):
-                scores, start = flat[start:start + len(line.pool)], start + len(line.pool)
+            scores = score(chunk, [i % env.world_size == env.rank for i in indices])
+            for i, (line, _), line_scores in zip(indices, chunk, scores):
                 if i % env.world_size != env.rank:
                     continue
-                best = top_b(line.pool, scores, cfg.beam)
+                best = top_b(line.pool, line_scores, cfg.beam)
                 picks[i] = best[0]
                 memories = ([augment(augmented_list(line), best[0], cfg.max_memories, cfg.keep_retrieved)]
                             if cfg.mode == "augment" else [[m] for m in best])

@@ -20,6 +20,7 @@ from selfmem.common.data import load_split
 from selfmem.common.digest import config_values
 from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.metrics import headline_score
+from selfmem.common.records import DataError
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_lines
 from selfmem.infer.generate import generate
@@ -39,7 +40,7 @@ from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_s
 log = logging.getLogger(__name__)
 
 # selector keys that only the rounds read, not its training
-SELECTION = ("mode", "beam", "max_memories", "keep_retrieved")
+SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind", "mbr_utility", "mbr_temperature")
 # train keys that the selector's training sets from its own section, or does not use
 NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
 
@@ -111,7 +112,11 @@ class SelectorTask:
         pairs = [self._pair(ex, ex.candidates[c]) for ex, group in zip(examples, groups) for c in group]
         width = max(map(len, pairs))
         ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in pairs], device=self.env.device)
-        flat = model(ids).float()
+        features = None
+        if self.config.generator_feature:
+            features = torch.tensor([ex.generator_scores[c] for ex, group in zip(examples, groups) for c in group],
+                                    device=self.env.device)
+        flat = model(ids, features).float()
         widest = max(map(len, groups))
         scores = torch.zeros(len(examples), widest, device=self.env.device)
         mask = torch.zeros(len(examples), widest, dtype=torch.bool, device=self.env.device)
@@ -227,7 +232,7 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
         backbone = GeneratorEncoderBackbone.from_generator(Seq2SeqModel.load(paths.generator))
     else:
         backbone = HFEncoderBackbone(cfg.path, tokenizer.pad_id)
-    selector = Selector(backbone, dropout=config.generator.dropout)
+    selector = Selector(backbone, dropout=config.generator.dropout, generator_feature=cfg.generator_feature)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
     dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev")
@@ -238,6 +243,12 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
         subset = selector_subset(config, len(train))
         train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric,
                                            "train (selector.train_subset)")
+    if cfg.generator_feature:
+        for name, examples in (("train", train_examples), ("dev", dev_examples)):
+            if any(ex.generator_scores is None for ex in examples):
+                raise DataError(f"selector.generator_feature needs the generator's score of every candidate, but "
+                                f"the selector's {name} candidates have lines without \"scores\": decode them "
+                                f"again (launch/generate.py --mode candidates)")
     log.info("selector: %d train examples (%s), %d dev examples", len(train_examples), cfg.train_from,
              len(dev_examples))
     task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],

@@ -1,0 +1,75 @@
+"""Minimum Bayes risk selection against sacrebleu: every pair's utility, the expected utility, the pick."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from conftest import DEMO_DATA
+from sacrebleu.metrics import BLEU, CHRF
+
+from selfmem.select.mbr import bleu_matrix, bleu_tokens, chrf_matrix, mbr_scores
+
+# what the vectorised counting could get wrong: empty and one-character texts, punctuation
+# beside digits and words, entities, repeated n-grams, non-ASCII, a hyphen at a line's end
+TRICKY = ["", "a", "Ja.", "Hallo Welt!", "(Hallo) Welt", "3, 4. ,x", "Größe ünd Maß: 1.5%",
+          "a.,b .5 x. .y 5-3 -5 a-b", "&quot;x&quot; &amp;lt; <skipped> y", "line-\nnext line\n end",
+          "1,000.5 km/h; 2-3 x--y ...", "die die die die der die", "die die der"]
+
+
+@pytest.fixture(scope="module")
+def texts():
+    demo = [json.loads(line)["trg"] for line in (DEMO_DATA / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    return random.Random(0).sample(demo, 30) + TRICKY
+
+
+def test_bleu_tokens_are_sacrebleus(texts):
+    for tokenize in ("13a", "intl", "none", "char"):
+        tokenizer = BLEU(tokenize=tokenize).tokenizer
+        assert [bleu_tokens(t, tokenize) for t in texts] == [tokenizer(t.rstrip()).split() for t in texts]
+
+
+@pytest.mark.parametrize("tokenize", ["13a", "intl"])
+def test_bleu_matrix_is_sacrebleus_sentence_bleu_of_every_pair(texts, tokenize):
+    metric = BLEU(tokenize=tokenize, effective_order=True)
+    got = bleu_matrix(texts, tokenize)
+    want = np.array([[metric.sentence_score(h, [r]).score for r in texts] for h in texts])
+    assert np.abs(got - want).max() < 1e-9
+    assert (want > 0).mean() > 0.3 and (want == 0).any()  # both cases are exercised
+
+
+def test_chrf_matrix_is_sacrebleus_chrf_plus_plus_of_every_pair(texts):
+    metric = CHRF(word_order=2)
+    got = chrf_matrix(texts)
+    want = np.array([[metric.sentence_score(h, [r]).score for r in texts] for h in texts])
+    assert np.abs(got - want).max() < 1e-9
+
+
+def test_mbr_scores_are_the_expected_utility_over_distinct_candidates(texts):
+    metric = BLEU(tokenize="13a", effective_order=True)
+    candidates = texts[:6] + [texts[2]]  # the beam returned texts[2] twice
+    generator = [-0.3, -0.5, -0.9, -0.2, -1.4, -0.7, -0.4]
+    distinct = texts[:6]
+
+    def utility(h, r):
+        return metric.sentence_score(h, [r]).score
+
+    uniform = mbr_scores(candidates, None, "bleu", None)
+    want = [sum(utility(c, r) for r in distinct) / len(distinct) for c in candidates]
+    assert uniform == pytest.approx(want, abs=1e-9)
+
+    # weighted by softmax(score / T); a text's weight is its best score
+    weighted = mbr_scores(candidates, generator, "bleu", 0.5)
+    best = {**{t: s for t, s in zip(candidates, generator)}, texts[2]: -0.4}
+    z = sum(math.exp(best[r] / 0.5) for r in distinct)
+    want = [sum(math.exp(best[r] / 0.5) / z * utility(c, r) for r in distinct) for c in candidates]
+    assert weighted == pytest.approx(want, abs=1e-9)
+    assert weighted[2] == weighted[6]
+
+
+def test_mbr_refuses_what_it_cannot_compute(texts):
+    with pytest.raises(ValueError, match="one generator score per candidate"):
+        mbr_scores(texts[:3], [0.0, 0.0], "bleu", 1.0)
+    with pytest.raises(ValueError, match="unknown MBR utility 'ter'"):
+        mbr_scores(texts[:3], None, "ter", None)
