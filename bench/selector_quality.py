@@ -48,9 +48,10 @@ VARIANTS = {
     "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2"],
     "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf"],
     "S": [],
-    "S+g": ["selector.generator_feature=true"],
+    "S+g": ["selector.features=[generator]"],
+    "S+g+mbr": ["selector.features=[generator,mbr]"],
     "S-crossfit": ["selector.train_from=crossfit"],
-    "S-crossfit+g": ["selector.train_from=crossfit", "selector.generator_feature=true"],
+    "S-crossfit+g": ["selector.train_from=crossfit", "selector.features=[generator]"],
 }
 
 

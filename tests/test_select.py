@@ -2,13 +2,14 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
 from sacrebleu.metrics import BLEU
 
-from selfmem.common.config import load_config
+from selfmem.common.config import SelectorConfig, load_config
 from selfmem.common.data import load_split
 from selfmem.common.distributed import DistEnv
 from selfmem.common.records import DataError
@@ -16,8 +17,10 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import ModelConfig
 from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
+from selfmem.select.candidates import candidate_features, read_candidates
+from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
-from selfmem.select.stage import select_memories
+from selfmem.select.stage import check_selector_config, select_memories
 
 SMALL = [*TINY, "data.max_examples=20", "selector.max_tokens=200"]  # several scoring batches
 
@@ -143,3 +146,39 @@ def test_mbr_weighted_by_the_generator_refuses_a_candidates_file_without_scores(
     bare.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     with pytest.raises(DataError, match=rf"{bare}:5: \"scores\" must be a list of lists of numbers shaped like"):
         select_memories(config, one_process, RunPaths(config.run_dir), "dev", 5, candidates_path=bare)
+
+
+def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root, tmp_path):
+    root = tmp_path / "features"
+    shutil.copytree(run_root, root)
+    run = root / "demo"
+    tokenizer = load_tokenizer(run / "tokenizer")
+    torch.manual_seed(1)
+    backbone = GeneratorEncoderBackbone(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=16, encoder_layers=1,
+                                                    decoder_layers=1, heads=2, ffn_dim=32, max_positions=300))
+    selector = Selector(backbone, dropout=0.1, features=["generator", "mbr"])
+    with torch.no_grad():  # features that weigh: the pick is not the backbone's alone
+        selector.head.feature_weights.copy_(torch.tensor([3.0, 2.0]))
+    selector.save(run / "selector")
+    one = select(root, "selector.beam=2")
+    assert select(root, "selector.beam=2", nproc=2) == one
+    config = load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL])
+    lines = read_candidates(run / "round_0" / "candidates" / "dev.jsonl", 20, "dev")
+    selector = Selector.load(run / "selector")
+    dev = load_split(config.data, "dev")
+    for memories, line, ex in zip(one.decode("utf-8").splitlines(), lines, dev):
+        values = candidate_features(line, ["generator", "mbr"], config.selector, "13a")
+        assert values == [[g, m / 100] for g, m in zip(line.pool_scores, mbr_scores(line.pool, None, "bleu", None))]
+        pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, 256)
+                 for c in line.pool]
+        with torch.no_grad():
+            scores = [selector(torch.tensor([p]), torch.tensor([v]))[0].item() for p, v in zip(pairs, values)]
+        assert json.loads(memories)["memories"] == [[m] for m in top_b(line.pool, scores, 2)]
+
+
+def test_selector_settings_that_cannot_work_are_refused_up_front():
+    with pytest.raises(ValueError, match=r"selector.features must name distinct features among generator, mbr, "
+                                         r"got \['generator', 'beam'\]"):
+        check_selector_config(SelectorConfig(features=["generator", "beam"]))
+    with pytest.raises(ValueError, match="selector.mbr_temperature must be positive"):
+        check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.0))

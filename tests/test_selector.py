@@ -224,43 +224,47 @@ def test_a_selector_checkpoint_depends_on_its_training_settings_not_on_the_round
                             "train.log_every", "train.max_nonfinite", "run.name", "candidates.num_beams"})
 
 
-def test_the_generator_feature_adds_a_learned_multiple_of_the_generator_score(tmp_path):
+def test_features_add_learned_multiples_of_their_values(tmp_path):
     torch.manual_seed(0)
     backbone = GeneratorEncoderBackbone(ModelConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
                                                     heads=2, ffn_dim=32, max_positions=32, dropout=0.0))
-    selector = Selector(backbone, dropout=0.0, generator_feature=True).eval()
+    selector = Selector(backbone, dropout=0.0, features=["generator", "mbr"]).eval()
     ids = padded([pair_ids([5, 6, 7], [8, 9], 1, 4, 32), pair_ids([5, 6], [8, 10, 11], 1, 4, 32)], 0)
-    generator_scores = torch.tensor([-0.25, -1.5])
+    values = torch.tensor([[-0.25, 0.5], [-1.5, 0.125]])
     with torch.no_grad():
         own = selector.head.out_proj(torch.tanh(selector.head.dense(backbone(ids)[:, 0]))).squeeze(-1)
-        assert selector(ids, generator_scores).tolist() == pytest.approx((own + generator_scores).tolist(), abs=1e-6)
-        selector.head.generator_weight.fill_(0.375)
-        fused = selector(ids, generator_scores)
-    assert fused.tolist() == pytest.approx((own + 0.375 * generator_scores).tolist(), abs=1e-6)
-    with pytest.raises(ValueError, match="pass generator_scores"):
+        assert selector(ids, values).tolist() == pytest.approx((own + values.sum(1)).tolist(), abs=1e-6)
+        selector.head.feature_weights.copy_(torch.tensor([0.375, 2.0]))
+        fused = selector(ids, values)
+    assert fused.tolist() == pytest.approx((own + 0.375 * values[:, 0] + 2.0 * values[:, 1]).tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"adds 2 feature\(s\) of each candidate: pass features of shape \(2, 2\)"):
         selector(ids)
     selector.save(tmp_path)
     loaded = Selector.load(tmp_path)
-    assert loaded.generator_feature and loaded.head.generator_weight.item() == 0.375
+    assert loaded.features == ["generator", "mbr"] and loaded.head.feature_weights.tolist() == [0.375, 2.0]
     with torch.no_grad():
-        assert torch.equal(loaded(ids, generator_scores), fused)
-    assert not Selector(backbone).generator_feature
+        assert torch.equal(loaded(ids, values), fused)
+    assert Selector(backbone).features == [] and Selector(backbone).head.feature_weights is None
 
 
-def test_the_selector_task_trains_the_generator_weight():
+def test_the_selector_task_trains_the_feature_weights():
     train, references = planted_examples(4, seed=1)
-    with_scores = [SelectorExample(ex.source, ex.candidates, ex.metric, [m / 100 for m in ex.metric]) for ex in train]
-    config = SelectorConfig(group_size=8, max_len=24, max_tokens=1200, temperature=0.5, generator_feature=True)
+    # the generator's scores follow the metric; the second feature is noise
+    noise = torch.Generator().manual_seed(3)
+    with_features = [SelectorExample(ex.source, ex.candidates, ex.metric,
+                                     [[m / 100, float(torch.rand(1, generator=noise))] for m in ex.metric])
+                     for ex in train]
+    config = SelectorConfig(group_size=8, max_len=24, max_tokens=1200, temperature=0.5, features=["generator", "mbr"])
     def pair(source: str, candidate: str) -> list[int]:
         return pair_ids([int(t) for t in source.split()], [int(t) for t in candidate.split()], 1, 4, config.max_len)
 
-    task = SelectorTask(with_scores, with_scores, references, pair, pad_id=0, config=config, metric="bleu",
+    task = SelectorTask(with_features, with_features, references, pair, pad_id=0, config=config, metric="bleu",
                         bleu_tokenize="13a", env=ONE_PROCESS, seed=0)
     torch.manual_seed(0)
     backbone = GeneratorEncoderBackbone(ModelConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
                                                     heads=2, ffn_dim=32, max_positions=32, dropout=0.0))
-    selector = Selector(backbone, dropout=0.0, generator_feature=True)
-    batch = task.epoch_batches(0)[0]
-    task.loss(selector, batch).backward()
-    # the generator's scores follow the metric here: a larger weight lowers the loss
-    assert selector.head.generator_weight.grad.item() < 0
+    selector = Selector(backbone, dropout=0.0, features=config.features)
+    task.epoch_batches(0)
+    task.loss(selector, list(range(len(with_features)))).backward()
+    # a larger weight on the informative feature lowers the loss
+    assert selector.head.feature_weights.grad[0].item() < 0

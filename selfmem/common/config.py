@@ -148,9 +148,10 @@ class SelectorConfig:
     # MBR's weight of each pseudo-reference: softmax of the generator's length-normalised
     # log-probabilities divided by this temperature; None: every candidate alike
     mbr_temperature: Optional[float] = None
-    # the trained S adds a learned multiple of the candidate's generator score (its length-
-    # normalised log-probability) to its own, so that it only has to learn what the beam order misses
-    generator_feature: bool = False
+    # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
+    # 1), so that it only has to learn what they miss: "generator" (the candidate's length-
+    # normalised log-probability), "mbr" (its MBR score with the mbr_* settings, over 100)
+    features: list[str] = field(default_factory=list)
     backbone: Literal["generator", "hf"] = "generator"
     path: Optional[str] = None  # a Hugging Face encoder directory (backbone: hf)
     temperature: float = 0.5

@@ -178,7 +178,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     previous_key = state.run("round_0", [generator_key, memory_key, config.data, config.candidates, initial],
                              _round_outputs(config, paths, 0), lambda: _round_zero(config, env, paths))
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
-    selector_key = None  # minimum Bayes risk: no selector to train, the rounds' keys hold its settings
+    # minimum Bayes risk trains no selector: the rounds' keys hold its settings
+    selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature")}
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, config.candidates, config.selector.train_from,

@@ -71,23 +71,24 @@ def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
 
 class ClassificationHead(nn.Module):
     """First-token state -> dropout -> dense -> tanh -> dense -> one score; with
-    ``generator_feature``, plus a learned multiple of the candidate's generator score."""
+    ``num_features``, plus the candidate's feature values times learned weights."""
 
-    def __init__(self, hidden: int, dropout: float, generator_feature: bool = False):
+    def __init__(self, hidden: int, dropout: float, num_features: int = 0):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, 1)
-        # starts at 1: the untrained selector ranks as the beam does, and learns what to add
-        self.generator_weight = nn.Parameter(torch.ones(())) if generator_feature else None
+        # start at 1: the untrained selector ranks by the features, and learns what to add
+        self.feature_weights = nn.Parameter(torch.ones(num_features)) if num_features else None
 
-    def forward(self, first_token: Tensor, generator_scores: Tensor | None = None) -> Tensor:
+    def forward(self, first_token: Tensor, features: Tensor | None = None) -> Tensor:
         score = self.out_proj(torch.tanh(self.dense(self.dropout(first_token)))).squeeze(-1)
-        if self.generator_weight is None:
+        if self.feature_weights is None:
             return score
-        if generator_scores is None:
-            raise ValueError("this selector adds the generator's score of each candidate: pass generator_scores")
-        return score + self.generator_weight * generator_scores.to(score.dtype)
+        if features is None or features.shape != (len(score), len(self.feature_weights)):
+            raise ValueError(f"this selector adds {len(self.feature_weights)} feature(s) of each candidate: pass "
+                             f"features of shape ({len(score)}, {len(self.feature_weights)})")
+        return score + features.to(score.dtype) @ self.feature_weights.to(score.dtype)
 
 
 class GeneratorEncoderBackbone(nn.Module):
@@ -182,20 +183,16 @@ class HFEncoderBackbone(nn.Module):
 
 class Selector(nn.Module):
     """Scores a batch of encoded pairs (batch, length), right-padded with ``pad_id``, and, with
-    the generator feature, the candidates' generator scores (batch,): (batch,)."""
+    ``features``, the candidates' values of them (batch, features): (batch,)."""
 
-    def __init__(self, backbone: nn.Module, dropout: float = 0.1, generator_feature: bool = False):
+    def __init__(self, backbone: nn.Module, dropout: float = 0.1, features: list[str] = ()):
         super().__init__()
         self.backbone = backbone
-        self.head = ClassificationHead(backbone.hidden_size, dropout, generator_feature)
+        self.features = list(features)  # names of the per-candidate inputs ``forward`` then needs
+        self.head = ClassificationHead(backbone.hidden_size, dropout, len(self.features))
 
-    @property
-    def generator_feature(self) -> bool:
-        """Whether the score adds the candidate's generator score (which ``forward`` then needs)."""
-        return self.head.generator_weight is not None
-
-    def forward(self, ids: Tensor, generator_scores: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(ids)[:, 0], generator_scores)
+    def forward(self, ids: Tensor, features: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(ids)[:, 0], features)
 
     def save(self, directory: str | Path) -> None:
         """The backbone in ``backbone/`` (in its own format), the head's weights in
@@ -211,7 +208,7 @@ class Selector(nn.Module):
                 meta = {"backbone": "hf", "pad_id": self.backbone.pad_id}
             save_weights(self.head, staging)
             meta["dropout"] = self.head.dropout.p
-            meta["generator_feature"] = self.generator_feature
+            meta["features"] = self.features
             (staging / SELECTOR_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -226,6 +223,6 @@ class Selector(nn.Module):
             load_weights(backbone, directory / "backbone" / WEIGHTS_NAME)
         else:
             backbone = HFEncoderBackbone(directory / "backbone", meta["pad_id"])
-        selector = cls(backbone, meta["dropout"], meta.get("generator_feature", False))
+        selector = cls(backbone, meta["dropout"], meta.get("features", []))
         load_weights(selector.head, directory / WEIGHTS_NAME)
         return selector.to(map_location).eval()

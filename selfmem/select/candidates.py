@@ -7,21 +7,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfmem.common.config import Config
+from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example
 from selfmem.common.records import DataError, describe, iter_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
+from selfmem.select.mbr import mbr_scores
 
 
 @dataclass(frozen=True)
 class SelectorExample:
-    """One source with its candidates, their sentence metrics and, where the candidates file
-    has them, the generator's scores of them."""
+    """One source with its candidates, their sentence metrics and the values of the
+    selector's features for each (``selector.features``; None without)."""
 
     source: str
     candidates: list[str]
     metric: list[float]
-    generator_scores: list[float] | None = None
+    features: list[list[float]] | None = None
 
 
 def baseline_picks(examples: list[SelectorExample]) -> dict[str, list[str]]:
@@ -89,10 +90,36 @@ def read_candidates(path: Path, num_examples: int, split: str) -> list[Candidate
     return list(iter_candidates(path, num_examples, split))
 
 
+FEATURES = ("generator", "mbr")
+
+
+def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,
+                       bleu_tokenize: str) -> list[list[float]] | None:
+    """The values of the features ``names`` (see ``SelectorConfig.features``) for each of the
+    line's candidates, in that order; None for no features."""
+    if not names:
+        return None
+    columns = []
+    for name in names:
+        if name == "generator":
+            columns.append(require_generator_scores(line, "the selector feature 'generator'"))
+        elif name == "mbr":
+            weights = (None if cfg.mbr_temperature is None else
+                       require_generator_scores(line, "selector.mbr_temperature"))
+            scores = mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize)
+            columns.append([s / 100 for s in scores])  # on the scale of the generator's scores
+        else:
+            raise ValueError(f"unknown selector feature {name!r}; choose from {', '.join(FEATURES)}")
+    return [list(values) for values in zip(*columns)]
+
+
 def selector_examples(candidates_path: Path, examples: list[Example], metric: Callable[[str, str], float],
-                      split: str) -> list[SelectorExample]:
-    """Each example's candidates (over all of its memory inputs) with their metric against its target."""
+                      split: str, config: Config | None = None) -> list[SelectorExample]:
+    """Each example's candidates (over all of its memory inputs) with their metric against its
+    target and, given the run's ``config``, the values of ``selector.features``."""
     lines = read_candidates(candidates_path, len(examples), split)
+    names = config.selector.features if config is not None else []
     return [SelectorExample(example.source, line.pool, [metric(c, example.target) for c in line.pool],
-                            line.pool_scores)
+                            candidate_features(line, names, config.selector, config.data.bleu_tokenize)
+                            if names else None)
             for line, example in zip(lines, examples)]

@@ -32,7 +32,13 @@ from selfmem.common.records import DataError, text_lists
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.models.selector import Selector, pair_encoder, selector_tokenizer
-from selfmem.select.candidates import CandidateLine, iter_candidates, require_generator_scores
+from selfmem.select.candidates import (
+    FEATURES,
+    CandidateLine,
+    candidate_features,
+    iter_candidates,
+    require_generator_scores,
+)
 from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
 
@@ -46,18 +52,17 @@ CHUNK_EXAMPLES = 4096
 
 @torch.no_grad()
 def score_pairs(selector: Selector, pairs: list[list[int]], pad_id: int, env: DistEnv, max_tokens: int,
-                generator_scores: list[float] | None = None) -> list[float]:
-    """The selector's score of every encoded pair (with its candidate's generator score, for a
-    selector with the generator feature), in order: the same list on every rank."""
+                features: list[list[float]] | None = None) -> list[float]:
+    """The selector's score of every encoded pair (with its candidate's feature values, for a
+    selector with features), in order: the same list on every rank."""
     batches = token_budget_batches([(len(p),) for p in pairs], max_tokens, seed=0, epoch=0)
     mine = batches[env.rank::env.world_size]
     scores: dict[int, float] = {}
     for batch in tqdm(mine, desc="select", unit="batch", disable=not env.is_main):
         width = max(len(pairs[i]) for i in batch)
         ids = torch.tensor([pairs[i] + [pad_id] * (width - len(pairs[i])) for i in batch], device=env.device)
-        features = (None if generator_scores is None else
-                    torch.tensor([generator_scores[i] for i in batch], device=env.device))
-        scores.update(zip(batch, selector(ids, features).float().tolist()))
+        values = None if features is None else torch.tensor([features[i] for i in batch], device=env.device)
+        scores.update(zip(batch, selector(ids, values).float().tolist()))
     merged = {i: s for part in all_gather(scores) for i, s in part.items()}
     return [merged[i] for i in range(len(pairs))]
 
@@ -75,8 +80,10 @@ def trained_scorer(config: Config, env: DistEnv, paths: RunPaths) -> ChunkScorer
     pair = pair_encoder(selector, tokenizer, cfg.max_len)
 
     def score(chunk: list[tuple[CandidateLine, Example]], mine: list[bool]) -> list[list[float] | None]:
-        features = ([s for line, _ in chunk for s in require_generator_scores(
-            line, "a selector trained with selector.generator_feature")] if selector.generator_feature else None)
+        # the features the selector was trained with, with the run's mbr_* settings
+        features = ([row for line, _ in chunk
+                     for row in candidate_features(line, selector.features, cfg, config.data.bleu_tokenize)]
+                    if selector.features else None)
         flat = score_pairs(selector, [pair(ex.source, c) for line, ex in chunk for c in line.pool],
                            tokenizer.pad_id, env, cfg.max_tokens, features)
         starts = list(accumulate((len(line.pool) for line, _ in chunk), initial=0))
@@ -100,6 +107,10 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     """Refuse selector settings that cannot choose memories as asked, before any work."""
     if cfg.beam < 1:
         raise ValueError(f"selector.beam must be at least 1, got {cfg.beam}")
+    unknown = [name for name in cfg.features if name not in FEATURES]
+    if unknown or len(set(cfg.features)) != len(cfg.features):
+        raise ValueError(f"selector.features must name distinct features among {', '.join(FEATURES)}, "
+                         f"got {cfg.features}")
     if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
         raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
                          f"got {cfg.mbr_temperature}")

@@ -20,7 +20,6 @@ from selfmem.common.data import load_split
 from selfmem.common.digest import config_values
 from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.metrics import headline_score
-from selfmem.common.records import DataError
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_lines
 from selfmem.infer.generate import generate
@@ -34,13 +33,14 @@ from selfmem.models.selector import (
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
+from selfmem.select.stage import check_selector_config
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
 
 log = logging.getLogger(__name__)
 
 # selector keys that only the rounds read, not its training
-SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind", "mbr_utility", "mbr_temperature")
+SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind")
 # train keys that the selector's training sets from its own section, or does not use
 NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
 
@@ -113,8 +113,8 @@ class SelectorTask:
         width = max(map(len, pairs))
         ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in pairs], device=self.env.device)
         features = None
-        if self.config.generator_feature:
-            features = torch.tensor([ex.generator_scores[c] for ex, group in zip(examples, groups) for c in group],
+        if self.config.features:
+            features = torch.tensor([ex.features[c] for ex, group in zip(examples, groups) for c in group],
                                     device=self.env.device)
         flat = model(ids, features).float()
         widest = max(map(len, groups))
@@ -222,6 +222,7 @@ def selector_depends_on(config: Config) -> dict[str, Any]:
 def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
+    check_selector_config(cfg)
     if cfg.backbone == "generator" and config.generator.engine != "native":
         raise ValueError("selector.backbone 'generator' copies the native generator's encoder; with "
                          "generator.engine hf set selector.backbone=hf and selector.path to an encoder directory")
@@ -232,23 +233,17 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
         backbone = GeneratorEncoderBackbone.from_generator(Seq2SeqModel.load(paths.generator))
     else:
         backbone = HFEncoderBackbone(cfg.path, tokenizer.pad_id)
-    selector = Selector(backbone, dropout=config.generator.dropout, generator_feature=cfg.generator_feature)
+    selector = Selector(backbone, dropout=config.generator.dropout, features=cfg.features)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev")
+    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev", config)
     if cfg.train_from == "dev":
         train_examples = dev_examples  # S is trained and evaluated on the same candidates
     else:
         train = load_split(config.data, "train")
         subset = selector_subset(config, len(train))
         train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric,
-                                           "train (selector.train_subset)")
-    if cfg.generator_feature:
-        for name, examples in (("train", train_examples), ("dev", dev_examples)):
-            if any(ex.generator_scores is None for ex in examples):
-                raise DataError(f"selector.generator_feature needs the generator's score of every candidate, but "
-                                f"the selector's {name} candidates have lines without \"scores\": decode them "
-                                f"again (launch/generate.py --mode candidates)")
+                                           "train (selector.train_subset)", config)
     log.info("selector: %d train examples (%s), %d dev examples", len(train_examples), cfg.train_from,
              len(dev_examples))
     task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],
