@@ -88,6 +88,11 @@ def main() -> None:
             score = trained_scorer(variant, env, vpaths) if variant.selector.kind == "trained" else mbr_scorer(variant)
             scores = score(chunk, [True] * len(chunk))
             picks[split][name] = [top_b(line.pool, s, 1)[0] for line, s in zip(lines, scores)]
+            if env.is_main:  # as it comes: a long run's early variants are not lost with its end
+                references = [ex.target for ex in examples]
+                print(f"{name} on {split}: BLEU {corpus_bleu(picks[split][name], references).value:.2f}, "
+                      f"beam top-1 {corpus_bleu([line.pool[0] for line in lines], references).value:.2f}",
+                      flush=True)
         seconds[name] = time.perf_counter() - started
     if env.is_main:
         c = config.candidates
