@@ -1,6 +1,7 @@
 """The BM25 memory stage: its files, and the same bytes from 1 process, 2 processes and 2 nodes."""
 
 import json
+import re
 
 import pytest
 
@@ -96,7 +97,8 @@ if env.rank == 0:  # rank 1 never joins this barrier
     try:
         barrier()
     except Exception as exc:
-        print(f"rank 0's lone barrier raised {type(exc).__name__} after {time.monotonic() - started:.0f} s", flush=True)
+        kind = "RuntimeError" if isinstance(exc, RuntimeError) else type(exc).__name__  # or a subclass
+        print(f"rank 0's lone barrier raised {kind} after {time.monotonic() - started:.0f} s", flush=True)
     os._exit(1)  # torchrun then ends rank 1
 time.sleep(120)
 """
@@ -109,4 +111,7 @@ def test_a_failure_on_rank_0_reaches_every_rank_and_a_lone_collective_times_out(
     (out,) = [p.communicate(timeout=120)[0] for p in start_torchrun(str(script), [])]
     assert "rank 0 raised OSError: No space left on device" in out
     assert "rank 1 raised RankFailed: rank 0 failed: OSError: No space left on device" in out
-    assert "rank 0's lone barrier raised RuntimeError after 3 s" in out
+    # the timeout (3 s) ends the lone barrier, not a hang; a loaded machine may add a second or two
+    waited = re.search(r"rank 0's lone barrier raised RuntimeError after (\d+) s", out)
+    assert waited is not None, out
+    assert 3 <= int(waited.group(1)) <= 10
