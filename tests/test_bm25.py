@@ -3,6 +3,7 @@
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,6 +176,96 @@ def test_numpy_path_equals_numba_kernel(corpus):
     args = (pointers, flat, exclude_pointers, exclude_flat, scores["data"], scores["indices"], scores["indptr"],
             scores["num_docs"], 7)
     ids_np, scores_np = bm25._top_k_numpy(*args)
-    ids_jit, scores_jit = bm25._top_k_jit(*args)
-    np.testing.assert_array_equal(ids_np, ids_jit)
-    np.testing.assert_array_equal(scores_np, scores_jit)
+    term_max = bm25.term_max_scores(scores)
+    for prune_from in (bm25.NEVER, 1):  # exhaustive, then every query pruned
+        ids_jit, scores_jit = bm25._top_k_jit(*args, term_max, prune_from)
+        np.testing.assert_array_equal(ids_np, ids_jit)
+        np.testing.assert_array_equal(scores_np, scores_jit)
+
+
+# --- dynamic pruning (MaxScore): the same ids and float32 scores as the exhaustive kernel ---
+FIXTURE = Path(__file__).parent / "fixtures" / "debian_sum"
+needs_numba = pytest.mark.skipif(bm25.numba is None, reason="numba (the `fast` extra) is not installed")
+
+
+def exhaustive_top_k(scores, token_ids, exclude, k):
+    """Every query's top k by the exhaustive numba kernel: (ids, float32 scores) rows."""
+    pointers, flat = bm25.ragged(token_ids)
+    exclude_pointers, exclude_flat = bm25.ragged(exclude)
+    return bm25._top_k_jit(pointers, flat, exclude_pointers, exclude_flat, scores["data"], scores["indices"],
+                           scores["indptr"], scores["num_docs"], k, bm25.term_max_scores(scores), bm25.NEVER)
+
+
+def pruned_top_k(scores, tokens, excluded, k, window):
+    """One query's top k by the pruned search, with windows of ``window`` docs (small windows
+    put ties and cursors across window edges); checks that its scratch arrays come back clean."""
+    num_docs = scores["num_docs"]
+    excluded_docs, acc, partial = np.zeros(num_docs, np.bool_), np.zeros(window), np.zeros(num_docs)
+    heap_ids, heap_scores = np.empty(k, np.int64), np.empty(k, np.float32)
+    size = bm25._pruned_query(np.asarray(tokens, np.int64), np.asarray(excluded, np.int64), scores["data"],
+                              scores["indices"], scores["indptr"], bm25.term_max_scores(scores), k, excluded_docs,
+                              acc, partial, heap_ids, heap_scores)
+    assert not excluded_docs.any() and not acc.any() and not partial.any()
+    ids, values = np.full(k, -1, np.int64), np.zeros(k, np.float32)
+    bm25._write_best_first(heap_ids, heap_scores, size, ids, values)
+    return ids, values
+
+
+def assert_pruned_equals_exhaustive(retriever, queries, exclude, ks, windows):
+    """Ids and float32 scores of the pruned search equal the exhaustive kernel's, bit for bit."""
+    vocab, scores = retriever.index.vocab_dict, retriever.index.scores
+    token_ids = [[vocab[t] for t in analyze(q) if t in vocab] for q in queries]
+    for k in ks:
+        want_ids, want_scores = exhaustive_top_k(scores, token_ids, exclude, k)
+        for window in windows:
+            for q, (tokens, excluded) in enumerate(zip(token_ids, exclude)):
+                ids, values = pruned_top_k(scores, tokens, excluded, k, window)
+                assert np.array_equal(ids, want_ids[q]), (k, window, q)
+                assert np.array_equal(values.view(np.uint32), want_scores[q].view(np.uint32)), (k, window, q)
+
+
+@needs_numba
+def test_pruned_search_equals_exhaustive_on_long_queries():
+    # Debian package descriptions as queries (about 50 words), train ones with themselves excluded
+    documents = read_field(FIXTURE / "train.jsonl", "document", 300)
+    retriever = BM25Retriever.build(documents, K1, B)
+    queries = documents + read_field(FIXTURE / "dev.jsonl", "document", 40) + read_field(FIXTURE / "test.jsonl", "document", 40)
+    exclude = [[i] for i in range(len(documents))] + [[]] * 80
+    assert_pruned_equals_exhaustive(retriever, queries, exclude, ks=(1, 5, 50), windows=(16, 64, bm25.WINDOW))
+    # and through `search`, which prunes queries of PRUNE_FROM tokens or more
+    pruned = retriever.search(queries, topk=5, exclude=exclude)
+    retriever.prune_from = bm25.NEVER
+    assert pruned == retriever.search(queries, topk=5, exclude=exclude)
+
+
+@needs_numba
+def test_pruned_search_equals_exhaustive_on_ties_repeats_and_exclusions():
+    # 7 texts repeated over 350 documents: every score is shared by about 50 documents
+    texts = ["red apple", "red apple pie", "green apple", "apple apple red", "pie", "red red red green", "blue sky"]
+    documents = [texts[i % len(texts)] for i in range(350)]
+    retriever = BM25Retriever.build(documents, K1, B)
+    queries = ["red apple", "red apple red apple pie", "apple pie green red blue sky", "pie pie pie red",
+               "", "zzz unknown", "sky"]
+    # each query also excludes the 60 documents it ranks best (all of its best ties and more)
+    best = retriever.search(queries, topk=60)
+    for exclude in ([[]] * len(queries), [[doc for doc, _ in hits] for hits in best]):
+        assert_pruned_equals_exhaustive(retriever, queries, exclude, ks=(1, 5, 37, 1000), windows=(8, 64))
+    # k above the number of hits: every matching document, the rest -1
+    ids, _ = pruned_top_k(retriever.index.scores, [retriever.index.vocab_dict["sky"]], [], 1000, 8)
+    assert (ids >= 0).sum() == 50 and (ids[50:] == -1).all()
+
+
+@needs_numba
+def test_term_max_scores_sorts_unsorted_postings():
+    documents = read_field(FIXTURE / "train.jsonl", "document", 100)
+    scores = BM25Retriever.build(documents).index.scores
+    data, indices, indptr = scores["data"], scores["indices"], scores["indptr"]
+    want = np.array([data[a:b].max() for a, b in zip(indptr[:-1], indptr[1:])], dtype=np.float32)
+    shuffled = dict(scores)
+    order = np.arange(len(data))
+    for a, b in zip(indptr[:-1], indptr[1:]):  # reverse each posting list
+        order[a:b] = order[a:b][::-1]
+    shuffled["data"], shuffled["indices"] = data[order], indices[order]
+    assert np.array_equal(bm25.term_max_scores(scores), want)
+    assert np.array_equal(bm25.term_max_scores(shuffled), want)
+    assert np.array_equal(shuffled["indices"], indices) and np.array_equal(shuffled["data"], data)
