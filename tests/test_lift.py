@@ -4,6 +4,7 @@ torchrun --max-restarts, reruns after a config change, top-B and augmented memor
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -151,8 +152,10 @@ def test_torchrun_restarts_a_rank_killed_once_and_the_run_ends_as_uninterrupted(
     # dist.timeout: a restarted group that cannot meet fails in a minute instead of hanging
     [output] = run_torchrun("tests/kill_in_stage.py", [stage, *lift_args(tmp_path / "run", "dist.timeout=60")],
                             launcher=["--max-restarts", "3"], env=kill)
-    assert killed.exists() and "failed (exitcode: -9) local_rank: 0" in output
-    assert output.count("exitcode") == 1  # one kill, one restart, and that restart finished the job
+    # rank 0 opens each try with a line on the tokenizer stage: the first, killed, and one restart,
+    # which finished the job (how torchrun words the failures varies with which rank it sees first)
+    tries = re.findall(r"\[selfmem rank 0\] stage tokenizer: (?:starting|resuming|done \()", output)
+    assert killed.exists() and len(tries) == 2, output
     assert f"stage {stage}: resuming" in output
     assert artifacts(tmp_path / "run") == artifacts(uninterrupted)
 
