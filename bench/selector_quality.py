@@ -81,18 +81,18 @@ def main() -> None:
         started = time.perf_counter()
         if variant.selector.kind == "trained":
             train_selector(variant, env, vpaths)  # returns at once when trained before
+        score = trained_scorer(variant, env, vpaths) if variant.selector.kind == "trained" else mbr_scorer(variant)
         for split in args.splits:
             examples = load_split(config.data, split)
             lines = read_candidates(paths.candidates(1, split), len(examples), split)
             chunk = list(zip(lines, examples))
-            score = trained_scorer(variant, env, vpaths) if variant.selector.kind == "trained" else mbr_scorer(variant)
             scores = score(chunk, [True] * len(chunk))
             picks[split][name] = [top_b(line.pool, s, 1)[0] for line, s in zip(lines, scores)]
             if env.is_main:  # as it comes: a long run's early variants are not lost with its end
                 references = [ex.target for ex in examples]
-                print(f"{name} on {split}: BLEU {corpus_bleu(picks[split][name], references).value:.2f}, "
-                      f"beam top-1 {corpus_bleu([line.pool[0] for line in lines], references).value:.2f}",
-                      flush=True)
+                bleu = corpus_bleu(picks[split][name], references, config.data.bleu_tokenize).value
+                top1 = corpus_bleu([line.pool[0] for line in lines], references, config.data.bleu_tokenize).value
+                print(f"{name} on {split}: BLEU {bleu:.2f}, beam top-1 {top1:.2f}", flush=True)
         seconds[name] = time.perf_counter() - started
     if env.is_main:
         c = config.candidates
