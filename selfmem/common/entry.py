@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -78,5 +79,20 @@ def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namesp
         env = init_distributed(config.dist.timeout)
         stage(config, env, start_run(config, env), args)
         close_distributed()
+        if env.world_size > 1:
+            exit_without_teardown()
 
     entry_point(main)
+
+
+def exit_without_teardown() -> None:
+    """End a finished multi-process run here, skipping the interpreter's teardown.
+
+    torch's DistributedDataParallel keeps the gloo process group alive in C++ past
+    ``destroy_process_group``, its threads still running; torn down with the interpreter, they
+    now and then killed a rank whose work was done (SIGSEGV after "terminate called without an
+    active exception"), failing the job. Every file is written and closed by now.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
