@@ -47,11 +47,11 @@ VARIANTS = {
     "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0"],
     "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2"],
     "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf"],
-    "S": [],
-    "S+g": ["selector.features=[generator]"],
-    "S+g+mbr": ["selector.features=[generator,mbr]"],
-    "S-crossfit": ["selector.train_from=crossfit"],
-    "S-crossfit+g": ["selector.train_from=crossfit", "selector.features=[generator]"],
+    "S": ["selector.kind=trained"],
+    "S+g": ["selector.kind=trained", "selector.features=[generator]"],
+    "S+g+mbr": ["selector.kind=trained", "selector.features=[generator,mbr]"],
+    "S-crossfit": ["selector.kind=trained", "selector.train_from=crossfit"],
+    "S-crossfit+g": ["selector.kind=trained", "selector.train_from=crossfit", "selector.features=[generator]"],
 }
 
 

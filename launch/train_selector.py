@@ -5,8 +5,9 @@ reads:   RUN/tokenizer/, RUN/generator/, data.dir/{train,dev}.jsonl, RUN/memory/
          selector.path (selector.backbone hf) (RUN = run.root/run.name)
 writes:  RUN/selector/ (the best on dev, train_log.jsonl, a checkpoint to resume from); first, where
          missing, the candidates RUN/selector_candidates/train.jsonl and RUN/round_1/candidates/dev.jsonl
+With selector.kind trained only (the default, mbr, trains nothing).
 example:
-  torchrun --nproc_per_node 2 launch/train_selector.py --config configs/libreoffice_ende.yaml
+  torchrun --nproc_per_node 2 launch/train_selector.py --config configs/libreoffice_ende.yaml selector.kind=trained
 """
 
 from selfmem.common.entry import launch

@@ -32,7 +32,7 @@ from conftest import DEMO_CONFIG, DEMO_DATA, TINY, run_single, start_torchrun
 EXAMPLES = 20  # a split
 MATRIX = [*TINY, f"data.max_examples={EXAMPLES}", "train.max_steps=4", "train.max_epochs=100", "candidates.num_beams=2",
           "candidates.num_return=2", "candidates.hypothesis_beams=1", "candidates.max_len=8",
-          "selector.train_subset=8", "selector.group_size=2", "selector.max_epochs=1", "selector.max_tokens=1500",
+          "selector.kind=trained", "selector.train_subset=8", "selector.group_size=2", "selector.max_epochs=1", "selector.max_tokens=1500",
           "lift.max_rounds=1", "lift.no_memory_baseline=false"]
 RUN = Path("runs") / "demo"  # the run directory, below a row's directory
 # launches at once: each is torchrun and 2 ranks, and 2 cores are busy with about 3 of them

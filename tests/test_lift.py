@@ -25,10 +25,11 @@ from selfmem.common.run import RunPaths
 from selfmem.lift.pipeline import lift
 from selfmem.select.pick import top_b
 
-# 40 examples a split, 4 candidates each, 2 rounds: seconds a stage
+# 40 examples a split, 4 candidates each, 2 rounds: seconds a stage; the trained selector, whose
+# stages the loop's resume and rank invariance must cover (MBR's lift has its own test)
 LIFT = [*TINY, "data.max_examples=40", "train.max_epochs=2", "train.save_every=1",
         "candidates.num_beams=4", "candidates.num_return=4", "candidates.hypothesis_beams=2", "candidates.max_len=16",
-        "selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500",
+        "selector.kind=trained", "selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500",
         "selector.lr=1e-3", "lift.max_rounds=2", "lift.patience=2", "lift.no_memory_baseline=false"]
 # one process accumulates the two micro-batches that two ranks compute: the same global batch
 ONE_PROCESS = "train.accumulate=2"

@@ -21,8 +21,10 @@ from selfmem.select.candidates import candidate_features, read_candidates
 from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
 from selfmem.select.stage import check_selector_config, select_memories
+from selfmem.train.selector import train_selector
 
-SMALL = [*TINY, "data.max_examples=20", "selector.max_tokens=200"]  # several scoring batches
+# several scoring batches; the trained selector, which the fixture makes (the MBR tests say so)
+SMALL = [*TINY, "data.max_examples=20", "selector.max_tokens=200", "selector.kind=trained"]
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +184,11 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         check_selector_config(SelectorConfig(features=["generator", "beam"]))
     with pytest.raises(ValueError, match="selector.mbr_temperature must be positive"):
         check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.0))
+
+
+def test_training_a_selector_that_needs_none_is_refused(tmp_path):
+    config = load_config(DEMO_CONFIG, [f"run.root={tmp_path}"])  # selector.kind mbr, the default
+    with pytest.raises(ValueError, match=r"^selector.kind is mbr, which trains nothing: set selector.kind=trained"):
+        train_selector(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                       RunPaths(config.run_dir))
+    assert not (tmp_path / "demo").exists()

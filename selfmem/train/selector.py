@@ -223,6 +223,9 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
     check_selector_config(cfg)
+    if cfg.kind != "trained":
+        raise ValueError(f"selector.kind is {cfg.kind}, which trains nothing: set selector.kind=trained to train S "
+                         "(and for the stages that select with it)")
     if cfg.backbone == "generator" and config.generator.engine != "native":
         raise ValueError("selector.backbone 'generator' copies the native generator's encoder; with "
                          "generator.engine hf set selector.backbone=hf and selector.path to an encoder directory")
