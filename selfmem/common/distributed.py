@@ -44,6 +44,12 @@ class RankFailed(RuntimeError):
     """Raised on the other ranks when rank 0's share of the work failed; its message holds the cause."""
 
 
+def raised_on_every_rank(exc: BaseException) -> bool:
+    """Whether every rank raises ``exc`` or its relay together (a failure inside ``on_main``),
+    so that all of them reach a collective after it."""
+    return isinstance(exc, RankFailed) or getattr(exc, "raised_on_every_rank", False)
+
+
 def restart_store(env: DistEnv, timeout: timedelta) -> dist.Store | None:
     """The process group's store when torchrun's agent hosts it: the keys of this restart.
 
@@ -153,6 +159,7 @@ def on_main(work: Callable[[], T]) -> T | None:
             error = exc
     message = broadcast_from_main(None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
+        error.raised_on_every_rank = True  # the others raise RankFailed now
         raise error
     if message is not None:
         raise RankFailed(f"rank 0 failed: {message}")

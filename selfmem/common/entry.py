@@ -19,7 +19,8 @@ from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, recor
 
 from selfmem.common.config import Config, ConfigError, parse_args
 from selfmem.common.data import DataError
-from selfmem.common.distributed import DistEnv, RankFailed, close_distributed, init_distributed
+from selfmem.common.distributed import (DistEnv, RankFailed, barrier, close_distributed, init_distributed,
+                                        raised_on_every_rank)
 from selfmem.common.io import one_line
 from selfmem.common.run import RunPaths, start_run
 
@@ -65,6 +66,8 @@ def entry_point(main: Callable[[], object]) -> None:
         # the newline let another rank's line join this one
         sys.stderr.write(error_report(exc) + "\n")
         sys.stderr.flush()
+        if raised_on_every_rank(exc):
+            barrier()  # torchrun stops the others as soon as one rank exits: each prints its line first
         sys.exit(1)
 
 
