@@ -68,7 +68,25 @@ def entry_point(main: Callable[[], object]) -> None:
         sys.stderr.flush()
         if raised_on_every_rank(exc):
             barrier()  # torchrun stops the others as soon as one rank exits: each prints its line first
-        sys.exit(1)
+        end_process(1)
+    end_process(0)
+
+
+def end_process(status: int) -> None:
+    """End a launch script with ``status``: one rank of several skips the interpreter's teardown.
+
+    Gloo's threads outlive ``destroy_process_group`` (torch's DistributedDataParallel keeps the
+    process group alive in C++) and, after a failure, the group itself; torn down with the
+    interpreter they now and then killed a rank whose work was done (SIGSEGV or SIGABRT after
+    "terminate called without an active exception"). Every file is written and closed by
+    now. A single process (the tests call entry points in-process) ends as usual.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    if status:
+        sys.exit(status)
 
 
 def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namespace], object],
@@ -82,20 +100,5 @@ def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namesp
         env = init_distributed(config.dist.timeout)
         stage(config, env, start_run(config, env), args)
         close_distributed()
-        if env.world_size > 1:
-            exit_without_teardown()
 
     entry_point(main)
-
-
-def exit_without_teardown() -> None:
-    """End a finished multi-process run here, skipping the interpreter's teardown.
-
-    torch's DistributedDataParallel keeps the gloo process group alive in C++ past
-    ``destroy_process_group``, its threads still running; torn down with the interpreter, they
-    now and then killed a rank whose work was done (SIGSEGV after "terminate called without an
-    active exception"), failing the job. Every file is written and closed by now.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
