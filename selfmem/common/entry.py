@@ -68,25 +68,25 @@ def entry_point(main: Callable[[], object]) -> None:
         sys.stderr.flush()
         if raised_on_every_rank(exc):
             barrier()  # torchrun stops the others as soon as one rank exits: each prints its line first
-        end_process(1)
-    end_process(0)
+        # through the interpreter's teardown, slower than end_finished_process: a failure that
+        # each rank meets on its own (a config error) leaves the others time for their line
+        sys.exit(1)
+    end_finished_process()
 
 
-def end_process(status: int) -> None:
-    """End a launch script with ``status``: one rank of several skips the interpreter's teardown.
+def end_finished_process() -> None:
+    """End a finished launch script; one rank of several skips the interpreter's teardown.
 
     Gloo's threads outlive ``destroy_process_group`` (torch's DistributedDataParallel keeps the
-    process group alive in C++) and, after a failure, the group itself; torn down with the
-    interpreter they now and then killed a rank whose work was done (SIGSEGV or SIGABRT after
-    "terminate called without an active exception"). Every file is written and closed by
-    now. A single process (the tests call entry points in-process) ends as usual.
+    process group alive in C++); torn down with the interpreter they now and then killed a rank
+    whose work was done (SIGSEGV after "terminate called without an active exception"), failing
+    the job. Every file is written and closed by now. A single process (the tests call entry
+    points in-process) returns as usual.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(status)
-    if status:
-        sys.exit(status)
+        os._exit(0)
 
 
 def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namespace], object],
