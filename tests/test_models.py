@@ -437,3 +437,12 @@ def test_target_rows_give_those_positions_logits(variant):
     rows = dec.flatten().ne(PAD).nonzero().squeeze(1)
     expected = model(src, dec, mem).flatten(0, 1)[rows]
     assert (model(src, dec, mem, target_rows=rows) - expected).abs().max() < 1e-6
+
+
+def test_slotted_positions_beyond_max_are_an_error():
+    model = small_model("joint", source_slot=12, memory_slot=8, max_positions=24)
+    # the second memory starts at position 20: its five tokens and the eos after them reach 25
+    src = torch.tensor([[7, 8, SEP, 9, SEP, 10, 11, 12, 13, 14, EOS]])
+    with pytest.raises(ValueError, match="a sequence reaching position 26 exceeds max_positions = 24"):
+        model(src, torch.full((1, 2), START))
+    model(src[:, 3:], torch.full((1, 2), START))  # with one memory it fits

@@ -135,6 +135,14 @@ def _check_positions(end: int, max_positions: int) -> None:
         raise ValueError(f"a sequence reaching position {end} exceeds max_positions = {max_positions}")
 
 
+def _check_position_tensor(positions: Tensor, max_positions: int) -> None:
+    """``_check_positions`` for a tensor of positions, read on the CPU only: on an accelerator
+    the read would make the step wait for the device, and an index past the table fails
+    there anyway (a device-side assert), only with a less helpful message."""
+    if positions.device.type == "cpu":
+        _check_positions(int(positions.max()) + 1, max_positions)
+
+
 class LearnedPositionalEmbedding(nn.Embedding):
     """A trained position table; position ``i`` is row ``offset + i`` (BART keeps 2 spare rows)."""
 
@@ -151,7 +159,7 @@ class LearnedPositionalEmbedding(nn.Embedding):
 
     def at(self, positions: Tensor) -> Tensor:
         """Embeddings of arbitrary ``positions`` (any shape), shape ``positions.shape + (dim,)``."""
-        _check_positions(int(positions.max()) + 1, self.max_positions)
+        _check_position_tensor(positions, self.max_positions)
         return super().forward(positions + self.offset)
 
 
@@ -170,7 +178,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     def at(self, positions: Tensor) -> Tensor:
         """Embeddings of arbitrary ``positions`` (any shape), shape ``positions.shape + (dim,)``."""
-        _check_positions(int(positions.max()) + 1, self.max_positions)
+        _check_position_tensor(positions, self.max_positions)
         return self.table[positions]
 
 
