@@ -1,12 +1,18 @@
-"""Generator training throughput: this project's loop against a plain baseline loop.
+"""Generator training throughput: this project's loop, with its issue-20 paths off and on,
+against a plain baseline loop.
 
     python bench/train.py [--config configs/libreoffice_ende.yaml] [--steps 30] [--repeats 3]
+        [--no-baseline] [data.dir=...]
 
-Both train the same model (same initial weights) on the same examples (train sources
+All train the same model (same initial weights) on the same examples (train sources
 with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
 - ours: `selfmem.train.loop.fit` with token-budget batches of similar length
   (train.max_tokens), in each precision of --precisions (fp32 on CPUs by default: bf16
   matrix products are slow on CPUs without bf16 instructions);
+- ours, old paths: the same, with the model's and the loss's paths as before issue 20
+  (separate q/k/v products, logits for every target position, pads included; see
+  `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
+  costs nothing (operations run synchronously);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
   example, fp32, with the batch size that holds as many real tokens per step on average.
 Throughput counts real (non-pad) encoder and target tokens per second. Medians of
@@ -23,19 +29,24 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.distributed import DistEnv  # noqa: E402
+from selfmem.common.generator_inputs import collate  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
 from selfmem.retrieve.memory import build_bm25_memory  # noqa: E402
-from selfmem.train.generator import prepare_generator  # noqa: E402
+from selfmem.models.seq2seq import MultiheadAttention  # noqa: E402
+from selfmem.train.generator import GeneratorTask, prepare_generator  # noqa: E402
 from selfmem.train.loop import fit, inverse_sqrt_schedule  # noqa: E402
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
@@ -65,8 +76,28 @@ def training_flops_per_token(config, task, batches: list[list[int]]) -> float:
     return 3 * forward / tokens
 
 
-def ours(config, paths, steps: int, precision: str) -> float:
-    """Tokens/s of `fit` over the second half of ``steps`` steps (its own log's figure).
+@contextmanager
+def old_paths():
+    """The model's and the loss's paths as they were before issue 20, for the side-by-side only
+    (kept here, not in the package, where the new paths replaced them): q, k and v (k and v)
+    as separate matrix products, and fp32 logits for every target position, pads included."""
+    def separate(x, *projections):
+        return tuple(projection(x) for projection in projections)
+
+    def full_logits_loss(task, model, examples, smoothing):
+        batch = {k: v.to(task.env.device) for k, v in collate(examples, task.mode, task.ids).items()}
+        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"))
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=task.ids.pad,
+                               label_smoothing=smoothing, reduction="sum")
+
+    with (mock.patch.object(MultiheadAttention, "_project", staticmethod(separate)),
+          mock.patch.object(GeneratorTask, "_batch_loss", full_logits_loss)):
+        yield
+
+
+def ours(config, model, task, initial: dict, steps: int, precision: str, new_paths: bool = True) -> float:
+    """Tokens/s of `fit` from the ``initial`` weights over the second half of ``steps`` steps
+    (its own log's figure).
 
     The first half warms up (allocator, kernel selection for new shapes); evaluation is
     outside the timed window.
@@ -75,18 +106,17 @@ def ours(config, paths, steps: int, precision: str) -> float:
     config.train.max_steps = steps
     config.train.log_every = steps // 2
     config.train.save_every = 10**9
-    model, task = prepare_generator(config, ONE_PROCESS, paths)
-    task.dev, task.dev_references = task.dev[:8], task.dev_references[:8]  # keep the closing evaluation short
-    with tempfile.TemporaryDirectory() as out:
+    model.load_state_dict(initial)
+    with tempfile.TemporaryDirectory() as out, (nullcontext() if new_paths else old_paths()):
         fit(model, task, config.train, ONE_PROCESS, Path(out), config.run.seed,
             inverse_sqrt_schedule(config.train.warmup_steps))
         records = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
     return [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]
 
 
-def baseline(config, paths, steps: int) -> float:
+def baseline(config, model, task, initial: dict, steps: int) -> float:
     """Tokens/s of a plain loop (second half of ``steps``): random fixed-size batches padded to the longest, fp32."""
-    model, task = prepare_generator(config, ONE_PROCESS, paths)
+    model.load_state_dict(initial)
     budget_batches = task.epoch_batches(0)
     batch_size = round(sum(len(b) for b in budget_batches) / len(budget_batches))
     order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0)).tolist()
@@ -118,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-root", help="reuse the tokenizer and BM25 memory prepared under this root")
     parser.add_argument("--precisions", default="fp32", help="autocast dtypes for our loop, e.g. fp32,fp16,bf16")
+    parser.add_argument("--no-baseline", action="store_true", help="time only our loop, old paths and new")
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_intermixed_args()
@@ -137,35 +168,41 @@ def main() -> None:
     print(f"config: {args.config} ({config.generator.memory} memory, d_model {config.generator.d_model}, "
           f"{config.generator.encoder_layers}+{config.generator.decoder_layers} layers), "
           f"max_tokens {config.train.max_tokens}, {args.steps} steps, median of {args.repeats}")
+    # one model and task for every run (encoding the data is slow), each run from the same weights
+    model, task = prepare_generator(config, ONE_PROCESS, paths)
+    task.dev, task.dev_references = task.dev[:8], task.dev_references[:8]  # keep the closing evaluation short
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     precisions = args.precisions.split(",")
-    figures = {name: [] for name in ["baseline fp32"] + [f"ours {p}" for p in precisions]}
-    for _ in range(args.repeats):
-        figures["baseline fp32"].append(baseline(config, paths, args.steps))
-        print(f"  run: baseline fp32 {figures['baseline fp32'][-1]:.0f} tokens/s", flush=True)
-        for precision in precisions:
-            figures[f"ours {precision}"].append(ours(config, paths, args.steps, precision))
-            print(f"  run: ours {precision} {figures[f'ours {precision}'][-1]:.0f} tokens/s", flush=True)
+    runs = {} if args.no_baseline else {"baseline fp32": lambda: baseline(config, model, task, initial, args.steps)}
+    for p in precisions:
+        runs[f"ours {p}, old paths"] = lambda p=p: ours(config, model, task, initial, args.steps, p, new_paths=False)
+        runs[f"ours {p}"] = lambda p=p: ours(config, model, task, initial, args.steps, p)
+    figures = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so that each repeat meets the machine's load alike
+        for name, run in runs.items():
+            figures[name].append(run())
+            print(f"  run: {name} {figures[name][-1]:.0f} tokens/s", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as profiler:
-            ours(config, paths, args.steps, args.profile)
+            ours(config, model, task, initial, args.steps, args.profile)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(profiler.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
-    base = statistics.median(figures["baseline fp32"])
-    model, task = prepare_generator(config, ONE_PROCESS, paths)
+    medians = {name: statistics.median(values) for name, values in figures.items()}
     flops_per_token = training_flops_per_token(config, task, task.epoch_batches(0)[: args.steps])
     peak = next((tflops for name, tflops in PEAK_TFLOPS.items() if device.type == "cuda"
                  and name in torch.cuda.get_device_name()), None)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
           f"parameters, {flops_per_token / 1e6:.1f} MFLOP per training token")
-    for name, values in figures.items():
-        median = statistics.median(values)
-        mfu = f", MFU {median * flops_per_token / (peak * 1e12):.1%} of {peak} TFLOP/s" if peak else ""
-        print(f"{name:14s} {median:9.0f} tokens/s  ({median / base:.2f}x baseline{mfu}; runs: "
-              f"{', '.join(f'{v:.0f}' for v in values)})")
+    for name, median in medians.items():
+        versus = [f"{median / medians['baseline fp32']:.2f}x baseline"] if "baseline fp32" in medians else []
+        old = medians.get(f"{name}, old paths")
+        versus += [f"{median / old:.2f}x old paths"] if old else []
+        mfu = [f"MFU {median * flops_per_token / (peak * 1e12):.1%} of {peak} TFLOP/s"] if peak else []
+        print(f"{name:24s} {median:9.0f} tokens/s  ({'; '.join(versus + mfu + ['runs: ' + ', '.join(f'{v:.0f}' for v in figures[name])])})")
 
 
 if __name__ == "__main__":

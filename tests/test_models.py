@@ -25,7 +25,7 @@ from selfmem.common.config import load_config
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.build import build_model
 from selfmem.models.hf_import import import_hf
-from selfmem.models.seq2seq import slotted_positions
+from selfmem.models.seq2seq import MultiheadAttention, slotted_positions
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -409,3 +409,40 @@ def test_bf16_autocast_heavy_padding_is_finite(variant):
 def test_importing_the_models_turns_cudnn_attention_off():
     # cuDNN attention builds a plan per new shape; token-budget batches and beam steps change shape every call
     assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@torch.no_grad()
+def test_fused_projections_equal_the_separate_ones_exactly(variant):
+    model = variant_model(variant)
+    x = torch.randn(3, 7, model.config.d_model, generator=torch.Generator().manual_seed(1))
+    for attention in (module for module in model.modules() if isinstance(module, MultiheadAttention)):
+        q, k, v = attention.queries_keys_values(x)
+        assert torch.equal(q, attention.q_proj(x))
+        assert torch.equal(k, attention._split_heads(attention.k_proj(x)))
+        assert torch.equal(v, attention._split_heads(attention.v_proj(x)))
+        assert all(torch.equal(a, b) for a, b in zip(attention.keys_values(x), (k, v)))
+    # the weights stay separate parameters: checkpoints keep their layout
+    assert {"encoder.layers.0.self_attn.q_proj.weight", "decoder.layers.0.encoder_attn.k_proj.bias",
+            "decoder.layers.0.encoder_attn.v_proj.weight"} <= model.state_dict().keys()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@torch.no_grad()
+def test_target_rows_give_those_positions_logits(variant):
+    model = variant_model(variant)
+    src, dec, mem = batch(model.config.memory)
+    dec[1, 4:] = PAD
+    dec[2, 2:] = PAD
+    rows = dec.flatten().ne(PAD).nonzero().squeeze(1)
+    expected = model(src, dec, mem).flatten(0, 1)[rows]
+    assert (model(src, dec, mem, target_rows=rows) - expected).abs().max() < 1e-6
+
+
+def test_slotted_positions_beyond_max_are_an_error():
+    model = small_model("joint", source_slot=12, memory_slot=8, max_positions=24)
+    # the second memory starts at position 20: its five tokens and the eos after them reach 25
+    src = torch.tensor([[7, 8, SEP, 9, SEP, 10, 11, 12, 13, 14, EOS]])
+    with pytest.raises(ValueError, match="a sequence reaching position 26 exceeds max_positions = 24"):
+        model(src, torch.full((1, 2), START))
+    model(src[:, 3:], torch.full((1, 2), START))  # with one memory it fits

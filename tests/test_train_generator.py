@@ -9,10 +9,12 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun, start_torchrun
 from selfmem.common.config import Config, load_config
 from selfmem.common.distributed import DistEnv
+from selfmem.common.generator_inputs import collate
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import Seq2SeqModel
@@ -195,3 +197,19 @@ def test_a_native_checkpoint_starts_a_run_and_zero_epochs_keep_it(prepared, tmp_
     with pytest.raises(ValueError, match=r"holds a native generator other than the one this config describes: "
                                          r"d_model 32 \(the config builds 64\); heads 2 \(the config builds 4\)\."):
         build_model(wider, tokenizer)
+
+
+def test_the_loss_over_real_target_positions_equals_the_loss_over_all_with_pads_ignored(prepared):
+    config = load_config(DEMO_CONFIG, [f"run.root={prepared}", *TINY, "train.label_smoothing=0.1"])
+    model, task = prepare_generator(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                                    RunPaths(config.run_dir))
+    model.eval()  # no dropout: both losses see the same states
+    padded = [batch for batch in task.epoch_batches(0)
+              if collate([task.examples[i] for i in batch], task.mode, task.ids)["labels"].eq(task.ids.pad).any()]
+    assert padded
+    for batch in padded[:4]:
+        tensors = collate([task.examples[i] for i in batch], task.mode, task.ids)
+        logits = model(tensors["src"], tensors["decoder_input"], tensors.get("memory"))
+        over_all = F.cross_entropy(logits.flatten(0, 1), tensors["labels"].flatten(), ignore_index=task.ids.pad,
+                                   label_smoothing=0.1, reduction="sum")
+        assert task.loss(model, batch).item() == pytest.approx(over_all.item(), rel=1e-6)

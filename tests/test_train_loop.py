@@ -248,3 +248,64 @@ def test_a_checkpoint_records_the_micro_batches_per_step_not_how_they_are_split(
     assert train(3, global_batch=2).step == 3  # the same step, split another way: continued
     with pytest.raises(ValueError, match=re.escape("other settings: train.global_batch was 2, now 1. Start afresh")):
         train(4)  # one process, one micro-batch a step: another training, refused
+
+
+class PoisonedStepsTask(ToyTask):
+    """The toy task whose loss is NaN at the given steps (one batch per step)."""
+
+    def __init__(self, poisoned_steps):
+        super().__init__()
+        self.poisoned_steps, self.calls = set(poisoned_steps), 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss = super().loss(model, batch)
+        return loss * math.nan if self.calls - 1 in self.poisoned_steps else loss
+
+
+def host_decided_losses(task, epochs):
+    """The step as it was before the non-finite guard moved to the device: the host reads
+    the gradient norm and the loss at every step and skips the optimizer where not finite."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0,
+                                  fused=True)
+    losses = []
+    for epoch in range(epochs):
+        for batch in task.epoch_batches(epoch):
+            loss = task.loss(model, batch)
+            (loss / task.num_targets(batch)).backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item() / task.num_targets(batch))
+    return losses, model
+
+
+def test_the_device_side_guard_gives_the_host_decided_losses_and_weights(tmp_path):
+    poisoned = [3, 4, 11]
+    expected_losses, expected = host_decided_losses(PoisonedStepsTask(poisoned), epochs=3)
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    fit(model, PoisonedStepsTask(poisoned), toy_config(max_epochs=3, weight_decay=0.0), ONE_PROCESS, tmp_path,
+        seed=0, lr_schedule=lambda s: 1.0)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 24 and all(math.isnan(losses[i]) for i in poisoned)
+    assert [x for x in losses if not math.isnan(x)] == [x for x in expected_losses if not math.isnan(x)]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), expected.parameters()))
+
+
+def test_a_non_finite_stop_read_at_a_later_log_names_its_step_and_applies_no_update_after_it(tmp_path):
+    # the guard is read at step 8 (the epoch's end); the run reaches 3 consecutive non-finite steps at
+    # step 4, and the finite steps 5 to 7 after it must not update the model either
+    _, before = host_decided_losses(PoisonedStepsTask(range(2, 8)), epochs=1)  # the weights after steps 0 and 1
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    task = PoisonedStepsTask([2, 3, 4])
+    with pytest.raises(RuntimeError, match="3 consecutive steps with non-finite gradients at step 4"):
+        fit(model, task, toy_config(max_nonfinite=3, log_every=100, weight_decay=0.0), ONE_PROCESS, tmp_path, seed=0,
+            lr_schedule=lambda s: 1.0)
+    assert task.calls == 8  # stopped at the first read after step 4
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters()))

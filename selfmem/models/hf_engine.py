@@ -13,7 +13,7 @@ from selfmem.models.vocabulary import check_tokenizer
 
 
 class HFSeq2Seq(nn.Module):
-    """Wraps a transformers seq2seq model: ``forward(src, decoder_input, memory=None) -> logits``.
+    """Wraps a transformers seq2seq model: ``forward(src, decoder_input, memory=None, target_rows=None) -> logits``.
 
     Memory ``none`` or ``joint`` only (joint memory is part of ``src``).
     """
@@ -37,11 +37,14 @@ class HFSeq2Seq(nn.Module):
     def decoder_start_id(self) -> int:
         return self.hf.config.decoder_start_token_id
 
-    def forward(self, src_ids, decoder_input_ids, memory_ids=None) -> torch.Tensor:
+    def forward(self, src_ids, decoder_input_ids, memory_ids=None, target_rows=None) -> torch.Tensor:
+        """Logits (batch, tgt_len, vocab), or only the flattened positions ``target_rows`` (as the
+        native model's ``forward``)."""
         if memory_ids is not None:
             raise ValueError("engine hf supports generator.memory none or joint, not dual")
-        return self.hf(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id),
-                       decoder_input_ids=decoder_input_ids).logits
+        logits = self.hf(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id),
+                         decoder_input_ids=decoder_input_ids).logits
+        return logits if target_rows is None else logits.flatten(0, 1).index_select(0, target_rows)
 
     @torch.no_grad()
     def greedy(self, src_ids: torch.Tensor, max_len: int, eos_id: int) -> list[list[int]]:

@@ -135,6 +135,14 @@ def _check_positions(end: int, max_positions: int) -> None:
         raise ValueError(f"a sequence reaching position {end} exceeds max_positions = {max_positions}")
 
 
+def _check_position_tensor(positions: Tensor, max_positions: int) -> None:
+    """``_check_positions`` for a tensor of positions, read on the CPU only: on an accelerator
+    the read would make the step wait for the device, and an index past the table fails
+    there anyway (a device-side assert), only with a less helpful message."""
+    if positions.device.type == "cpu":
+        _check_positions(int(positions.max()) + 1, max_positions)
+
+
 class LearnedPositionalEmbedding(nn.Embedding):
     """A trained position table; position ``i`` is row ``offset + i`` (BART keeps 2 spare rows)."""
 
@@ -151,7 +159,7 @@ class LearnedPositionalEmbedding(nn.Embedding):
 
     def at(self, positions: Tensor) -> Tensor:
         """Embeddings of arbitrary ``positions`` (any shape), shape ``positions.shape + (dim,)``."""
-        _check_positions(int(positions.max()) + 1, self.max_positions)
+        _check_position_tensor(positions, self.max_positions)
         return super().forward(positions + self.offset)
 
 
@@ -170,12 +178,17 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     def at(self, positions: Tensor) -> Tensor:
         """Embeddings of arbitrary ``positions`` (any shape), shape ``positions.shape + (dim,)``."""
-        _check_positions(int(positions.max()) + 1, self.max_positions)
+        _check_position_tensor(positions, self.max_positions)
         return self.table[positions]
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head scaled dot-product attention with biased q/k/v/out projections."""
+    """Multi-head scaled dot-product attention with biased q/k/v/out projections.
+
+    The projections that read the same input run as one matrix product over their stacked
+    weights (q/k/v for self-attention, k/v for cross-attention): fewer, larger kernels. The
+    weights stay separate parameters, so checkpoints keep their layout and names.
+    """
 
     def __init__(self, d_model: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -189,24 +202,44 @@ class MultiheadAttention(nn.Module):
     def _split_heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, T, d) -> (B, H, T, d/H)
 
+    @staticmethod
+    def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
+        """``x`` through each of ``projections``, as one matrix product over their stacked weights."""
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections])
+        return F.linear(x, weight, bias).chunk(len(projections), dim=-1)
+
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Project ``x`` (batch, length, d_model) to per-head keys and values."""
-        return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+        k, v = self._project(x, self.k_proj, self.v_proj)
+        return self._split_heads(k), self._split_heads(v)
+
+    def queries_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention's projections of ``x`` (batch, length, d_model): the queries as they
+        are, the keys and values per head."""
+        q, k, v = self._project(x, self.q_proj, self.k_proj, self.v_proj)
+        return q, self._split_heads(k), self._split_heads(v)
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
-        """Attend from ``x`` to ``keys``/``values``; ``mask`` is boolean, True = attend.
+        """Attend from ``x`` to ``keys``/``values``; ``mask`` is boolean, True = attend."""
+        return self.attend(self.q_proj(x), keys, values, mask, causal)
 
-        ``keys`` may have fewer batch rows than ``x`` when consecutive rows of ``x`` share
+    def attend(self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
+               causal: bool = False) -> Tensor:
+        """Attend from projected ``queries`` (batch, length, d_model) to ``keys``/``values``.
+
+        ``keys`` may have fewer batch rows than ``queries`` when consecutive rows share
         them (the beams of one example attending to its encoder output): those rows' queries
         are then stacked along the length axis, so the shared keys are never copied per beam.
         """
-        queries = x if keys.size(0) == x.size(0) else x.reshape(keys.size(0), -1, x.size(-1))
+        stacked = queries if keys.size(0) == queries.size(0) else queries.reshape(keys.size(0), -1,
+                                                                                   queries.size(-1))
         out = F.scaled_dot_product_attention(
-            self._split_heads(self.q_proj(queries)), keys, values, attn_mask=mask, is_causal=causal,
+            self._split_heads(stacked), keys, values, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(out.transpose(1, 2).flatten(2)).reshape(x.shape)
+        return self.out_proj(out.transpose(1, 2).flatten(2)).reshape(queries.shape)
 
 
 class TransformerLayer(nn.Module):
@@ -247,7 +280,7 @@ class EncoderLayer(TransformerLayer):
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         h = self.sublayer_input(x, self.self_attn_layer_norm)
-        x = self.residual(x, self.self_attn(h, *self.self_attn.keys_values(h), mask=key_mask),
+        x = self.residual(x, self.self_attn.attend(*self.self_attn.queries_keys_values(h), mask=key_mask),
                           self.self_attn_layer_norm)
         return self.feed_forward(x)
 
@@ -276,8 +309,9 @@ class DecoderLayer(TransformerLayer):
     def forward(self, x: Tensor, cache: LayerCache, source_mask: Tensor, memory_mask: Tensor | None,
                 self_mask: Tensor | None, causal: bool) -> tuple[Tensor, LayerCache]:
         h = self.sublayer_input(x, self.self_attn_layer_norm)
-        cache = cache.append(*self.self_attn.keys_values(h))
-        x = self.residual(x, self.self_attn(h, *cache.past(), mask=self_mask, causal=causal),
+        queries, keys, values = self.self_attn.queries_keys_values(h)
+        cache = cache.append(keys, values)
+        x = self.residual(x, self.self_attn.attend(queries, *cache.past(), mask=self_mask, causal=causal),
                           self.self_attn_layer_norm)
 
         h = self.sublayer_input(x, self.encoder_attn_layer_norm)
@@ -489,10 +523,19 @@ class Seq2SeqModel(nn.Module):
         hidden, cache = self.decoder(decoder_input_ids, encoder_out, cache)
         return self.output_logits(hidden), cache
 
-    def forward(self, src_ids: Tensor, decoder_input_ids: Tensor, memory_ids: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (batch, tgt_len, vocab), float32, for training."""
-        logits, _ = self.decode_step(decoder_input_ids, self.encode(src_ids, memory_ids))
-        return logits
+    def forward(self, src_ids: Tensor, decoder_input_ids: Tensor, memory_ids: Tensor | None = None,
+                target_rows: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (batch, tgt_len, vocab), float32, for training.
+
+        With ``target_rows`` (indices into the flattened batch x tgt_len positions, e.g. those
+        whose label is not padding) only those positions' logits, (len(target_rows), vocab):
+        the output projection, the largest product of a small model, skips the rest.
+        """
+        encoder_out = self.encode(src_ids, memory_ids)
+        hidden, _ = self.decoder(decoder_input_ids, encoder_out, self.decoder.init_cache(encoder_out))
+        if target_rows is not None:
+            hidden = hidden.flatten(0, 1).index_select(0, target_rows)
+        return self.output_logits(hidden)
 
     @staticmethod
     def reorder_encoder_out(encoder_out: EncoderOut, index: Tensor) -> EncoderOut:

@@ -80,10 +80,16 @@ class GeneratorTask:
         return sum(sum(self.sizes[i]) for i in batch)
 
     def _batch_loss(self, model, examples: list[EncodedExample], smoothing: float) -> torch.Tensor:
-        batch = {k: v.to(self.env.device) for k, v in collate(examples, self.mode, self.ids).items()}
-        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"))
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=self.ids.pad,
-                               label_smoothing=smoothing, reduction="sum")
+        tensors = collate(examples, self.mode, self.ids)
+        # only the real target positions reach the output projection and the loss (padding
+        # adds nothing to either); found on the host, since indexing by a mask on a GPU waits
+        labels = tensors.pop("labels").flatten()
+        rows = labels.ne(self.ids.pad).nonzero().squeeze(1)
+        batch = {k: v.to(self.env.device) for k, v in tensors.items()}
+        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"),
+                       target_rows=rows.to(self.env.device))
+        return F.cross_entropy(logits.float(), labels[rows].to(self.env.device), label_smoothing=smoothing,
+                               reduction="sum")
 
     def loss(self, model, batch: list[int]) -> torch.Tensor:
         return self._batch_loss(model, [self.examples[i] for i in batch], self.config.train.label_smoothing)

@@ -129,14 +129,60 @@ def micro_batches_per_step(config: TrainConfig, world_size: int) -> int:
     return total
 
 
-def counts_as_nonfinite(scaler: torch.amp.GradScaler) -> bool:
+def counts_as_nonfinite(scaler: torch.amp.GradScaler) -> bool | torch.Tensor:
     """Whether a step with non-finite gradients counts towards ``train.max_nonfinite``.
 
     Always without a GradScaler. With one (fp16), skipping the step and halving the scale is
     its routine handling of an overflow, frequent at the start of a run: such a step counts
-    only once the scale it was taken with is below ``SCALE_FLOOR``.
+    only once the scale it was taken with is below ``SCALE_FLOOR``. Once the scaler has
+    scaled a loss the answer is a tensor on its device, so the step need not wait for it.
     """
-    return not scaler.is_enabled() or scaler.get_scale() < SCALE_FLOOR
+    if not scaler.is_enabled():
+        return True
+    scale = scaler._get_scale_async()  # None before the first scaled loss
+    return scaler.get_scale() < SCALE_FLOOR if scale is None else scale < SCALE_FLOOR
+
+
+class NonfiniteGuard:
+    """The non-finite guard, decided on the device so that a step never waits for it.
+
+    A step whose gradient norm is not finite is skipped: the fused optimizer skips its
+    update where ``found_inf`` is 1, as it does under a GradScaler. The consecutive
+    counted skips (``counts_as_nonfinite``) and the step at which they reached
+    ``train.max_nonfinite`` stay on the device; ``check``, called where the loop reads the
+    device anyway (log, checkpoint, epoch end), stops the run naming that step. Every step
+    after it is skipped too, so the model stays as it was when the run should have stopped.
+    """
+
+    def __init__(self, consecutive: int, limit: int, device: torch.device) -> None:
+        self.limit = limit
+        self.consecutive = torch.tensor(consecutive, device=device)
+        self.stopped_at = torch.tensor(-1, device=device)
+
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_norm: torch.Tensor,
+             step: int) -> None:
+        """The optimizer's step (gradients already unscaled), skipped where it must be."""
+        nonfinite = ~torch.isfinite(grad_norm)
+        optimizer.grad_scale, optimizer.found_inf = None, (nonfinite | (self.stopped_at >= 0)).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+        counted = nonfinite & counts_as_nonfinite(scaler)
+        self.consecutive = torch.where(counted, self.consecutive + 1,
+                                       torch.where(nonfinite, self.consecutive, 0))
+        self.stopped_at = torch.where((self.stopped_at < 0) & counted & (self.consecutive >= self.limit), step,
+                                      self.stopped_at)
+
+    def check(self, state: TrainState) -> None:
+        """Record the count in ``state``; raise if the run reached ``train.max_nonfinite``."""
+        state.nonfinite_steps = int(self.consecutive)
+        stopped_at = int(self.stopped_at)
+        if stopped_at >= 0:
+            raise RuntimeError(
+                f"stopping: {self.limit} consecutive steps with non-finite gradients at step {stopped_at} "
+                f"(lower train.lr, raise train.warmup_steps, or use train.precision=fp32)"
+            )
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: TrainState,
@@ -233,7 +279,9 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = env.device
     model.to(device)
-    ddp = DistributedDataParallel(model) if env.world_size > 1 else None
+    # gradients as views into DDP's buckets: no copy into the buckets before the all-reduce
+    # and none out of them after it
+    ddp = DistributedDataParallel(model, gradient_as_bucket_view=True) if env.world_size > 1 else None
     train_model = ddp or model
     dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -257,6 +305,7 @@ def fit(
         log.info("resumed from %s at step %d (epoch %d)", checkpoint_path, state.step, state.epoch)
         on_main(lambda: _trim_log(log_path, state.step))
     max_steps = config.max_steps or math.inf
+    guard = NonfiniteGuard(state.nonfinite_steps, config.max_nonfinite, device)
 
     def should_train() -> bool:
         return state.epoch < config.max_epochs and state.step < max_steps and state.bad_epochs < config.patience
@@ -269,6 +318,7 @@ def fit(
     window_tokens, window_start = 0, time.perf_counter()
 
     def save() -> None:
+        guard.check(state)
         on_main(lambda: _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, state, depends_on))
 
     def write_log(record: dict) -> None:
@@ -324,27 +374,18 @@ def fit(
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             # gradients are all-reduced, so every rank takes the same decision
-            if torch.isfinite(grad_norm):
-                scaler.step(optimizer)
-                state.nonfinite_steps = 0
-            elif counts_as_nonfinite(scaler):
-                state.nonfinite_steps += 1
-                if state.nonfinite_steps >= config.max_nonfinite:
-                    raise RuntimeError(
-                        f"stopping: {state.nonfinite_steps} consecutive steps with non-finite gradients at step "
-                        f"{state.step} (lower train.lr, raise train.warmup_steps, or use train.precision=fp32)"
-                    )
+            guard.step(optimizer, scaler, grad_norm, state.step)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
             state.step_in_epoch += 1
-
-            if dist.is_initialized():
-                dist.all_reduce(step_loss)
-            loss_per_target = step_loss.item() / num_targets
             progress.update(1)
-            if state.step % config.log_every == 0:
+            if state.step % config.log_every == 0:  # the step's loss and counters are read only here
+                guard.check(state)
+                if dist.is_initialized():
+                    dist.all_reduce(step_loss)
+                loss_per_target = step_loss.item() / num_targets
                 elapsed = time.perf_counter() - window_start
                 tokens = torch.tensor(float(window_tokens), device=device)
                 if dist.is_initialized():
@@ -359,6 +400,7 @@ def fit(
                 save()
 
         if state.step_in_epoch >= steps_in_epoch:
+            guard.check(state)
             evaluate_and_keep_best(epoch_end=True)
             state.epoch += 1
             state.step_in_epoch = 0
@@ -366,6 +408,7 @@ def fit(
             window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
             if state.bad_epochs >= config.patience:
                 log.info("early stop: no better dev metric for %d epochs", state.bad_epochs)
+    guard.check(state)
     if state.evaluated_step != state.step:  # stopped by max_steps, or a crash cut the last evaluation
         evaluate_and_keep_best(epoch_end=False)
     digests = all_gather(parameters_digest(model))
