@@ -114,8 +114,8 @@ def test_memory_file_must_match_the_split(run_root, tmp_path):
 
 
 def test_selector_trains_on_candidates_of_a_train_subset(run_root):
-    args = ["--config", str(DEMO_CONFIG), f"run.root={run_root}", *SMALL, "selector.train_subset=20",
-            "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500", "selector.lr=1e-3"]
+    args = ["--config", str(DEMO_CONFIG), f"run.root={run_root}", *SMALL, "selector.kind=trained",
+            "selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=2", "selector.max_tokens=1500", "selector.lr=1e-3"]
     run_single("launch/train_selector.py", args)
     selector = run_root / "demo" / "selector"
     assert len((run_root / "demo" / "selector_candidates" / "train.jsonl").read_text().splitlines()) == 20
@@ -137,7 +137,8 @@ def copy_run(run_root, tmp_path):
     return root
 
 
-SELECTOR = ["selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=1", "selector.max_tokens=1500"]
+SELECTOR = ["selector.kind=trained", "selector.train_subset=20", "selector.group_size=4", "selector.max_epochs=1",
+            "selector.max_tokens=1500"]
 
 
 def test_selector_trains_from_cross_fitted_halves(run_root, tmp_path):
@@ -164,7 +165,7 @@ def test_selector_backbone_generator_needs_the_native_engine(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="selector.backbone 'generator' copies the native generator's "
                        "encoder; with generator.engine hf set selector.backbone=hf"):
         run_single("launch/train_selector.py", ["--config", str(DEMO_CONFIG), f"run.root={tmp_path}",
-                                                "generator.engine=hf"])
+                                                "selector.kind=trained", "generator.engine=hf"])
 
 
 def test_selector_trains_from_dev(run_root, tmp_path):
