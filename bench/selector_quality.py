@@ -41,17 +41,18 @@ from selfmem.select.pick import top_b  # noqa: E402
 from selfmem.select.stage import mbr_scorer, trained_scorer  # noqa: E402
 from selfmem.train.selector import train_selector  # noqa: E402
 
+TRAINED = "selector.kind=trained"
 # name -> overrides of the run's config; the trained ones are trained in selectors/NAME/
 VARIANTS = {
     "mbr-bleu": ["selector.kind=mbr"],
     "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0"],
     "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2"],
     "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf"],
-    "S": ["selector.kind=trained"],
-    "S+g": ["selector.kind=trained", "selector.features=[generator]"],
-    "S+g+mbr": ["selector.kind=trained", "selector.features=[generator,mbr]"],
-    "S-crossfit": ["selector.kind=trained", "selector.train_from=crossfit"],
-    "S-crossfit+g": ["selector.kind=trained", "selector.train_from=crossfit", "selector.features=[generator]"],
+    "S": [TRAINED],
+    "S+g": [TRAINED, "selector.features=[generator]"],
+    "S+g+mbr": [TRAINED, "selector.features=[generator,mbr]"],
+    "S-crossfit": [TRAINED, "selector.train_from=crossfit"],
+    "S-crossfit+g": [TRAINED, "selector.train_from=crossfit", "selector.features=[generator]"],
 }
 
 

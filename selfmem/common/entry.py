@@ -68,25 +68,22 @@ def entry_point(main: Callable[[], object]) -> None:
         sys.stderr.flush()
         if raised_on_every_rank(exc):
             barrier()  # torchrun stops the others as soon as one rank exits: each prints its line first
-        # through the interpreter's teardown, slower than end_finished_process: a failure that
+        # through the interpreter's teardown, slower than end_finished_rank: a failure that
         # each rank meets on its own (a config error) leaves the others time for their line
         sys.exit(1)
-    end_finished_process()
 
 
-def end_finished_process() -> None:
-    """End a finished launch script; one rank of several skips the interpreter's teardown.
+def end_finished_rank() -> None:
+    """End a finished rank of a multi-process run here, skipping the interpreter's teardown.
 
     Gloo's threads outlive ``destroy_process_group`` (torch's DistributedDataParallel keeps the
     process group alive in C++); torn down with the interpreter they now and then killed a rank
     whose work was done (SIGSEGV after "terminate called without an active exception"), failing
-    the job. Every file is written and closed by now. A single process (the tests call entry
-    points in-process) returns as usual.
+    the job. Every file is written and closed by now.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namespace], object],
@@ -100,5 +97,7 @@ def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namesp
         env = init_distributed(config.dist.timeout)
         stage(config, env, start_run(config, env), args)
         close_distributed()
+        if env.world_size > 1:
+            end_finished_rank()
 
     entry_point(main)
