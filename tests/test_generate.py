@@ -159,6 +159,12 @@ def test_selector_trains_from_cross_fitted_halves(run_root, tmp_path):
     for h in (0, 1):
         assert (root / "demo" / "crossfit" / f"half{h}" / "generator" / "model.safetensors").exists()
     assert (root / "demo" / "selector" / "selector.json").exists()
+    # a stage resumed after the halves' candidates were written decodes nothing again
+    (root / "demo" / "selector_candidates" / "train.jsonl").unlink()
+    again = run_single("launch/train_selector.py", ["--config", str(DEMO_CONFIG), f"run.root={root}", *SMALL,
+                                                    *SELECTOR, "selector.train_from=crossfit", "train.max_steps=10"])
+    assert "candidates train:" not in again
+    assert records(root / "demo" / "selector_candidates" / "train.jsonl") == merged
 
 
 def test_selector_backbone_generator_needs_the_native_engine(tmp_path):

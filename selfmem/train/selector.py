@@ -181,7 +181,8 @@ def crossfit_candidates(config: Config, env: DistEnv, paths: RunPaths, subset: l
         seen = set(half)
         others = [i for i in subset if i not in seen]
         output = paths.root / "crossfit" / f"half{h}" / "candidates.jsonl"
-        generate(config, env, half_paths, "train", "candidates", None, 0, subset=others, output=output)
+        if not agreed(output.exists):  # written whole or not at all: a resumed stage keeps it
+            generate(config, env, half_paths, "train", "candidates", None, 0, subset=others, output=output)
         parts.append((others, output))
 
     def merge() -> None:
