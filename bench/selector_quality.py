@@ -6,7 +6,9 @@
 Needs the run's trained generator (launch/train_generator.py). Generates the candidates where
 missing, as the lift does: every dev and test example with round 0's memory (round 1's
 candidates) and, for the trained variants, ``selector.train_subset`` train examples (with
-their BM25 memory; from the crossfit generators for ``train_from: crossfit``). Then, for
+their BM25 memory; from the crossfit generators for ``train_from: crossfit``); for the
+variants with samples as MBR's pseudo-references, ``candidates.num_samples`` epsilon samples
+of each example of --splits, from the same memory (round 1's samples). Then, for
 each variant, the pick of every example of each split in --splits, and one table per split:
 the corpus BLEU and chrF++ of the beam top-1 (the first candidate), of the oracle pick (the
 candidate of best sentence BLEU against the reference) and of each variant's pick, with
@@ -42,12 +44,15 @@ from selfmem.select.stage import mbr_scorer, trained_scorer  # noqa: E402
 from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
+SAMPLES = "selector.mbr_references=samples"
 # name -> overrides of the run's config; the trained ones are trained in selectors/NAME/
 VARIANTS = {
     "mbr-bleu": ["selector.kind=mbr"],
     "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0"],
     "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2"],
     "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf"],
+    "mbr-bleu-samples": ["selector.kind=mbr", SAMPLES],
+    "mbr-chrf-samples": ["selector.kind=mbr", "selector.mbr_utility=chrf", SAMPLES],
     "S": [TRAINED],
     "S+g": [TRAINED, "selector.features=[generator]"],
     "S+g+mbr": [TRAINED, "selector.features=[generator,mbr]"],
@@ -74,6 +79,10 @@ def main() -> None:
     for split in ("dev", "test"):  # round 1's candidates, from round 0's memory (the BM25 memory)
         if not agreed(paths.candidates(1, split).exists):
             generate(config, env, paths, split, "candidates", initial_memory(config, paths, split), 1)
+    if any(SAMPLES in VARIANTS[name] for name in args.variants):
+        for split in args.splits:  # and their samples, MBR's pseudo-references, from the same memory
+            if not agreed(paths.samples(1, split).exists):
+                generate(config, env, paths, split, "samples", initial_memory(config, paths, split), 1)
     picks: dict[str, dict[str, list[str]]] = {split: {} for split in args.splits}
     seconds = {}
     for name in args.variants:
@@ -85,7 +94,8 @@ def main() -> None:
         score = trained_scorer(variant, env, vpaths) if variant.selector.kind == "trained" else mbr_scorer(variant)
         for split in args.splits:
             examples = load_split(config.data, split)
-            lines = read_candidates(paths.candidates(1, split), len(examples), split)
+            samples = paths.samples(1, split) if variant.selector.mbr_references == "samples" else None
+            lines = read_candidates(paths.candidates(1, split), len(examples), split, samples)
             chunk = list(zip(lines, examples))
             scores = score(chunk, [True] * len(chunk))
             picks[split][name] = [top_b(line.pool, s, 1)[0] for line, s in zip(lines, scores)]

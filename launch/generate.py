@@ -1,10 +1,12 @@
 r"""Decode a split with the run's generator: --mode candidates (candidates.num_beams beams,
-candidates.num_return kept, for every memory) or hypotheses (the best of candidates.hypothesis_beams
-beams, with the top memory).
+candidates.num_return kept, for every memory), samples (candidates.num_samples epsilon samples
+for every memory, MBR's pseudo-references) or hypotheses (the best of
+candidates.hypothesis_beams beams, with the top memory).
 
 reads:   RUN/tokenizer/, RUN/generator/, data.dir/SPLIT.jsonl and the memory (--memory; default
          RUN/memory/bm25/SPLIT.jsonl) (RUN = run.root/run.name)
-writes:  RUN/round_K/candidates/SPLIT.jsonl or RUN/round_K/hyps/SPLIT.txt (K: --round)
+writes:  RUN/round_K/candidates/SPLIT.jsonl, RUN/round_K/samples/SPLIT.jsonl or
+         RUN/round_K/hyps/SPLIT.txt (K: --round)
 example:
   torchrun --nproc_per_node 2 launch/generate.py --config configs/libreoffice_ende.yaml --split test \
       --mode hypotheses --memory runs/libreoffice_ende/round_1/memory/test.jsonl --round 1

@@ -51,7 +51,7 @@ def generate(root, round_k, *extra, nproc=1, split="dev", mode="candidates"):
         run_single("launch/generate.py", args)
     else:
         run_torchrun("launch/generate.py", args, nproc=nproc)
-    name = f"candidates/{split}.jsonl" if mode == "candidates" else f"hyps/{split}.txt"
+    name = f"hyps/{split}.txt" if mode == "hypotheses" else f"{mode}/{split}.jsonl"
     return root / "demo" / f"round_{round_k}" / name
 
 
@@ -75,6 +75,30 @@ def test_two_ranks_and_any_batch_size_give_the_same_candidates(run_root):
     assert [r["candidates"] for r in small] == [r["candidates"] for r in lines]
     for a, b in zip(small, lines):
         assert a["scores"][0] == pytest.approx(b["scores"][0], abs=2e-4)  # padding moves float rounding only
+
+
+# the briefly trained generator's next-token probabilities are all below the default epsilon
+# (sampling would be greedy): draw from the whole distribution
+SAMPLES = ["candidates.num_samples=5", "candidates.epsilon=0"]
+
+
+def test_samples_depend_on_the_example_and_memory_input_alone(run_root, tmp_path):
+    one = generate(run_root, 13, *SAMPLES, mode="samples")
+    two = generate(run_root, 14, *SAMPLES, nproc=2, mode="samples")
+    small = generate(run_root, 15, *SAMPLES, "candidates.max_tokens=150", mode="samples")
+    assert two.read_bytes() == one.read_bytes() == small.read_bytes()
+    lines = records(one)
+    bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
+    assert [r["memories"] for r in lines] == [[b["memories"][:1]] for b in bm25]
+    assert all(len(r["samples"]) == 1 and len(r["samples"][0]) == 5 for r in lines)
+    assert len({s for r in lines for s in r["samples"][0]}) > 2 * len(lines)  # draws, not the beam's order
+    # a second memory input draws its own samples; the first one's stay as they were
+    two_inputs = tmp_path / "dev.jsonl"
+    two_inputs.write_text("".join(json.dumps({"memories": [r["memories"][:1], r["memories"][:1]]}) + "\n"
+                                  for r in bm25), encoding="utf-8")
+    both = records(generate(run_root, 16, *SAMPLES, "--memory", str(two_inputs), mode="samples"))
+    assert [r["samples"][0] for r in both] == [r["samples"][0] for r in lines]
+    assert [r["samples"][1] for r in both] != [r["samples"][0] for r in both]
 
 
 @pytest.mark.parametrize("memory", ["joint", "dual"])

@@ -245,6 +245,25 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
             expected = [sum(metric.sentence_score(c, [r]).score for r in distinct) for c in pool]
             assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
 
+    # the sampling settings count only where the rounds sample: here nothing reruns
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", "candidates.num_samples=3"))
+    assert state(root) == stages
+    # with samples as the pseudo-references: the rounds rerun, each decoding its samples too
+    samples = ["selector.mbr_references=samples", "candidates.num_samples=3", "candidates.epsilon=0"]
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", *samples))
+    assert all(state(root)[s] == stages[s] for s in ("generator", "round_0"))
+    assert state(root)["round_1"] != stages["round_1"]
+    for split in ("dev", "test"):
+        records = read_jsonl(run / "round_1" / "candidates" / f"{split}.jsonl")
+        drawn = read_jsonl(run / "round_1" / "samples" / f"{split}.jsonl")
+        memories = read_jsonl(run / "round_1" / "memory" / f"{split}.jsonl")
+        assert [d["memories"] for d in drawn] == [r["memories"] for r in records]
+        for record, sample, memory in zip(records, drawn, memories):
+            pool, references = record["candidates"][0], sample["samples"][0]
+            assert len(references) == 3
+            expected = [sum(metric.sentence_score(c, [r]).score for r in references) for c in pool]
+            assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
+
 
 def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):
     with pytest.raises(pytest.fail.Exception, match=r"selector.mode augment grows memory lists to "

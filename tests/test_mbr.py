@@ -68,6 +68,17 @@ def test_mbr_scores_are_the_expected_utility_over_distinct_candidates(texts):
     assert weighted[2] == weighted[6]
 
 
+def test_mbr_against_samples_counts_each_draw(texts):
+    candidates = texts[:5]
+    samples = [texts[1], texts[7], texts[7], texts[8], texts[1], texts[1]]  # drawn again and again
+    for utility, metric in (("bleu", BLEU(tokenize="13a", effective_order=True)), ("chrf", CHRF(word_order=2))):
+        got = mbr_scores(candidates, None, utility, None, references=samples)
+        want = [sum(metric.sentence_score(c, [r]).score for r in samples) / len(samples) for c in candidates]
+        assert got == pytest.approx(want, abs=1e-9)
+    with pytest.raises(ValueError, match="samples as pseudo-references weigh the same"):
+        mbr_scores(candidates, [0.0] * 5, "bleu", 1.0, references=samples)
+
+
 def test_mbr_refuses_what_it_cannot_compute(texts):
     with pytest.raises(ValueError, match="one generator score per candidate"):
         mbr_scores(texts[:3], [0.0, 0.0], "bleu", 1.0)

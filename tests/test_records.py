@@ -121,6 +121,23 @@ def test_an_example_without_candidates_is_refused(tmp_path):
     assert str(info.value) == message
 
 
+def test_samples_must_come_from_the_candidates_memories(tmp_path):
+    samples = RunPaths(config(tmp_path).run_dir).samples(1, "dev")
+    samples.parent.mkdir(parents=True)
+
+    def samples_line(memories=(("a memory",),)):
+        return json.dumps({"memories": [list(m) for m in memories], "samples": [["one", "three"]]})
+
+    lines = [candidates_line()] * 3
+    write(samples, [samples_line(), samples_line(memories=(("another",),)), samples_line()])
+    assert select_error(tmp_path, lines, "selector.mbr_references=samples") == (
+        f"{samples}:2: its \"memories\" differ from those of {tmp_path / 'candidates.jsonl'}:2: samples and "
+        f"candidates must be decoded from the same memory file")
+    write(samples, [samples_line()] * 4)
+    assert select_error(tmp_path, lines, "selector.mbr_references=samples") == (
+        f"{samples}: 4 lines for 3 dev examples (one line per example, in dataset order)")
+
+
 def test_candidates_that_are_not_lists_of_texts_are_refused(tmp_path):
     lines = [candidates_line(), json.dumps({"memories": [[]], "candidates": ["one", "two"]}), candidates_line()]
     assert select_error(tmp_path, lines) == (f"{tmp_path / 'candidates.jsonl'}:2: \"candidates\" must be a list of "

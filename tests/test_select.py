@@ -184,6 +184,12 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         check_selector_config(SelectorConfig(features=["generator", "beam"]))
     with pytest.raises(ValueError, match="selector.mbr_temperature must be positive"):
         check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.0))
+    with pytest.raises(ValueError, match="selector.mbr_references samples gives minimum Bayes risk its pseudo-"
+                                         "references; it needs selector.kind mbr"):
+        check_selector_config(SelectorConfig(kind="trained", mbr_references="samples"))
+    with pytest.raises(ValueError, match="samples .selector.mbr_references samples. are draws from the generator "
+                                         "and weigh the same: leave selector.mbr_temperature null"):
+        check_selector_config(SelectorConfig(kind="mbr", mbr_references="samples", mbr_temperature=1.0))
 
 
 def test_training_a_selector_that_needs_none_is_refused(tmp_path):

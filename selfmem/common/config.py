@@ -138,6 +138,10 @@ class CandidatesConfig:
     no_repeat_ngram: int = 0
     early_stopping: bool = True
     max_tokens: int = 8192
+    # epsilon sampling (launch/generate.py --mode samples: MBR's pseudo-references): samples
+    # per memory input, and the least probability a sampled token may have
+    num_samples: int = 16
+    epsilon: float = 0.02
 
 
 @dataclass
@@ -149,6 +153,9 @@ class SelectorConfig:
     # MBR's weight of each pseudo-reference: softmax of the generator's length-normalised
     # log-probabilities divided by this temperature; None: every candidate alike
     mbr_temperature: Optional[float] = None
+    # MBR's pseudo-references: the candidates themselves, or epsilon samples of the generator
+    # (candidates.num_samples per memory input, decoded beside the candidates)
+    mbr_references: Literal["candidates", "samples"] = "candidates"
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-
     # normalised log-probability), "mbr" (its MBR score with the mbr_* settings, over 100)

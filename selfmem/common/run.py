@@ -52,6 +52,9 @@ class RunPaths:
     def candidates(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "candidates" / f"{split}.jsonl"
 
+    def samples(self, k: int, split: str) -> Path:
+        return self.round_dir(k) / "samples" / f"{split}.jsonl"
+
     def hyps(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "hyps" / f"{split}.txt"
 

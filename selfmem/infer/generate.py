@@ -1,7 +1,10 @@
-"""Distributed generation: candidates (many beams, many returned) or hypotheses of a split.
+"""Distributed generation: candidates (many beams, many returned), samples (epsilon sampling,
+MBR's pseudo-references) or hypotheses of a split.
 
 An example may come with several memory inputs (the top-B memories of a later round);
-candidates decode it once per memory input, hypotheses with its first (top) memory input. Examples, with all of their memory inputs, are packed
+candidates and samples decode it once per memory input, hypotheses with its first (top) memory
+input. A sample's randomness comes from its example's index and memory input alone. Examples,
+with all of their memory inputs, are packed
 into length-sorted token-budget batches that depend only on the data and the settings, and
 rank r decodes every world_size-th batch, so the output is the same for any number of
 ranks. Each rank writes its examples' finished lines to its shard; rank 0 merges the shards in
@@ -14,6 +17,7 @@ inputs, each a list of strings (one input per kept memory, or an augmented list)
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
+from selfmem.infer.sampling import SampleSettings, epsilon_sample
 from selfmem.models.budgets import check_length_budgets
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
@@ -48,15 +53,20 @@ from selfmem.models.vocabulary import check_native_tokenizer
 
 log = logging.getLogger(__name__)
 
-MODES = ("candidates", "hypotheses")
+MODES = ("candidates", "samples", "hypotheses")
+SAMPLING = ("num_samples", "epsilon")  # the candidates keys only --mode samples reads
 
 
-def beam_settings(config: Config, mode: str) -> BeamSettings:
-    """The candidates config as search settings: many beams, all returned, or a few beams, one returned."""
+def decode_settings(config: Config, mode: str) -> BeamSettings | SampleSettings:
+    """The candidates config as decoding settings: many beams, all returned (candidates), epsilon
+    sampling (samples), or a few beams, one returned (hypotheses)."""
     c = config.candidates
+    max_len = min(c.max_len, config.generator.max_target_len)
+    if mode == "samples":
+        return SampleSettings(num_samples=c.num_samples, epsilon=c.epsilon, min_len=c.min_len, max_len=max_len)
     beams, returned = (c.num_beams, c.num_return) if mode == "candidates" else (c.hypothesis_beams, 1)
     return BeamSettings(num_beams=beams, num_return=returned, length_penalty=c.length_penalty, min_len=c.min_len,
-                        max_len=min(c.max_len, config.generator.max_target_len), no_repeat_ngram=c.no_repeat_ngram,
+                        max_len=max_len, no_repeat_ngram=c.no_repeat_ngram,
                         early_stopping=c.early_stopping)
 
 
@@ -103,16 +113,19 @@ class Unit:
 
 
 class Generator:
-    """Decodes batches of work units with the native beam search or HF ``generate``."""
+    """Decodes batches of work units with the native beam search or sampler, or HF ``generate``."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, settings: BeamSettings):
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config,
+                 settings: BeamSettings | SampleSettings):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.mode = config.generator.memory
         self.ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
                               decoder_start=model.decoder_start_id)
 
-    def decode(self, encoded: list, examples: list[int], device: torch.device) -> list[list[Hypothesis]]:
-        """The hypotheses of each encoded input; ``examples`` says which example each one is.
+    def decode(self, encoded: list, examples: list[int], device: torch.device,
+               seeds: list[int] | None = None) -> list[list[Hypothesis]]:
+        """The hypotheses (or samples) of each encoded input; ``examples`` says which example
+        each one is, ``seeds`` (sampling only) what each one's draws come from.
 
         With dual memory an example's source is encoded once for all of its memory inputs.
         """
@@ -121,28 +134,38 @@ class Generator:
         if isinstance(self.model, HFSeq2Seq):
             return hf_beam_search(self.model.hf, src, self.settings, self.ids.decoder_start, self.ids.eos,
                                   self.ids.pad)
+        search = beam_search
+        if isinstance(self.settings, SampleSettings):
+            search = functools.partial(epsilon_sample, seeds=torch.tensor(seeds, dtype=torch.long))
         if self.mode != "dual":
-            return beam_search(self.model, src, None, self.settings, self.ids.decoder_start, self.ids.eos)
+            return search(self.model, src, None, self.settings, self.ids.decoder_start, self.ids.eos)
         first: dict[int, int] = {}  # example -> its first input
         for i, example in enumerate(examples):
             first.setdefault(example, i)
         position = {example: p for p, example in enumerate(first)}
         source_index = torch.tensor([position[e] for e in examples], device=device)
-        return beam_search(self.model, src[list(first.values())], tensors["memory"].to(device), self.settings,
-                           self.ids.decoder_start, self.ids.eos, source_index)
+        return search(self.model, src[list(first.values())], tensors["memory"].to(device), self.settings,
+                      self.ids.decoder_start, self.ids.eos, source_index=source_index)
+
+
+def sample_seed(run_seed: int, example: int, slot: int) -> int:
+    """The seed of one decoding's samples: the run's seed, the example's index in its split and
+    its memory input (never the batch or the rank, so that samples do not depend on them)."""
+    return (run_seed * 1_000_003 + example) * 1024 + slot
 
 
 def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
              round_k: int, subset: list[int] | None = None, output: Path | None = None) -> Path:
     """Decode ``split`` with the memories in ``memory_path`` (None: the run's BM25 memory) and
-    write ``round_K/candidates/{split}.jsonl`` or ``round_K/hyps/{split}.txt``; returns that path.
+    write ``round_K/candidates/{split}.jsonl``, ``round_K/samples/{split}.jsonl`` or
+    ``round_K/hyps/{split}.txt``; returns that path.
 
     ``subset`` decodes only those examples of the split (in that order) into ``output``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if output is None:
-        output = paths.candidates(round_k, split) if mode == "candidates" else paths.hyps(round_k, split)
+        output = {"candidates": paths.candidates, "samples": paths.samples, "hypotheses": paths.hyps}[mode](round_k, split)
     started = time.perf_counter()
     shards = shard_paths(output, env.world_size)
     num_examples, num_decodings = decode_share(config, env, paths, split, mode, memory_path, subset,
@@ -172,7 +195,9 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     examples' finished lines, and all of it is freed before rank 0 merges the shards.
     """
     gcfg = config.generator
-    settings = beam_settings(config, mode)
+    settings = decode_settings(config, mode)
+    if mode == "samples" and gcfg.engine != "native":
+        raise ValueError("--mode samples needs generator.engine native (HF generate's sampling is not rank-invariant)")
     examples = load_split(config.data, split)
     if gcfg.memory == "none":
         sets = [[[]] for _ in examples]
@@ -184,6 +209,7 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     tokenizer = load_tokenizer(paths.tokenizer)
     model = load_generator(config, paths, env.device, tokenizer)
     generator = Generator(model, tokenizer, config, settings)
+    index = list(range(len(examples))) if subset is None else subset  # each decoded example's place in the split
     if subset is not None:
         examples, sets = [examples[i] for i in subset], [sets[i] for i in subset]
     units = [Unit(i, s) for i, example_sets in enumerate(sets) for s in range(len(example_sets))]
@@ -192,7 +218,8 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     units_of: list[list[int]] = [[] for _ in examples]
     for u, unit in enumerate(units):
         units_of[unit.example].append(u)
-    sizes = [(sum(settings.num_beams * input_size(encoded[u], gcfg.memory, generator.ids) for u in example_units),)
+    width = settings.num_samples if mode == "samples" else settings.num_beams
+    sizes = [(sum(width * input_size(encoded[u], gcfg.memory, generator.ids) for u in example_units),)
              for example_units in units_of]
     # whole examples per batch (a dual-memory source is encoded once for all its memories)
     batches = token_budget_batches(sizes, config.candidates.max_tokens, seed=0, epoch=0)[env.rank::env.world_size]
@@ -201,8 +228,9 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     bar = tqdm(total=sum(map(len, batches)), desc=f"{mode} {split}", unit="ex", disable=not env.is_main)
     for batch in batches:
         batch_units = [u for i in batch for u in units_of[i]]
+        seeds = [sample_seed(config.run.seed, index[units[u].example], units[u].slot) for u in batch_units]
         decoded = dict(zip(batch_units, generator.decode([encoded[u] for u in batch_units],
-                                                         [units[u].example for u in batch_units], env.device)))
+                                                         [units[u].example for u in batch_units], env.device, seeds)))
         for i in batch:
             lines[i] = output_line(mode, sets[i], [decoded[u] for u in units_of[i]], tokenizer)
         bar.update(len(batch))
@@ -219,12 +247,12 @@ def input_size(example, mode: str, ids: SpecialIds) -> int:
 
 def output_line(mode: str, example_sets: list[list[str]], decoded: list[list[Hypothesis]],
                 tokenizer: Tokenizer) -> str:
-    """One example's line of the output. Candidates: one candidate list per memory input.
-    Hypotheses: the best hypothesis (of its one memory input)."""
-    if mode == "candidates":
+    """One example's line of the output. Candidates (samples): one candidate (sample) list per
+    memory input. Hypotheses: the best hypothesis (of its one memory input)."""
+    if mode != "hypotheses":
         return json_line({
             "memories": example_sets,
-            "candidates": [[tokenizer.decode(h.tokens) for h in hyps] for hyps in decoded],
+            mode: [[tokenizer.decode(h.tokens) for h in hyps] for hyps in decoded],
             "scores": [[round(h.score, 4) for h in hyps] for hyps in decoded],
         })
     return one_line(tokenizer.decode(decoded[0][0].tokens) if decoded[0] else "") + "\n"

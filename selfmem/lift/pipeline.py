@@ -26,7 +26,7 @@ from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
-from selfmem.infer.generate import generate
+from selfmem.infer.generate import SAMPLING, generate
 from selfmem.lift.report import best_round, write_report
 from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
@@ -35,7 +35,13 @@ from selfmem.select.candidates import baseline_picks, selector_examples, sentenc
 from selfmem.select.stage import check_selector_config, select_memories
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import micro_batches_per_step
-from selfmem.train.selector import NOT_FOR_SELECTOR, SELECTION, generate_selector_candidates, train_selector
+from selfmem.train.selector import (
+    MBR_ONLY,
+    NOT_FOR_SELECTOR,
+    SELECTION,
+    generate_selector_candidates,
+    train_selector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ def _round_outputs(config: Config, paths: RunPaths, k: int) -> list[Path]:
         outputs += [paths.round_memory(k, split), paths.hyps(k, split)]
         if k > 0 and not _with_selector_candidates(config, k, split):
             outputs.append(paths.candidates(k, split))
+        if k > 0 and config.selector.mbr_references == "samples":
+            outputs.append(paths.samples(k, split))
     return outputs
 
 
@@ -89,6 +97,8 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
     for split in EVAL_SPLITS:
         if not _with_selector_candidates(config, k, split):
             generate(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
+        if config.selector.mbr_references == "samples":  # MBR's pseudo-references, from the same memory
+            generate(config, env, paths, split, "samples", paths.round_memory(k - 1, split), k)
         picks = select_memories(config, env, paths, split, k)
         generate(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
 
@@ -157,6 +167,10 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     # stages of a run from before stay done
     train = _without(config.train, (*BOOKKEEPING, *(("global_batch",) if config.train.global_batch is None else ())))
     init = path_digest(config.generator.init)  # hashed once: a checkpoint can be gigabytes
+    # the sampling keys count only where rounds sample (MBR against samples): left out elsewhere,
+    # so that the stages of a run from before they existed stay done
+    decoding = _without(config.candidates, SAMPLING)
+    sampling = config.selector.mbr_references == "samples"
 
     tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, path_digest(config.tokenizer.path), seed],
                               [paths.tokenizer],
@@ -170,30 +184,32 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     if config.lift.no_memory_baseline:
         baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
         state.run("no_memory", [tokenizer_key, config.data, config.generator, baseline_init,
-                                train, config.candidates, seed],
+                                train, decoding, seed],
                   [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
     selection = {key: getattr(config.selector, key) for key in SELECTION}
     initial = {key: selection[key] for key in ("mode", "beam")}  # what round 0's memory files depend on
-    previous_key = state.run("round_0", [generator_key, memory_key, config.data, config.candidates, initial],
+    previous_key = state.run("round_0", [generator_key, memory_key, config.data, decoding, initial],
                              _round_outputs(config, paths, 0), lambda: _round_zero(config, env, paths))
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
     # minimum Bayes risk trains no selector: the rounds' keys hold its settings
-    selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature")}
+    selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
+                                                                   *(MBR_ONLY if sampling else ()))}
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
-            "selector_candidates", [previous_key, config.candidates, config.selector.train_from,
+            "selector_candidates", [previous_key, decoding, config.selector.train_from,
                                     config.selector.train_subset, seed],
             [paths.selector_candidates.parent, paths.root / "crossfit", paths.candidates(1, "dev")],
             lambda: generate_selector_candidates(config, env, paths))
         selector_key = state.run(
-            "selector", [candidates_key, config.data, _without(config.selector, SELECTION),
+            "selector", [candidates_key, config.data, _without(config.selector, (*SELECTION, *MBR_ONLY)),
                          path_digest(config.selector.path), _without(train, NOT_FOR_SELECTOR),
                          config.generator.dropout, seed],
             [paths.selector], lambda: train_selector(config, env, paths))
     last = 0
     for k in range(1, config.lift.max_rounds + 1):
-        previous_key = state.run(f"round_{k}", [previous_key, selector_key, config.data, config.candidates,
+        previous_key = state.run(f"round_{k}", [previous_key, selector_key, config.data,
+                                                config.candidates if sampling else decoding,
                                                 selection], _round_outputs(config, paths, k),
                                  lambda k=k: _round(config, env, paths, k))
         round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")

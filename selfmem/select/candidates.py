@@ -44,12 +44,14 @@ def sentence_metric(config: Config) -> Callable[[str, str], float]:
 class CandidateLine:
     """One line of a candidates file: its ``FILE:LINE``, the line, its candidates over all of
     its memory inputs (never none) and their generator scores (None where the line has no
-    ``"scores"``)."""
+    ``"scores"``); with a samples file, the example's samples over all of its memory inputs
+    (MBR's pseudo-references)."""
 
     where: str
     record: dict
     pool: list[str]
     pool_scores: list[float] | None
+    samples: list[str] | None = None
 
 
 def generator_scores(where: str, record: dict, candidates: list[list[str]]) -> list[float] | None:
@@ -73,24 +75,48 @@ def require_generator_scores(line: CandidateLine, wanted_by: str) -> list[float]
     return line.pool_scores
 
 
-def iter_candidates(path: Path, num_examples: int, split: str) -> Iterator[CandidateLine]:
+def iter_candidates(path: Path, num_examples: int, split: str,
+                    samples_path: Path | None = None) -> Iterator[CandidateLine]:
     """The lines of a candidates file (one per example of ``split``) one at a time, each with
-    candidates: a line without any is refused (decoding returns at least one per memory input)."""
+    candidates: a line without any is refused (decoding returns at least one per memory input).
+    With ``samples_path``, each line's samples too, decoded from the same memory inputs."""
+    samples = iter_aligned(samples_path, num_examples, split) if samples_path is not None else None
     for where, record in iter_aligned(path, num_examples, split):
         candidates = text_lists(where, record, "candidates")
         pool = [c for per_input in candidates for c in per_input]
         if not pool:
             raise DataError(f"{where}: no candidates (\"candidates\" holds no text; decoding gives at least one "
                             f"per memory input): decode the split again with launch/generate.py --mode candidates")
-        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates))
+        drawn = None
+        if samples is not None:
+            sample_where, sample_record = next(samples)
+            if sample_record.get("memories") != record.get("memories"):
+                raise DataError(f"{sample_where}: its \"memories\" differ from those of {where}: samples and "
+                                f"candidates must be decoded from the same memory file")
+            drawn = [t for per_input in text_lists(sample_where, sample_record, "samples") for t in per_input]
+        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn)
+    if samples is not None:
+        next(samples, None)  # past the end: the samples file's line count is checked
 
 
-def read_candidates(path: Path, num_examples: int, split: str) -> list[CandidateLine]:
+def read_candidates(path: Path, num_examples: int, split: str, samples_path: Path | None = None) -> list[CandidateLine]:
     """Every line of a candidates file (see ``iter_candidates``)."""
-    return list(iter_candidates(path, num_examples, split))
+    return list(iter_candidates(path, num_examples, split, samples_path))
 
 
 FEATURES = ("generator", "mbr")
+
+
+def line_mbr_scores(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str) -> list[float]:
+    """The MBR score of each of the line's candidates with the ``selector.mbr_*`` settings."""
+    references = None
+    if cfg.mbr_references == "samples":
+        if line.samples is None:
+            raise DataError(f"{line.where}: selector.mbr_references is samples but no samples were read with "
+                            f"these candidates: decode them with launch/generate.py --mode samples")
+        references = line.samples
+    weights = None if cfg.mbr_temperature is None else require_generator_scores(line, "selector.mbr_temperature")
+    return mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references)
 
 
 def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,
@@ -104,10 +130,7 @@ def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfi
         if name == "generator":
             columns.append(require_generator_scores(line, "the selector feature 'generator'"))
         elif name == "mbr":
-            weights = (None if cfg.mbr_temperature is None else
-                       require_generator_scores(line, "selector.mbr_temperature"))
-            scores = mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize)
-            columns.append([s / 100 for s in scores])  # on the scale of the generator's scores
+            columns.append([s / 100 for s in line_mbr_scores(line, cfg, bleu_tokenize)])  # the generator's scale
         else:
             raise ValueError(f"unknown selector feature {name!r}; choose from {', '.join(FEATURES)}")
     return [list(values) for values in zip(*columns)]

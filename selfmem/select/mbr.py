@@ -158,23 +158,40 @@ def utility_matrix(texts: list[str], utility: str, tokenize: str = "13a") -> np.
 
 
 def mbr_scores(candidates: list[str], generator_scores: list[float] | None, utility: str,
-               temperature: float | None, tokenize: str = "13a") -> list[float]:
-    """Each candidate's expected utility against the example's candidates, weighted by
-    ``softmax(generator_scores / temperature)`` (the generator's length-normalised
-    log-probabilities), or uniformly where ``temperature`` is None. Candidates are the
-    pseudo-references, each text once: a candidate the beam returned twice counts once."""
-    texts = list(dict.fromkeys(candidates))
-    row = {text: k for k, text in enumerate(texts)}
-    if temperature is None:
-        weights = np.full(len(texts), 1.0 / len(texts))
+               temperature: float | None, tokenize: str = "13a", references: list[str] | None = None) -> list[float]:
+    """Each candidate's expected utility against the pseudo-references.
+
+    Without ``references`` they are the example's candidates, each text once (a candidate the
+    beam returned twice counts once), weighted by ``softmax(generator_scores / temperature)``
+    (the generator's length-normalised log-probabilities), or uniformly where ``temperature``
+    is None. With ``references`` (samples: draws from the generator already), each reference
+    weighs the same, a text drawn twice twice.
+    """
+    if references is not None:
+        if temperature is not None:
+            raise ValueError("samples as pseudo-references weigh the same (they are draws from the generator); "
+                             "leave the temperature unset")
+        texts = list(dict.fromkeys([*candidates, *references]))
+        row = {text: k for k, text in enumerate(texts)}
+        weights = np.bincount([row[r] for r in references], minlength=len(texts)) / len(references)
     else:
-        if generator_scores is None or len(generator_scores) != len(candidates):
-            raise ValueError("weighting MBR by the generator needs one generator score per candidate")
-        best = {}
-        for text, score in zip(candidates, generator_scores):
-            best[text] = max(score, best.get(text, -np.inf))
-        logits = np.array([best[t] for t in texts]) / temperature
-        weights = np.exp(logits - logits.max())
-        weights /= weights.sum()
+        texts = list(dict.fromkeys(candidates))
+        row = {text: k for k, text in enumerate(texts)}
+        weights = candidate_weights(texts, candidates, generator_scores, temperature)
     expected = utility_matrix(texts, utility, tokenize) @ weights
     return [float(expected[row[c]]) for c in candidates]
+
+
+def candidate_weights(texts: list[str], candidates: list[str], generator_scores: list[float] | None,
+                      temperature: float | None) -> np.ndarray:
+    """Each distinct candidate text's weight as a pseudo-reference (see ``mbr_scores``)."""
+    if temperature is None:
+        return np.full(len(texts), 1.0 / len(texts))
+    if generator_scores is None or len(generator_scores) != len(candidates):
+        raise ValueError("weighting MBR by the generator needs one generator score per candidate")
+    best = {}
+    for text, score in zip(candidates, generator_scores):
+        best[text] = max(score, best.get(text, -np.inf))
+    logits = np.array([best[t] for t in texts]) / temperature
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()

@@ -37,9 +37,9 @@ from selfmem.select.candidates import (
     CandidateLine,
     candidate_features,
     iter_candidates,
+    line_mbr_scores,
     require_generator_scores,
 )
-from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,7 @@ def mbr_scorer(config: Config) -> ChunkScorer:
     cfg = config.selector
 
     def score(chunk: list[tuple[CandidateLine, Example]], mine: list[bool]) -> list[list[float] | None]:
-        return [mbr_scores(line.pool, None if cfg.mbr_temperature is None else
-                           require_generator_scores(line, "selector.mbr_temperature"),
-                           cfg.mbr_utility, cfg.mbr_temperature, config.data.bleu_tokenize) if wanted else None
+        return [line_mbr_scores(line, cfg, config.data.bleu_tokenize) if wanted else None
                 for (line, _), wanted in zip(chunk, mine)]
     return score
 
@@ -114,6 +112,13 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
         raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
                          f"got {cfg.mbr_temperature}")
+    if cfg.mbr_references == "samples" and cfg.kind != "mbr":
+        raise ValueError("selector.mbr_references samples gives minimum Bayes risk its pseudo-references; "
+                         "it needs selector.kind mbr")
+    if cfg.mbr_references == "samples" and cfg.mbr_temperature is not None:
+        raise ValueError("selector.mbr_temperature weighs the candidates as pseudo-references; samples "
+                         "(selector.mbr_references samples) are draws from the generator and weigh the same: "
+                         "leave selector.mbr_temperature null")
     if cfg.mode == "augment" and cfg.beam > 1:
         raise ValueError(f"selector.mode augment appends the selector's one top pick to each example's memory "
                          f"list, so selector.beam (B = {cfg.beam}, the memories kept per example) must be 1; "
@@ -137,8 +142,9 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     cfg = config.selector
     check_selector_config(cfg)
     path = candidates_path or paths.candidates(round_k, split)
+    samples = paths.samples(round_k, split) if cfg.mbr_references == "samples" else None
     num_examples = sum(1 for _ in iter_split(config.data, split))
-    for line in iter_candidates(path, num_examples, split):  # all of it before any model: a bad line fails at once
+    for line in iter_candidates(path, num_examples, split, samples):  # all of it before any model: a bad line fails at once
         if cfg.mode == "augment":
             augmented_list(line)
         if cfg.kind == "mbr" and cfg.mbr_temperature is not None:
@@ -149,7 +155,7 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     def memory_lines() -> Iterator[tuple[int, str]]:
         """This rank's examples' memory lines, in order: a chunk of examples at a time (every
         world_size-th example each), whose candidates are scored together."""
-        lines = zip(iter_candidates(path, num_examples, split), iter_split(config.data, split))
+        lines = zip(iter_candidates(path, num_examples, split, samples), iter_split(config.data, split))
         first = 0
         while chunk := list(islice(lines, chunk_examples)):
             indices = range(first, first + len(chunk))

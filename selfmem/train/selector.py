@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # selector keys that only the rounds read, not its training
 SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind")
+# what only MBR's rounds read (a trained S takes no samples): none of S's own keys
+MBR_ONLY = ("mbr_references",)
 # train keys that the selector's training sets from its own section, or does not use
 NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
 
@@ -216,7 +218,8 @@ def selector_depends_on(config: Config) -> dict[str, Any]:
     section less the keys only the rounds read (selector.max_epochs stays: it shapes the
     schedule), the train keys it uses, and the data, tokenizer and generator sections (the
     generator's candidates are what it learns from, its encoder what it may start from)."""
-    leave_out = (*RESUME_FREE, *(f"selector.{key}" for key in SELECTION), *(f"train.{key}" for key in NOT_FOR_SELECTOR))
+    leave_out = (*RESUME_FREE, *(f"selector.{key}" for key in (*SELECTION, *MBR_ONLY)),
+                 *(f"train.{key}" for key in NOT_FOR_SELECTOR))
     return config_values(config, ("data", "tokenizer", "generator", "selector", "train", "run.seed"), leave_out)
 
 
