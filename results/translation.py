@@ -1,0 +1,273 @@
+"""Translation, end to end: every system of docs/results.md's "Translation" section through
+launch/lift.py, each resumed where it stopped, then the tables and plots from the runs.
+
+    python results/translation.py [--corpora tm page] [--systems NAME ...] [--root DIR]
+        [--data DIR] [--config configs/libreoffice_ende.yaml] [--nproc 2] [--report-only]
+        [--report PATH] [k=v ...]
+
+Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
+
+- ``joint``: the joint-memory generator with its no-memory twin (``Transformer``), round 0
+  with the BM25 memory (``Transformer-Joint``) and rounds of self memory, B = 1 (``Selfmem
+  Joint``, the paper's); both corpora.
+- ``topb4``: the same generator, Top-B with B = 4 (``selector.beam=4``).
+- ``dual``: a dual-memory generator, round 0 (``Transformer-Dual``) and self memory.
+- ``augment``: a generator reading two memories, the self memory added beside the
+  retrieved one (``selector.mode=augment``).
+- ``upper``: the joint generator with each example's reference as its memory, the paper's
+  upper bound (decoded with launch/generate.py, no lift).
+
+A run that shares stages with an earlier one (``forks``) starts as a copy of that run's
+finished stages (tokenizer, BM25 memory and, where the generator is the same, generator
+and round 0): the lift's fingerprints then redo exactly what differs. The k=v overrides go
+to every run (e.g. ``train.max_epochs=12``); the runs' own settings are ``BASE``.
+
+The report (default docs/results_translation.md, with a plot per corpus beside it) is
+rebuilt from each run's ``metrics.jsonl`` and ``state.json``: per corpus, each system on
+test at the round that was best on dev (dev only decides), the memory's BLEU per round,
+the selector's pick against the beam top-1 and the oracle, and each stage's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from selfmem.common.config import load_config  # noqa: E402
+from selfmem.common.data import load_split  # noqa: E402
+from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl, read_lines  # noqa: E402
+from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
+from selfmem.lift.report import best_round  # noqa: E402
+
+CORPORA = {"tm": "libreoffice_ende_tm", "page": "libreoffice_ende"}
+# every run's settings: the config's model, trained longer than the selector runs' 3 epochs
+# (the generator's own output must overtake its BM25 memory; docs/results.md)
+BASE = ["train.max_epochs=12", "train.warmup_steps=1000", "train.lr=1e-3", "lift.max_rounds=4", "lift.patience=1"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where the runs go, what they read, and how they run."""
+
+    root: Path  # runs under root/CORPUS/SYSTEM
+    data: Path  # corpora under data/CORPUS_DIRECTORY
+    config: Path
+    overrides: tuple[str, ...]  # to every run, after BASE and the system's own
+    nproc: int
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    overrides: tuple[str, ...]
+    corpora: tuple[str, ...]
+    forks: str | None = None  # the run whose finished stages it starts from
+
+
+# the no-memory baseline is the joint run's (its own generator, shared by every system)
+SOLO = "lift.no_memory_baseline=false"
+SYSTEMS = [
+    System("joint", ("lift.no_memory_baseline=true",), ("tm", "page")),
+    System("topb4", (SOLO, "selector.beam=4"), ("tm",), forks="joint"),
+    System("dual", (SOLO, "generator.memory=dual"), ("tm",), forks="joint"),
+    System("augment", (SOLO, "generator.num_memories=2", "selector.mode=augment", "selector.max_memories=2"),
+           ("tm",), forks="joint"),
+]
+UPPER = "upper"  # the joint generator decoding with the reference as memory
+
+
+def run_args(setup: Setup, corpus: str, name: str, own: tuple[str, ...] = ()) -> list[str]:
+    """A run's config arguments: the config, where its data and run directory are, the
+    systems' shared settings, the system's ``own``, then the command line's."""
+    return ["--config", str(setup.config), f"data.dir={setup.data / CORPORA[corpus]}",
+            f"run.root={setup.root / corpus}", f"run.name={name}", *BASE, *own, *setup.overrides]
+
+
+def run_config(setup: Setup, corpus: str, name: str):
+    args = run_args(setup, corpus, name)
+    return load_config(args[1], args[2:])
+
+
+def launch(script: str, args: list[str], nproc: int) -> None:
+    """A launch script in its own process(es): torchrun for several, plain Python for one."""
+    runner = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  f"--nproc_per_node={nproc}"]
+    subprocess.run([*runner, str(REPO / script), *args], cwd=REPO, check=True)
+
+
+def fork(source: Path, target: Path) -> None:
+    """Start ``target`` as a copy of ``source``'s finished stages before its rounds of self
+    memory (once: a started run is left to resume)."""
+    if (target / "state.json").exists():
+        return
+    stages = json.loads((source / "state.json").read_text(encoding="utf-8"))["stages"]
+    kept = {name: record for name, record in stages.items()
+            if record.get("done") and not (name.startswith("round_") and name != "round_0")}
+    partial = target.with_name(f".{target.name}.fork")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=lambda directory, names: [
+        n for n in names if Path(directory) == source and n.startswith("round_") and n != "round_0"])
+    (partial / "state.json").write_text(json.dumps({"stages": kept}, indent=1) + "\n", encoding="utf-8")
+    partial.rename(target)
+
+
+def reference_memory(config, split: str, path: Path) -> None:
+    """A memory file giving each example its own reference (the upper bound's memory)."""
+    atomic_write_jsonl(path, [{"memories": [ex.target]} for ex in load_split(config.data, split)])
+
+
+def run_upper_bound(setup: Setup, corpus: str) -> None:
+    """The joint generator's dev and test hypotheses with the reference as memory."""
+    upper = setup.root / corpus / UPPER
+    for split in ("dev", "test"):
+        if (upper / "round_0" / "hyps" / f"{split}.txt").exists():
+            continue
+        for part in ("tokenizer", "generator"):
+            if not (upper / part).exists():
+                shutil.copytree(setup.root / corpus / "joint" / part, upper / part)
+        memory = upper / "reference_memory" / f"{split}.jsonl"
+        reference_memory(run_config(setup, corpus, UPPER), split, memory)
+        launch("launch/generate.py", [*run_args(setup, corpus, UPPER), "--split", split, "--mode", "hypotheses",
+                                      "--memory", str(memory), "--round", "0"], setup.nproc)
+
+
+def run_all(setup: Setup, corpora: list[str], names: list[str]) -> None:
+    """Every chosen system on every chosen corpus, in ``SYSTEMS`` order, each resumed."""
+    for corpus in corpora:
+        for system in SYSTEMS:
+            if system.name not in names or corpus not in system.corpora:
+                continue
+            if system.forks is not None:
+                fork(setup.root / corpus / system.forks, setup.root / corpus / system.name)
+            launch("launch/lift.py", run_args(setup, corpus, system.name, system.overrides), setup.nproc)
+        if UPPER in names:
+            run_upper_bound(setup, corpus)
+
+
+def scores(hyps: list[str], references: list[str]) -> tuple[float, float]:
+    return corpus_bleu(hyps, references, "13a").value, corpus_chrf(hyps, references).value
+
+
+def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[dict]]]:
+    """One corpus's tables (Markdown lines) and each finished run's metric rows."""
+    root, config = setup.root, run_config(setup, corpus, "report")
+    references = {split: [ex.target for ex in load_split(config.data, split)] for split in ("dev", "test")}
+    runs = {s.name: read_jsonl(root / corpus / s.name / "metrics.jsonl") for s in SYSTEMS
+            if corpus in s.corpora and (root / corpus / s.name / "metrics.jsonl").exists()}
+    lines = [f"### {CORPORA[corpus]}", "",
+             "| system | round (best on dev) | dev BLEU | test BLEU | test chrF++ |", "|---|---:|---:|---:|---:|"]
+
+    def row(label: str, run: Path, round_name, dev_bleu: float) -> None:
+        directory = run / ("no_memory" if round_name == "no_memory" else f"round_{round_name}") / "hyps"
+        test_bleu, test_chrf = scores(read_lines(directory / "test.txt"), references["test"])
+        shown = "-" if round_name == "no_memory" else round_name
+        lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
+
+    labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory"}
+    for name, rows in runs.items():
+        dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
+        if "no_memory" in dev:
+            row("Transformer (no memory)", root / corpus / name, "no_memory", dev["no_memory"])
+        if name in ("joint", "dual"):
+            row(f"Transformer-{labels[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
+        self_rounds = [k for k in dev if isinstance(k, int) and k > 0]
+        if self_rounds:
+            best = max(self_rounds, key=lambda k: (dev[k], -k))
+            row(f"Selfmem {labels[name]}", root / corpus / name, best, dev[best])
+    upper = root / corpus / UPPER / "round_0" / "hyps"
+    if (upper / "test.txt").exists():
+        dev_bleu, _ = scores(read_lines(upper / "dev.txt"), references["dev"])
+        test_bleu, test_chrf = scores(read_lines(upper / "test.txt"), references["test"])
+        lines.append(f"| upper bound (the reference as memory) | - | {dev_bleu:.2f} | {test_bleu:.2f} | "
+                     f"{test_chrf:.2f} |")
+    for name, rows in runs.items():
+        lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: "
+                      f"{best_round(rows)}):", "",
+                  "| round | split | hypotheses | memory | selector's pick vs beam top-1 | oracle | memories changed |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if not isinstance(r["round"], int):
+                continue
+            pick = "-" if r.get("top1") is None else f"{r['memory'] - r['top1']:+.2f}"
+            oracle = "-" if r.get("oracle") is None else f"{r['oracle']:.2f}"
+            changed = "-" if r.get("changed") is None else r["changed"]
+            lines.append(f"| {r['round']} | {r['split']} | {r['hyps']:.2f} | {r['memory']:.2f} | {pick} | {oracle} | "
+                         f"{changed} |")
+        stages = json.loads((root / corpus / name / "state.json").read_text(encoding="utf-8"))["stages"]
+        lines += ["", "wall seconds per stage: " + ", ".join(
+            f"{stage} {record['seconds']:.0f}" for stage, record in stages.items() if record.get("seconds") is not None)]
+    return lines + [""], runs
+
+
+def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
+    """Dev BLEU per round of each run, the no-memory and BM25 lines; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in runs.items():
+        dev = [r for r in rows if r["split"] == "dev" and isinstance(r["round"], int)]
+        ax.plot([r["round"] for r in dev], [r["hyps"] for r in dev], "o-", label=name)
+        if name == "joint":
+            ax.axhline(dev[0]["hyps"], color="gray", linestyle="--", linewidth=1, label="BM25 memory (joint)")
+            for r in rows:
+                if r["split"] == "dev" and r["round"] == "no_memory":
+                    ax.axhline(r["hyps"], color="black", linestyle=":", linewidth=1, label="no memory")
+    ax.set_title(CORPORA[corpus])
+    ax.set_xlabel("round")
+    ax.set_ylabel("dev BLEU")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+    return True
+
+
+def write_report(setup: Setup, corpora: list[str], report: Path) -> str:
+    """The report and a plot per corpus beside it; returns the report's text."""
+    lines = ["# Translation results (generated by results/translation.py)", "",
+             f"Runs under `{setup.root}`; test read only at the round that was best on dev.", ""]
+    for corpus in corpora:
+        corpus_lines, runs = corpus_report(setup, corpus)
+        lines += corpus_lines
+        image = report.with_name(f"{report.stem}_{corpus}.png")
+        if runs and plot(image, corpus, runs):
+            lines += [f"![{CORPORA[corpus]}, dev BLEU per round]({image.name})", ""]
+    text = "\n".join(lines)
+    atomic_write_text(report, text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
+    parser.add_argument("--systems", nargs="+", default=[s.name for s in SYSTEMS] + [UPPER],
+                        choices=[s.name for s in SYSTEMS] + [UPPER])
+    parser.add_argument("--root", type=Path, default=Path.home() / "selfmem-results", help="the runs' directory")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the corpora's directory")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "libreoffice_ende.yaml")
+    parser.add_argument("--nproc", type=int, default=min(2, os.cpu_count() or 1), help="processes per run")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the runs as they are")
+    parser.add_argument("--report", type=Path, default=REPO / "docs" / "results_translation.md")
+    args, overrides = parser.parse_known_args()
+    setup = Setup(args.root, args.data, args.config, tuple(overrides), args.nproc)
+    if not args.report_only:
+        run_all(setup, args.corpora, args.systems)
+    print(write_report(setup, args.corpora, args.report))
+
+
+if __name__ == "__main__":
+    main()

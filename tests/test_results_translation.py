@@ -1,0 +1,89 @@
+"""results/translation.py for real on the demo data: systems that share a generator train it
+once, a second call resumes (redoes nothing), and the report's figures are the runs'."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import DEMO_CONFIG, DEMO_DATA, REPO, _env
+
+from selfmem.common.io import read_jsonl, read_lines
+from selfmem.common.metrics import corpus_bleu, corpus_chrf
+
+# the demo's shipped generators (not trained further), 60 examples a split, 2 rounds
+SMALL = ["--config", str(DEMO_CONFIG), "train.max_epochs=0", "data.max_examples=60", "candidates.num_beams=4",
+         "candidates.num_return=4", "candidates.hypothesis_beams=2", "lift.max_rounds=2", "lift.patience=2"]
+
+
+def drive(root, data, report):
+    return subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
+                           "--systems", "joint", "topb4", "upper", "--root", str(root), "--data", str(data),
+                           "--nproc", "1", "--report", str(report), *SMALL],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def stages(run):
+    return json.loads((run / "state.json").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def driven(tmp_path_factory):
+    root = tmp_path_factory.mktemp("translation")
+    data = root / "data"
+    data.mkdir()
+    (data / "libreoffice_ende_tm").symlink_to(DEMO_DATA)
+    report = root / "report.md"
+    first = drive(root / "runs", data, report)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return root / "runs" / "tm", data, report
+
+
+def test_a_system_that_shares_the_generator_trains_it_once(driven):
+    runs, _, _ = driven
+    joint, topb4 = stages(runs / "joint"), stages(runs / "topb4")
+    for stage in ("tokenizer", "retrieval", "generator"):
+        assert topb4[stage] == joint[stage]  # copied done, not redone
+    assert (runs / "topb4" / "generator" / "model.safetensors").read_bytes() == \
+        (runs / "joint" / "generator" / "model.safetensors").read_bytes()
+    assert topb4["round_1"]["fingerprint"] != joint["round_1"]["fingerprint"]
+    assert all(len(r["memories"]) == 4 for r in read_jsonl(runs / "topb4" / "round_1" / "memory" / "dev.jsonl"))
+
+
+def test_a_second_call_resumes_and_redoes_nothing(driven):
+    runs, data, report = driven
+    before = {name: stages(runs / name) for name in ("joint", "topb4")}
+    upper = (runs / "upper" / "round_0" / "hyps" / "test.txt").stat().st_mtime_ns
+    again = drive(runs.parent, data, report)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {name: stages(runs / name) for name in ("joint", "topb4")} == before
+    assert (runs / "upper" / "round_0" / "hyps" / "test.txt").stat().st_mtime_ns == upper
+
+
+def test_the_report_holds_each_systems_test_scores_at_its_best_dev_round(driven):
+    runs, data, report = driven
+    text = report.read_text()
+    references = {split: [json.loads(line)["trg"] for line in (DEMO_DATA / f"{split}.jsonl").read_text().splitlines()][:60]
+                  for split in ("dev", "test")}
+
+    def cells(hyps, split="test"):
+        texts = read_lines(hyps)
+        return f"{corpus_bleu(texts, references[split], '13a').value:.2f} | {corpus_chrf(texts, references[split]).value:.2f}"
+
+    rows = read_jsonl(runs / "joint" / "metrics.jsonl")
+    dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
+    best = max((1, 2), key=lambda k: (dev[k], -k))  # chosen on dev, among the rounds of self memory
+    assert f"| Transformer (no memory) | - | {dev['no_memory']:.2f} | " \
+           f"{cells(runs / 'joint' / 'no_memory' / 'hyps' / 'test.txt')} |" in text
+    assert f"| Transformer-Joint (BM25 memory, round 0) | 0 | {dev[0]:.2f} | " \
+           f"{cells(runs / 'joint' / 'round_0' / 'hyps' / 'test.txt')} |" in text
+    assert f"| Selfmem Joint | {best} | {dev[best]:.2f} | " \
+           f"{cells(runs / 'joint' / f'round_{best}' / 'hyps' / 'test.txt')} |" in text
+    upper = runs / "upper" / "round_0" / "hyps"
+    dev_upper = corpus_bleu(read_lines(upper / "dev.txt"), references["dev"], "13a").value
+    assert f"| upper bound (the reference as memory) | - | {dev_upper:.2f} | {cells(upper / 'test.txt')} |" in text
+    # the upper bound decodes with each example's own reference as its memory
+    memory = read_jsonl(runs / "upper" / "reference_memory" / "test.jsonl")
+    assert [m["memories"] for m in memory] == [[r] for r in references["test"]]
+    assert "Joint, Top-B (B = 4), per round" in text
+    assert (report.parent / "report_tm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
