@@ -41,13 +41,13 @@ sys.path.insert(0, str(REPO))
 
 from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.distributed import DistEnv  # noqa: E402
-from selfmem.common.generator_inputs import collate  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
 from selfmem.retrieve.memory import build_bm25_memory  # noqa: E402
 from selfmem.models.seq2seq import MultiheadAttention  # noqa: E402
 from selfmem.train.generator import GeneratorTask, prepare_generator  # noqa: E402
 from selfmem.train.loop import fit, inverse_sqrt_schedule  # noqa: E402
+from selfmem.train.prefetch import to_device  # noqa: E402
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
@@ -84,14 +84,15 @@ def old_paths():
     def separate(x, *projections):
         return tuple(projection(x) for projection in projections)
 
-    def full_logits_loss(task, model, examples, smoothing):
-        batch = {k: v.to(task.env.device) for k, v in collate(examples, task.mode, task.ids).items()}
-        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"))
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=task.ids.pad,
-                               label_smoothing=smoothing, reduction="sum")
+    def full_logits_loss(model, tensors, smoothing):
+        logits = model(tensors["src"], tensors["decoder_input"], tensors.get("memory"))
+        # the padded labels again: the real ones where they were, ignored elsewhere
+        labels = torch.full((logits.shape[0] * logits.shape[1],), -100, device=logits.device)
+        labels[tensors["target_rows"]] = tensors["labels"]
+        return F.cross_entropy(logits.float().flatten(0, 1), labels, label_smoothing=smoothing, reduction="sum")
 
     with (mock.patch.object(MultiheadAttention, "_project", staticmethod(separate)),
-          mock.patch.object(GeneratorTask, "_batch_loss", full_logits_loss)):
+          mock.patch.object(GeneratorTask, "_loss", staticmethod(full_logits_loss))):
         yield
 
 
@@ -130,7 +131,7 @@ def baseline(config, model, task, initial: dict, steps: int) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             tokens, start = 0, time.perf_counter()
-        loss = task.loss(model, batch) / task.num_targets(batch)
+        loss = task.loss(model, to_device(task.collate(batch), device)) / task.num_targets(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_norm)
         optimizer.step()

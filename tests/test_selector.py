@@ -193,7 +193,7 @@ def test_a_tiny_selector_learns_a_planted_signal(tmp_path):
     best = Selector.load(tmp_path).eval()
     figures = task.evaluate(best)
     with torch.no_grad():
-        picks = [int(task._scores(best, [ex], [list(range(8))])[0][0].argmax()) for ex in dev]
+        picks = [int(task._scores(best, task._collate([ex], [list(range(8))]))[0].argmax()) for ex in dev]
     hits = sum(ex.metric[p] == max(ex.metric) for ex, p in zip(dev, picks)) / len(dev)
     chance = sum(sum(m == max(ex.metric) for m in ex.metric) / 8 for ex in dev) / len(dev)
     assert hits > 3 * chance  # best candidate picked far more often than at random
@@ -265,6 +265,6 @@ def test_the_selector_task_trains_the_feature_weights():
                                                     heads=2, ffn_dim=32, max_positions=32, dropout=0.0))
     selector = Selector(backbone, dropout=0.0, features=config.features)
     task.epoch_batches(0)
-    task.loss(selector, list(range(len(with_features)))).backward()
+    task.loss(selector, task.collate(list(range(len(with_features))))).backward()
     # a larger weight on the informative feature lowers the loss
     assert selector.head.feature_weights.grad[0].item() < 0

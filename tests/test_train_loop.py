@@ -46,8 +46,11 @@ class ToyTask:
     def num_tokens(self, batch):
         return len(batch)
 
-    def loss(self, model, batch):
-        error = model(self.x[batch]) - self.y[batch]
+    def collate(self, batch):
+        return {"x": self.x[batch], "y": self.y[batch]}
+
+    def loss(self, model, tensors):
+        error = model(tensors["x"]) - tensors["y"]
         loss = (error**2).sum()
         return loss * math.nan if self.poison else loss
 
@@ -257,9 +260,9 @@ class PoisonedStepsTask(ToyTask):
         super().__init__()
         self.poisoned_steps, self.calls = set(poisoned_steps), 0
 
-    def loss(self, model, batch):
+    def loss(self, model, tensors):
         self.calls += 1
-        loss = super().loss(model, batch)
+        loss = super().loss(model, tensors)
         return loss * math.nan if self.calls - 1 in self.poisoned_steps else loss
 
 
@@ -273,7 +276,7 @@ def host_decided_losses(task, epochs):
     losses = []
     for epoch in range(epochs):
         for batch in task.epoch_batches(epoch):
-            loss = task.loss(model, batch)
+            loss = task.loss(model, task.collate(batch))
             (loss / task.num_targets(batch)).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             if torch.isfinite(grad_norm):

@@ -125,6 +125,9 @@ class TrainConfig:
     save_every: int = 1000  # steps between resumable checkpoints
     log_every: int = 50  # steps between training-log records
     max_nonfinite: int = 10  # consecutive non-finite steps before giving up
+    # micro-batches collated ahead of the step in a background thread (into pinned memory on
+    # GPUs); 0 collates each on the main thread when the step needs it. Changes no result
+    prefetch: int = 2
 
 
 @dataclass

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
 # keys that change no result: they are left out of the fingerprints
-BOOKKEEPING = ("save_every", "log_every", "batch_size", "index_name", "connect_attempts", "connect_backoff")
+BOOKKEEPING = ("save_every", "log_every", "prefetch", "batch_size", "index_name", "connect_attempts",
+               "connect_backoff")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:

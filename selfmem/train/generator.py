@@ -37,6 +37,7 @@ from selfmem.models.budgets import check_length_budgets
 from selfmem.models.build import build_model
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, inverse_sqrt_schedule
+from selfmem.train.prefetch import to_device
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,25 @@ class GeneratorTask:
     def num_tokens(self, batch: list[int]) -> int:
         return sum(sum(self.sizes[i]) for i in batch)
 
-    def _batch_loss(self, model, examples: list[EncodedExample], smoothing: float) -> torch.Tensor:
+    def _collate(self, examples: list[EncodedExample]) -> dict[str, torch.Tensor]:
         tensors = collate(examples, self.mode, self.ids)
         # only the real target positions reach the output projection and the loss (padding
         # adds nothing to either); found on the host, since indexing by a mask on a GPU waits
         labels = tensors.pop("labels").flatten()
         rows = labels.ne(self.ids.pad).nonzero().squeeze(1)
-        batch = {k: v.to(self.env.device) for k, v in tensors.items()}
-        logits = model(batch["src"], batch["decoder_input"], batch.get("memory"),
-                       target_rows=rows.to(self.env.device))
-        return F.cross_entropy(logits.float(), labels[rows].to(self.env.device), label_smoothing=smoothing,
-                               reduction="sum")
+        return {**tensors, "target_rows": rows, "labels": labels[rows]}
 
-    def loss(self, model, batch: list[int]) -> torch.Tensor:
-        return self._batch_loss(model, [self.examples[i] for i in batch], self.config.train.label_smoothing)
+    def collate(self, batch: list[int]) -> dict[str, torch.Tensor]:
+        return self._collate([self.examples[i] for i in batch])
+
+    @staticmethod
+    def _loss(model, tensors: dict[str, torch.Tensor], smoothing: float) -> torch.Tensor:
+        logits = model(tensors["src"], tensors["decoder_input"], tensors.get("memory"),
+                       target_rows=tensors["target_rows"])
+        return F.cross_entropy(logits.float(), tensors["labels"], label_smoothing=smoothing, reduction="sum")
+
+    def loss(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._loss(model, tensors, self.config.train.label_smoothing)
 
     def _dev_batches(self, indices: range) -> list[list[int]]:
         sizes = [self.dev_sizes[i] for i in indices]
@@ -108,15 +114,14 @@ class GeneratorTask:
         hyps: dict[int, str] = {}
         max_len = self.config.generator.max_target_len
         for batch in self._dev_batches(shard):
-            examples = [self.dev[i] for i in batch]
-            loss_and_count[0] += self._batch_loss(model, examples, 0.0).double()
+            tensors = to_device(self._collate([self.dev[i] for i in batch]), self.env.device)
+            loss_and_count[0] += self._loss(model, tensors, 0.0).double()
             loss_and_count[1] += sum(self.dev_sizes[i][1] for i in batch)
-            tensors = collate(examples, self.mode, self.ids)
-            src = tensors["src"].to(self.env.device)
+            src = tensors["src"]
             if isinstance(model, HFSeq2Seq):
                 outputs = model.greedy(src, max_len, self.ids.eos)
             else:
-                memory = tensors["memory"].to(self.env.device) if "memory" in tensors else None
+                memory = tensors.get("memory")
                 greedy = BeamSettings(num_beams=1, max_len=max_len)  # one beam: the argmax path
                 outputs = [hyps[0].tokens for hyps in beam_search(model, src, memory, greedy, self.ids.decoder_start,
                                                                  self.ids.eos)]

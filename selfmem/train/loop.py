@@ -1,7 +1,8 @@
 """One hand-written DDP + AMP training loop, shared by the generator and the selector.
 
-Read top to bottom: set-up (DDP, precision, optimizer, resume), then epochs of global
-steps (micro-batches with ``no_sync`` accumulation, clipping, a non-finite guard),
+Read top to bottom: set-up (DDP, precision, optimizer, resume),
+then epochs of global steps (micro-batches collated ahead by a background thread, with
+``no_sync`` accumulation, clipping, a non-finite guard),
 evaluation at each epoch end (best-checkpoint keeping, early stop), and periodic,
 atomic checkpoints that resume exactly.
 
@@ -34,15 +35,17 @@ from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
 from selfmem.common.records import CheckpointError
+from selfmem.train.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
-# train keys a checkpoint does not depend on: bookkeeping, and the limits that a rerun may
-# raise to continue a run (a finished one, or one stopped by non-finite steps)
+# train keys a checkpoint does not depend on: bookkeeping, the limits that a rerun may raise
+# to continue a run (a finished one, or one stopped by non-finite steps), and how a step's
+# batches reach it
 RESUME_FREE = ("train.save_every", "train.log_every", "train.max_steps", "train.max_epochs", "train.patience",
-               "train.max_nonfinite")
+               "train.max_nonfinite", "train.prefetch")
 # the train keys that split a step among the processes: a checkpoint records the step's size
 # they give (as train.global_batch) instead, so that it resumes on any split of the same step
 STEP_SPLIT = ("train.accumulate", "train.global_batch")
@@ -63,8 +66,12 @@ class TrainTask(Protocol):
     def num_tokens(self, batch: list[int]) -> int:
         """Tokens processed for ``batch`` (for the tokens/s figure)."""
 
-    def loss(self, model: torch.nn.Module, batch: list[int]) -> torch.Tensor:
-        """Summed (not averaged) loss of ``batch``."""
+    def collate(self, batch: list[int]) -> dict[str, torch.Tensor]:
+        """The tensors ``loss`` needs for ``batch``, on the CPU. Called ahead of the step, on
+        another thread (``Prefetcher``): it must not draw from torch's global random generator."""
+
+    def loss(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed (not averaged) loss of a micro-batch collated by ``collate``, moved to the device."""
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Dev figures, the same on every rank; key "metric" is maximised."""
@@ -273,6 +280,8 @@ def fit(
     step, as ``train.global_batch``: the world size is free as long as the step stays the same.
     """
     per_step = micro_batches_per_step(config, env.world_size)
+    if config.prefetch < 0:
+        raise ValueError(f"train.prefetch must be 0 or more micro-batches, got {config.prefetch}")
     depends_on = {**{key: value for key, value in (depends_on or {}).items() if key not in STEP_SPLIT},
                   "train.global_batch": per_step}
     on_main(lambda: recover_directory(out_dir))  # a crash while saving the best model
@@ -353,51 +362,54 @@ def fit(
             raise ValueError(f"an epoch has {len(batches)} micro-batches, fewer than one step needs "
                              f"({step_size}): lower train.max_tokens")
         train_model.train()
-        while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
-            step_batches = batches[state.step_in_epoch * per_step : (state.step_in_epoch + 1) * per_step]
-            # every rank knows the whole step, so the normaliser needs no communication
-            num_targets = sum(task.num_targets(b) for b in step_batches)
-            mine = rank_share(step_batches, env.rank, env.world_size)
-            step_loss = torch.zeros((), device=device)
-            for i, batch in enumerate(mine):
-                last = i == len(mine) - 1
-                # dropout seeded by the micro-batch's global number: the same masks whichever
-                # rank takes it, so results do not depend on the world size
-                torch.manual_seed(seed * 1_000_003 + state.step * per_step + env.rank + i * env.world_size)
-                with (nullcontext() if last or ddp is None else ddp.no_sync()):
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                        loss = task.loss(train_model, batch)
-                    # DDP averages gradients over ranks: scale so the result is the global mean
-                    scaler.scale(loss * env.world_size / num_targets).backward()
-                step_loss += loss.detach().float()
-                window_tokens += task.num_tokens(batch)
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            # gradients are all-reduced, so every rank takes the same decision
-            guard.step(optimizer, scaler, grad_norm, state.step)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state.step += 1
-            state.step_in_epoch += 1
-            progress.update(1)
-            if state.step % config.log_every == 0:  # the step's loss and counters are read only here
-                guard.check(state)
-                if dist.is_initialized():
-                    dist.all_reduce(step_loss)
-                loss_per_target = step_loss.item() / num_targets
-                elapsed = time.perf_counter() - window_start
-                tokens = torch.tensor(float(window_tokens), device=device)
-                if dist.is_initialized():
-                    dist.all_reduce(tokens)
-                tokens_per_s = tokens.item() / max(elapsed, 1e-9)
-                lr = optimizer.param_groups[0]["lr"]
-                progress.set_postfix(loss=f"{loss_per_target:.3f}", tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
-                write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
-                           "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s})
-                window_tokens, window_start = 0, time.perf_counter()
-            if state.step % config.save_every == 0:
-                save()
+        steps = [batches[s * per_step : (s + 1) * per_step] for s in range(steps_in_epoch)]
+        # this rank's micro-batches of the rest of the epoch, in the order the steps take them
+        ahead = (batch for step in steps[state.step_in_epoch:] for batch in rank_share(step, env.rank, env.world_size))
+        with Prefetcher(ahead, task.collate, device, config.prefetch) as collated:
+            while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
+                # every rank knows the whole step, so the normaliser needs no communication
+                num_targets = sum(task.num_targets(b) for b in steps[state.step_in_epoch])
+                mine = rank_share(steps[state.step_in_epoch], env.rank, env.world_size)
+                step_loss = torch.zeros((), device=device)
+                for i, batch in enumerate(mine):
+                    last = i == len(mine) - 1
+                    # dropout seeded by the micro-batch's global number: the same masks whichever
+                    # rank takes it, so results do not depend on the world size
+                    torch.manual_seed(seed * 1_000_003 + state.step * per_step + env.rank + i * env.world_size)
+                    with (nullcontext() if last or ddp is None else ddp.no_sync()):
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                            loss = task.loss(train_model, next(collated))
+                        # DDP averages gradients over ranks: scale so the result is the global mean
+                        scaler.scale(loss * env.world_size / num_targets).backward()
+                    step_loss += loss.detach().float()
+                    window_tokens += task.num_tokens(batch)
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                # gradients are all-reduced, so every rank takes the same decision
+                guard.step(optimizer, scaler, grad_norm, state.step)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                state.step += 1
+                state.step_in_epoch += 1
+                progress.update(1)
+                if state.step % config.log_every == 0:  # the step's loss and counters are read only here
+                    guard.check(state)
+                    if dist.is_initialized():
+                        dist.all_reduce(step_loss)
+                    loss_per_target = step_loss.item() / num_targets
+                    elapsed = time.perf_counter() - window_start
+                    tokens = torch.tensor(float(window_tokens), device=device)
+                    if dist.is_initialized():
+                        dist.all_reduce(tokens)
+                    tokens_per_s = tokens.item() / max(elapsed, 1e-9)
+                    lr = optimizer.param_groups[0]["lr"]
+                    progress.set_postfix(loss=f"{loss_per_target:.3f}", tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
+                    write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
+                               "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s})
+                    window_tokens, window_start = 0, time.perf_counter()
+                if state.step % config.save_every == 0:
+                    save()
 
         if state.step_in_epoch >= steps_in_epoch:
             guard.check(state)

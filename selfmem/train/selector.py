@@ -36,6 +36,7 @@ from selfmem.select.candidates import SelectorExample, baseline_picks, selector_
 from selfmem.select.stage import check_selector_config
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
+from selfmem.train.prefetch import to_device
 
 log = logging.getLogger(__name__)
 
@@ -109,41 +110,47 @@ class SelectorTask:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i)
         return sorted(torch.randperm(count, generator=generator)[: self.config.group_size].tolist())
 
-    def _scores(self, model, examples: list[SelectorExample], groups: list[list[int]]) -> tuple[Tensor, Tensor]:
-        """Scores (examples, widest group) and the mask of real candidates."""
+    def _collate(self, examples: list[SelectorExample], groups: list[list[int]]) -> dict[str, Tensor]:
+        """The candidate pairs' ids (and features), and where each one's score goes in the
+        (examples, widest group) grid: ``slots`` into the flattened grid, ``mask`` True there."""
         pairs = [self._pair(ex, ex.candidates[c]) for ex, group in zip(examples, groups) for c in group]
         width = max(map(len, pairs))
-        ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in pairs], device=self.env.device)
-        features = None
-        if self.config.features:
-            features = torch.tensor([ex.features[c] for ex, group in zip(examples, groups) for c in group],
-                                    device=self.env.device)
-        flat = model(ids, features).float()
         widest = max(map(len, groups))
-        scores = torch.zeros(len(examples), widest, device=self.env.device)
-        mask = torch.zeros(len(examples), widest, dtype=torch.bool, device=self.env.device)
-        start = 0
+        mask = torch.zeros(len(examples), widest, dtype=torch.bool)
         for row, group in enumerate(groups):
-            scores[row, : len(group)] = flat[start:start + len(group)]
             mask[row, : len(group)] = True
-            start += len(group)
-        return scores, mask
+        tensors = {"ids": torch.tensor([p + [self.pad_id] * (width - len(p)) for p in pairs]),
+                   "slots": mask.flatten().nonzero().squeeze(1), "mask": mask}
+        if self.config.features:
+            tensors["features"] = torch.tensor([ex.features[c] for ex, group in zip(examples, groups) for c in group])
+        return tensors
 
-    def loss(self, model, batch: list[int]) -> Tensor:
+    @staticmethod
+    def _scores(model, tensors: dict[str, Tensor]) -> Tensor:
+        """Scores (examples, widest group), 0 where the mask has no candidate."""
+        flat = model(tensors["ids"], tensors.get("features")).float()
+        rows, widest = tensors["mask"].shape
+        return flat.new_zeros(rows * widest).index_copy(0, tensors["slots"], flat).view(rows, widest)
+
+    def collate(self, batch: list[int]) -> dict[str, Tensor]:
         examples = [self.train[i] for i in batch]
         groups = [self._group(i) for i in batch]
-        scores, mask = self._scores(model, examples, groups)
-        metric = torch.zeros_like(scores)
+        tensors = self._collate(examples, groups)
+        metric = torch.zeros(tensors["mask"].shape)
         for row, (ex, group) in enumerate(zip(examples, groups)):
             metric[row, : len(group)] = torch.tensor([ex.metric[c] for c in group])
-        return listwise_kl(scores, metric, mask, self.config.temperature)
+        return {**tensors, "metric": metric}
+
+    def loss(self, model, tensors: dict[str, Tensor]) -> Tensor:
+        return listwise_kl(self._scores(model, tensors), tensors["metric"], tensors["mask"], self.config.temperature)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         model.eval()
         picks = []
         for ex in self.dev:  # small dev sets: one example's candidates a batch
-            scores, _ = self._scores(model, [ex], [list(range(len(ex.candidates)))])
+            tensors = to_device(self._collate([ex], [list(range(len(ex.candidates)))]), self.env.device)
+            scores = self._scores(model, tensors)
             picks.append(ex.candidates[int(scores[0].argmax())])
         model.train()
 
