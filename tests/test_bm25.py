@@ -200,12 +200,14 @@ def pruned_top_k(scores, tokens, excluded, k, window):
     """One query's top k by the pruned search, with windows of ``window`` docs (small windows
     put ties and cursors across window edges); checks that its scratch arrays come back clean."""
     num_docs = scores["num_docs"]
-    excluded_docs, acc, partial = np.zeros(num_docs, np.bool_), np.zeros(window), np.zeros(num_docs)
+    excluded_docs, partial = np.zeros(num_docs, np.bool_), np.zeros(num_docs)
+    acc, dense = np.zeros(window), np.zeros(window, np.float32)
+    cand, bound = np.empty(window, np.int64), np.empty(window)
     heap_ids, heap_scores = np.empty(k, np.int64), np.empty(k, np.float32)
     size = bm25._pruned_query(np.asarray(tokens, np.int64), np.asarray(excluded, np.int64), scores["data"],
                               scores["indices"], scores["indptr"], bm25.term_max_scores(scores), k, excluded_docs,
-                              acc, partial, heap_ids, heap_scores)
-    assert not excluded_docs.any() and not acc.any() and not partial.any()
+                              partial, heap_ids, heap_scores, acc, dense, cand, bound)
+    assert not excluded_docs.any() and not partial.any() and not acc.any() and not dense.any()
     ids, values = np.full(k, -1, np.int64), np.zeros(k, np.float32)
     bm25._write_best_first(heap_ids, heap_scores, size, ids, values)
     return ids, values
@@ -231,6 +233,9 @@ def test_pruned_search_equals_exhaustive_on_long_queries():
     retriever = BM25Retriever.build(documents, K1, B)
     queries = documents + read_field(FIXTURE / "dev.jsonl", "document", 40) + read_field(FIXTURE / "test.jsonl", "document", 40)
     exclude = [[i] for i in range(len(documents))] + [[]] * 80
+    # small windows cut posting lists and ties across window edges, and take both ways of
+    # looking up a non-essential term (spread over the window, galloped to each candidate),
+    # with cursors left windows behind by one way and picked up by the other
     assert_pruned_equals_exhaustive(retriever, queries, exclude, ks=(1, 5, 50), windows=(16, 64, bm25.WINDOW))
     # and through `search`, which prunes queries of PRUNE_FROM tokens or more
     pruned = retriever.search(queries, topk=5, exclude=exclude)

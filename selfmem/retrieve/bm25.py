@@ -211,8 +211,14 @@ def _top_k_numpy(pointers, flat, exclude_pointers, exclude_flat, data, indices, 
 
 # Documents per window of the pruned search: small enough that the k-th best score rises
 # (and terms turn non-essential) early in the doc-id range, large enough that a window's
-# fixed cost (a few steps per distinct query term) stays small.
-WINDOW = 4096
+# fixed cost (a few steps per distinct query term) stays small. Measured on debian_sum,
+# 1,024 to 2,048 are best (4,096: 10% slower).
+WINDOW = 2048
+# A non-essential term is looked up for a window's candidates by spreading its postings in
+# the window over a dense array when it has fewer than DENSE times as many postings there
+# (estimated) as there are candidates left, else by galloping to each candidate: a posting
+# spread costs a fraction of a gallop, which waits on scattered loads.
+DENSE = 4
 # Queries with fewer tokens are scored exhaustively: a lone term's bound is at least every
 # score, so nothing can be pruned. Measured, pruning pays from 2 tokens on (LibreOffice
 # sentences: 1.9x with every query pruned, 1.8x from 8 tokens on).
@@ -299,17 +305,14 @@ def _gallop(indices, pos, end, doc):
     return high
 
 
-def _weight(indices, data, pos, end, doc):
-    """The score of ``doc`` in the postings [pos, end) of one term, 0 where it is absent."""
-    p = _gallop(indices, pos, end, doc)
-    return data[p] if p < end and indices[p] == doc else np.float32(0.0)
-
-
-def _exact_score(indices, data, starts, stops, slot, weights, doc):
+def _exact_score(indices, data, cursors, ends, slot, weights, doc):
     """The float32 score of ``doc`` as `_exhaustive_query` sums it: its score in each distinct
-    term (postings [starts[u], stops[u])), added in the query's token order (``slot``)."""
+    term (postings [cursors[u], ends[u])), added in the query's token order (``slot``).
+    Moves each cursor to the term's first posting >= ``doc``, so rising docs gallop on."""
     for u in range(len(weights)):
-        weights[u] = _weight(indices, data, starts[u], stops[u], doc)
+        p = _gallop(indices, cursors[u], ends[u], doc)
+        cursors[u] = p
+        weights[u] = data[p] if p < ends[u] and indices[p] == doc else np.float32(0.0)
     score = np.float32(0.0)
     for i in range(len(slot)):  # adding 0 for an absent term changes no float32 sum
         score += weights[slot[i]]
@@ -343,20 +346,70 @@ def _seed_floor(terms, lengths, counts, data, indices, starts, k, excluded_docs,
     return np.partition(sums, len(sums) - k)[len(sums) - k] / slack
 
 
-def _pruned_query(tokens, excluded, data, indices, indptr, term_max, k, excluded_docs, acc, partial, heap_ids,
-                  heap_scores):
+def _candidates(acc, rest, slack, floor, cand, bound):
+    """Compact the window's docs that an essential term touched and whose bound, every
+    non-essential bound added (``rest``), reaches ``floor``: their slots into ``cand``, their
+    essential sums into ``bound``; zero ``acc``; return how many. No branch per slot."""
+    n = 0
+    for j in range(len(acc)):
+        a = acc[j]
+        acc[j] = 0.0
+        cand[n] = j
+        bound[n] = a
+        n += (a > 0.0) & ((a + rest) * slack >= floor)
+    return n
+
+
+def _spread(indices, data, pos, end, lo, hi, dense):
+    """Write the postings of one term in the window [lo, hi) into ``dense`` (by slot), from
+    ``pos`` (no earlier posting in the window); return the first posting past the window."""
+    while pos < end and indices[pos] < hi:
+        dense[indices[pos] - lo] = data[pos]
+        pos += 1
+    return pos
+
+
+def _gallop_to_each(indices, data, pos, end, lo, cand, num_left, dense):
+    """Write into ``dense`` (by slot) the score of one term in each of the first ``num_left``
+    candidates (slots past ``lo``, rising), galloping from ``pos``; return the cursor."""
+    for c in range(num_left):
+        d = lo + cand[c]
+        pos = _gallop(indices, pos, end, d)
+        if pos < end and indices[pos] == d:
+            dense[cand[c]] = data[pos]
+    return pos
+
+
+def _keep(cand, bound, num_left, count, dense, rest, slack, floor):
+    """Add each candidate's score in one term (``count`` times ``dense[slot]``, then zeroed) to
+    its bound and keep, compacted, those whose bound plus ``rest`` still reaches ``floor``."""
+    m = 0
+    for c in range(num_left):
+        j = cand[c]
+        b = bound[c] + count * dense[j]
+        dense[j] = 0.0
+        cand[m] = j
+        bound[m] = b
+        m += (b + rest) * slack >= floor
+    return m
+
+
+def _pruned_query(tokens, excluded, data, indices, indptr, term_max, k, excluded_docs, partial, heap_ids, heap_scores,
+                  acc, dense, cand, bound):
     """The same k best hits as `_exhaustive_query`, skipping docs that cannot enter them
     (MaxScore, as Lucene's MaxScoreBulkScorer); return the heap's size.
 
     A distinct term's bound is its count in the query times its largest score. Once k hits
     are kept, terms whose bounds add up to less than the k-th best score are non-essential:
     a doc that has none of the other (essential) terms cannot enter. Docs are visited a
-    window of doc ids at a time: the essential terms' postings in the window are summed per
-    doc (float64, for the bound only); a doc's non-essential terms are looked up, largest
-    bound first, while its bound can still reach the k-th score; a doc that survives gets
-    its exact score, the float32 sum in query token order that `_exhaustive_query` computes.
-    ``excluded_docs``, ``acc`` and ``partial`` are all False and zeros on entry and again
-    on return.
+    window of ``len(acc)`` doc ids at a time: the essential terms' postings in the window are
+    summed per doc (float64, for the bound only); the docs whose bound, with every
+    non-essential bound added, reaches the k-th score are the window's candidates; then each
+    non-essential term, largest bound first, adds its scores to the candidates left (spread
+    out or galloped to, whichever is cheaper) and drops those that can no longer reach it.
+    A doc that survives gets its exact score, the float32 sum in query token order that
+    `_exhaustive_query` computes. ``excluded_docs``, ``partial``, ``acc`` and ``dense`` are
+    all False and zeros on entry and again on return; ``cand`` and ``bound`` are scratch.
     """
     terms = np.unique(tokens)
     slot = np.searchsorted(terms, tokens)  # each token's distinct term
@@ -376,12 +429,13 @@ def _pruned_query(tokens, excluded, data, indices, indptr, term_max, k, excluded
     # 1 + (n - 1) 2^-23; 2 more steps cover the float64 sums here: with this slack a doc
     # is pruned only when its exact float32 score is certainly below the k-th best.
     slack = 1.0 + (len(tokens) + 2) * 2.0**-23
-    pos = indptr[terms].astype(np.int64)  # each term's first posting not yet passed
+    pos = indptr[terms].astype(np.int64)  # each term's cursor: no posting before it is needed
     end = indptr[terms + 1].astype(np.int64)
-    stop = np.empty(num_terms, np.int64)  # each term's first posting past the window
+    cursors = np.empty(num_terms, np.int64)  # the exact scores' cursors in a window
     weights = np.zeros(num_terms, np.float32)
     lookups = np.arange(0)  # the non-essential terms, largest bound first
     rest = np.zeros(1)  # rest[i]: bounds of lookups[i:] together
+    num_docs = len(excluded_docs)
     excluded_docs[excluded] = True
     size = 0
     floor = _seed_floor(terms, end - pos, counts, data, indices, pos, k, excluded_docs, partial, slack)
@@ -403,36 +457,35 @@ def _pruned_query(tokens, excluded, data, indices, indptr, term_max, k, excluded
         if lo == NEVER:
             break
         hi = lo + len(acc)
+        cursors[:] = pos  # no posting of the window is before them
         for u in range(lazy, num_terms):
             p, count = pos[u], counts[u]
             while p < end[u] and indices[p] < hi:
                 acc[indices[p] - lo] += count * data[p]
                 p += 1
-            stop[u] = p
-        for u in range(lazy):
-            stop[u] = _gallop(indices, pos[u], end[u], hi)
-        # docs in id order, so that the non-essential terms' cursors (pos) only move forward
-        for j in range(len(acc)):
-            if acc[j] == 0:
-                continue
-            bound = acc[j]
-            acc[j] = 0.0
-            d = lo + j
+            pos[u] = p
+        n = _candidates(acc, rest[0], slack, floor, cand, bound)
+        for i in range(lazy):
+            if n == 0:
+                break
+            u = lookups[i]
+            # the term's postings in the window, estimated from those left over the docs left
+            if (end[u] - pos[u]) * len(acc) < DENSE * n * (num_docs - lo):
+                first = _gallop(indices, pos[u], end[u], lo)  # a looked-up term's cursor may lag
+                pos[u] = _spread(indices, data, first, end[u], lo, hi, dense)
+                n = _keep(cand, bound, n, counts[u], dense, rest[i + 1], slack, floor)
+                for p in range(first, pos[u]):  # the spread postings of docs no longer candidates
+                    dense[indices[p] - lo] = 0.0
+            else:
+                pos[u] = _gallop_to_each(indices, data, pos[u], end[u], lo, cand, n, dense)
+                n = _keep(cand, bound, n, counts[u], dense, rest[i + 1], slack, floor)
+        for c in range(n):  # in doc order, so that the exact scores' cursors only move forward
+            d = lo + cand[c]
             if excluded_docs[d]:
                 continue
-            i = 0
-            while i < lazy and (bound + rest[i]) * slack >= floor:
-                u = lookups[i]
-                pos[u] = _gallop(indices, pos[u], stop[u], d)
-                if pos[u] < stop[u] and indices[pos[u]] == d:
-                    bound += counts[u] * data[pos[u]]
-                i += 1
-            if i < lazy or bound * slack < floor:
-                continue
-            size = _offer(heap_ids, heap_scores, size, k, _exact_score(indices, data, pos, stop, slot, weights, d), d)
+            size = _offer(heap_ids, heap_scores, size, k, _exact_score(indices, data, cursors, end, slot, weights, d), d)
             if size == k:
                 floor = max(floor, heap_scores[0])
-        pos[:] = stop
     excluded_docs[excluded] = False
     return size
 
@@ -466,16 +519,19 @@ def _top_k_kernel(pointers, flat, exclude_pointers, exclude_flat, data, indices,
     scores = np.zeros(num_docs, dtype=np.float32)
     touched = np.empty(num_docs, dtype=np.int64)  # docs with a score, so only they are visited and reset
     excluded_docs = np.zeros(num_docs, dtype=np.bool_)
-    acc = np.zeros(WINDOW, dtype=np.float64)
     partial = np.zeros(num_docs, dtype=np.float64)
+    acc = np.zeros(WINDOW, dtype=np.float64)
+    dense = np.zeros(WINDOW, dtype=np.float32)
+    cand = np.empty(WINDOW, dtype=np.int64)
+    bound = np.empty(WINDOW, dtype=np.float64)
     heap_ids = np.empty(k, dtype=np.int64)
     heap_scores = np.empty(k, dtype=np.float32)
     for q in range(n):
         tokens = flat[pointers[q] : pointers[q + 1]]
         excluded = exclude_flat[exclude_pointers[q] : exclude_pointers[q + 1]]
         if len(tokens) >= prune_from:
-            size = _pruned_query(tokens, excluded, data, indices, indptr, term_max, k, excluded_docs, acc, partial,
-                                 heap_ids, heap_scores)
+            size = _pruned_query(tokens, excluded, data, indices, indptr, term_max, k, excluded_docs, partial,
+                                 heap_ids, heap_scores, acc, dense, cand, bound)
         else:
             size = _exhaustive_query(tokens, excluded, data, indices, indptr, k, scores, touched, heap_ids, heap_scores)
         _write_best_first(heap_ids, heap_scores, size, out_ids[q], out_scores[q])
@@ -484,10 +540,11 @@ def _top_k_kernel(pointers, flat, exclude_pointers, exclude_flat, data, indices,
 
 if numba is not None:
     _worse = numba.njit(inline="always")(_worse)
-    _offer, _exhaustive_query, _gallop, _weight, _exact_score, _seed_floor, _pruned_query, _write_best_first = (
+    (_offer, _exhaustive_query, _gallop, _exact_score, _seed_floor, _candidates, _spread, _gallop_to_each, _keep,
+     _pruned_query, _write_best_first) = (
         numba.njit(cache=True)(f)
-        for f in (_offer, _exhaustive_query, _gallop, _weight, _exact_score, _seed_floor, _pruned_query,
-                  _write_best_first)
+        for f in (_offer, _exhaustive_query, _gallop, _exact_score, _seed_floor, _candidates, _spread, _gallop_to_each,
+                  _keep, _pruned_query, _write_best_first)
     )
     _top_k_jit = numba.njit(nogil=True, cache=True)(_top_k_kernel)
 
