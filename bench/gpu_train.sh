@@ -5,6 +5,8 @@
 # tokens/s of a plain fp32 loop and of this project's loop in fp32, fp16 AMP (GradScaler)
 # and bf16, with model FLOPs utilisation against the GPU's dense fp16 peak.
 #   DATA=path/to/libreoffice_ende bash bench/gpu_train.sh [extra bench/train.py flags]
+# With train.compile beside the eager loop (each precision's first compiled run compiles):
+#   DATA=path/to/libreoffice_ende bash bench/gpu_train.sh --compile --no-baseline
 source "$(dirname "$0")/help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."

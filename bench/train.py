@@ -2,7 +2,7 @@
 against a plain baseline loop.
 
     python bench/train.py [--config configs/libreoffice_ende.yaml] [--steps 30] [--repeats 3]
-        [--no-baseline] [data.dir=...]
+        [--no-baseline] [--compile] [data.dir=...]
 
 All train the same model (same initial weights) on the same examples (train sources
 with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
@@ -13,6 +13,8 @@ with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
   (separate q/k/v products, logits for every target position, pads included; see
   `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
   costs nothing (operations run synchronously);
+- ours, compiled (with --compile): the new paths with train.compile (torch.compile,
+  dynamic shapes, bucketed padded lengths);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
   example, fp32, with the batch size that holds as many real tokens per step on average.
 Throughput counts real (non-pad) encoder and target tokens per second. Medians of
@@ -96,14 +98,16 @@ def old_paths():
         yield
 
 
-def ours(config, model, task, initial: dict, steps: int, precision: str, new_paths: bool = True) -> float:
+def ours(config, model, task, initial: dict, steps: int, precision: str, new_paths: bool = True,
+         compile: bool = False) -> float:
     """Tokens/s of `fit` from the ``initial`` weights over the second half of ``steps`` steps
     (its own log's figure).
 
-    The first half warms up (allocator, kernel selection for new shapes); evaluation is
-    outside the timed window.
+    The first half warms up (allocator, kernel selection for new shapes, and with
+    ``compile`` the compilation, once per process); evaluation is outside the timed window.
     """
     config.train.precision = precision
+    config.train.compile = compile
     config.train.max_steps = steps
     config.train.log_every = steps // 2
     config.train.save_every = 10**9
@@ -118,6 +122,7 @@ def ours(config, model, task, initial: dict, steps: int, precision: str, new_pat
 def baseline(config, model, task, initial: dict, steps: int) -> float:
     """Tokens/s of a plain loop (second half of ``steps``): random fixed-size batches padded to the longest, fp32."""
     model.load_state_dict(initial)
+    config.train.compile = False  # its batches padded to their longest, not to a bucket
     budget_batches = task.epoch_batches(0)
     batch_size = round(sum(len(b) for b in budget_batches) / len(budget_batches))
     order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(0)).tolist()
@@ -150,6 +155,8 @@ def main() -> None:
     parser.add_argument("--run-root", help="reuse the tokenizer and BM25 memory prepared under this root")
     parser.add_argument("--precisions", default="fp32", help="autocast dtypes for our loop, e.g. fp32,fp16,bf16")
     parser.add_argument("--no-baseline", action="store_true", help="time only our loop, old paths and new")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our loop with train.compile (its first run compiles, minutes on a CPU)")
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_intermixed_args()
@@ -178,6 +185,8 @@ def main() -> None:
     for p in precisions:
         runs[f"ours {p}, old paths"] = lambda p=p: ours(config, model, task, initial, args.steps, p, new_paths=False)
         runs[f"ours {p}"] = lambda p=p: ours(config, model, task, initial, args.steps, p)
+        if args.compile:
+            runs[f"ours {p}, compiled"] = lambda p=p: ours(config, model, task, initial, args.steps, p, compile=True)
     figures = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved, so that each repeat meets the machine's load alike
         for name, run in runs.items():
@@ -202,6 +211,8 @@ def main() -> None:
         versus = [f"{median / medians['baseline fp32']:.2f}x baseline"] if "baseline fp32" in medians else []
         old = medians.get(f"{name}, old paths")
         versus += [f"{median / old:.2f}x old paths"] if old else []
+        eager = medians.get(name.removesuffix(", compiled")) if name.endswith(", compiled") else None
+        versus += [f"{median / eager:.2f}x eager"] if eager else []
         mfu = [f"MFU {median * flops_per_token / (peak * 1e12):.1%} of {peak} TFLOP/s"] if peak else []
         print(f"{name:24s} {median:9.0f} tokens/s  ({'; '.join(versus + mfu + ['runs: ' + ', '.join(f'{v:.0f}' for v in figures[name])])})")
 

@@ -282,7 +282,7 @@ ROWS = [
         bad_config("  lr: 1.0e-3\n", "  learning_rate: 1.0e-3\n"),
         "{row}/config.yaml: unknown key 'train.learning_rate'; valid keys here: lr, warmup_steps, weight_decay, "
         "label_smoothing, max_tokens, accumulate, global_batch, clip_norm, max_epochs, max_steps, patience, "
-        "precision, save_every, log_every, max_nonfinite, prefetch"),
+        "precision, save_every, log_every, max_nonfinite, prefetch, compile"),
     Row("wrong_config_type", "a config value of the wrong type (train.lr: fast)", LIFT,
         bad_config("  lr: 1.0e-3\n", "  lr: fast\n"),
         "{row}/config.yaml: 'train.lr': expected float, got 'fast'"),

@@ -280,7 +280,7 @@ def test_commands_are_found_in_blocks_and_spans():
     ("python launch/lift.py --config configs/demo.yaml train.learning_rate=5e-4",
      ["override 'train.learning_rate=5e-4': unknown key 'train.learning_rate'; valid keys here: lr, warmup_steps, "
       "weight_decay, label_smoothing, max_tokens, accumulate, global_batch, clip_norm, max_epochs, max_steps, patience, "
-      "precision, save_every, log_every, max_nonfinite, prefetch"]),
+      "precision, save_every, log_every, max_nonfinite, prefetch, compile"]),
     ("python launch/lift.py --config configs/demo.yaml generator.memory=both",
      ["override 'generator.memory=both': 'generator.memory': expected 'none' | 'joint' | 'dual', got 'both'"]),
     ("python launch/lift.py --config configs/missing.yaml generator.nonsense=$X",

@@ -46,8 +46,8 @@ from selfmem.train.selector import (
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
-# keys that change no result: they are left out of the fingerprints
-BOOKKEEPING = ("save_every", "log_every", "prefetch", "batch_size", "index_name", "connect_attempts",
+# keys that change no result (train.compile its rounding only): they are left out of the fingerprints
+BOOKKEEPING = ("save_every", "log_every", "prefetch", "compile", "batch_size", "index_name", "connect_attempts",
                "connect_backoff")
 
 

@@ -408,9 +408,10 @@ class Decoder(TransformerStack):
         """Decode the new tokens ``ids`` (batch, length) after those already in ``cache``."""
         past = cache[0].length
         length = ids.size(1)
-        # Every cached key is visible; only new tokens hide from later new tokens, and a
-        # single new token needs no mask at all.
-        causal = past == 0 and length > 1
+        # Every cached key is visible; only new tokens hide from later new tokens. (A lone
+        # first token is causal too, which changes nothing for it: asking whether the length
+        # is 1 would give compiled code a symbolic is_causal, which SDPA refuses.)
+        causal = past == 0
         self_mask = None
         if past > 0 and length > 1:
             self_mask = torch.ones(length, past + length, dtype=torch.bool, device=ids.device).tril(past)

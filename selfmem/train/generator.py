@@ -80,8 +80,8 @@ class GeneratorTask:
     def num_tokens(self, batch: list[int]) -> int:
         return sum(sum(self.sizes[i]) for i in batch)
 
-    def _collate(self, examples: list[EncodedExample]) -> dict[str, torch.Tensor]:
-        tensors = collate(examples, self.mode, self.ids)
+    def _collate(self, examples: list[EncodedExample], buckets: bool = False) -> dict[str, torch.Tensor]:
+        tensors = collate(examples, self.mode, self.ids, buckets)
         # only the real target positions reach the output projection and the loss (padding
         # adds nothing to either); found on the host, since indexing by a mask on a GPU waits
         labels = tensors.pop("labels").flatten()
@@ -89,7 +89,8 @@ class GeneratorTask:
         return {**tensors, "target_rows": rows, "labels": labels[rows]}
 
     def collate(self, batch: list[int]) -> dict[str, torch.Tensor]:
-        return self._collate([self.examples[i] for i in batch])
+        # compiled, the padded lengths are rounded up to buckets, so that few shapes reach the graphs
+        return self._collate([self.examples[i] for i in batch], buckets=self.config.train.compile)
 
     @staticmethod
     def _loss(model, tensors: dict[str, torch.Tensor], smoothing: float) -> torch.Tensor:

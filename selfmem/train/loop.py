@@ -1,10 +1,9 @@
 """One hand-written DDP + AMP training loop, shared by the generator and the selector.
 
-Read top to bottom: set-up (DDP, precision, optimizer, resume),
-then epochs of global steps (micro-batches collated ahead by a background thread, with
-``no_sync`` accumulation, clipping, a non-finite guard),
-evaluation at each epoch end (best-checkpoint keeping, early stop), and periodic,
-atomic checkpoints that resume exactly.
+Read top to bottom: set-up (DDP, precision, optional ``torch.compile``, optimizer, resume),
+then epochs of global steps (micro-batches collated ahead by a background thread,
+``no_sync`` accumulation, clipping, a non-finite guard), evaluation at each epoch end
+(best-checkpoint keeping, early stop), and periodic, atomic checkpoints that resume exactly.
 
 Exact resume needs no saved random state: dropout is reseeded from the seed and the
 micro-batch's global number, and the data order is a function of (seed, epoch). Both
@@ -19,7 +18,8 @@ import logging
 import math
 import pickle
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
 # train keys a checkpoint does not depend on: bookkeeping, the limits that a rerun may raise
-# to continue a run (a finished one, or one stopped by non-finite steps), and how a step's
-# batches reach it
+# to continue a run (a finished one, or one stopped by non-finite steps), and how fast a step
+# runs (compiled or eager differ by rounding only)
 RESUME_FREE = ("train.save_every", "train.log_every", "train.max_steps", "train.max_epochs", "train.patience",
-               "train.max_nonfinite", "train.prefetch")
+               "train.max_nonfinite", "train.prefetch", "train.compile")
 # the train keys that split a step among the processes: a checkpoint records the step's size
 # they give (as train.global_batch) instead, so that it resumes on any split of the same step
 STEP_SPLIT = ("train.accumulate", "train.global_batch")
@@ -116,6 +116,28 @@ def parameters_digest(model: torch.nn.Module) -> str:
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+@contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` (warnings only) while ``enabled``: compiled code
+    otherwise adds an embedding's gradient rows with atomics in parallel, in an order that
+    varies from run to run (the bits of the weights with it); in this mode inductor compiles
+    that scatter to aten's deterministic kernel."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def compiled_frames() -> int:
+    """Frames torch.compile has compiled in this process: first compiles and recompiles alike."""
+    return torch._dynamo.utils.counters["frames"]["ok"]
 
 
 def micro_batches_per_step(config: TrainConfig, world_size: int) -> int:
@@ -292,6 +314,11 @@ def fit(
     # and none out of them after it
     ddp = DistributedDataParallel(model, gradient_as_bucket_view=True) if env.world_size > 1 else None
     train_model = ddp or model
+    if config.compile:
+        # dynamic shapes: one graph for every batch size and (bucketed, see the task's
+        # collate) length, where static ones would recompile for each new shape
+        train_model = torch.compile(train_model, dynamic=True)
+    compiled_before = compiled_frames() if config.compile else 0
     dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # fused: one kernel for all parameters, on GPUs and CPUs alike (the per-tensor
@@ -365,7 +392,7 @@ def fit(
         steps = [batches[s * per_step : (s + 1) * per_step] for s in range(steps_in_epoch)]
         # this rank's micro-batches of the rest of the epoch, in the order the steps take them
         ahead = (batch for step in steps[state.step_in_epoch:] for batch in rank_share(step, env.rank, env.world_size))
-        with Prefetcher(ahead, task.collate, device, config.prefetch) as collated:
+        with Prefetcher(ahead, task.collate, device, config.prefetch) as collated, deterministic(config.compile):
             while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
                 # every rank knows the whole step, so the normaliser needs no communication
                 num_targets = sum(task.num_targets(b) for b in steps[state.step_in_epoch])
@@ -405,8 +432,9 @@ def fit(
                     tokens_per_s = tokens.item() / max(elapsed, 1e-9)
                     lr = optimizer.param_groups[0]["lr"]
                     progress.set_postfix(loss=f"{loss_per_target:.3f}", tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
+                    compiles = {"compiles": compiled_frames() - compiled_before} if config.compile else {}
                     write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
-                               "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s})
+                               "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, **compiles})
                     window_tokens, window_start = 0, time.perf_counter()
                 if state.step % config.save_every == 0:
                     save()

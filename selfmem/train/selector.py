@@ -265,6 +265,6 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
                         config.data.bleu_tokenize, env, config.run.seed)
     steps = cfg.max_epochs * (len(task.epoch_batches(0)) // micro_batches_per_step(config.train, env.world_size))
     train_config = dataclasses.replace(config.train, lr=cfg.lr, max_epochs=cfg.max_epochs, max_tokens=cfg.max_tokens,
-                                       warmup_steps=max(1, steps // 10), max_steps=None)
+                                       warmup_steps=max(1, steps // 10), max_steps=None, compile=False)
     return fit(selector, task, train_config, env, paths.selector, config.run.seed,
                linear_schedule(train_config.warmup_steps, steps), selector_depends_on(config))
