@@ -2,12 +2,15 @@
 eager losses, and a compiled run stopped and continued equals an uninterrupted one bit for bit."""
 
 import pytest
+import torch
+from torch.fx.experimental import _config as fx_config
 
 from conftest import DEMO_CONFIG, TINY
 from selfmem.common.config import load_config
 from selfmem.common.distributed import DistEnv
 from selfmem.common.run import RunPaths
 from selfmem.train.generator import prepare_generator, train_generator
+from selfmem.train.loop import compiled_frames, compiled_steps
 from test_train_generator import assert_same_weights, fresh_run, log_records, prepared  # noqa: F401 (a fixture)
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
@@ -46,3 +49,26 @@ def test_compiled_training_gives_the_eager_losses_and_resumes_exactly(prepared, 
     train_in_process(resumed, "train.max_steps=3", "train.compile=true")
     assert train_in_process(resumed, "train.max_steps=6", "train.compile=true").step == 6
     assert_same_weights(resumed, straight)
+
+
+def test_the_settings_of_compiled_steps_are_undone_after_them():
+    with compiled_steps(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory and not fx_config.use_duck_shape
+    assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
+    assert fx_config.use_duck_shape
+    with pytest.raises(ValueError, match="inside"), compiled_steps(True):
+        raise ValueError("inside")
+    assert not torch.are_deterministic_algorithms_enabled() and fx_config.use_duck_shape
+    with compiled_steps(False):
+        assert not torch.are_deterministic_algorithms_enabled() and fx_config.use_duck_shape
+
+
+def test_sizes_equal_at_the_first_compilation_and_unequal_later_do_not_recompile():
+    # a bucketed source length, target length and batch size coincide often
+    total = torch.compile(lambda x, y: x.sum() + y.sum(), dynamic=True, backend="eager")
+    before = compiled_frames()
+    with compiled_steps(True):
+        total(torch.ones(8, 8), torch.ones(8, 8))
+        total(torch.ones(12, 8), torch.ones(16, 24))
+    assert compiled_frames() - before == 1

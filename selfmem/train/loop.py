@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
+from torch.fx.experimental import _config as fx_config
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -119,20 +120,30 @@ def parameters_digest(model: torch.nn.Module) -> str:
 
 
 @contextmanager
-def deterministic(enabled: bool) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms`` (warnings only) while ``enabled``: compiled code
-    otherwise adds an embedding's gradient rows with atomics in parallel, in an order that
-    varies from run to run (the bits of the weights with it); in this mode inductor compiles
-    that scatter to aten's deterministic kernel."""
+def compiled_steps(enabled: bool) -> Iterator[None]:
+    """The global settings compiled steps run under, undone after them (none unless ``enabled``).
+
+    ``torch.use_deterministic_algorithms`` (warnings only): compiled code otherwise adds an
+    embedding's gradient rows with atomics in parallel, in an order that varies from run to
+    run (the bits of the weights with it); in this mode inductor compiles that scatter to
+    aten's deterministic kernel. New tensors are not filled first (the mode's default, a
+    write of every allocation that only code reading garbage would need). No duck sizing:
+    dynamo would give dimensions of equal size one symbol when it compiles (a bucketed source
+    and target length, or as many rows, meet often) and recompile once they differ.
+    """
     if not enabled:
         yield
         return
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        yield
+        with fx_config.patch(use_duck_shape=False):
+            yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def compiled_frames() -> int:
@@ -392,7 +403,7 @@ def fit(
         steps = [batches[s * per_step : (s + 1) * per_step] for s in range(steps_in_epoch)]
         # this rank's micro-batches of the rest of the epoch, in the order the steps take them
         ahead = (batch for step in steps[state.step_in_epoch:] for batch in rank_share(step, env.rank, env.world_size))
-        with Prefetcher(ahead, task.collate, device, config.prefetch) as collated, deterministic(config.compile):
+        with Prefetcher(ahead, task.collate, device, config.prefetch) as collated, compiled_steps(config.compile):
             while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
                 # every rank knows the whole step, so the normaliser needs no communication
                 num_targets = sum(task.num_targets(b) for b in steps[state.step_in_epoch])
