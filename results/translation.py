@@ -153,13 +153,15 @@ def run_all(setup: Setup, corpora: list[str], names: list[str]) -> None:
             run_upper_bound(setup, corpus)
 
 
-def scores(hyps: list[str], references: list[str]) -> tuple[float, float]:
-    return corpus_bleu(hyps, references, "13a").value, corpus_chrf(hyps, references).value
+def scores(hyps: list[str], references: list[str], bleu_tokenize: str) -> tuple[float, float]:
+    """Corpus BLEU (with the run's tokenizer) and chrF++."""
+    return corpus_bleu(hyps, references, bleu_tokenize).value, corpus_chrf(hyps, references).value
 
 
 def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[dict]]]:
     """One corpus's tables (Markdown lines) and each finished run's metric rows."""
     root, config = setup.root, run_config(setup, corpus, "report")
+    tokenize = config.data.bleu_tokenize
     references = {split: [ex.target for ex in load_split(config.data, split)] for split in ("dev", "test")}
     runs = {s.name: read_jsonl(root / corpus / s.name / "metrics.jsonl") for s in SYSTEMS
             if corpus in s.corpora and (root / corpus / s.name / "metrics.jsonl").exists()}
@@ -168,7 +170,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
 
     def row(label: str, run: Path, round_name, dev_bleu: float) -> None:
         directory = run / ("no_memory" if round_name == "no_memory" else f"round_{round_name}") / "hyps"
-        test_bleu, test_chrf = scores(read_lines(directory / "test.txt"), references["test"])
+        test_bleu, test_chrf = scores(read_lines(directory / "test.txt"), references["test"], tokenize)
         shown = "-" if round_name == "no_memory" else round_name
         lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
 
@@ -185,8 +187,8 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
             row(f"Selfmem {labels[name]}", root / corpus / name, best, dev[best])
     upper = root / corpus / UPPER / "round_0" / "hyps"
     if (upper / "test.txt").exists():
-        dev_bleu, _ = scores(read_lines(upper / "dev.txt"), references["dev"])
-        test_bleu, test_chrf = scores(read_lines(upper / "test.txt"), references["test"])
+        dev_bleu, _ = scores(read_lines(upper / "dev.txt"), references["dev"], tokenize)
+        test_bleu, test_chrf = scores(read_lines(upper / "test.txt"), references["test"], tokenize)
         lines.append(f"| upper bound (the reference as memory) | - | {dev_bleu:.2f} | {test_bleu:.2f} | "
                      f"{test_chrf:.2f} |")
     for name, rows in runs.items():
