@@ -12,7 +12,8 @@ of each example of --splits, from the same memory (round 1's samples). Then, for
 each variant, the pick of every example of each split in --splits, and one table per split:
 the corpus BLEU and chrF++ of the beam top-1 (the first candidate), of the oracle pick (the
 candidate of best sentence BLEU against the reference) and of each variant's pick, with
-its difference from the top-1 in BLEU. A trained variant trains its selector in
+its difference from the top-1 in BLEU. The MBR variants that weigh the retrieved memory
+anchor on round 0's (the memory round 1's candidates were decoded from). A trained variant trains its selector in
 ``selectors/NAME/`` of the run (resumed or reused when there), exactly as
 launch/train_selector.py does, the best epoch kept by the dev metric of its pick.
 
@@ -45,17 +46,24 @@ from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
 SAMPLES = "selector.mbr_references=samples"
+CONSENSUS = "selector.mbr_retrieved_weight=0"  # MBR against the candidates (or samples) alone
 # name -> overrides of the run's config; the trained ones are trained in selectors/NAME/
 VARIANTS = {
-    "mbr-bleu": ["selector.kind=mbr"],
-    "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0"],
-    "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2"],
-    "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf"],
-    "mbr-bleu-samples": ["selector.kind=mbr", SAMPLES],
-    "mbr-chrf-samples": ["selector.kind=mbr", "selector.mbr_utility=chrf", SAMPLES],
+    "mbr-bleu": ["selector.kind=mbr", CONSENSUS],
+    "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0", CONSENSUS],
+    "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2", CONSENSUS],
+    "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf", CONSENSUS],
+    "mbr-bleu-samples": ["selector.kind=mbr", SAMPLES, CONSENSUS],
+    "mbr-chrf-samples": ["selector.kind=mbr", "selector.mbr_utility=chrf", SAMPLES, CONSENSUS],
+    # the retrieved memory (the top BM25 hit) as one more pseudo-reference of weight W
+    "mbr-bleu+retrieved1": ["selector.kind=mbr", "selector.mbr_retrieved_weight=1"],
+    "mbr-bleu+retrieved2": ["selector.kind=mbr", "selector.mbr_retrieved_weight=2"],
+    "mbr-bleu+retrieved4": ["selector.kind=mbr", "selector.mbr_retrieved_weight=4"],
+    "mbr-chrf+retrieved2": ["selector.kind=mbr", "selector.mbr_utility=chrf", "selector.mbr_retrieved_weight=2"],
+    "retrieved-only": ["selector.kind=mbr", "selector.mbr_retrieved_weight=1000"],
     "S": [TRAINED],
     "S+g": [TRAINED, "selector.features=[generator]"],
-    "S+g+mbr": [TRAINED, "selector.features=[generator,mbr]"],
+    "S+g+mbr": [TRAINED, "selector.features=[generator,mbr]", CONSENSUS],
     "S-crossfit": [TRAINED, "selector.train_from=crossfit"],
     "S-crossfit+g": [TRAINED, "selector.train_from=crossfit", "selector.features=[generator]"],
 }

@@ -168,6 +168,10 @@ def test_a_changed_value_reruns_exactly_the_stages_that_read_it(uninterrupted, t
     generator = root / "demo" / "generator" / "model.safetensors"
     generator_time = generator.stat().st_mtime_ns
 
+    # MBR's weight of the retrieved memory: a trained S without the MBR feature reads none
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.mbr_retrieved_weight=5"))
+    assert state(root) == before
+
     run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.lr=3e-3"))
     after = state(root)
     unchanged = ["tokenizer", "retrieval", "generator", "round_0", "selector_candidates"]
@@ -234,16 +238,30 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     assert all(stages[s] == state(uninterrupted)[s] for s in ("tokenizer", "retrieval", "generator", "round_0"))
     config = load_config(DEMO_CONFIG, lift_args(root, ONE_PROCESS)[2:])
     metric = BLEU(tokenize="13a", effective_order=True)
-    for split in ("dev", "test"):  # round 1's candidates, its own on dev too, and the consensus pick of each
+
+    def bleu(texts, references):
+        return [sum(metric.sentence_score(t, [r]).score for r in references) / len(references) for t in texts]
+
+    def anchored(pool, consensus, retrieved):  # the retrieved memory weighs 2 (the default) beside them
+        return [(u + 2 * bleu([c], retrieved)[0]) / 3 if retrieved else u for c, u in zip(pool, consensus)]
+
+    retrieved = {split: [r["memories"][:1] for r in read_jsonl(run / "memory" / "bm25" / f"{split}.jsonl")]
+                 for split in ("dev", "test")}
+    assert (run / "round_2" / "memory" / "dev.jsonl").exists()
+    elsewhere = 0
+    for split, k in [(split, k) for split in ("dev", "test") for k in (1, 2)]:
+        # each round's candidates (round 1's own on dev too) and the consensus pick of each, anchored on
+        # the top BM25 hit, which round 0 reads: not on the self memory that round 2 decodes from
         examples = load_split(config.data, split)
-        records = read_jsonl(run / "round_1" / "candidates" / f"{split}.jsonl")
-        memories = read_jsonl(run / "round_1" / "memory" / f"{split}.jsonl")
+        records = read_jsonl(run / f"round_{k}" / "candidates" / f"{split}.jsonl")
+        memories = read_jsonl(run / f"round_{k}" / "memory" / f"{split}.jsonl")
         assert len(records) == len(memories) == len(examples)
-        for record, memory in zip(records, memories):
+        for record, memory, hit in zip(records, memories, retrieved[split]):
             pool = record["candidates"][0]
-            distinct = list(dict.fromkeys(pool))
-            expected = [sum(metric.sentence_score(c, [r]).score for r in distinct) for c in pool]
+            expected = anchored(pool, bleu(pool, list(dict.fromkeys(pool))), hit)
             assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
+            elsewhere += record["memories"] != [hit]
+    assert elsewhere > 0
 
     # the sampling settings count only where the rounds sample: here nothing reruns
     run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", "candidates.num_samples=3"))
@@ -258,10 +276,10 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
         drawn = read_jsonl(run / "round_1" / "samples" / f"{split}.jsonl")
         memories = read_jsonl(run / "round_1" / "memory" / f"{split}.jsonl")
         assert [d["memories"] for d in drawn] == [r["memories"] for r in records]
-        for record, sample, memory in zip(records, drawn, memories):
+        for record, sample, memory, hit in zip(records, drawn, memories, retrieved[split]):
             pool, references = record["candidates"][0], sample["samples"][0]
             assert len(references) == 3
-            expected = [sum(metric.sentence_score(c, [r]).score for r in references) for c in pool]
+            expected = anchored(pool, bleu(pool, references), hit)
             assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
 
 

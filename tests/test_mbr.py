@@ -79,6 +79,25 @@ def test_mbr_against_samples_counts_each_draw(texts):
         mbr_scores(candidates, [0.0] * 5, "bleu", 1.0, references=samples)
 
 
+def test_the_retrieved_memory_weighs_beside_the_pseudo_references(texts):
+    metric = BLEU(tokenize="13a", effective_order=True)
+    candidates, anchors, samples = texts[:5], [texts[9], texts[1]], [texts[1], texts[7], texts[7]]
+
+    def expected(references, weight):  # the anchors share ``weight`` against the references' total of 1
+        return [(sum(metric.sentence_score(c, [r]).score for r in references) / len(references)
+                 + weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors)) / (1 + weight)
+                for c in candidates]
+
+    got = mbr_scores(candidates, None, "bleu", None, anchors=anchors, anchor_weight=2.0)
+    assert got == pytest.approx(expected(candidates, 2.0), abs=1e-9)  # texts[1] is a candidate and an anchor
+    got = mbr_scores(candidates, None, "bleu", None, references=samples, anchors=anchors, anchor_weight=0.5)
+    assert got == pytest.approx(expected(samples, 0.5), abs=1e-9)
+    plain = mbr_scores(candidates, None, "bleu", None)
+    # no weight, or no retrieved memory (empty texts are none): the consensus alone
+    assert mbr_scores(candidates, None, "bleu", None, anchors=anchors, anchor_weight=0.0) == plain
+    assert mbr_scores(candidates, None, "bleu", None, anchors=["", ""], anchor_weight=2.0) == plain
+
+
 def test_mbr_refuses_what_it_cannot_compute(texts):
     with pytest.raises(ValueError, match="one generator score per candidate"):
         mbr_scores(texts[:3], [0.0, 0.0], "bleu", 1.0)

@@ -22,6 +22,7 @@ EXAMPLES = 3  # demo examples a split
 
 
 def write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
     return path
 
@@ -49,9 +50,11 @@ def generate_error(tmp_path, lines) -> str:
 
 
 def select_error(tmp_path, lines, *overrides) -> str:
-    """The error of choosing dev's memories from a candidates file of ``lines`` (no selector exists)."""
+    """The error of choosing dev's memories from a candidates file of ``lines`` (no selector
+    exists; the BM25 memory, MBR's anchor, does)."""
     candidates = write(tmp_path / "candidates.jsonl", lines)
     c = config(tmp_path, *overrides)
+    write(RunPaths(c.run_dir).bm25_memory("dev"), [json.dumps({"memories": ["a hit"]})] * EXAMPLES)
     with pytest.raises(DataError) as info:
         select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, candidates)
     return str(info.value)
@@ -107,6 +110,20 @@ def test_a_truncated_candidates_file_is_refused_at_its_cut_line(tmp_path):
     short = select_error(tmp_path, [candidates_line()])
     assert short == f"{tmp_path / 'candidates.jsonl'}: 1 lines for 3 dev examples (one line per example, in " \
                     f"dataset order)"
+
+
+def test_mbr_without_the_retrieved_memory_it_weighs_is_refused(tmp_path):
+    c = config(tmp_path)
+    write(tmp_path / "candidates.jsonl", [candidates_line()] * EXAMPLES)
+    bm25 = RunPaths(c.run_dir).bm25_memory("dev")
+    with pytest.raises(DataError) as info:
+        select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")
+    assert str(info.value) == (f"{bm25}: file not found; MBR weighs the retrieved memory beside the candidates "
+                               f"(selector.mbr_retrieved_weight 2) and reads it there: run launch/retrieve.py "
+                               f"first, or set selector.mbr_retrieved_weight=0")
+    write(bm25, [json.dumps({"memories": ["a hit"]})] * (EXAMPLES - 1))
+    with pytest.raises(DataError, match=rf"^{bm25}: 2 lines for 3 dev examples \(one line per example"):
+        select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")
 
 
 def test_an_example_without_candidates_is_refused(tmp_path):

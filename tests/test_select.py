@@ -17,6 +17,7 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import ModelConfig
 from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
+from selfmem.retrieve.memory import iter_retrieved
 from selfmem.select.candidates import candidate_features, read_candidates
 from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
@@ -51,7 +52,17 @@ def run_root(tmp_path_factory):
     path = run / "round_0" / "candidates" / "dev.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    # the BM25 hits (MBR's anchors): a text of the pool first, one from elsewhere second; none for one example
+    hits = [[] if i == 6 else [targets[(i + 2) % len(dev)], targets[(i + 11) % len(dev)]] for i in range(len(dev))]
+    bm25 = run / "memory" / "bm25" / "dev.jsonl"
+    bm25.parent.mkdir(parents=True)
+    bm25.write_text("".join(json.dumps({"memories": h, "scores": [2.0, 1.0][:len(h)]}) + "\n" for h in hits),
+                    encoding="utf-8")
     return root
+
+
+def bm25_hits(root):
+    return [json.loads(line)["memories"] for line in (root / "demo" / "memory" / "bm25" / "dev.jsonl").read_text().splitlines()]
 
 
 def select(root, *overrides, nproc=1):
@@ -109,27 +120,34 @@ def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
     assert sorted(p.name for p in output.parent.iterdir()) == ["dev.jsonl"]  # no shard left behind
 
 
-@pytest.mark.parametrize("temperature", ["null", "0.5"])
-def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, temperature):
-    overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_temperature={temperature}"]
+@pytest.mark.parametrize("temperature,retrieved_weight", [("null", 0), ("0.5", 0), ("null", 2), ("0.5", 2)])
+def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, temperature, retrieved_weight):
+    overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_temperature={temperature}",
+                 f"selector.mbr_retrieved_weight={retrieved_weight}"]
     one = select(run_root, *overrides)
     assert select(run_root, *overrides, nproc=2) == one
     records = [json.loads(line) for line in
                (run_root / "demo" / "round_0" / "candidates" / "dev.jsonl").read_text().splitlines()]
     metric = BLEU(tokenize="13a", effective_order=True)
-    changed = 0
-    for line, record in zip(one.decode("utf-8").splitlines(), records):
+    changed = anchored = 0
+    for line, record, hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
         pool, generator = record["candidates"][0], record["scores"][0]
         # expected sentence BLEU against the distinct candidates, computed by sacrebleu itself
         best = {}
         for text, score in zip(pool, generator):
             best[text] = max(score, best.get(text, -math.inf))
         weights = {t: 1.0 if temperature == "null" else math.exp(s / 0.5) for t, s in best.items()}
-        expected = [sum(w * metric.sentence_score(c, [r]).score for r, w in weights.items()) / sum(weights.values())
-                    for c in pool]
+        consensus = [sum(w * metric.sentence_score(c, [r]).score for r, w in weights.items()) / sum(weights.values())
+                     for c in pool]
+        # beside it, the retrieved memory round 0 reads (B = 2: the top two hits), weighing 2
+        anchors = hits[:2] if retrieved_weight else []
+        expected = [(u + retrieved_weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors))
+                    / (1 + retrieved_weight) if anchors else u for c, u in zip(pool, consensus)]
         assert json.loads(line)["memories"] == [[m] for m in top_b(pool, expected, 2)]
         changed += top_b(pool, expected, 1)[0] != pool[0]
+        anchored += top_b(pool, expected, 2) != top_b(pool, consensus, 2)
     assert changed > 0  # some picks are not the first candidate
+    assert (anchored > 0) == (retrieved_weight > 0)  # and the retrieved memory moves some
 
 
 def test_mbr_weighted_by_the_generator_refuses_a_candidates_file_without_scores(run_root, tmp_path):
@@ -162,15 +180,19 @@ def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root
     with torch.no_grad():  # features that weigh: the pick is not the backbone's alone
         selector.head.feature_weights.copy_(torch.tensor([3.0, 2.0]))
     selector.save(run / "selector")
-    one = select(root, "selector.beam=2")
-    assert select(root, "selector.beam=2", nproc=2) == one
-    config = load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL])
-    lines = read_candidates(run / "round_0" / "candidates" / "dev.jsonl", 20, "dev")
+    settings = ["selector.beam=2", "selector.features=[generator,mbr]"]  # as S was trained
+    one = select(root, *settings)
+    assert select(root, *settings, nproc=2) == one
+    config = load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL, *settings])
+    lines = read_candidates(run / "round_0" / "candidates" / "dev.jsonl", 20, "dev",
+                            retrieved=iter_retrieved(config, RunPaths(config.run_dir), "dev", 20))
     selector = Selector.load(run / "selector")
     dev = load_split(config.data, "dev")
-    for memories, line, ex in zip(one.decode("utf-8").splitlines(), lines, dev):
+    for memories, line, ex, hits in zip(one.decode("utf-8").splitlines(), lines, dev, bm25_hits(root)):
+        assert line.retrieved == hits[:2]  # B = 2: round 0 reads the top two hits
         values = candidate_features(line, ["generator", "mbr"], config.selector, "13a")
-        assert values == [[g, m / 100] for g, m in zip(line.pool_scores, mbr_scores(line.pool, None, "bleu", None))]
+        mbr = mbr_scores(line.pool, None, "bleu", None, anchors=hits[:2], anchor_weight=2.0)
+        assert values == [[g, m / 100] for g, m in zip(line.pool_scores, mbr)]
         pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, 256)
                  for c in line.pool]
         with torch.no_grad():
@@ -184,6 +206,10 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         check_selector_config(SelectorConfig(features=["generator", "beam"]))
     with pytest.raises(ValueError, match="selector.mbr_temperature must be positive"):
         check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.0))
+    for weight in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight must be a finite weight of 0 or more "
+                                             rf"\(0: the consensus alone\), got {weight}"):
+            check_selector_config(SelectorConfig(mbr_retrieved_weight=weight))
     with pytest.raises(ValueError, match="selector.mbr_references samples gives minimum Bayes risk its pseudo-"
                                          "references; it needs selector.kind mbr"):
         check_selector_config(SelectorConfig(kind="trained", mbr_references="samples"))

@@ -162,6 +162,10 @@ class SelectorConfig:
     # MBR's pseudo-references: the candidates themselves, or epsilon samples of the generator
     # (candidates.num_samples per memory input, decoded beside the candidates)
     mbr_references: Literal["candidates", "samples"] = "candidates"
+    # the retrieved memory (round 0's, BM25) as one more pseudo-reference of this weight, the
+    # others weighing 1 together: a candidate close to both the consensus and the retrieved
+    # memory wins. Best on dev on both translation corpora (docs/results.md); 0: consensus alone
+    mbr_retrieved_weight: float = 2.0
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-
     # normalised log-probability), "mbr" (its MBR score with the mbr_* settings, over 100)

@@ -32,7 +32,7 @@ from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import check_selector_config, select_memories
+from selfmem.select.stage import check_selector_config, reads_retrieved, select_memories
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import (
@@ -41,6 +41,7 @@ from selfmem.train.selector import (
     SELECTION,
     generate_selector_candidates,
     train_selector,
+    unread_by_training,
 )
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,11 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     previous_key = state.run("round_0", [generator_key, memory_key, config.data, decoding, initial],
                              _round_outputs(config, paths, 0), lambda: _round_zero(config, env, paths))
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
-    # minimum Bayes risk trains no selector: the rounds' keys hold its settings
+    # minimum Bayes risk trains no selector: the rounds' keys hold its settings (the later ones
+    # only where they weigh, so that the rounds of a run from before them stay done)
+    anchored = ("mbr_retrieved_weight",) if reads_retrieved(config.selector) else ()
     selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
-                                                                   *(MBR_ONLY if sampling else ()))}
+                                                                   *(MBR_ONLY if sampling else ()), *anchored)}
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, decoding, config.selector.train_from,
@@ -203,7 +206,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             [paths.selector_candidates.parent, paths.root / "crossfit", paths.candidates(1, "dev")],
             lambda: generate_selector_candidates(config, env, paths))
         selector_key = state.run(
-            "selector", [candidates_key, config.data, _without(config.selector, (*SELECTION, *MBR_ONLY)),
+            "selector", [candidates_key, config.data, _without(config.selector, unread_by_training(config.selector)),
                          path_digest(config.selector.path), _without(train, NOT_FOR_SELECTOR),
                          config.generator.dropout, seed],
             [paths.selector], lambda: train_selector(config, env, paths))

@@ -4,7 +4,7 @@ against: the beam top-1 and the oracle."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfmem.common.config import Config, SelectorConfig
@@ -45,13 +45,14 @@ class CandidateLine:
     """One line of a candidates file: its ``FILE:LINE``, the line, its candidates over all of
     its memory inputs (never none) and their generator scores (None where the line has no
     ``"scores"``); with a samples file, the example's samples over all of its memory inputs
-    (MBR's pseudo-references)."""
+    (MBR's pseudo-references); the texts of its retrieved memory (MBR's anchors)."""
 
     where: str
     record: dict
     pool: list[str]
     pool_scores: list[float] | None
     samples: list[str] | None = None
+    retrieved: list[str] = field(default_factory=list)
 
 
 def generator_scores(where: str, record: dict, candidates: list[list[str]]) -> list[float] | None:
@@ -75,11 +76,14 @@ def require_generator_scores(line: CandidateLine, wanted_by: str) -> list[float]
     return line.pool_scores
 
 
-def iter_candidates(path: Path, num_examples: int, split: str,
-                    samples_path: Path | None = None) -> Iterator[CandidateLine]:
+def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Path | None = None,
+                    retrieved: Iterator[list[str]] | None = None) -> Iterator[CandidateLine]:
     """The lines of a candidates file (one per example of ``split``) one at a time, each with
     candidates: a line without any is refused (decoding returns at least one per memory input).
-    With ``samples_path``, each line's samples too, decoded from the same memory inputs."""
+    With ``samples_path``, each line's samples too, decoded from the same memory inputs. Each
+    line's retrieved memory is the next of ``retrieved`` (``iter_retrieved``), or without it
+    the line's own memories: those its candidates were decoded from, the retrieved ones for
+    round 1's candidates and the selector's training candidates."""
     samples = iter_aligned(samples_path, num_examples, split) if samples_path is not None else None
     for where, record in iter_aligned(path, num_examples, split):
         candidates = text_lists(where, record, "candidates")
@@ -94,14 +98,18 @@ def iter_candidates(path: Path, num_examples: int, split: str,
                 raise DataError(f"{sample_where}: its \"memories\" differ from those of {where}: samples and "
                                 f"candidates must be decoded from the same memory file")
             drawn = [t for per_input in text_lists(sample_where, sample_record, "samples") for t in per_input]
-        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn)
-    if samples is not None:
-        next(samples, None)  # past the end: the samples file's line count is checked
+        memories = (next(retrieved) if retrieved is not None
+                    else [m for per_input in text_lists(where, record, "memories") for m in per_input])
+        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn, memories)
+    for aligned in (samples, retrieved):
+        if aligned is not None:
+            next(aligned, None)  # past the end: an aligned file's line count is checked
 
 
-def read_candidates(path: Path, num_examples: int, split: str, samples_path: Path | None = None) -> list[CandidateLine]:
+def read_candidates(path: Path, num_examples: int, split: str, samples_path: Path | None = None,
+                    retrieved: Iterator[list[str]] | None = None) -> list[CandidateLine]:
     """Every line of a candidates file (see ``iter_candidates``)."""
-    return list(iter_candidates(path, num_examples, split, samples_path))
+    return list(iter_candidates(path, num_examples, split, samples_path, retrieved))
 
 
 FEATURES = ("generator", "mbr")
@@ -116,7 +124,8 @@ def line_mbr_scores(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str
                             f"these candidates: decode them with launch/generate.py --mode samples")
         references = line.samples
     weights = None if cfg.mbr_temperature is None else require_generator_scores(line, "selector.mbr_temperature")
-    return mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references)
+    return mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references,
+                      line.retrieved, cfg.mbr_retrieved_weight)
 
 
 def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,

@@ -158,7 +158,8 @@ def utility_matrix(texts: list[str], utility: str, tokenize: str = "13a") -> np.
 
 
 def mbr_scores(candidates: list[str], generator_scores: list[float] | None, utility: str,
-               temperature: float | None, tokenize: str = "13a", references: list[str] | None = None) -> list[float]:
+               temperature: float | None, tokenize: str = "13a", references: list[str] | None = None,
+               anchors: list[str] = (), anchor_weight: float = 0.0) -> list[float]:
     """Each candidate's expected utility against the pseudo-references.
 
     Without ``references`` they are the example's candidates, each text once (a candidate the
@@ -166,18 +167,28 @@ def mbr_scores(candidates: list[str], generator_scores: list[float] | None, util
     (the generator's length-normalised log-probabilities), or uniformly where ``temperature``
     is None. With ``references`` (samples: draws from the generator already), each reference
     weighs the same, a text drawn twice twice.
+
+    ``anchors`` (the retrieved memory's texts; empty ones are ignored) join the
+    pseudo-references with ``anchor_weight`` shared among them, against the others' total of
+    1, and the sum is divided by ``1 + anchor_weight``: an expected utility still.
     """
+    anchors = [a for a in anchors if a] if anchor_weight > 0 else []
     if references is not None:
         if temperature is not None:
             raise ValueError("samples as pseudo-references weigh the same (they are draws from the generator); "
                              "leave the temperature unset")
-        texts = list(dict.fromkeys([*candidates, *references]))
+        texts = list(dict.fromkeys([*candidates, *references, *anchors]))
         row = {text: k for k, text in enumerate(texts)}
         weights = np.bincount([row[r] for r in references], minlength=len(texts)) / len(references)
     else:
-        texts = list(dict.fromkeys(candidates))
+        distinct = list(dict.fromkeys(candidates))
+        texts = list(dict.fromkeys([*distinct, *anchors]))
         row = {text: k for k, text in enumerate(texts)}
-        weights = candidate_weights(texts, candidates, generator_scores, temperature)
+        weights = np.zeros(len(texts))
+        weights[:len(distinct)] = candidate_weights(distinct, candidates, generator_scores, temperature)
+    if anchors:
+        weights = weights + anchor_weight * np.bincount([row[a] for a in anchors], minlength=len(texts)) / len(anchors)
+        weights /= 1.0 + anchor_weight
     expected = utility_matrix(texts, utility, tokenize) @ weights
     return [float(expected[row[c]]) for c in candidates]
 

@@ -40,6 +40,7 @@ from selfmem.select.candidates import (
     line_mbr_scores,
     require_generator_scores,
 )
+from selfmem.retrieve.memory import iter_retrieved
 from selfmem.select.pick import augment, top_b
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,11 @@ def mbr_scorer(config: Config) -> ChunkScorer:
     return score
 
 
+def reads_retrieved(cfg: SelectorConfig) -> bool:
+    """Whether these settings read the retrieved memory (MBR's anchor, where it weighs)."""
+    return cfg.mbr_retrieved_weight > 0 and (cfg.kind == "mbr" or "mbr" in cfg.features)
+
+
 def check_selector_config(cfg: SelectorConfig) -> None:
     """Refuse selector settings that cannot choose memories as asked, before any work."""
     if cfg.beam < 1:
@@ -112,6 +118,9 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
         raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
                          f"got {cfg.mbr_temperature}")
+    if not cfg.mbr_retrieved_weight >= 0 or cfg.mbr_retrieved_weight == float("inf"):
+        raise ValueError(f"selector.mbr_retrieved_weight must be a finite weight of 0 or more (0: the "
+                         f"consensus alone), got {cfg.mbr_retrieved_weight}")
     if cfg.mbr_references == "samples" and cfg.kind != "mbr":
         raise ValueError("selector.mbr_references samples gives minimum Bayes risk its pseudo-references; "
                          "it needs selector.kind mbr")
@@ -144,7 +153,18 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     path = candidates_path or paths.candidates(round_k, split)
     samples = paths.samples(round_k, split) if cfg.mbr_references == "samples" else None
     num_examples = sum(1 for _ in iter_split(config.data, split))
-    for line in iter_candidates(path, num_examples, split, samples):  # all of it before any model: a bad line fails at once
+    if reads_retrieved(cfg) and not paths.bm25_memory(split).exists():
+        raise DataError(f"{paths.bm25_memory(split)}: file not found; MBR weighs the retrieved memory beside the "
+                        f"candidates (selector.mbr_retrieved_weight {cfg.mbr_retrieved_weight:g}) and reads it "
+                        f"there: run launch/retrieve.py first, or set selector.mbr_retrieved_weight=0")
+
+    def candidate_lines() -> Iterator[CandidateLine]:
+        """The candidates, with their samples and, where MBR weighs it, the retrieved memory (its
+        anchor, whatever memory later rounds decode from)."""
+        retrieved = iter_retrieved(config, paths, split, num_examples) if reads_retrieved(cfg) else None
+        return iter_candidates(path, num_examples, split, samples, retrieved)
+
+    for line in candidate_lines():  # all of it before any model: a bad line fails at once
         if cfg.mode == "augment":
             augmented_list(line)
         if cfg.kind == "mbr" and cfg.mbr_temperature is not None:
@@ -155,7 +175,7 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     def memory_lines() -> Iterator[tuple[int, str]]:
         """This rank's examples' memory lines, in order: a chunk of examples at a time (every
         world_size-th example each), whose candidates are scored together."""
-        lines = zip(iter_candidates(path, num_examples, split, samples), iter_split(config.data, split))
+        lines = zip(candidate_lines(), iter_split(config.data, split))
         first = 0
         while chunk := list(islice(lines, chunk_examples)):
             indices = range(first, first + len(chunk))

@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind")
 # what only MBR's rounds read (a trained S takes no samples): none of S's own keys
 MBR_ONLY = ("mbr_references",)
+
+
+def unread_by_training(cfg: SelectorConfig) -> tuple[str, ...]:
+    """The selector keys that S's training does not read, left out of its fingerprints: the
+    rounds' own, and the retrieved memory's weight in MBR unless S's MBR feature weighs it."""
+    anchored = "mbr" in cfg.features and cfg.mbr_retrieved_weight > 0
+    return (*SELECTION, *MBR_ONLY, *(() if anchored else ("mbr_retrieved_weight",)))
 # train keys that the selector's training sets from its own section, or does not use
 NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
 
@@ -225,7 +232,7 @@ def selector_depends_on(config: Config) -> dict[str, Any]:
     section less the keys only the rounds read (selector.max_epochs stays: it shapes the
     schedule), the train keys it uses, and the data, tokenizer and generator sections (the
     generator's candidates are what it learns from, its encoder what it may start from)."""
-    leave_out = (*RESUME_FREE, *(f"selector.{key}" for key in (*SELECTION, *MBR_ONLY)),
+    leave_out = (*RESUME_FREE, *(f"selector.{key}" for key in unread_by_training(config.selector)),
                  *(f"train.{key}" for key in NOT_FOR_SELECTOR))
     return config_values(config, ("data", "tokenizer", "generator", "selector", "train", "run.seed"), leave_out)
 
