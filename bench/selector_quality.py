@@ -12,8 +12,7 @@ of each example of --splits, from the same memory (round 1's samples). Then, for
 each variant, the pick of every example of each split in --splits, and one table per split:
 the corpus BLEU and chrF++ of the beam top-1 (the first candidate), of the oracle pick (the
 candidate of best sentence BLEU against the reference) and of each variant's pick, with
-its difference from the top-1 in BLEU. The MBR variants that weigh the retrieved memory
-anchor on round 0's (the memory round 1's candidates were decoded from). A trained variant trains its selector in
+its difference from the top-1 in BLEU. A trained variant trains its selector in
 ``selectors/NAME/`` of the run (resumed or reused when there), exactly as
 launch/train_selector.py does, the best epoch kept by the dev metric of its pick.
 
@@ -38,32 +37,34 @@ from selfmem.common.distributed import agreed, close_distributed, init_distribut
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
 from selfmem.common.run import RunPaths, start_run  # noqa: E402
 from selfmem.infer.generate import generate  # noqa: E402
-from selfmem.retrieve.memory import initial_memory  # noqa: E402
+from selfmem.retrieve.memory import initial_memory, iter_retrieved  # noqa: E402
 from selfmem.select.candidates import baseline_picks, read_candidates, selector_examples, sentence_metric  # noqa: E402
 from selfmem.select.pick import top_b  # noqa: E402
-from selfmem.select.stage import mbr_scorer, trained_scorer  # noqa: E402
+from selfmem.select.stage import mbr_scorer, reads_retrieved, trained_scorer  # noqa: E402
 from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
 SAMPLES = "selector.mbr_references=samples"
-CONSENSUS = "selector.mbr_retrieved_weight=0"  # MBR against the candidates (or samples) alone
+# MBR against the candidates (or samples) alone, as before the retrieved memory weighed
+CONSENSUS = ["selector.kind=mbr", "selector.mbr_retrieved_weight=0"]
+BLEU = "selector.mbr_utility=bleu"
+CHRF = "selector.mbr_utility=chrf"
 # name -> overrides of the run's config; the trained ones are trained in selectors/NAME/
 VARIANTS = {
-    "mbr-bleu": ["selector.kind=mbr", CONSENSUS],
-    "mbr-bleu-g1": ["selector.kind=mbr", "selector.mbr_temperature=1.0", CONSENSUS],
-    "mbr-bleu-g0.2": ["selector.kind=mbr", "selector.mbr_temperature=0.2", CONSENSUS],
-    "mbr-chrf": ["selector.kind=mbr", "selector.mbr_utility=chrf", CONSENSUS],
-    "mbr-bleu-samples": ["selector.kind=mbr", SAMPLES, CONSENSUS],
-    "mbr-chrf-samples": ["selector.kind=mbr", "selector.mbr_utility=chrf", SAMPLES, CONSENSUS],
-    # the retrieved memory (the top BM25 hit) as one more pseudo-reference of weight W
-    "mbr-bleu+retrieved1": ["selector.kind=mbr", "selector.mbr_retrieved_weight=1"],
-    "mbr-bleu+retrieved2": ["selector.kind=mbr", "selector.mbr_retrieved_weight=2"],
-    "mbr-bleu+retrieved4": ["selector.kind=mbr", "selector.mbr_retrieved_weight=4"],
-    "mbr-chrf+retrieved2": ["selector.kind=mbr", "selector.mbr_utility=chrf", "selector.mbr_retrieved_weight=2"],
-    "retrieved-only": ["selector.kind=mbr", "selector.mbr_retrieved_weight=1000"],
+    "mbr-bleu": [*CONSENSUS, BLEU],
+    "mbr-bleu-g1": [*CONSENSUS, BLEU, "selector.mbr_temperature=1.0"],
+    "mbr-bleu-g0.2": [*CONSENSUS, BLEU, "selector.mbr_temperature=0.2"],
+    "mbr-chrf": [*CONSENSUS, CHRF],
+    "mbr-bleu-samples": [*CONSENSUS, BLEU, SAMPLES],
+    "mbr-chrf-samples": [*CONSENSUS, CHRF, SAMPLES],
+    # the retrieved memory, the top K BM25 hits, as pseudo-references sharing weight W (the
+    # default: chrf, 5, 8); W = 1000: the candidate closest to the hits, the consensus aside
+    **{f"mbr-{u}+top{k}w{w}": ["selector.kind=mbr", f"selector.mbr_utility={u}", f"selector.mbr_retrieved_hits={k}",
+                               f"selector.mbr_retrieved_weight={w}"]
+       for u in ("bleu", "chrf") for k in (1, 3, 5) for w in (1, 2, 4, 8, 16, 1000)},
     "S": [TRAINED],
     "S+g": [TRAINED, "selector.features=[generator]"],
-    "S+g+mbr": [TRAINED, "selector.features=[generator,mbr]", CONSENSUS],
+    "S+g+mbr": [TRAINED, "selector.features=[generator,mbr]", BLEU, "selector.mbr_retrieved_weight=0"],
     "S-crossfit": [TRAINED, "selector.train_from=crossfit"],
     "S-crossfit+g": [TRAINED, "selector.train_from=crossfit", "selector.features=[generator]"],
 }
@@ -103,7 +104,8 @@ def main() -> None:
         for split in args.splits:
             examples = load_split(config.data, split)
             samples = paths.samples(1, split) if variant.selector.mbr_references == "samples" else None
-            lines = read_candidates(paths.candidates(1, split), len(examples), split, samples)
+            retrieved = iter_retrieved(variant, paths, split, len(examples)) if reads_retrieved(variant.selector) else None
+            lines = read_candidates(paths.candidates(1, split), len(examples), split, samples, retrieved)
             chunk = list(zip(lines, examples))
             scores = score(chunk, [True] * len(chunk))
             picks[split][name] = [top_b(line.pool, s, 1)[0] for line, s in zip(lines, scores)]

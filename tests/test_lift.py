@@ -13,7 +13,7 @@ import pytest
 
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 from kill_in_stage import KILL_POINTS
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import CHRF
 
 from selfmem.common.config import load_config
 from selfmem.common.data import load_split
@@ -168,8 +168,9 @@ def test_a_changed_value_reruns_exactly_the_stages_that_read_it(uninterrupted, t
     generator = root / "demo" / "generator" / "model.safetensors"
     generator_time = generator.stat().st_mtime_ns
 
-    # MBR's weight of the retrieved memory: a trained S without the MBR feature reads none
-    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.mbr_retrieved_weight=5"))
+    # MBR's retrieved memory: a trained S without the MBR feature reads none
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.mbr_retrieved_weight=5",
+                                           "selector.mbr_retrieved_hits=2"))
     assert state(root) == before
 
     run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.lr=3e-3"))
@@ -237,30 +238,31 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     assert not (run / "selector").exists() and not (run / "selector_candidates").exists()
     assert all(stages[s] == state(uninterrupted)[s] for s in ("tokenizer", "retrieval", "generator", "round_0"))
     config = load_config(DEMO_CONFIG, lift_args(root, ONE_PROCESS)[2:])
-    metric = BLEU(tokenize="13a", effective_order=True)
+    metric = CHRF(word_order=2)  # the default utility, chrF++
 
-    def bleu(texts, references):
+    def chrf(texts, references):
         return [sum(metric.sentence_score(t, [r]).score for r in references) / len(references) for t in texts]
 
-    def anchored(pool, consensus, retrieved):  # the retrieved memory weighs 2 (the default) beside them
-        return [(u + 2 * bleu([c], retrieved)[0]) / 3 if retrieved else u for c, u in zip(pool, consensus)]
+    def anchored(pool, consensus, retrieved):  # the top 5 BM25 hits share a weight of 8 (the default)
+        return [(u + 8 * chrf([c], retrieved)[0]) / 9 if retrieved else u for c, u in zip(pool, consensus)]
 
-    retrieved = {split: [r["memories"][:1] for r in read_jsonl(run / "memory" / "bm25" / f"{split}.jsonl")]
+    retrieved = {split: [r["memories"][:5] for r in read_jsonl(run / "memory" / "bm25" / f"{split}.jsonl")]
                  for split in ("dev", "test")}
+    assert any(len(hits) > 1 for hits in retrieved["dev"])
     assert (run / "round_2" / "memory" / "dev.jsonl").exists()
     elsewhere = 0
     for split, k in [(split, k) for split in ("dev", "test") for k in (1, 2)]:
         # each round's candidates (round 1's own on dev too) and the consensus pick of each, anchored on
-        # the top BM25 hit, which round 0 reads: not on the self memory that round 2 decodes from
+        # the BM25 hits: not on the self memory that round 2 decodes from
         examples = load_split(config.data, split)
         records = read_jsonl(run / f"round_{k}" / "candidates" / f"{split}.jsonl")
         memories = read_jsonl(run / f"round_{k}" / "memory" / f"{split}.jsonl")
         assert len(records) == len(memories) == len(examples)
-        for record, memory, hit in zip(records, memories, retrieved[split]):
+        for record, memory, hits in zip(records, memories, retrieved[split]):
             pool = record["candidates"][0]
-            expected = anchored(pool, bleu(pool, list(dict.fromkeys(pool))), hit)
+            expected = anchored(pool, chrf(pool, list(dict.fromkeys(pool))), hits)
             assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
-            elsewhere += record["memories"] != [hit]
+            elsewhere += record["memories"] != [hits[:1]]
     assert elsewhere > 0
 
     # the sampling settings count only where the rounds sample: here nothing reruns
@@ -276,10 +278,10 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
         drawn = read_jsonl(run / "round_1" / "samples" / f"{split}.jsonl")
         memories = read_jsonl(run / "round_1" / "memory" / f"{split}.jsonl")
         assert [d["memories"] for d in drawn] == [r["memories"] for r in records]
-        for record, sample, memory, hit in zip(records, drawn, memories, retrieved[split]):
+        for record, sample, memory, hits in zip(records, drawn, memories, retrieved[split]):
             pool, references = record["candidates"][0], sample["samples"][0]
             assert len(references) == 3
-            expected = anchored(pool, bleu(pool, references), hit)
+            expected = anchored(pool, chrf(pool, references), hits)
             assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
 
 

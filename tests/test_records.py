@@ -119,7 +119,7 @@ def test_mbr_without_the_retrieved_memory_it_weighs_is_refused(tmp_path):
     with pytest.raises(DataError) as info:
         select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")
     assert str(info.value) == (f"{bm25}: file not found; MBR weighs the retrieved memory beside the candidates "
-                               f"(selector.mbr_retrieved_weight 2) and reads it there: run launch/retrieve.py "
+                               f"(selector.mbr_retrieved_weight 8) and reads it there: run launch/retrieve.py "
                                f"first, or set selector.mbr_retrieved_weight=0")
     write(bm25, [json.dumps({"memories": ["a hit"]})] * (EXAMPLES - 1))
     with pytest.raises(DataError, match=rf"^{bm25}: 2 lines for 3 dev examples \(one line per example"):

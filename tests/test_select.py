@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 
 from selfmem.common.config import SelectorConfig, load_config
 from selfmem.common.data import load_split
@@ -120,34 +120,38 @@ def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
     assert sorted(p.name for p in output.parent.iterdir()) == ["dev.jsonl"]  # no shard left behind
 
 
-@pytest.mark.parametrize("temperature,retrieved_weight", [("null", 0), ("0.5", 0), ("null", 2), ("0.5", 2)])
-def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, temperature, retrieved_weight):
+@pytest.mark.parametrize("utility,temperature,retrieved", [("bleu", "null", None), ("bleu", "0.5", None),
+                                                          ("bleu", "0.5", (1, 2)), ("chrf", "null", "default")])
+def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, utility, temperature, retrieved):
+    hits, weight = {None: (5, 0), (1, 2): (1, 2), "default": (5, 8)}[retrieved]  # the default: 5 hits weighing 8
     overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_temperature={temperature}",
-                 f"selector.mbr_retrieved_weight={retrieved_weight}"]
+                 f"selector.mbr_utility={utility}",
+                 *([] if retrieved == "default" else [f"selector.mbr_retrieved_hits={hits}",
+                                                      f"selector.mbr_retrieved_weight={weight}"])]
     one = select(run_root, *overrides)
     assert select(run_root, *overrides, nproc=2) == one
     records = [json.loads(line) for line in
                (run_root / "demo" / "round_0" / "candidates" / "dev.jsonl").read_text().splitlines()]
-    metric = BLEU(tokenize="13a", effective_order=True)
+    metric = BLEU(tokenize="13a", effective_order=True) if utility == "bleu" else CHRF(word_order=2)
     changed = anchored = 0
-    for line, record, hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
+    for line, record, example_hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
         pool, generator = record["candidates"][0], record["scores"][0]
-        # expected sentence BLEU against the distinct candidates, computed by sacrebleu itself
+        # expected utility against the distinct candidates, computed by sacrebleu itself
         best = {}
         for text, score in zip(pool, generator):
             best[text] = max(score, best.get(text, -math.inf))
         weights = {t: 1.0 if temperature == "null" else math.exp(s / 0.5) for t, s in best.items()}
         consensus = [sum(w * metric.sentence_score(c, [r]).score for r, w in weights.items()) / sum(weights.values())
                      for c in pool]
-        # beside it, the retrieved memory round 0 reads (B = 2: the top two hits), weighing 2
-        anchors = hits[:2] if retrieved_weight else []
-        expected = [(u + retrieved_weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors))
-                    / (1 + retrieved_weight) if anchors else u for c, u in zip(pool, consensus)]
+        # beside it, the top BM25 hits (here at most two), sharing the weight
+        anchors = example_hits[:hits] if weight else []
+        expected = [(u + weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors))
+                    / (1 + weight) if anchors else u for c, u in zip(pool, consensus)]
         assert json.loads(line)["memories"] == [[m] for m in top_b(pool, expected, 2)]
         changed += top_b(pool, expected, 1)[0] != pool[0]
         anchored += top_b(pool, expected, 2) != top_b(pool, consensus, 2)
     assert changed > 0  # some picks are not the first candidate
-    assert (anchored > 0) == (retrieved_weight > 0)  # and the retrieved memory moves some
+    assert (anchored > 0) == (weight > 0)  # and the retrieved memory moves some
 
 
 def test_mbr_weighted_by_the_generator_refuses_a_candidates_file_without_scores(run_root, tmp_path):
@@ -189,15 +193,27 @@ def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root
     selector = Selector.load(run / "selector")
     dev = load_split(config.data, "dev")
     for memories, line, ex, hits in zip(one.decode("utf-8").splitlines(), lines, dev, bm25_hits(root)):
-        assert line.retrieved == hits[:2]  # B = 2: round 0 reads the top two hits
+        assert line.retrieved == hits  # at most two hits here (the default reads five)
         values = candidate_features(line, ["generator", "mbr"], config.selector, "13a")
-        mbr = mbr_scores(line.pool, None, "bleu", None, anchors=hits[:2], anchor_weight=2.0)
+        mbr = mbr_scores(line.pool, None, "chrf", None, anchors=hits, anchor_weight=8.0)
         assert values == [[g, m / 100] for g, m in zip(line.pool_scores, mbr)]
         pairs = [pair_ids(tokenizer.encode(ex.source), tokenizer.encode(c), tokenizer.bos_id, tokenizer.sep_id, 256)
                  for c in line.pool]
         with torch.no_grad():
             scores = [selector(torch.tensor([p]), torch.tensor([v]))[0].item() for p, v in zip(pairs, values)]
         assert json.loads(memories)["memories"] == [[m] for m in top_b(line.pool, scores, 2)]
+
+
+def test_the_retrieved_memory_is_the_top_bm25_hits_of_the_rows_asked(run_root):
+    hits = bm25_hits(run_root)
+    for top in (1, 5):
+        config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, f"selector.mbr_retrieved_hits={top}"])
+        paths = RunPaths(config.run_dir)
+        assert list(iter_retrieved(config, paths, "dev", 20)) == [h[:top] for h in hits]
+        assert list(iter_retrieved(config, paths, "dev", 20, rows=[1, 6, 19])) == [h[:top] for h in
+                                                                                  (hits[1], hits[6], hits[19])]
+    with pytest.raises(DataError, match=r"dev.jsonl: 20 lines for 21 dev examples"):
+        list(iter_retrieved(config, paths, "dev", 21))
 
 
 def test_selector_settings_that_cannot_work_are_refused_up_front():
@@ -210,6 +226,9 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight must be a finite weight of 0 or more "
                                              rf"\(0: the consensus alone\), got {weight}"):
             check_selector_config(SelectorConfig(mbr_retrieved_weight=weight))
+    with pytest.raises(ValueError, match=r"selector.mbr_retrieved_hits must be at least 1 \(the top BM25 hits MBR "
+                                         r"weighs\), got 0"):
+        check_selector_config(SelectorConfig(mbr_retrieved_hits=0))
     with pytest.raises(ValueError, match="selector.mbr_references samples gives minimum Bayes risk its pseudo-"
                                          "references; it needs selector.kind mbr"):
         check_selector_config(SelectorConfig(kind="trained", mbr_references="samples"))

@@ -222,6 +222,16 @@ def test_a_selector_checkpoint_depends_on_its_training_settings_not_on_the_round
                             "train.lr", "train.max_epochs", "train.max_tokens", "train.warmup_steps",
                             "train.label_smoothing", "train.max_steps", "train.patience", "train.save_every",
                             "train.log_every", "train.max_nonfinite", "run.name", "candidates.num_beams"})
+    # MBR's settings: read only by S's MBR feature, the retrieved memory's where it weighs
+    consensus = {"selector.mbr_utility", "selector.mbr_temperature"}
+    retrieved = {"selector.mbr_retrieved_weight", "selector.mbr_retrieved_hits"}
+    assert keys.isdisjoint(consensus | retrieved)
+    with_mbr = Config()
+    with_mbr.selector.features = ["generator", "mbr"]
+    assert consensus | retrieved <= selector_depends_on(with_mbr).keys()
+    with_mbr.selector.mbr_retrieved_weight = 0.0
+    assert consensus <= selector_depends_on(with_mbr).keys()
+    assert selector_depends_on(with_mbr).keys().isdisjoint(retrieved)
 
 
 def test_features_add_learned_multiples_of_their_values(tmp_path):

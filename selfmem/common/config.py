@@ -155,17 +155,19 @@ class SelectorConfig:
     # mbr: minimum Bayes risk over each example's candidates (no training), the best pick on dev
     # on both translation corpora (docs/results.md); trained: the paper's cross-encoder S
     kind: Literal["trained", "mbr"] = "mbr"
-    mbr_utility: Literal["bleu", "chrf"] = "bleu"  # sentence BLEU or chrF++ against the other candidates
+    mbr_utility: Literal["bleu", "chrf"] = "chrf"  # sentence BLEU or chrF++ against the pseudo-references
     # MBR's weight of each pseudo-reference: softmax of the generator's length-normalised
     # log-probabilities divided by this temperature; None: every candidate alike
     mbr_temperature: Optional[float] = None
     # MBR's pseudo-references: the candidates themselves, or epsilon samples of the generator
     # (candidates.num_samples per memory input, decoded beside the candidates)
     mbr_references: Literal["candidates", "samples"] = "candidates"
-    # the retrieved memory (round 0's, BM25) as one more pseudo-reference of this weight, the
-    # others weighing 1 together: a candidate close to both the consensus and the retrieved
-    # memory wins. Best on dev on both translation corpora (docs/results.md); 0: consensus alone
-    mbr_retrieved_weight: float = 2.0
+    # the retrieved memory, the example's top mbr_retrieved_hits BM25 hits, as pseudo-references
+    # sharing this weight, the others weighing 1 together: a candidate close to both the
+    # consensus and the retrieved memory wins. 0: the consensus alone. Both chosen on dev on
+    # both translation corpora (docs/results.md)
+    mbr_retrieved_weight: float = 8.0
+    mbr_retrieved_hits: int = 5
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-
     # normalised log-probability), "mbr" (its MBR score with the mbr_* settings, over 100)

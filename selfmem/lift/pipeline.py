@@ -38,6 +38,7 @@ from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import (
     MBR_ONLY,
     NOT_FOR_SELECTOR,
+    RETRIEVED,
     SELECTION,
     generate_selector_candidates,
     train_selector,
@@ -196,7 +197,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
     # minimum Bayes risk trains no selector: the rounds' keys hold its settings (the later ones
     # only where they weigh, so that the rounds of a run from before them stay done)
-    anchored = ("mbr_retrieved_weight",) if reads_retrieved(config.selector) else ()
+    anchored = RETRIEVED if reads_retrieved(config.selector) else ()
     selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
                                                                    *(MBR_ONLY if sampling else ()), *anchored)}
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":

@@ -129,29 +129,32 @@ def log_top_memory_score(config: Config, split: str, examples: list[Example], me
                  split, config.data.metric, score, len(top), len(examples))
 
 
-def round_zero_inputs(config: Config, hits: list[str]) -> list[list[str]]:
-    """An example's round-0 memory inputs from its BM25 hits (see ``initial_memory``)."""
-    cfg = config.selector
-    if cfg.mode == "augment":
-        return [hits[:1]]
-    if cfg.beam > 1:
-        return [[h] for h in hits[:cfg.beam]] or [[]]
-    return [hits[:config.generator.num_memories]]
-
-
 def initial_memory(config: Config, paths: RunPaths, split: str) -> Path:
     """Round 0's memory of ``split`` from its BM25 hits, in the memory-file format of later
     rounds: one input of the top ``generator.num_memories`` hits; for a top-B beam
     (``selector.mode: replace``, B > 1) one input per hit for the B best; for augmented
     memory a list that starts with the top hit and grows by a self-memory each round."""
+    cfg = config.selector
+
+    def inputs(hits: list[str]) -> list[list[str]]:
+        if cfg.mode == "augment":
+            return [hits[:1]]
+        if cfg.beam > 1:
+            return [[h] for h in hits[:cfg.beam]] or [[]]
+        return [hits[:config.generator.num_memories]]
+
     output = paths.round_memory(0, split)
-    on_main(lambda: atomic_write_jsonl(output, ({"memories": round_zero_inputs(config, r["memories"])}
+    on_main(lambda: atomic_write_jsonl(output, ({"memories": inputs(r["memories"])}
                                                 for _, r in iter_records(paths.bm25_memory(split)))))
     return output
 
 
-def iter_retrieved(config: Config, paths: RunPaths, split: str, num_examples: int) -> Iterator[list[str]]:
-    """Each example's retrieved memory, the texts round 0 reads, from the run's BM25 memory of
-    ``split`` (one line per example, checked): whatever memory a later round decodes from."""
-    for _, record in iter_aligned(paths.bm25_memory(split), num_examples, split):
-        yield [text for per_input in round_zero_inputs(config, record["memories"]) for text in per_input]
+def iter_retrieved(config: Config, paths: RunPaths, split: str, num_examples: int,
+                   rows: list[int] | None = None) -> Iterator[list[str]]:
+    """The top ``selector.mbr_retrieved_hits`` BM25 hits of each example of ``split`` (of the
+    ascending ``rows`` only, where given), from the run's BM25 memory (one line per example,
+    checked): the retrieved memory, whatever memory a round decodes from."""
+    kept = None if rows is None else set(rows)
+    for i, (_, record) in enumerate(iter_aligned(paths.bm25_memory(split), num_examples, split)):
+        if kept is None or i in kept:
+            yield record["memories"][:config.selector.mbr_retrieved_hits]

@@ -4,7 +4,7 @@ against: the beam top-1 and the oracle."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from selfmem.common.config import Config, SelectorConfig
@@ -45,14 +45,14 @@ class CandidateLine:
     """One line of a candidates file: its ``FILE:LINE``, the line, its candidates over all of
     its memory inputs (never none) and their generator scores (None where the line has no
     ``"scores"``); with a samples file, the example's samples over all of its memory inputs
-    (MBR's pseudo-references); the texts of its retrieved memory (MBR's anchors)."""
+    (MBR's pseudo-references); with the retrieved memory read, its texts (MBR's anchors)."""
 
     where: str
     record: dict
     pool: list[str]
     pool_scores: list[float] | None
     samples: list[str] | None = None
-    retrieved: list[str] = field(default_factory=list)
+    retrieved: list[str] | None = None
 
 
 def generator_scores(where: str, record: dict, candidates: list[list[str]]) -> list[float] | None:
@@ -80,10 +80,8 @@ def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Pat
                     retrieved: Iterator[list[str]] | None = None) -> Iterator[CandidateLine]:
     """The lines of a candidates file (one per example of ``split``) one at a time, each with
     candidates: a line without any is refused (decoding returns at least one per memory input).
-    With ``samples_path``, each line's samples too, decoded from the same memory inputs. Each
-    line's retrieved memory is the next of ``retrieved`` (``iter_retrieved``), or without it
-    the line's own memories: those its candidates were decoded from, the retrieved ones for
-    round 1's candidates and the selector's training candidates."""
+    With ``samples_path``, each line's samples too, decoded from the same memory inputs; with
+    ``retrieved`` (``iter_retrieved``), each line's retrieved memory, the next of it."""
     samples = iter_aligned(samples_path, num_examples, split) if samples_path is not None else None
     for where, record in iter_aligned(path, num_examples, split):
         candidates = text_lists(where, record, "candidates")
@@ -98,9 +96,8 @@ def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Pat
                 raise DataError(f"{sample_where}: its \"memories\" differ from those of {where}: samples and "
                                 f"candidates must be decoded from the same memory file")
             drawn = [t for per_input in text_lists(sample_where, sample_record, "samples") for t in per_input]
-        memories = (next(retrieved) if retrieved is not None
-                    else [m for per_input in text_lists(where, record, "memories") for m in per_input])
-        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn, memories)
+        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn,
+                            next(retrieved) if retrieved is not None else None)
     for aligned in (samples, retrieved):
         if aligned is not None:
             next(aligned, None)  # past the end: an aligned file's line count is checked
@@ -124,8 +121,11 @@ def line_mbr_scores(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str
                             f"these candidates: decode them with launch/generate.py --mode samples")
         references = line.samples
     weights = None if cfg.mbr_temperature is None else require_generator_scores(line, "selector.mbr_temperature")
+    if cfg.mbr_retrieved_weight > 0 and line.retrieved is None:
+        raise ValueError(f"{line.where}: selector.mbr_retrieved_weight weighs the retrieved memory, but none was "
+                         f"read with these candidates (iter_retrieved)")
     return mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references,
-                      line.retrieved, cfg.mbr_retrieved_weight)
+                      line.retrieved or [], cfg.mbr_retrieved_weight)
 
 
 def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,
@@ -146,10 +146,12 @@ def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfi
 
 
 def selector_examples(candidates_path: Path, examples: list[Example], metric: Callable[[str, str], float],
-                      split: str, config: Config | None = None) -> list[SelectorExample]:
+                      split: str, config: Config | None = None,
+                      retrieved: Iterator[list[str]] | None = None) -> list[SelectorExample]:
     """Each example's candidates (over all of its memory inputs) with their metric against its
-    target and, given the run's ``config``, the values of ``selector.features``."""
-    lines = read_candidates(candidates_path, len(examples), split)
+    target and, given the run's ``config``, the values of ``selector.features`` (with each
+    example's ``retrieved`` memory, where they read it)."""
+    lines = read_candidates(candidates_path, len(examples), split, retrieved=retrieved)
     names = config.selector.features if config is not None else []
     return [SelectorExample(example.source, line.pool, [metric(c, example.target) for c in line.pool],
                             candidate_features(line, names, config.selector, config.data.bleu_tokenize)

@@ -121,6 +121,9 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if not cfg.mbr_retrieved_weight >= 0 or cfg.mbr_retrieved_weight == float("inf"):
         raise ValueError(f"selector.mbr_retrieved_weight must be a finite weight of 0 or more (0: the "
                          f"consensus alone), got {cfg.mbr_retrieved_weight}")
+    if cfg.mbr_retrieved_hits < 1:
+        raise ValueError(f"selector.mbr_retrieved_hits must be at least 1 (the top BM25 hits MBR weighs), "
+                         f"got {cfg.mbr_retrieved_hits}")
     if cfg.mbr_references == "samples" and cfg.kind != "mbr":
         raise ValueError("selector.mbr_references samples gives minimum Bayes risk its pseudo-references; "
                          "it needs selector.kind mbr")

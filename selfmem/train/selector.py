@@ -31,9 +31,9 @@ from selfmem.models.selector import (
     selector_tokenizer,
 )
 from selfmem.models.seq2seq import Seq2SeqModel
-from selfmem.retrieve.memory import initial_memory
+from selfmem.retrieve.memory import initial_memory, iter_retrieved
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import check_selector_config
+from selfmem.select.stage import check_selector_config, reads_retrieved
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
 from selfmem.train.prefetch import to_device
@@ -44,13 +44,18 @@ log = logging.getLogger(__name__)
 SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind")
 # what only MBR's rounds read (a trained S takes no samples): none of S's own keys
 MBR_ONLY = ("mbr_references",)
+# what only reads the retrieved memory, MBR's anchor
+RETRIEVED = ("mbr_retrieved_weight", "mbr_retrieved_hits")
 
 
 def unread_by_training(cfg: SelectorConfig) -> tuple[str, ...]:
     """The selector keys that S's training does not read, left out of its fingerprints: the
-    rounds' own, and the retrieved memory's weight in MBR unless S's MBR feature weighs it."""
-    anchored = "mbr" in cfg.features and cfg.mbr_retrieved_weight > 0
-    return (*SELECTION, *MBR_ONLY, *(() if anchored else ("mbr_retrieved_weight",)))
+    rounds' own, and MBR's unless S has the MBR feature (the retrieved memory's where it weighs)."""
+    if "mbr" not in cfg.features:
+        return (*SELECTION, *MBR_ONLY, "mbr_utility", "mbr_temperature", *RETRIEVED)
+    return (*SELECTION, *MBR_ONLY, *(() if cfg.mbr_retrieved_weight > 0 else RETRIEVED))
+
+
 # train keys that the selector's training sets from its own section, or does not use
 NOT_FOR_SELECTOR = ("lr", "max_epochs", "max_tokens", "warmup_steps", "max_steps", "label_smoothing")
 
@@ -257,14 +262,18 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     selector = Selector(backbone, dropout=config.generator.dropout, features=cfg.features)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev", config)
+    anchored = reads_retrieved(cfg)  # the MBR feature's retrieved memory
+    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev", config,
+                                     iter_retrieved(config, paths, "dev", len(dev)) if anchored else None)
     if cfg.train_from == "dev":
         train_examples = dev_examples  # S is trained and evaluated on the same candidates
     else:
         train = load_split(config.data, "train")
         subset = selector_subset(config, len(train))
         train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric,
-                                           "train (selector.train_subset)", config)
+                                           "train (selector.train_subset)", config,
+                                           iter_retrieved(config, paths, "train", len(train), subset)
+                                           if anchored else None)
     log.info("selector: %d train examples (%s), %d dev examples", len(train_examples), cfg.train_from,
              len(dev_examples))
     task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],
