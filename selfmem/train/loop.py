@@ -146,9 +146,10 @@ def compiled_steps(enabled: bool) -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def compiled_frames() -> int:
-    """Frames torch.compile has compiled in this process: first compiles and recompiles alike."""
-    return torch._dynamo.utils.counters["frames"]["ok"]
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process: first compiles and recompiles alike.
+    (Not the frames it has converted: under DDP those include its wrapper's, which hold no graph.)"""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def micro_batches_per_step(config: TrainConfig, world_size: int) -> int:
@@ -329,7 +330,7 @@ def fit(
         # dynamic shapes: one graph for every batch size and (bucketed, see the task's
         # collate) length, where static ones would recompile for each new shape
         train_model = torch.compile(train_model, dynamic=True)
-    compiled_before = compiled_frames() if config.compile else 0
+    compiled_before = compiled_graphs() if config.compile else 0
     dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # fused: one kernel for all parameters, on GPUs and CPUs alike (the per-tensor
@@ -443,7 +444,7 @@ def fit(
                     tokens_per_s = tokens.item() / max(elapsed, 1e-9)
                     lr = optimizer.param_groups[0]["lr"]
                     progress.set_postfix(loss=f"{loss_per_target:.3f}", tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
-                    compiles = {"compiles": compiled_frames() - compiled_before} if config.compile else {}
+                    compiles = {"compiles": compiled_graphs() - compiled_before} if config.compile else {}
                     write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
                                "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, **compiles})
                     window_tokens, window_start = 0, time.perf_counter()
