@@ -5,7 +5,7 @@ The split is read a chunk of ``CHUNK_EXAMPLES`` examples at a time. With the tra
 batches that depend only on the data, and rank r scores every world_size-th batch, so each
 pair's score is computed the same way whatever the number of ranks; the chunk's scores are
 all-gathered. With minimum Bayes risk (``mbr``), an example's scores depend on its candidates
-alone, and each rank scores only its own examples. Rank r derives the next memories (``top_b``
+and its top BM25 hits alone, and each rank scores only its own examples. Rank r derives the next memories (``top_b``
 or ``augment``) of the chunk's every world_size-th example into its shard. Rank 0 merges the
 shards, streaming, into ``round_K/memory/{split}.jsonl``: ``{"memories": [[m1], [m2], ...]}``
 (replace: one memory input per kept candidate) or ``{"memories": [[retrieved, self_1, ...]]}``
@@ -32,6 +32,7 @@ from selfmem.common.records import DataError, text_lists
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.models.selector import Selector, pair_encoder, selector_tokenizer
+from selfmem.retrieve.memory import iter_retrieved
 from selfmem.select.candidates import (
     FEATURES,
     CandidateLine,
@@ -40,7 +41,6 @@ from selfmem.select.candidates import (
     line_mbr_scores,
     require_generator_scores,
 )
-from selfmem.retrieve.memory import iter_retrieved
 from selfmem.select.pick import augment, top_b
 
 log = logging.getLogger(__name__)
