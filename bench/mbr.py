@@ -71,6 +71,7 @@ def sacrebleu_mbr(pool: list[str], scores: list[float], hits: list[str], weight:
     weights = {t: math.exp(s - top) for t, s in best.items()}
     total = sum(weights.values())
     consensus = [sum(w / total * metric.sentence_score(c, [r]).score for r, w in weights.items()) for c in pool]
+    hits = [h for h in hits if h]  # as ours: an empty text is no pseudo-reference
     if not hits or weight == 0:
         return consensus
     return [(u + weight * sum(metric.sentence_score(c, [h]).score for h in hits) / len(hits)) / (1 + weight)

@@ -1,8 +1,9 @@
 """Choose a split's next memories with the run's selector: the top selector.beam of each example's
 candidates (selector.mode replace), or its memory list with the top pick added (augment).
 
-reads:   RUN/selector/, RUN/tokenizer/ (or selector.path), data.dir/SPLIT.jsonl and the candidates
-         (--candidates; default RUN/round_K/candidates/SPLIT.jsonl) (RUN = run.root/run.name)
+reads:   RUN/selector/, RUN/tokenizer/ (or selector.path), data.dir/SPLIT.jsonl, the candidates
+         (--candidates; default RUN/round_K/candidates/SPLIT.jsonl) and, for MBR's retrieved memory,
+         RUN/memory/bm25/SPLIT.jsonl (RUN = run.root/run.name)
 writes:  RUN/round_K/memory/SPLIT.jsonl (K: --round)
 example:
   torchrun --nproc_per_node 2 launch/select_memory.py --config configs/libreoffice_ende.yaml --split dev --round 1

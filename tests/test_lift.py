@@ -284,6 +284,18 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
             expected = anchored(pool, chrf(pool, references), hits)
             assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
 
+    # the retrieved memory's keys rerun the rounds where it weighs, and nothing where it does not
+    sampled = state(root)
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", *samples,
+                                           "selector.mbr_retrieved_hits=2"))
+    assert all(state(root)[s] == sampled[s] for s in ("generator", "round_0"))
+    assert state(root)["round_1"] != sampled["round_1"]
+    consensus = ["selector.kind=mbr", *samples, "selector.mbr_retrieved_weight=0"]
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *consensus))
+    alone = state(root)
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *consensus, "selector.mbr_retrieved_hits=3"))
+    assert state(root) == alone
+
 
 def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):
     with pytest.raises(pytest.fail.Exception, match=r"selector.mode augment grows memory lists to "

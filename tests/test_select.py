@@ -202,6 +202,12 @@ def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root
         with torch.no_grad():
             scores = [selector(torch.tensor([p]), torch.tensor([v]))[0].item() for p, v in zip(pairs, values)]
         assert json.loads(memories)["memories"] == [[m] for m in top_b(line.pool, scores, 2)]
+    # a config that does not name S's features (which read its MBR settings) is refused
+    plain = load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL])
+    with pytest.raises(ValueError, match=r"S was trained with the features \[generator,mbr\], but selector.features "
+                                         r"is \[\]: set selector.features=\[generator,mbr\]"):
+        select_memories(plain, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                        RunPaths(plain.run_dir), "dev", 0)
 
 
 def test_the_retrieved_memory_is_the_top_bm25_hits_of_the_rows_asked(run_root):
@@ -214,6 +220,8 @@ def test_the_retrieved_memory_is_the_top_bm25_hits_of_the_rows_asked(run_root):
                                                                                   (hits[1], hits[6], hits[19])]
     with pytest.raises(DataError, match=r"dev.jsonl: 20 lines for 21 dev examples"):
         list(iter_retrieved(config, paths, "dev", 21))
+    with pytest.raises(ValueError, match="give them ascending, each once"):
+        list(iter_retrieved(config, paths, "dev", 20, rows=[3, 3]))
 
 
 def test_selector_settings_that_cannot_work_are_refused_up_front():

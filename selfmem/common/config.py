@@ -167,7 +167,7 @@ class SelectorConfig:
     # consensus and the retrieved memory wins. 0: the consensus alone. Both chosen on dev on
     # both translation corpora (docs/results.md)
     mbr_retrieved_weight: float = 8.0
-    mbr_retrieved_hits: int = 5
+    mbr_retrieved_hits: int = 5  # at most retrieval.topk are there; a text retrieved twice weighs twice
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-
     # normalised log-probability), "mbr" (its MBR score with the mbr_* settings, over 100)

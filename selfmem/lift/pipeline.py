@@ -32,13 +32,12 @@ from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import check_selector_config, reads_retrieved, select_memories
+from selfmem.select.stage import RETRIEVED, check_selector_config, reads_retrieved, select_memories
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import (
     MBR_ONLY,
     NOT_FOR_SELECTOR,
-    RETRIEVED,
     SELECTION,
     generate_selector_candidates,
     train_selector,
@@ -196,7 +195,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
                              _round_outputs(config, paths, 0), lambda: _round_zero(config, env, paths))
     rows = baselines + read_jsonl(paths.round_dir(0) / "metrics.jsonl")
     # minimum Bayes risk trains no selector: the rounds' keys hold its settings (the later ones
-    # only where they weigh, so that the rounds of a run from before them stay done)
+    # only where they weigh: a run that sets what was the default before them, samples off and
+    # mbr_retrieved_weight 0, keeps its rounds)
     anchored = RETRIEVED if reads_retrieved(config.selector) else ()
     selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
                                                                    *(MBR_ONLY if sampling else ()), *anchored)}

@@ -20,7 +20,7 @@ from selfmem.common.data import SPLITS, Example, load_split
 from selfmem.common.distributed import DistEnv, barrier, on_main, shard_range
 from selfmem.common.io import atomic_write_jsonl, json_line
 from selfmem.common.metrics import headline_score
-from selfmem.common.records import iter_aligned, iter_records
+from selfmem.common.records import DataError, describe, field, is_texts, iter_aligned, iter_records
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.retrieve.bm25 import BM25Retriever, Hits
@@ -152,9 +152,16 @@ def initial_memory(config: Config, paths: RunPaths, split: str) -> Path:
 def iter_retrieved(config: Config, paths: RunPaths, split: str, num_examples: int,
                    rows: list[int] | None = None) -> Iterator[list[str]]:
     """The top ``selector.mbr_retrieved_hits`` BM25 hits of each example of ``split`` (of the
-    ascending ``rows`` only, where given), from the run's BM25 memory (one line per example,
-    checked): the retrieved memory, whatever memory a round decodes from."""
+    ascending ``rows`` only, where given; fewer where retrieval kept fewer, at most
+    ``retrieval.topk``), from the run's BM25 memory (one line per example, checked): the
+    retrieved memory, whatever memory a round decodes from."""
+    if rows is not None and any(a >= b for a, b in zip(rows, rows[1:])):
+        raise ValueError("iter_retrieved reads the rows of the BM25 file in order: give them ascending, each once")
     kept = None if rows is None else set(rows)
-    for i, (_, record) in enumerate(iter_aligned(paths.bm25_memory(split), num_examples, split)):
+    for i, (where, record) in enumerate(iter_aligned(paths.bm25_memory(split), num_examples, split)):
         if kept is None or i in kept:
-            yield record["memories"][:config.selector.mbr_retrieved_hits]
+            hits = field(where, record, "memories")
+            if not is_texts(hits):
+                raise DataError(f"{where}: \"memories\" must be a list of strings (the ranked BM25 hits), "
+                                f"got {describe(hits)}")
+            yield hits[:config.selector.mbr_retrieved_hits]

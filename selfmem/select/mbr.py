@@ -169,8 +169,9 @@ def mbr_scores(candidates: list[str], generator_scores: list[float] | None, util
     weighs the same, a text drawn twice twice.
 
     ``anchors`` (the retrieved memory's texts; empty ones are ignored) join the
-    pseudo-references with ``anchor_weight`` shared among them, against the others' total of
-    1, and the sum is divided by ``1 + anchor_weight``: an expected utility still.
+    pseudo-references with ``anchor_weight`` shared among them (a text given twice weighs
+    twice), against the others' total of 1, and the sum is divided by ``1 + anchor_weight``:
+    an expected utility still.
     """
     anchors = [a for a in anchors if a] if anchor_weight > 0 else []
     if references is not None:

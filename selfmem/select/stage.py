@@ -78,6 +78,11 @@ def trained_scorer(config: Config, env: DistEnv, paths: RunPaths) -> ChunkScorer
     cfg = config.selector
     tokenizer = selector_tokenizer(config, paths)
     selector = Selector.load(paths.selector, map_location=env.device)
+    if selector.features != cfg.features:  # the config says what the features read (MBR's settings)
+        features = f"[{','.join(selector.features)}]"
+        raise ValueError(f"{paths.selector}: S was trained with the features {features}, but selector.features is "
+                         f"[{','.join(cfg.features)}]: set selector.features={features} (with the selector.mbr_* "
+                         f"settings it was trained with)")
     pair = pair_encoder(selector, tokenizer, cfg.max_len)
 
     def score(chunk: list[tuple[CandidateLine, Example]], mine: list[bool]) -> list[list[float] | None]:
@@ -102,9 +107,14 @@ def mbr_scorer(config: Config) -> ChunkScorer:
     return score
 
 
-def reads_retrieved(cfg: SelectorConfig) -> bool:
-    """Whether these settings read the retrieved memory (MBR's anchor, where it weighs)."""
-    return cfg.mbr_retrieved_weight > 0 and (cfg.kind == "mbr" or "mbr" in cfg.features)
+# the keys of the retrieved memory, MBR's anchor
+RETRIEVED = ("mbr_retrieved_weight", "mbr_retrieved_hits")
+
+
+def reads_retrieved(cfg: SelectorConfig, training: bool = False) -> bool:
+    """Whether these settings read the retrieved memory (MBR's anchor, where it weighs): in
+    the rounds, or (``training``) in S's training, through its MBR feature only."""
+    return cfg.mbr_retrieved_weight > 0 and ("mbr" in cfg.features or (cfg.kind == "mbr" and not training))
 
 
 def check_selector_config(cfg: SelectorConfig) -> None:

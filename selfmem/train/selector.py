@@ -33,7 +33,7 @@ from selfmem.models.selector import (
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory, iter_retrieved
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import check_selector_config, reads_retrieved
+from selfmem.select.stage import RETRIEVED, check_selector_config, reads_retrieved
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
 from selfmem.train.prefetch import to_device
@@ -44,16 +44,14 @@ log = logging.getLogger(__name__)
 SELECTION = ("mode", "beam", "max_memories", "keep_retrieved", "kind")
 # what only MBR's rounds read (a trained S takes no samples): none of S's own keys
 MBR_ONLY = ("mbr_references",)
-# what only reads the retrieved memory, MBR's anchor
-RETRIEVED = ("mbr_retrieved_weight", "mbr_retrieved_hits")
 
 
 def unread_by_training(cfg: SelectorConfig) -> tuple[str, ...]:
     """The selector keys that S's training does not read, left out of its fingerprints: the
     rounds' own, and MBR's unless S has the MBR feature (the retrieved memory's where it weighs)."""
-    if "mbr" not in cfg.features:
-        return (*SELECTION, *MBR_ONLY, "mbr_utility", "mbr_temperature", *RETRIEVED)
-    return (*SELECTION, *MBR_ONLY, *(() if cfg.mbr_retrieved_weight > 0 else RETRIEVED))
+    consensus = () if "mbr" in cfg.features else ("mbr_utility", "mbr_temperature")
+    retrieved = () if reads_retrieved(cfg, training=True) else RETRIEVED
+    return (*SELECTION, *MBR_ONLY, *consensus, *retrieved)
 
 
 # train keys that the selector's training sets from its own section, or does not use
@@ -262,7 +260,7 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     selector = Selector(backbone, dropout=config.generator.dropout, features=cfg.features)
     metric = sentence_metric(config)
     dev = load_split(config.data, "dev")
-    anchored = reads_retrieved(cfg)  # the MBR feature's retrieved memory
+    anchored = reads_retrieved(cfg, training=True)  # the MBR feature's retrieved memory
     dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev", config,
                                      iter_retrieved(config, paths, "dev", len(dev)) if anchored else None)
     if cfg.train_from == "dev":
