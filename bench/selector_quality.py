@@ -40,7 +40,7 @@ from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory, iter_retrieved  # noqa: E402
 from selfmem.select.candidates import baseline_picks, read_candidates, selector_examples, sentence_metric  # noqa: E402
 from selfmem.select.pick import top_b  # noqa: E402
-from selfmem.select.stage import mbr_scorer, reads_retrieved, trained_scorer  # noqa: E402
+from selfmem.select.stage import mbr_scorer, reads_retrieved, trained_scorer, with_retrieved_weight  # noqa: E402
 from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
@@ -57,8 +57,11 @@ VARIANTS = {
     "mbr-chrf": [*CONSENSUS, CHRF],
     "mbr-bleu-samples": [*CONSENSUS, BLEU, SAMPLES],
     "mbr-chrf-samples": [*CONSENSUS, CHRF, SAMPLES],
-    # the retrieved memory, the top K BM25 hits, as pseudo-references sharing weight W (the
-    # default: chrf, 5, 8); W = 1000: the candidate closest to the hits, the consensus aside
+    # the default: chrF++, the top 5 BM25 hits weighing what dev chooses among
+    # selector.mbr_retrieved_weight_choices (the weight printed)
+    "mbr-chrf+top5dev": ["selector.kind=mbr", CHRF, "selector.mbr_retrieved_hits=5", "selector.mbr_retrieved_weight=null"],
+    # the retrieved memory, the top K BM25 hits, as pseudo-references sharing weight W;
+    # W = 1000: the candidate closest to the hits, the consensus aside
     **{f"mbr-{u}+top{k}w{w}": ["selector.kind=mbr", f"selector.mbr_utility={u}", f"selector.mbr_retrieved_hits={k}",
                                f"selector.mbr_retrieved_weight={w}"]
        for u in ("bleu", "chrf") for k in (1, 3, 5) for w in (1, 2, 4, 8, 16, 1000)},
@@ -96,6 +99,7 @@ def main() -> None:
     seconds = {}
     for name in args.variants:
         variant = load_config(args.config, [*overrides, *VARIANTS[name]])
+        variant = with_retrieved_weight(variant, env, paths, 1)  # where null, chosen on the dev candidates
         vpaths = variant_paths(paths, variant, name)
         started = time.perf_counter()
         if variant.selector.kind == "trained":

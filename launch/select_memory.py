@@ -3,7 +3,8 @@ candidates (selector.mode replace), or its memory list with the top pick added (
 
 reads:   RUN/selector/, RUN/tokenizer/ (or selector.path), data.dir/SPLIT.jsonl, the candidates
          (--candidates; default RUN/round_K/candidates/SPLIT.jsonl) and, for MBR's retrieved memory,
-         RUN/memory/bm25/SPLIT.jsonl (RUN = run.root/run.name)
+         RUN/memory/bm25/SPLIT.jsonl (RUN = run.root/run.name); where its weight is null (chosen on
+         dev), RUN/round_K/candidates/dev.jsonl and the dev split too
 writes:  RUN/round_K/memory/SPLIT.jsonl (K: --round)
 example:
   torchrun --nproc_per_node 2 launch/select_memory.py --config configs/libreoffice_ende.yaml --split dev --round 1

@@ -232,7 +232,9 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
         del saved["stages"][name]
     (run / "state.json").write_text(json.dumps(saved))
 
-    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr"))
+    # the retrieved memory's weight chosen on dev among three; on ties the first, which weighs
+    mbr = ["selector.kind=mbr", "selector.mbr_retrieved_weight_choices=[8,0,2]"]
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *mbr))
     stages = state(root)
     assert "selector" not in stages and "selector_candidates" not in stages
     assert not (run / "selector").exists() and not (run / "selector_candidates").exists()
@@ -243,50 +245,62 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     def chrf(texts, references):
         return [sum(metric.sentence_score(t, [r]).score for r in references) / len(references) for t in texts]
 
-    def anchored(pool, consensus, retrieved):  # the top 5 BM25 hits share a weight of 8 (the default)
-        return [(u + 8 * chrf([c], retrieved)[0]) / 9 if retrieved else u for c, u in zip(pool, consensus)]
+    def anchored(pool, consensus, retrieved, weight):  # the top 5 BM25 hits share the weight
+        return [(u + weight * chrf([c], retrieved)[0]) / (1 + weight) if retrieved else u
+                for c, u in zip(pool, consensus)]
 
     retrieved = {split: [r["memories"][:5] for r in read_jsonl(run / "memory" / "bm25" / f"{split}.jsonl")]
                  for split in ("dev", "test")}
+
+    def check_round(k, consensus):
+        """Round k's picks on dev and test: anchored on the BM25 hits (not on the self memory that
+        round 2 decodes from) with the weight among the choices whose dev picks score best."""
+        pools = {split: [r["candidates"][0] for r in read_jsonl(run / f"round_{k}" / "candidates" / f"{split}.jsonl")]
+                 for split in ("dev", "test")}
+
+        def picks(split, weight):
+            return [top_b(pool, anchored(pool, consensus(k, split, i, pool), hits, weight), 1)[0]
+                    for i, (pool, hits) in enumerate(zip(pools[split], retrieved[split]))]
+        by_weight = {w: headline_score("bleu", picks("dev", w), [ex.target for ex in load_split(config.data, "dev")])
+                     for w in (8.0, 0.0, 2.0)}
+        weight = max(by_weight, key=by_weight.get)  # the first of the best
+        for split in ("dev", "test"):
+            memories = read_jsonl(run / f"round_{k}" / "memory" / f"{split}.jsonl")
+            assert len(memories) == len(load_split(config.data, split))
+            assert [m["memories"] for m in memories] == [[[pick]] for pick in picks(split, weight)]
+            [row] = [r for r in metrics(root) if r["round"] == k and r["split"] == split]
+            assert row["retrieved_weight"] == weight
+        # the report's column, on dev and test: | k | hypotheses ... changed | weight | seconds |
+        assert len(re.findall(rf"\n\| {k} \|(?: [^|]+ \|){{5}} {weight:g} \| [\d.]+ \|\n",
+                              (run / "report.md").read_text())) == 2
+        return weight
+
     assert any(len(hits) > 1 for hits in retrieved["dev"])
     assert (run / "round_2" / "memory" / "dev.jsonl").exists()
-    elsewhere = 0
-    for split, k in [(split, k) for split in ("dev", "test") for k in (1, 2)]:
-        # each round's candidates (round 1's own on dev too) and the consensus pick of each, anchored on
-        # the BM25 hits: not on the self memory that round 2 decodes from
-        examples = load_split(config.data, split)
-        records = read_jsonl(run / f"round_{k}" / "candidates" / f"{split}.jsonl")
-        memories = read_jsonl(run / f"round_{k}" / "memory" / f"{split}.jsonl")
-        assert len(records) == len(memories) == len(examples)
-        for record, memory, hits in zip(records, memories, retrieved[split]):
-            pool = record["candidates"][0]
-            expected = anchored(pool, chrf(pool, list(dict.fromkeys(pool))), hits)
-            assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
-            elsewhere += record["memories"] != [hits[:1]]
-    assert elsewhere > 0
+    weights = [check_round(k, lambda k, split, i, pool: chrf(pool, list(dict.fromkeys(pool)))) for k in (1, 2)]
+    assert any(w > 0 for w in weights)  # the retrieved memory weighs in some round
+    elsewhere = sum(r["memories"] != [hits[:1]] for split in ("dev", "test")
+                    for r, hits in zip(read_jsonl(run / "round_2" / "candidates" / f"{split}.jsonl"), retrieved[split]))
+    assert elsewhere > 0  # round 2 decodes from the self memory, not the top hit
 
     # the sampling settings count only where the rounds sample: here nothing reruns
-    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", "candidates.num_samples=3"))
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *mbr, "candidates.num_samples=3"))
     assert state(root) == stages
     # with samples as the pseudo-references: the rounds rerun, each decoding its samples too
     samples = ["selector.mbr_references=samples", "candidates.num_samples=3", "candidates.epsilon=0"]
-    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", *samples))
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *mbr, *samples))
     assert all(state(root)[s] == stages[s] for s in ("generator", "round_0"))
     assert state(root)["round_1"] != stages["round_1"]
+    drawn = {split: read_jsonl(run / "round_1" / "samples" / f"{split}.jsonl") for split in ("dev", "test")}
     for split in ("dev", "test"):
         records = read_jsonl(run / "round_1" / "candidates" / f"{split}.jsonl")
-        drawn = read_jsonl(run / "round_1" / "samples" / f"{split}.jsonl")
-        memories = read_jsonl(run / "round_1" / "memory" / f"{split}.jsonl")
-        assert [d["memories"] for d in drawn] == [r["memories"] for r in records]
-        for record, sample, memory, hits in zip(records, drawn, memories, retrieved[split]):
-            pool, references = record["candidates"][0], sample["samples"][0]
-            assert len(references) == 3
-            expected = anchored(pool, chrf(pool, references), hits)
-            assert memory["memories"] == [[top_b(pool, expected, 1)[0]]]
+        assert [d["memories"] for d in drawn[split]] == [r["memories"] for r in records]
+        assert all(len(d["samples"][0]) == 3 for d in drawn[split])
+    check_round(1, lambda k, split, i, pool: chrf(pool, drawn[split][i]["samples"][0]))
 
     # the retrieved memory's keys rerun the rounds where it weighs, and nothing where it does not
     sampled = state(root)
-    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "selector.kind=mbr", *samples,
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *mbr, *samples,
                                            "selector.mbr_retrieved_hits=2"))
     assert all(state(root)[s] == sampled[s] for s in ("generator", "round_0"))
     assert state(root)["round_1"] != sampled["round_1"]

@@ -9,7 +9,7 @@ import pytest
 from conftest import DEMO_DATA
 from sacrebleu.metrics import BLEU, CHRF
 
-from selfmem.select.mbr import bleu_matrix, bleu_tokens, chrf_matrix, mbr_scores
+from selfmem.select.mbr import bleu_matrix, bleu_tokens, chrf_matrix, mbr_score_sets, mbr_scores
 
 # what the vectorised counting could get wrong: empty and one-character texts, punctuation
 # beside digits and words, entities, repeated n-grams, non-ASCII, a hyphen at a line's end
@@ -96,6 +96,23 @@ def test_the_retrieved_memory_weighs_beside_the_pseudo_references(texts):
     # no weight, or no retrieved memory (empty texts are none): the consensus alone
     assert mbr_scores(candidates, None, "bleu", None, anchors=anchors, anchor_weight=0.0) == plain
     assert mbr_scores(candidates, None, "bleu", None, anchors=["", ""], anchor_weight=2.0) == plain
+
+
+def test_scores_for_several_weights_at_once_are_those_of_each_weight_alone(texts):
+    # dev chooses the retrieved memory's weight from these sets, then the selection scores with
+    # the chosen one alone (without reading the hits where it is 0): the picks must agree bit for bit
+    candidates, anchors, samples = [*texts[:6], texts[2]], [texts[9], texts[1], ""], [texts[1], texts[7], texts[7]]
+    weights = [0.0, 1.0, 2.0, 16.0]
+    for utility in ("bleu", "chrf"):
+        for generator, temperature, references in ((None, None, None), ([-0.1 * i for i in range(7)], 0.5, None),
+                                                   (None, None, samples)):
+            sets = mbr_score_sets(candidates, generator, utility, temperature, references=references,
+                                  anchors=anchors, anchor_weights=weights)
+            assert sets == [mbr_scores(candidates, generator, utility, temperature, references=references,
+                                       anchors=anchors if w > 0 else [], anchor_weight=w) for w in weights]
+            assert sets[0] != sets[1]
+    assert mbr_score_sets(candidates, None, "bleu", None, anchors=["", ""], anchor_weights=weights) == \
+        [mbr_scores(candidates, None, "bleu", None)] * len(weights)
 
 
 def test_mbr_refuses_what_it_cannot_compute(texts):

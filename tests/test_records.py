@@ -1,6 +1,7 @@
 """Memory and candidates files a user hands to a stage: every bad line refused with its
 FILE:LINE and what is wrong, before any model is loaded."""
 
+import dataclasses
 import json
 
 import pytest
@@ -119,8 +120,11 @@ def test_mbr_without_the_retrieved_memory_it_weighs_is_refused(tmp_path):
     with pytest.raises(DataError) as info:
         select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")
     assert str(info.value) == (f"{bm25}: file not found; MBR weighs the retrieved memory beside the candidates "
-                               f"(selector.mbr_retrieved_weight 8) and reads it there: run launch/retrieve.py "
-                               f"first, or set selector.mbr_retrieved_weight=0")
+                               f"(selector.mbr_retrieved_weight null: chosen on dev among 0, 1, 2, 4, 8, 16) and "
+                               f"reads it there: run launch/retrieve.py first, or set selector.mbr_retrieved_weight=0")
+    fixed = dataclasses.replace(c, selector=dataclasses.replace(c.selector, mbr_retrieved_weight=8.0))
+    with pytest.raises(DataError, match=r"\(selector.mbr_retrieved_weight 8\) and reads it there"):
+        select_memories(fixed, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")
     write(bm25, [json.dumps({"memories": ["a hit"]})] * (EXAMPLES - 1))
     with pytest.raises(DataError, match=rf"^{bm25}: 2 lines for 3 dev examples \(one line per example"):
         select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")

@@ -123,7 +123,8 @@ def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
 @pytest.mark.parametrize("utility,temperature,retrieved", [("bleu", "null", None), ("bleu", "0.5", None),
                                                           ("bleu", "0.5", (1, 2)), ("chrf", "null", "default")])
 def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, utility, temperature, retrieved):
-    hits, weight = {None: (5, 0), (1, 2): (1, 2), "default": (5, 8)}[retrieved]  # the default: 5 hits weighing 8
+    # the default: 5 hits weighing what dev chooses (the candidates here are dev's)
+    hits, weight = {None: (5, 0), (1, 2): (1, 2), "default": (5, None)}[retrieved]
     overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_temperature={temperature}",
                  f"selector.mbr_utility={utility}",
                  *([] if retrieved == "default" else [f"selector.mbr_retrieved_hits={hits}",
@@ -133,23 +134,36 @@ def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, ut
     records = [json.loads(line) for line in
                (run_root / "demo" / "round_0" / "candidates" / "dev.jsonl").read_text().splitlines()]
     metric = BLEU(tokenize="13a", effective_order=True) if utility == "bleu" else CHRF(word_order=2)
-    changed = anchored = 0
-    for line, record, example_hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
+
+    def expected(record, example_hits, weight):
+        """Expected utility against the distinct candidates (and the top BM25 hits, here at most
+        two, sharing ``weight``), computed by sacrebleu itself."""
         pool, generator = record["candidates"][0], record["scores"][0]
-        # expected utility against the distinct candidates, computed by sacrebleu itself
         best = {}
         for text, score in zip(pool, generator):
             best[text] = max(score, best.get(text, -math.inf))
         weights = {t: 1.0 if temperature == "null" else math.exp(s / 0.5) for t, s in best.items()}
         consensus = [sum(w * metric.sentence_score(c, [r]).score for r, w in weights.items()) / sum(weights.values())
                      for c in pool]
-        # beside it, the top BM25 hits (here at most two), sharing the weight
         anchors = example_hits[:hits] if weight else []
-        expected = [(u + weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors))
-                    / (1 + weight) if anchors else u for c, u in zip(pool, consensus)]
-        assert json.loads(line)["memories"] == [[m] for m in top_b(pool, expected, 2)]
-        changed += top_b(pool, expected, 1)[0] != pool[0]
-        anchored += top_b(pool, expected, 2) != top_b(pool, consensus, 2)
+        return consensus, [(u + weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors))
+                           / (1 + weight) if anchors else u for c, u in zip(pool, consensus)]
+
+    if weight is None:  # the weight whose picks score the best corpus BLEU on dev, the first of ties
+        references = [ex.target for ex in load_split(load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL]).data,
+                                                     "dev")]
+        dev_bleu = {w: BLEU().corpus_score([top_b(r["candidates"][0], expected(r, h, w)[1], 1)[0]
+                                            for r, h in zip(records, bm25_hits(run_root))], [references]).score
+                    for w in (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}
+        weight = max(dev_bleu, key=dev_bleu.get)
+        assert len(set(dev_bleu.values())) > 1  # the weight matters here
+    changed = anchored = 0
+    for line, record, example_hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
+        pool = record["candidates"][0]
+        consensus, scores = expected(record, example_hits, weight)
+        assert json.loads(line)["memories"] == [[m] for m in top_b(pool, scores, 2)]
+        changed += top_b(pool, scores, 1)[0] != pool[0]
+        anchored += top_b(pool, scores, 2) != top_b(pool, consensus, 2)
     assert changed > 0  # some picks are not the first candidate
     assert (anchored > 0) == (weight > 0)  # and the retrieved memory moves some
 
@@ -184,7 +198,7 @@ def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root
     with torch.no_grad():  # features that weigh: the pick is not the backbone's alone
         selector.head.feature_weights.copy_(torch.tensor([3.0, 2.0]))
     selector.save(run / "selector")
-    settings = ["selector.beam=2", "selector.features=[generator,mbr]"]  # as S was trained
+    settings = ["selector.beam=2", "selector.features=[generator,mbr]", "selector.mbr_retrieved_weight=8"]  # as S was trained
     one = select(root, *settings)
     assert select(root, *settings, nproc=2) == one
     config = load_config(DEMO_CONFIG, [f"run.root={root}", *SMALL, *settings])
@@ -232,8 +246,18 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.0))
     for weight in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight must be a finite weight of 0 or more "
-                                             rf"\(0: the consensus alone\), got {weight}"):
+                                             rf"\(0: the consensus alone; null: chosen on dev\), got {weight}"):
             check_selector_config(SelectorConfig(mbr_retrieved_weight=weight))
+        with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight_choices must be finite weights of 0 or "
+                                             rf"more, got \[1.0, {weight}\]"):
+            check_selector_config(SelectorConfig(mbr_retrieved_weight_choices=[1.0, weight]))
+    with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight is null, to be chosen on dev among "
+                                         r"selector.mbr_retrieved_weight_choices, but there are none"):
+        check_selector_config(SelectorConfig(mbr_retrieved_weight_choices=[]))
+    with pytest.raises(ValueError, match=r"S's feature 'mbr' weighs the retrieved memory the same in its training and "
+                                         r"in the rounds: set selector.mbr_retrieved_weight to a number"):
+        check_selector_config(SelectorConfig(kind="trained", features=["mbr"]))
+    check_selector_config(SelectorConfig(kind="trained", features=["mbr"], mbr_retrieved_weight=0.0))
     with pytest.raises(ValueError, match=r"selector.mbr_retrieved_hits must be at least 1 \(the top BM25 hits MBR "
                                          r"weighs\), got 0"):
         check_selector_config(SelectorConfig(mbr_retrieved_hits=0))

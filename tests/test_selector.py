@@ -225,10 +225,12 @@ def test_a_selector_checkpoint_depends_on_its_training_settings_not_on_the_round
     # MBR's settings: read only by S's MBR feature, the retrieved memory's where it weighs
     consensus = {"selector.mbr_utility", "selector.mbr_temperature"}
     retrieved = {"selector.mbr_retrieved_weight", "selector.mbr_retrieved_hits"}
-    assert keys.isdisjoint(consensus | retrieved)
+    assert keys.isdisjoint(consensus | retrieved | {"selector.mbr_retrieved_weight_choices"})
     with_mbr = Config()
     with_mbr.selector.features = ["generator", "mbr"]
+    with_mbr.selector.mbr_retrieved_weight = 8.0  # the feature's weight is fixed; the rounds' dev choice is not S's
     assert consensus | retrieved <= selector_depends_on(with_mbr).keys()
+    assert "selector.mbr_retrieved_weight_choices" not in selector_depends_on(with_mbr).keys()
     with_mbr.selector.mbr_retrieved_weight = 0.0
     assert consensus <= selector_depends_on(with_mbr).keys()
     assert selector_depends_on(with_mbr).keys().isdisjoint(retrieved)

@@ -164,9 +164,12 @@ class SelectorConfig:
     mbr_references: Literal["candidates", "samples"] = "candidates"
     # the retrieved memory, the example's top mbr_retrieved_hits BM25 hits, as pseudo-references
     # sharing this weight, the others weighing 1 together: a candidate close to both the
-    # consensus and the retrieved memory wins. 0: the consensus alone. Both chosen on dev on
-    # both translation corpora (docs/results.md)
-    mbr_retrieved_weight: float = 8.0
+    # consensus and the retrieved memory wins. 0: the consensus alone. null: each round takes
+    # the one of mbr_retrieved_weight_choices whose picks of its dev candidates score best on
+    # dev (a weak generator wants its output pulled towards the memory, a strong one less:
+    # docs/results.md); S's "mbr" feature needs a number
+    mbr_retrieved_weight: Optional[float] = None
+    mbr_retrieved_weight_choices: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
     mbr_retrieved_hits: int = 5  # at most retrieval.topk are there; a text retrieved twice weighs twice
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-

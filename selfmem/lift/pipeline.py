@@ -32,7 +32,7 @@ from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import RETRIEVED, check_selector_config, reads_retrieved, select_memories
+from selfmem.select.stage import check_selector_config, retrieved_keys, select_memories, with_retrieved_weight
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import (
@@ -101,6 +101,8 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
             generate(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
         if config.selector.mbr_references == "samples":  # MBR's pseudo-references, from the same memory
             generate(config, env, paths, split, "samples", paths.round_memory(k - 1, split), k)
+        if split == "dev":  # MBR's weight of the retrieved memory, where dev chooses it: once, for both splits
+            config = with_retrieved_weight(config, env, paths, k)
         picks = select_memories(config, env, paths, split, k)
         generate(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
 
@@ -112,7 +114,8 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
             return {"round": k, "split": split, "hyps": _score(config, read_lines(paths.hyps(k, split)), split),
                     "memory": _score(config, picks, split), "oracle": _score(config, candidates["oracle"], split),
                     "top1": _score(config, candidates["top1"], split),
-                    "changed": sum(a["memories"] != b["memories"] for a, b in zip(before, after))}
+                    "changed": sum(a["memories"] != b["memories"] for a, b in zip(before, after)),
+                    "retrieved_weight": config.selector.mbr_retrieved_weight if config.selector.kind == "mbr" else None}
         rows.append(row)
     on_main(lambda: atomic_write_jsonl(paths.round_dir(k) / "metrics.jsonl", [row() for row in rows]))
 
@@ -197,9 +200,9 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     # minimum Bayes risk trains no selector: the rounds' keys hold its settings (the later ones
     # only where they weigh: a run that sets what was the default before them, samples off and
     # mbr_retrieved_weight 0, keeps its rounds)
-    anchored = RETRIEVED if reads_retrieved(config.selector) else ()
     selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
-                                                                   *(MBR_ONLY if sampling else ()), *anchored)}
+                                                                   *(MBR_ONLY if sampling else ()),
+                                                                   *retrieved_keys(config.selector))}
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, decoding, config.selector.train_from,

@@ -15,8 +15,10 @@ from selfmem.common.io import atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = [("hyps", "hypotheses"), ("memory", "memory"), ("oracle", "oracle pick"),
-           ("top1", "beam top-1"), ("changed", "memories changed")]
+# (key, title, format of a float)
+COLUMNS = [("hyps", "hypotheses", ".2f"), ("memory", "memory", ".2f"), ("oracle", "oracle pick", ".2f"),
+           ("top1", "beam top-1", ".2f"), ("changed", "memories changed", ".2f"),
+           ("retrieved_weight", "BM25 hits' weight", "g")]
 
 
 def best_round(rows: list[dict]) -> int:
@@ -25,10 +27,10 @@ def best_round(rows: list[dict]) -> int:
     return max(dev, key=lambda r: (r["hyps"], -r["round"]))["round"]
 
 
-def _cell(value) -> str:
+def _cell(value, spec: str = ".2f") -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    return format(value, spec) if isinstance(value, float) else str(value)
 
 
 def _seconds(value: float | None) -> str:
@@ -47,11 +49,11 @@ def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | 
              f"Best round on dev: {best}; its test {metric}: **{test:.2f}** (the test split steers nothing).", ""]
     for split in ("dev", "test"):
         lines += [f"## {split} ({metric})", "",
-                  "| round | " + " | ".join(title for _, title in COLUMNS) + " | seconds |",
+                  "| round | " + " | ".join(title for _, title, _ in COLUMNS) + " | seconds |",
                   "|---" * (len(COLUMNS) + 2) + "|"]
         for row in (r for r in rows if r["split"] == split):
             stage = "no_memory" if row["round"] == "no_memory" else f"round_{row['round']}"
-            cells = [_cell(row.get(key)) for key, _ in COLUMNS] + [_seconds(seconds.get(stage))]
+            cells = [_cell(row.get(key), spec) for key, _, spec in COLUMNS] + [_seconds(seconds.get(stage))]
             lines.append(f"| {_round_name(row['round'])} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## stages (wall seconds, dev and test together)", "", "| stage | seconds |", "|---|---|"]

@@ -11,7 +11,7 @@ from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example
 from selfmem.common.records import DataError, describe, iter_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
-from selfmem.select.mbr import mbr_scores
+from selfmem.select.mbr import mbr_score_sets
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,16 @@ FEATURES = ("generator", "mbr")
 
 
 def line_mbr_scores(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str) -> list[float]:
-    """The MBR score of each of the line's candidates with the ``selector.mbr_*`` settings."""
+    """The MBR score of each of the line's candidates with the ``selector.mbr_*`` settings (a
+    fixed ``mbr_retrieved_weight``)."""
+    if cfg.mbr_retrieved_weight is None:
+        raise ValueError("selector.mbr_retrieved_weight is null (chosen on dev): score with the chosen weight")
+    return line_mbr_score_sets(line, cfg, bleu_tokenize, [cfg.mbr_retrieved_weight])[0]
+
+
+def line_mbr_score_sets(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str,
+                        retrieved_weights: list[float]) -> list[list[float]]:
+    """``line_mbr_scores`` with each of ``retrieved_weights`` in turn as the retrieved memory's weight."""
     references = None
     if cfg.mbr_references == "samples":
         if line.samples is None:
@@ -121,11 +130,11 @@ def line_mbr_scores(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str
                             f"these candidates: decode them with launch/generate.py --mode samples")
         references = line.samples
     weights = None if cfg.mbr_temperature is None else require_generator_scores(line, "selector.mbr_temperature")
-    if cfg.mbr_retrieved_weight > 0 and line.retrieved is None:
+    if max(retrieved_weights) > 0 and line.retrieved is None:
         raise ValueError(f"{line.where}: selector.mbr_retrieved_weight weighs the retrieved memory, but none was "
                          f"read with these candidates (iter_retrieved)")
-    return mbr_scores(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references,
-                      line.retrieved or [], cfg.mbr_retrieved_weight)
+    return mbr_score_sets(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references,
+                          line.retrieved or [], retrieved_weights)
 
 
 def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,

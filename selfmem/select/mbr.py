@@ -171,27 +171,39 @@ def mbr_scores(candidates: list[str], generator_scores: list[float] | None, util
     ``anchors`` (the retrieved memory's texts; empty ones are ignored) join the
     pseudo-references with ``anchor_weight`` shared among them (a text given twice weighs
     twice), against the others' total of 1, and the sum is divided by ``1 + anchor_weight``:
-    an expected utility still.
+    an expected utility still. Without anchors, or with a weight of 0, the scores are the
+    consensus alone, to the last bit.
     """
-    anchors = [a for a in anchors if a] if anchor_weight > 0 else []
+    return mbr_score_sets(candidates, generator_scores, utility, temperature, tokenize, references, anchors,
+                          [anchor_weight])[0]
+
+
+def mbr_score_sets(candidates: list[str], generator_scores: list[float] | None, utility: str,
+                   temperature: float | None, tokenize: str = "13a", references: list[str] | None = None,
+                   anchors: list[str] = (), anchor_weights: list[float] = (0.0,)) -> list[list[float]]:
+    """``mbr_scores`` with each of ``anchor_weights``, the utilities computed once: each set
+    equals, to the last bit, what ``mbr_scores`` gives with that weight alone."""
+    anchors = [a for a in anchors if a] if max(anchor_weights, default=0.0) > 0 else []
     if references is not None:
         if temperature is not None:
             raise ValueError("samples as pseudo-references weigh the same (they are draws from the generator); "
                              "leave the temperature unset")
-        texts = list(dict.fromkeys([*candidates, *references, *anchors]))
-        row = {text: k for k, text in enumerate(texts)}
-        weights = np.bincount([row[r] for r in references], minlength=len(texts)) / len(references)
+        pseudo = list(dict.fromkeys([*candidates, *references]))
+        row = {text: k for k, text in enumerate(pseudo)}
+        weights = np.bincount([row[r] for r in references], minlength=len(pseudo)) / len(references)
     else:
-        distinct = list(dict.fromkeys(candidates))
-        texts = list(dict.fromkeys([*distinct, *anchors]))
-        row = {text: k for k, text in enumerate(texts)}
-        weights = np.zeros(len(texts))
-        weights[:len(distinct)] = candidate_weights(distinct, candidates, generator_scores, temperature)
-    if anchors:
-        weights = weights + anchor_weight * np.bincount([row[a] for a in anchors], minlength=len(texts)) / len(anchors)
-        weights /= 1.0 + anchor_weight
-    expected = utility_matrix(texts, utility, tokenize) @ weights
-    return [float(expected[row[c]]) for c in candidates]
+        pseudo = list(dict.fromkeys(candidates))
+        weights = candidate_weights(pseudo, candidates, generator_scores, temperature)
+    texts = list(dict.fromkeys([*pseudo, *anchors]))  # the anchors' own texts after the others'
+    row = {text: k for k, text in enumerate(texts)}
+    utilities = utility_matrix(texts, utility, tokenize)
+    # row sums over the pseudo-references' columns only: the same additions with anchors or without
+    consensus = (utilities[:, :len(pseudo)] * weights).sum(1)
+    if not anchors:
+        return [[float(consensus[row[c]]) for c in candidates] for _ in anchor_weights]
+    anchored = (utilities * (np.bincount([row[a] for a in anchors], minlength=len(texts)) / len(anchors))).sum(1)
+    return [[float(x) for x in ((consensus + w * anchored) / (1.0 + w))[[row[c] for c in candidates]]]
+            for w in anchor_weights]
 
 
 def candidate_weights(texts: list[str], candidates: list[str], generator_scores: list[float] | None,

@@ -15,6 +15,7 @@ the top picks it returns, one text per example, for the lift's metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from itertools import accumulate, islice
@@ -25,9 +26,10 @@ from tqdm import tqdm
 
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
-from selfmem.common.data import Example, iter_split
+from selfmem.common.data import Example, iter_split, load_split
 from selfmem.common.distributed import DistEnv, all_gather, barrier, gather_to_main, on_main
 from selfmem.common.io import json_line
+from selfmem.common.metrics import headline_score
 from selfmem.common.records import DataError, text_lists
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
@@ -38,6 +40,7 @@ from selfmem.select.candidates import (
     CandidateLine,
     candidate_features,
     iter_candidates,
+    line_mbr_score_sets,
     line_mbr_scores,
     require_generator_scores,
 )
@@ -107,14 +110,31 @@ def mbr_scorer(config: Config) -> ChunkScorer:
     return score
 
 
-# the keys of the retrieved memory, MBR's anchor
+# the keys of the retrieved memory, MBR's anchor, and the weights a round chooses it among on dev
 RETRIEVED = ("mbr_retrieved_weight", "mbr_retrieved_hits")
+WEIGHT_CHOICES = "mbr_retrieved_weight_choices"
+
+
+def retrieved_weights(cfg: SelectorConfig) -> list[float]:
+    """The weights of the retrieved memory that MBR's selection may give it: the one set, or
+    (``mbr_retrieved_weight`` null) the choices, among which each round's dev decides."""
+    return list(cfg.mbr_retrieved_weight_choices) if cfg.mbr_retrieved_weight is None else [cfg.mbr_retrieved_weight]
 
 
 def reads_retrieved(cfg: SelectorConfig, training: bool = False) -> bool:
     """Whether these settings read the retrieved memory (MBR's anchor, where it weighs): in
     the rounds, or (``training``) in S's training, through its MBR feature only."""
-    return cfg.mbr_retrieved_weight > 0 and ("mbr" in cfg.features or (cfg.kind == "mbr" and not training))
+    if cfg.kind == "mbr" and not training:
+        return max(retrieved_weights(cfg)) > 0
+    return "mbr" in cfg.features and (cfg.mbr_retrieved_weight or 0.0) > 0
+
+
+def retrieved_keys(cfg: SelectorConfig) -> tuple[str, ...]:
+    """The selector keys of the retrieved memory that the rounds read (for their fingerprint):
+    none where it weighs nothing, the choices where dev chooses the weight."""
+    if not reads_retrieved(cfg):
+        return ()
+    return (*RETRIEVED, *((WEIGHT_CHOICES,) if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None else ()))
 
 
 def check_selector_config(cfg: SelectorConfig) -> None:
@@ -128,9 +148,20 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
         raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
                          f"got {cfg.mbr_temperature}")
-    if not cfg.mbr_retrieved_weight >= 0 or cfg.mbr_retrieved_weight == float("inf"):
+    def finite(weight: float) -> bool:
+        return weight >= 0 and weight != float("inf")  # NaN fails the first test
+    if cfg.mbr_retrieved_weight is not None and not finite(cfg.mbr_retrieved_weight):
         raise ValueError(f"selector.mbr_retrieved_weight must be a finite weight of 0 or more (0: the "
-                         f"consensus alone), got {cfg.mbr_retrieved_weight}")
+                         f"consensus alone; null: chosen on dev), got {cfg.mbr_retrieved_weight}")
+    if not all(finite(w) for w in cfg.mbr_retrieved_weight_choices):
+        raise ValueError(f"selector.mbr_retrieved_weight_choices must be finite weights of 0 or more, "
+                         f"got {cfg.mbr_retrieved_weight_choices}")
+    if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None and not cfg.mbr_retrieved_weight_choices:
+        raise ValueError("selector.mbr_retrieved_weight is null, to be chosen on dev among "
+                         "selector.mbr_retrieved_weight_choices, but there are none: give some, or set the weight")
+    if cfg.kind == "trained" and "mbr" in cfg.features and cfg.mbr_retrieved_weight is None:
+        raise ValueError("S's feature 'mbr' weighs the retrieved memory the same in its training and in the rounds: "
+                         "set selector.mbr_retrieved_weight to a number (0: the consensus alone), not null")
     if cfg.mbr_retrieved_hits < 1:
         raise ValueError(f"selector.mbr_retrieved_hits must be at least 1 (the top BM25 hits MBR weighs), "
                          f"got {cfg.mbr_retrieved_hits}")
@@ -157,25 +188,72 @@ def augmented_list(line: CandidateLine) -> list[str]:
     return inputs[0]
 
 
+def selection_lines(config: Config, paths: RunPaths, split: str, round_k: int, path: Path,
+                    num_examples: int) -> Iterator[CandidateLine]:
+    """A candidates file's lines, with round K's samples and, where MBR weighs it, the retrieved
+    memory (its anchor, whatever memory later rounds decode from)."""
+    cfg = config.selector
+    if reads_retrieved(cfg) and not paths.bm25_memory(split).exists():
+        raise DataError(f"{paths.bm25_memory(split)}: file not found; MBR weighs the retrieved memory beside the "
+                        f"candidates (selector.mbr_retrieved_weight {_weight_text(cfg)}) and reads it there: "
+                        f"run launch/retrieve.py first, or set selector.mbr_retrieved_weight=0")
+    samples = paths.samples(round_k, split) if cfg.mbr_references == "samples" else None
+    retrieved = iter_retrieved(config, paths, split, num_examples) if reads_retrieved(cfg) else None
+    return iter_candidates(path, num_examples, split, samples, retrieved)
+
+
+def _weight_text(cfg: SelectorConfig) -> str:
+    if cfg.mbr_retrieved_weight is None:
+        return f"null: chosen on dev among {', '.join(f'{w:g}' for w in cfg.mbr_retrieved_weight_choices)}"
+    return f"{cfg.mbr_retrieved_weight:g}"
+
+
+def with_retrieved_weight(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
+                          dev_candidates: Path | None = None) -> Config:
+    """``config`` with MBR's weight of the retrieved memory fixed: where it is null (``selector.kind``
+    mbr), the one of ``selector.mbr_retrieved_weight_choices`` whose picks of round K's dev
+    candidates score best against dev's references by the data's metric (ties: the first listed),
+    the same on every rank. Test steers nothing."""
+    cfg = config.selector
+    if cfg.kind != "mbr" or cfg.mbr_retrieved_weight is not None:
+        return config
+    check_selector_config(cfg)
+    path = dev_candidates or paths.candidates(round_k, "dev")
+    if not path.exists():
+        raise DataError(f"{path}: file not found; selector.mbr_retrieved_weight null chooses the retrieved memory's "
+                        f"weight on round {round_k}'s dev candidates: decode them first (launch/generate.py --split "
+                        f"dev --mode candidates --round {round_k}), or set selector.mbr_retrieved_weight")
+    weights = retrieved_weights(cfg)
+    examples = load_split(config.data, "dev")
+    mine = {}  # this rank's examples' pick under each weight
+    for i, line in enumerate(selection_lines(config, paths, "dev", round_k, path, len(examples))):
+        if i % env.world_size == env.rank:
+            mine[i] = [top_b(line.pool, scores, 1)[0]
+                       for scores in line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, weights)]
+    picks = {i: texts for part in all_gather(mine) for i, texts in part.items()}
+    references = [ex.target for ex in examples]
+    scores = [headline_score(config.data.metric, [picks[i][k] for i in range(len(examples))], references,
+                             config.data.bleu_tokenize) for k in range(len(weights))]
+    best = max(range(len(weights)), key=lambda k: (scores[k], -k))
+    log.info("round %d: selector.mbr_retrieved_weight %g, chosen on dev (%s of the picks by weight: %s)", round_k,
+             weights[best], config.data.metric, ", ".join(f"{w:g} {s:.2f}" for w, s in zip(weights, scores)))
+    return dataclasses.replace(config, selector=dataclasses.replace(cfg, mbr_retrieved_weight=weights[best]))
+
+
 def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
                     candidates_path: Path | None = None, chunk_examples: int = CHUNK_EXAMPLES) -> list[str] | None:
     """Choose the next memories of ``split`` from round K's candidates into round K's memory
-    file; returns the selector's top pick of each example on rank 0 (None on the others)."""
+    file; returns the selector's top pick of each example on rank 0 (None on the others). A
+    null ``selector.mbr_retrieved_weight`` is chosen on round K's dev candidates first
+    (``with_retrieved_weight``; ``candidates_path`` where it holds them)."""
+    config = with_retrieved_weight(config, env, paths, round_k, candidates_path if split == "dev" else None)
     cfg = config.selector
     check_selector_config(cfg)
     path = candidates_path or paths.candidates(round_k, split)
-    samples = paths.samples(round_k, split) if cfg.mbr_references == "samples" else None
     num_examples = sum(1 for _ in iter_split(config.data, split))
-    if reads_retrieved(cfg) and not paths.bm25_memory(split).exists():
-        raise DataError(f"{paths.bm25_memory(split)}: file not found; MBR weighs the retrieved memory beside the "
-                        f"candidates (selector.mbr_retrieved_weight {cfg.mbr_retrieved_weight:g}) and reads it "
-                        f"there: run launch/retrieve.py first, or set selector.mbr_retrieved_weight=0")
 
     def candidate_lines() -> Iterator[CandidateLine]:
-        """The candidates, with their samples and, where MBR weighs it, the retrieved memory (its
-        anchor, whatever memory later rounds decode from)."""
-        retrieved = iter_retrieved(config, paths, split, num_examples) if reads_retrieved(cfg) else None
-        return iter_candidates(path, num_examples, split, samples, retrieved)
+        return selection_lines(config, paths, split, round_k, path, num_examples)
 
     for line in candidate_lines():  # all of it before any model: a bad line fails at once
         if cfg.mode == "augment":
