@@ -158,13 +158,21 @@ def scores(hyps: list[str], references: list[str], bleu_tokenize: str) -> tuple[
     return corpus_bleu(hyps, references, bleu_tokenize).value, corpus_chrf(hyps, references).value
 
 
+def finished_rows(run: Path) -> list[dict]:
+    """A run's metric rows whose stage is done: one being redone (its files removed, its rows
+    still in the run's ``metrics.jsonl`` until the stage ends) is left out; none without a run."""
+    if not (run / "metrics.jsonl").exists():
+        return []
+    return [r for r in read_jsonl(run / "metrics.jsonl")
+            if (run / ("no_memory" if r["round"] == "no_memory" else f"round_{r['round']}") / "metrics.jsonl").exists()]
+
+
 def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[dict]]]:
     """One corpus's tables (Markdown lines) and each finished run's metric rows."""
     root, config = setup.root, run_config(setup, corpus, "report")
     tokenize = config.data.bleu_tokenize
     references = {split: [ex.target for ex in load_split(config.data, split)] for split in ("dev", "test")}
-    runs = {s.name: read_jsonl(root / corpus / s.name / "metrics.jsonl") for s in SYSTEMS
-            if corpus in s.corpora and (root / corpus / s.name / "metrics.jsonl").exists()}
+    runs = {s.name: rows for s in SYSTEMS if corpus in s.corpora and (rows := finished_rows(root / corpus / s.name))}
     lines = [f"### {CORPORA[corpus]}", "",
              "| system | round (best on dev) | dev BLEU | test BLEU | test chrF++ |", "|---|---:|---:|---:|---:|"]
 
@@ -179,7 +187,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if "no_memory" in dev:
             row("Transformer (no memory)", root / corpus / name, "no_memory", dev["no_memory"])
-        if name in ("joint", "dual"):
+        if name in ("joint", "dual") and 0 in dev:
             row(f"Transformer-{labels[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
         self_rounds = [k for k in dev if isinstance(k, int) and k > 0]
         if self_rounds:
@@ -192,8 +200,9 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         lines.append(f"| upper bound (the reference as memory) | - | {dev_bleu:.2f} | {test_bleu:.2f} | "
                      f"{test_chrf:.2f} |")
     for name, rows in runs.items():
+        rounds = any(isinstance(r["round"], int) for r in rows)
         lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: "
-                      f"{best_round(rows)}):", "",
+                      f"{best_round(rows) if rounds else '-'}):", "",
                   "| round | split | hypotheses | memory | selector's pick vs beam top-1 | oracle | memories changed "
                   "| BM25 hits' weight |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]

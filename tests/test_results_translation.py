@@ -2,6 +2,7 @@
 once, a second call resumes (redoes nothing), and the report's figures are the runs'."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -87,3 +88,22 @@ def test_the_report_holds_each_systems_test_scores_at_its_best_dev_round(driven)
     assert [m["memories"] for m in memory] == [[r] for r in references["test"]]
     assert "Joint, Top-B (B = 4), per round" in text
     assert (report.parent / "report_tm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
+    runs, data, _ = driven
+    copy = tmp_path / "runs" / "tm"
+    shutil.copytree(runs, copy, symlinks=True)
+    # a rerun of round 2 under way: its files are gone, the run's metrics.jsonl still lists it
+    shutil.rmtree(copy / "joint" / "round_2")
+    report = tmp_path / "report.md"
+    again = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
+                            "--root", str(tmp_path / "runs"), "--data", str(data), "--report", str(report),
+                            "--report-only", *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    text = report.read_text()
+    dev = {r["round"]: r["hyps"] for r in read_jsonl(runs / "joint" / "metrics.jsonl") if r["split"] == "dev"}
+    assert f"| Selfmem Joint | 1 | {dev[1]:.2f} | " in text
+    joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
+    assert "| 1 | dev |" in joint and "| 2 | dev |" not in joint
