@@ -139,6 +139,24 @@ def test_killed_in_every_stage_and_restarted_equals_uninterrupted(uninterrupted,
     assert metrics(tmp_path) == metrics(uninterrupted)
 
 
+def test_a_resumed_round_keeps_the_decodings_it_finished(uninterrupted, tmp_path):
+    root = tmp_path / "resumed"
+    shutil.copytree(uninterrupted, root)
+    run = root / "demo"
+    # stopped in round 2 after its dev decodings, before test's: the stage is not done
+    saved = json.loads((run / "state.json").read_text())
+    saved["stages"]["round_2"]["done"] = False
+    (run / "state.json").write_text(json.dumps(saved))
+    for part in ("candidates/test.jsonl", "memory/test.jsonl", "hyps/test.txt", "metrics.jsonl"):
+        (run / "round_2" / part).unlink()
+    kept = {part: (run / "round_2" / part).stat().st_mtime_ns for part in ("candidates/dev.jsonl", "hyps/dev.txt")}
+    output = run_single("launch/lift.py", lift_args(root, ONE_PROCESS))
+    assert {part: (run / "round_2" / part).stat().st_mtime_ns for part in kept} == kept
+    assert "candidates dev: kept, written before the round was resumed" in output
+    assert artifacts(root) == artifacts(uninterrupted)
+    assert metrics(root) == metrics(uninterrupted)
+
+
 # draws the stage and the kill point as bench/faults.py does; 5 lands in the selector's training
 RESTART_SEED = 5
 

@@ -154,6 +154,11 @@ def sample_seed(run_seed: int, example: int, slot: int) -> int:
     return (run_seed * 1_000_003 + example) * 1024 + slot
 
 
+def decoding_path(paths: RunPaths, mode: str, round_k: int, split: str) -> Path:
+    """Where round K's decodings of ``split`` in ``mode`` go."""
+    return {"candidates": paths.candidates, "samples": paths.samples, "hypotheses": paths.hyps}[mode](round_k, split)
+
+
 def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
              round_k: int, subset: list[int] | None = None, output: Path | None = None) -> Path:
     """Decode ``split`` with the memories in ``memory_path`` (None: the run's BM25 memory) and
@@ -165,7 +170,7 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if output is None:
-        output = {"candidates": paths.candidates, "samples": paths.samples, "hypotheses": paths.hyps}[mode](round_k, split)
+        output = decoding_path(paths, mode, round_k, split)
     started = time.perf_counter()
     shards = shard_paths(output, env.world_size)
     num_examples, num_decodings = decode_share(config, env, paths, split, mode, memory_path, subset,

@@ -21,12 +21,12 @@ from pathlib import Path
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, load_split, split_file
 from selfmem.common.digest import file_digest, path_digest
-from selfmem.common.distributed import DistEnv, on_main
+from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
-from selfmem.infer.generate import SAMPLING, generate
+from selfmem.infer.generate import SAMPLING, decoding_path, generate
 from selfmem.lift.report import best_round, write_report
 from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
@@ -93,18 +93,29 @@ def _round_zero(config: Config, env: DistEnv, paths: RunPaths) -> None:
     on_main(lambda: atomic_write_jsonl(paths.round_dir(0) / "metrics.jsonl", [row() for row in rows]))
 
 
+def _decode_once(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory: Path, k: int) -> None:
+    """Round k's decodings of ``split``, unless the round, resumed, wrote them before it stopped:
+    decodings are written whole, and a round started afresh removes them first."""
+    output = decoding_path(paths, mode, k, split)
+    if agreed(output.exists):
+        log.info("%s %s: kept, written before the round was resumed -> %s", mode, split, output)
+        return
+    generate(config, env, paths, split, mode, memory, k)
+
+
 def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
-    """Round k >= 1 on dev and test: candidates -> selection -> hypotheses -> metrics."""
+    """Round k >= 1 on dev and test: candidates -> selection -> hypotheses -> metrics. A resumed
+    round keeps the decodings it finished (the selection, seconds, is redone: it writes the same)."""
     rows = []
     for split in EVAL_SPLITS:
         if not _with_selector_candidates(config, k, split):
-            generate(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
+            _decode_once(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
         if config.selector.mbr_references == "samples":  # MBR's pseudo-references, from the same memory
-            generate(config, env, paths, split, "samples", paths.round_memory(k - 1, split), k)
+            _decode_once(config, env, paths, split, "samples", paths.round_memory(k - 1, split), k)
         if split == "dev":  # MBR's weight of the retrieved memory, where dev chooses it: once, for both splits
             config = with_retrieved_weight(config, env, paths, k)
         picks = select_memories(config, env, paths, split, k)
-        generate(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
+        _decode_once(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
 
         def row(split=split, picks=picks) -> dict:
             examples = load_split(config.data, split)
