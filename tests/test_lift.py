@@ -23,7 +23,9 @@ from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.lift.pipeline import lift
+from selfmem.models.selector import Selector
 from selfmem.select.pick import top_b
+from selfmem.train.selector import selector_subset, selector_training_examples
 
 # 40 examples a split, 4 candidates each, 2 rounds: seconds a stage; the trained selector, whose
 # stages the loop's resume and rank invariance must cover (MBR's lift has its own test)
@@ -203,6 +205,35 @@ def test_a_changed_value_reruns_exactly_the_stages_that_read_it(uninterrupted, t
         {s: r["fingerprint"] for s, r in after.items() if s != "round_2"}
     assert not (root / "demo" / "round_2" / "hyps" / "dev.txt").exists()
     assert [r["round"] for r in metrics(root)] == [0, 0, 1, 1]
+
+
+def test_a_lift_trains_s_with_the_mbr_feature_on_each_train_rows_own_bm25_hits(uninterrupted, tmp_path):
+    root = tmp_path / "features"
+    shutil.copytree(uninterrupted, root)
+    features = ["selector.features=[generator,mbr]", "selector.mbr_retrieved_weight=8"]
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *features))
+    before, after = state(uninterrupted), state(root)
+    assert [s for s in after if after[s] == before[s]] == ["tokenizer", "retrieval", "generator", "round_0",
+                                                           "selector_candidates"]
+    run = root / "demo"
+    assert Selector.load(run / "selector").features == ["generator", "mbr"]
+    config = load_config(DEMO_CONFIG, lift_args(root, ONE_PROCESS, *features)[2:])
+    train_examples, _ = selector_training_examples(config, RunPaths(config.run_dir))
+    bm25 = read_jsonl(run / "memory" / "bm25" / "train.jsonl")
+    lines = read_jsonl(run / "selector_candidates" / "train.jsonl")
+    rows = selector_subset(config, len(bm25))
+    assert len(train_examples) == len(lines) == len(rows) == 20
+    metric = CHRF(word_order=2)
+    for example, line, row in zip(train_examples, lines, rows):
+        hits = bm25[row]["memories"][:5]
+        assert line["memories"] == [hits[:1]]  # the row's candidates were decoded from its own top hit
+        pool = line["candidates"][0]
+        consensus = [sum(metric.sentence_score(c, [r]).score for r in dict.fromkeys(pool)) / len(set(pool))
+                     for c in pool]
+        mbr = [(u + 8 * sum(metric.sentence_score(c, [h]).score for h in hits) / len(hits)) / 9 if hits else u
+               for c, u in zip(pool, consensus)]
+        assert [v[0] for v in example.features] == line["scores"][0]
+        assert [v[1] for v in example.features] == pytest.approx([m / 100 for m in mbr], abs=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["beam4", "augment"])

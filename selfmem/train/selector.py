@@ -240,6 +240,26 @@ def selector_depends_on(config: Config) -> dict[str, Any]:
     return config_values(config, ("data", "tokenizer", "generator", "selector", "train", "run.seed"), leave_out)
 
 
+def selector_training_examples(config: Config, paths: RunPaths) -> tuple[list[SelectorExample], list[SelectorExample]]:
+    """S's train and dev examples: the candidates ``generate_selector_candidates`` wrote, with
+    their metric against the reference and the values of S's features (the MBR feature's
+    retrieved memory: each example's own row of the BM25 file)."""
+    cfg = config.selector
+    metric = sentence_metric(config)
+    dev = load_split(config.data, "dev")
+    anchored = reads_retrieved(cfg, training=True)
+    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev", config,
+                                     iter_retrieved(config, paths, "dev", len(dev)) if anchored else None)
+    if cfg.train_from == "dev":
+        return dev_examples, dev_examples  # S is trained and evaluated on the same candidates
+    train = load_split(config.data, "train")
+    subset = selector_subset(config, len(train))
+    train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric,
+                                       "train (selector.train_subset)", config,
+                                       iter_retrieved(config, paths, "train", len(train), subset) if anchored else None)
+    return train_examples, dev_examples
+
+
 def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     """Train S on the candidates of ``generate_selector_candidates`` (generated first where missing)."""
     cfg = config.selector
@@ -258,23 +278,10 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     else:
         backbone = HFEncoderBackbone(cfg.path, tokenizer.pad_id)
     selector = Selector(backbone, dropout=config.generator.dropout, features=cfg.features)
-    metric = sentence_metric(config)
-    dev = load_split(config.data, "dev")
-    anchored = reads_retrieved(cfg, training=True)  # the MBR feature's retrieved memory
-    dev_examples = selector_examples(paths.candidates(1, "dev"), dev, metric, "dev", config,
-                                     iter_retrieved(config, paths, "dev", len(dev)) if anchored else None)
-    if cfg.train_from == "dev":
-        train_examples = dev_examples  # S is trained and evaluated on the same candidates
-    else:
-        train = load_split(config.data, "train")
-        subset = selector_subset(config, len(train))
-        train_examples = selector_examples(paths.selector_candidates, [train[i] for i in subset], metric,
-                                           "train (selector.train_subset)", config,
-                                           iter_retrieved(config, paths, "train", len(train), subset)
-                                           if anchored else None)
+    train_examples, dev_examples = selector_training_examples(config, paths)
     log.info("selector: %d train examples (%s), %d dev examples", len(train_examples), cfg.train_from,
              len(dev_examples))
-    task = SelectorTask(train_examples, dev_examples, [ex.target for ex in dev],
+    task = SelectorTask(train_examples, dev_examples, [ex.target for ex in load_split(config.data, "dev")],
                         pair_encoder(selector, tokenizer, cfg.max_len), tokenizer.pad_id, cfg, config.data.metric,
                         config.data.bleu_tokenize, env, config.run.seed)
     steps = cfg.max_epochs * (len(task.epoch_batches(0)) // micro_batches_per_step(config.train, env.world_size))
