@@ -128,6 +128,14 @@ def test_mbr_without_the_retrieved_memory_it_weighs_is_refused(tmp_path):
     write(bm25, [json.dumps({"memories": ["a hit"]})] * (EXAMPLES - 1))
     with pytest.raises(DataError, match=rf"^{bm25}: 2 lines for 3 dev examples \(one line per example"):
         select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "candidates.jsonl")
+    # test's weight is dev's choice: without the round's dev candidates there is none
+    dev_candidates = RunPaths(c.run_dir).candidates(4, "dev")
+    with pytest.raises(DataError) as info:
+        select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "test", 4, tmp_path / "candidates.jsonl")
+    assert str(info.value) == (f"{dev_candidates}: file not found; selector.mbr_retrieved_weight null chooses the "
+                               f"retrieved memory's weight on round 4's dev candidates: decode them first "
+                               f"(launch/generate.py --split dev --mode candidates --round 4), or set "
+                               f"selector.mbr_retrieved_weight")
 
 
 def test_an_example_without_candidates_is_refused(tmp_path):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example, iter_split, load_split
-from selfmem.common.distributed import DistEnv, all_gather, barrier, gather_to_main, on_main
+from selfmem.common.distributed import DistEnv, agreed, all_gather, barrier, gather_to_main, on_main
 from selfmem.common.io import json_line
 from selfmem.common.metrics import headline_score
 from selfmem.common.records import DataError, text_lists
@@ -137,6 +137,10 @@ def retrieved_keys(cfg: SelectorConfig) -> tuple[str, ...]:
     return (*RETRIEVED, *((WEIGHT_CHOICES,) if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None else ()))
 
 
+def _finite_weight(weight: float) -> bool:
+    return weight >= 0 and weight != float("inf")  # NaN fails the first test
+
+
 def check_selector_config(cfg: SelectorConfig) -> None:
     """Refuse selector settings that cannot choose memories as asked, before any work."""
     if cfg.beam < 1:
@@ -148,12 +152,10 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
         raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
                          f"got {cfg.mbr_temperature}")
-    def finite(weight: float) -> bool:
-        return weight >= 0 and weight != float("inf")  # NaN fails the first test
-    if cfg.mbr_retrieved_weight is not None and not finite(cfg.mbr_retrieved_weight):
+    if cfg.mbr_retrieved_weight is not None and not _finite_weight(cfg.mbr_retrieved_weight):
         raise ValueError(f"selector.mbr_retrieved_weight must be a finite weight of 0 or more (0: the "
                          f"consensus alone; null: chosen on dev), got {cfg.mbr_retrieved_weight}")
-    if not all(finite(w) for w in cfg.mbr_retrieved_weight_choices):
+    if not all(_finite_weight(w) for w in cfg.mbr_retrieved_weight_choices):
         raise ValueError(f"selector.mbr_retrieved_weight_choices must be finite weights of 0 or more, "
                          f"got {cfg.mbr_retrieved_weight_choices}")
     if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None and not cfg.mbr_retrieved_weight_choices:
@@ -219,7 +221,7 @@ def with_retrieved_weight(config: Config, env: DistEnv, paths: RunPaths, round_k
         return config
     check_selector_config(cfg)
     path = dev_candidates or paths.candidates(round_k, "dev")
-    if not path.exists():
+    if not agreed(path.exists):  # rank 0's answer: every rank then raises, or none
         raise DataError(f"{path}: file not found; selector.mbr_retrieved_weight null chooses the retrieved memory's "
                         f"weight on round {round_k}'s dev candidates: decode them first (launch/generate.py --split "
                         f"dev --mode candidates --round {round_k}), or set selector.mbr_retrieved_weight")
