@@ -10,8 +10,8 @@ with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
   (train.max_tokens), in each precision of --precisions (fp32 on CPUs by default: bf16
   matrix products are slow on CPUs without bf16 instructions);
 - ours, old paths: the same, with the model's and the loss's paths as before issue 20
-  (separate q/k/v products, logits for every target position, pads included; see
-  `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
+  (separate q/k/v products, logits for every target position, pads included, batches
+  packed by summed lengths; see `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
   costs nothing (operations run synchronously);
 - ours, compiled (with --compile): the new paths with train.compile (torch.compile,
   dynamic shapes, bucketed padded lengths);
@@ -80,9 +80,10 @@ def training_flops_per_token(config, task, batches: list[list[int]]) -> float:
 
 @contextmanager
 def old_paths():
-    """The model's and the loss's paths as they were before issue 20, for the side-by-side only
-    (kept here, not in the package, where the new paths replaced them): q, k and v (k and v)
-    as separate matrix products, and fp32 logits for every target position, pads included."""
+    """The model's, the loss's and the batches' paths as they were before issue 20, for the
+    side-by-side only (kept here, not in the package, where the new paths replaced them): q, k
+    and v (k and v) as separate matrix products, fp32 logits for every target position, pads
+    included, and batches packed in the order of the examples' summed part lengths."""
     def separate(x, *projections):
         return tuple(projection(x) for projection in projections)
 
@@ -94,7 +95,8 @@ def old_paths():
         return F.cross_entropy(logits.float().flatten(0, 1), labels, label_smoothing=smoothing, reduction="sum")
 
     with (mock.patch.object(MultiheadAttention, "_project", staticmethod(separate)),
-          mock.patch.object(GeneratorTask, "_loss", staticmethod(full_logits_loss))):
+          mock.patch.object(GeneratorTask, "_loss", staticmethod(full_logits_loss)),
+          mock.patch("selfmem.common.batching.packing_key", lambda size: (sum(size),))):
         yield
 
 

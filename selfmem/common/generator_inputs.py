@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from selfmem.common.batching import bucket
 from selfmem.common.config import GeneratorConfig
 from selfmem.common.data import Example
 from selfmem.common.tokenizer import Tokenizer
@@ -86,16 +87,6 @@ def example_sizes(example: EncodedExample, mode: str, ids: SpecialIds, num_memor
     if mode == "dual":
         sizes += (max(num_memories, len(example.memories)) * max(len(m) for m in memory_inputs(example, ids)),)
     return sizes
-
-
-def bucket(width: int) -> int:
-    """``width`` rounded up to the next of 8, 12, 16, 24, 32, 48, 64, ... (powers of two and
-    the points halfway between): a few lengths for a compiled model to see, at the cost of at
-    most half as much padding again (a third from 16 up)."""
-    size = 8
-    while size < width:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
 
 
 def _pad(rows: list[list[int]], pad: int, buckets: bool) -> torch.Tensor:
