@@ -40,7 +40,7 @@ from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory, iter_retrieved  # noqa: E402
 from selfmem.select.candidates import baseline_picks, read_candidates, selector_examples, sentence_metric  # noqa: E402
 from selfmem.select.pick import top_b  # noqa: E402
-from selfmem.select.stage import mbr_scorer, reads_retrieved, trained_scorer, with_retrieved_weight  # noqa: E402
+from selfmem.select.stage import chosen_on_dev, mbr_scorer, reads_retrieved, trained_scorer  # noqa: E402
 from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
@@ -58,7 +58,7 @@ VARIANTS = {
     "mbr-bleu-samples": [*CONSENSUS, BLEU, SAMPLES],
     "mbr-chrf-samples": [*CONSENSUS, CHRF, SAMPLES],
     # the default: chrF++, the top 5 BM25 hits weighing what dev chooses among
-    # selector.mbr_retrieved_weight_choices (the weight printed)
+    # selector.mbr_retrieved_weight_choices, with the temperature (both printed)
     "mbr-chrf+top5dev": ["selector.kind=mbr", CHRF, "selector.mbr_retrieved_hits=5", "selector.mbr_retrieved_weight=null"],
     # the retrieved memory, the top K BM25 hits, as pseudo-references sharing weight W;
     # W = 1000: the candidate closest to the hits, the consensus aside
@@ -99,7 +99,7 @@ def main() -> None:
     seconds = {}
     for name in args.variants:
         variant = load_config(args.config, [*overrides, *VARIANTS[name]])
-        variant = with_retrieved_weight(variant, env, paths, 1)  # where null, chosen on the dev candidates
+        variant = chosen_on_dev(variant, env, paths, 1)  # a null weight: it and the temperature chosen on dev
         vpaths = variant_paths(paths, variant, name)
         started = time.perf_counter()
         if variant.selector.kind == "trained":

@@ -282,7 +282,8 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     (run / "state.json").write_text(json.dumps(saved))
 
     # the retrieved memory's weight chosen on dev among three; on ties the first, which weighs
-    mbr = ["selector.kind=mbr", "selector.mbr_retrieved_weight_choices=[8,0,2]"]
+    # (the temperature stays null here: its choice is tested in test_select.py)
+    mbr = ["selector.kind=mbr", "selector.mbr_retrieved_weight_choices=[8,0,2]", "selector.mbr_temperature_choices=[]"]
     run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *mbr))
     stages = state(root)
     assert "selector" not in stages and "selector_candidates" not in stages
@@ -318,7 +319,7 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
             assert len(memories) == len(load_split(config.data, split))
             assert [m["memories"] for m in memories] == [[[pick]] for pick in picks(split, weight)]
             [row] = [r for r in metrics(root) if r["round"] == k and r["split"] == split]
-            assert row["retrieved_weight"] == weight
+            assert row["retrieved_weight"] == weight and row["temperature"] is None
         # the report's column, on dev and test: | k | hypotheses ... changed | weight | seconds |
         assert len(re.findall(rf"\n\| {k} \|(?: [^|]+ \|){{5}} {weight:g} \| [\d.]+ \|\n",
                               (run / "report.md").read_text())) == 2

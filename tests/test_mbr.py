@@ -98,21 +98,21 @@ def test_the_retrieved_memory_weighs_beside_the_pseudo_references(texts):
     assert mbr_scores(candidates, None, "bleu", None, anchors=["", ""], anchor_weight=2.0) == plain
 
 
-def test_scores_for_several_weights_at_once_are_those_of_each_weight_alone(texts):
-    # dev chooses the retrieved memory's weight from these sets, then the selection scores with
-    # the chosen one alone (without reading the hits where it is 0): the picks must agree bit for bit
+def test_scores_for_several_settings_at_once_are_those_of_each_alone(texts):
+    # dev chooses the temperature and the retrieved memory's weight from these sets, then the
+    # selection scores with the chosen pair alone (without reading the hits where the weight is
+    # 0): the picks must agree bit for bit
     candidates, anchors, samples = [*texts[:6], texts[2]], [texts[9], texts[1], ""], [texts[1], texts[7], texts[7]]
-    weights = [0.0, 1.0, 2.0, 16.0]
+    generator = [-0.1 * i for i in range(7)]
     for utility in ("bleu", "chrf"):
-        for generator, temperature, references in ((None, None, None), ([-0.1 * i for i in range(7)], 0.5, None),
-                                                   (None, None, samples)):
-            sets = mbr_score_sets(candidates, generator, utility, temperature, references=references,
-                                  anchors=anchors, anchor_weights=weights)
-            assert sets == [mbr_scores(candidates, generator, utility, temperature, references=references,
-                                       anchors=anchors if w > 0 else [], anchor_weight=w) for w in weights]
-            assert sets[0] != sets[1]
-    assert mbr_score_sets(candidates, None, "bleu", None, anchors=["", ""], anchor_weights=weights) == \
-        [mbr_scores(candidates, None, "bleu", None)] * len(weights)
+        for references, temperatures in ((None, [None, 1.0, 0.1]), (samples, [None])):
+            settings = [(t, w) for t in temperatures for w in (0.0, 1.0, 2.0, 16.0)]
+            sets = mbr_score_sets(candidates, generator, utility, settings, references=references, anchors=anchors)
+            assert sets == [mbr_scores(candidates, generator, utility, t, references=references,
+                                       anchors=anchors if w > 0 else [], anchor_weight=w) for t, w in settings]
+            assert len({tuple(x) for x in sets}) == len(settings)  # every pair scores differently here
+    assert mbr_score_sets(candidates, None, "bleu", [(None, 0.0), (None, 2.0)], anchors=["", ""]) == \
+        [mbr_scores(candidates, None, "bleu", None)] * 2
 
 
 def test_mbr_refuses_what_it_cannot_compute(texts):

@@ -123,11 +123,11 @@ def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
 @pytest.mark.parametrize("utility,temperature,retrieved", [("bleu", "null", None), ("bleu", "0.5", None),
                                                           ("bleu", "0.5", (1, 2)), ("chrf", "null", "default")])
 def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, utility, temperature, retrieved):
-    # the default: 5 hits weighing what dev chooses (the candidates here are dev's)
+    # the default: 5 hits weighing what dev chooses, with the temperature (the candidates here are dev's)
     hits, weight = {None: (5, 0), (1, 2): (1, 2), "default": (5, None)}[retrieved]
-    overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_temperature={temperature}",
-                 f"selector.mbr_utility={utility}",
-                 *([] if retrieved == "default" else [f"selector.mbr_retrieved_hits={hits}",
+    overrides = ["selector.kind=mbr", "selector.beam=2", f"selector.mbr_utility={utility}",
+                 *([] if retrieved == "default" else [f"selector.mbr_temperature={temperature}",
+                                                      f"selector.mbr_retrieved_hits={hits}",
                                                       f"selector.mbr_retrieved_weight={weight}"])]
     one = select(run_root, *overrides)
     assert select(run_root, *overrides, nproc=2) == one
@@ -135,32 +135,34 @@ def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, ut
                (run_root / "demo" / "round_0" / "candidates" / "dev.jsonl").read_text().splitlines()]
     metric = BLEU(tokenize="13a", effective_order=True) if utility == "bleu" else CHRF(word_order=2)
 
-    def expected(record, example_hits, weight):
-        """Expected utility against the distinct candidates (and the top BM25 hits, here at most
-        two, sharing ``weight``), computed by sacrebleu itself."""
+    def expected(record, example_hits, temperature, weight):
+        """Expected utility against the distinct candidates, weighted by softmax(generator score /
+        temperature) (null: alike), and the top BM25 hits (here at most two) sharing ``weight``,
+        computed by sacrebleu itself."""
         pool, generator = record["candidates"][0], record["scores"][0]
         best = {}
         for text, score in zip(pool, generator):
             best[text] = max(score, best.get(text, -math.inf))
-        weights = {t: 1.0 if temperature == "null" else math.exp(s / 0.5) for t, s in best.items()}
+        weights = {t: 1.0 if temperature is None else math.exp(s / temperature) for t, s in best.items()}
         consensus = [sum(w * metric.sentence_score(c, [r]).score for r, w in weights.items()) / sum(weights.values())
                      for c in pool]
         anchors = example_hits[:hits] if weight else []
         return consensus, [(u + weight * sum(metric.sentence_score(c, [a]).score for a in anchors) / len(anchors))
                            / (1 + weight) if anchors else u for c, u in zip(pool, consensus)]
 
-    if weight is None:  # the weight whose picks score the best corpus BLEU on dev, the first of ties
+    temperature = None if temperature == "null" else float(temperature)
+    if weight is None:  # the pair whose picks score the best corpus BLEU on dev, the first of ties
         references = [ex.target for ex in load_split(load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL]).data,
                                                      "dev")]
-        dev_bleu = {w: BLEU().corpus_score([top_b(r["candidates"][0], expected(r, h, w)[1], 1)[0]
-                                            for r, h in zip(records, bm25_hits(run_root))], [references]).score
-                    for w in (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}
-        weight = max(dev_bleu, key=dev_bleu.get)
-        assert len(set(dev_bleu.values())) > 1  # the weight matters here
+        dev_bleu = {(t, w): BLEU().corpus_score([top_b(r["candidates"][0], expected(r, h, t, w)[1], 1)[0]
+                                                 for r, h in zip(records, bm25_hits(run_root))], [references]).score
+                    for t in (None, 1.0, 0.3, 0.1, 0.05) for w in (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}
+        temperature, weight = max(dev_bleu, key=dev_bleu.get)
+        assert len(set(dev_bleu.values())) > 1  # the choice matters here
     changed = anchored = 0
     for line, record, example_hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
         pool = record["candidates"][0]
-        consensus, scores = expected(record, example_hits, weight)
+        consensus, scores = expected(record, example_hits, temperature, weight)
         assert json.loads(line)["memories"] == [[m] for m in top_b(pool, scores, 2)]
         changed += top_b(pool, scores, 1)[0] != pool[0]
         anchored += top_b(pool, scores, 2) != top_b(pool, consensus, 2)
@@ -170,7 +172,7 @@ def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, ut
 
 def test_mbr_weighted_by_the_generator_refuses_a_candidates_file_without_scores(run_root, tmp_path):
     config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, "selector.kind=mbr",
-                                       "selector.mbr_temperature=1.0"])
+                                       "selector.mbr_temperature=1.0", "selector.mbr_temperature_choices=[]"])
     source = run_root / "demo" / "round_0" / "candidates" / "dev.jsonl"
     lines = [json.loads(line) for line in source.read_text().splitlines()]
     del lines[4]["scores"]
@@ -251,6 +253,14 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight_choices must be finite weights of 0 or "
                                              rf"more, got \[1.0, {weight}\]"):
             check_selector_config(SelectorConfig(mbr_retrieved_weight_choices=[1.0, weight]))
+    with pytest.raises(ValueError, match=r"selector.mbr_temperature_choices must be positive temperatures \(or null"):
+        check_selector_config(SelectorConfig(kind="mbr", mbr_temperature_choices=[None, 0.0]))
+    with pytest.raises(ValueError, match=r"selector.mbr_temperature is 0.5, but with selector.mbr_retrieved_weight "
+                                         r"null each round chooses it on dev among selector.mbr_temperature_choices: "
+                                         r"set selector.mbr_temperature_choices=\[\] to keep 0.5"):
+        check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.5))
+    check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.5, mbr_temperature_choices=[]))
+    check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.5, mbr_retrieved_weight=2.0))
     with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight is null, to be chosen on dev among "
                                          r"selector.mbr_retrieved_weight_choices, but there are none"):
         check_selector_config(SelectorConfig(mbr_retrieved_weight_choices=[]))

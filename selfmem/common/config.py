@@ -170,6 +170,11 @@ class SelectorConfig:
     # docs/results.md); S's "mbr" feature needs a number
     mbr_retrieved_weight: Optional[float] = None
     mbr_retrieved_weight_choices: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
+    # where the weight is chosen on dev and the candidates are the pseudo-references, the
+    # temperature is chosen with it among these (null: all alike): a strong generator's
+    # probabilities tell its better candidates apart, a weak one's do not (docs/results.md);
+    # [] : mbr_temperature as set
+    mbr_temperature_choices: list[Optional[float]] = field(default_factory=lambda: [None, 1.0, 0.3, 0.1, 0.05])
     mbr_retrieved_hits: int = 5  # at most retrieval.topk are there; a text retrieved twice weighs twice
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-

@@ -32,7 +32,13 @@ from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import check_selector_config, retrieved_keys, select_memories, with_retrieved_weight
+from selfmem.select.stage import (
+    check_selector_config,
+    chosen_on_dev,
+    retrieved_keys,
+    select_memories,
+    temperature_keys,
+)
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import (
@@ -106,14 +112,14 @@ def _decode_once(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
 def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
     """Round k >= 1 on dev and test: candidates -> selection -> hypotheses -> metrics. A resumed
     round keeps the decodings it finished (the selection, seconds, is redone: it writes the same)."""
-    rows = []
+    rows, mbr = [], config.selector.kind == "mbr"
     for split in EVAL_SPLITS:
         if not _with_selector_candidates(config, k, split):
             _decode_once(config, env, paths, split, "candidates", paths.round_memory(k - 1, split), k)
         if config.selector.mbr_references == "samples":  # MBR's pseudo-references, from the same memory
             _decode_once(config, env, paths, split, "samples", paths.round_memory(k - 1, split), k)
-        if split == "dev":  # MBR's weight of the retrieved memory, where dev chooses it: once, for both splits
-            config = with_retrieved_weight(config, env, paths, k)
+        if split == "dev":  # MBR's settings, where dev chooses them: once, for both splits
+            config = chosen_on_dev(config, env, paths, k)
         picks = select_memories(config, env, paths, split, k)
         _decode_once(config, env, paths, split, "hypotheses", paths.round_memory(k, split), k)
 
@@ -126,7 +132,9 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
                     "memory": _score(config, picks, split), "oracle": _score(config, candidates["oracle"], split),
                     "top1": _score(config, candidates["top1"], split),
                     "changed": sum(a["memories"] != b["memories"] for a, b in zip(before, after)),
-                    "retrieved_weight": config.selector.mbr_retrieved_weight if config.selector.kind == "mbr" else None}
+                    # MBR's settings (chosen on dev by default; none with the trained S)
+                    "retrieved_weight": config.selector.mbr_retrieved_weight if mbr else None,
+                    "temperature": config.selector.mbr_temperature if mbr else None}
         rows.append(row)
     on_main(lambda: atomic_write_jsonl(paths.round_dir(k) / "metrics.jsonl", [row() for row in rows]))
 
@@ -213,7 +221,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     # mbr_retrieved_weight 0, keeps its rounds)
     selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
                                                                    *(MBR_ONLY if sampling else ()),
-                                                                   *retrieved_keys(config.selector))}
+                                                                   *retrieved_keys(config.selector),
+                                                                   *temperature_keys(config.selector))}
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, decoding, config.selector.train_from,

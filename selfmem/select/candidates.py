@@ -117,24 +117,26 @@ def line_mbr_scores(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str
     fixed ``mbr_retrieved_weight``)."""
     if cfg.mbr_retrieved_weight is None:
         raise ValueError("selector.mbr_retrieved_weight is null (chosen on dev): score with the chosen weight")
-    return line_mbr_score_sets(line, cfg, bleu_tokenize, [cfg.mbr_retrieved_weight])[0]
+    return line_mbr_score_sets(line, cfg, bleu_tokenize, [(cfg.mbr_temperature, cfg.mbr_retrieved_weight)])[0]
 
 
 def line_mbr_score_sets(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize: str,
-                        retrieved_weights: list[float]) -> list[list[float]]:
-    """``line_mbr_scores`` with each of ``retrieved_weights`` in turn as the retrieved memory's weight."""
+                        settings: list[tuple[float | None, float]]) -> list[list[float]]:
+    """``line_mbr_scores`` with each of ``settings`` in turn, a (``mbr_temperature``,
+    ``mbr_retrieved_weight``) pair."""
     references = None
     if cfg.mbr_references == "samples":
         if line.samples is None:
             raise DataError(f"{line.where}: selector.mbr_references is samples but no samples were read with "
                             f"these candidates: decode them with launch/generate.py --mode samples")
         references = line.samples
-    weights = None if cfg.mbr_temperature is None else require_generator_scores(line, "selector.mbr_temperature")
-    if max(retrieved_weights) > 0 and line.retrieved is None:
+    weighted = any(t is not None for t, _ in settings)
+    scores = require_generator_scores(line, "selector.mbr_temperature") if weighted else None
+    if max(w for _, w in settings) > 0 and line.retrieved is None:
         raise ValueError(f"{line.where}: selector.mbr_retrieved_weight weighs the retrieved memory, but none was "
                          f"read with these candidates (iter_retrieved)")
-    return mbr_score_sets(line.pool, weights, cfg.mbr_utility, cfg.mbr_temperature, bleu_tokenize, references,
-                          line.retrieved or [], retrieved_weights)
+    return mbr_score_sets(line.pool, scores, cfg.mbr_utility, settings, bleu_tokenize, references,
+                          line.retrieved or [])
 
 
 def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,

@@ -174,36 +174,37 @@ def mbr_scores(candidates: list[str], generator_scores: list[float] | None, util
     an expected utility still. Without anchors, or with a weight of 0, the scores are the
     consensus alone, to the last bit.
     """
-    return mbr_score_sets(candidates, generator_scores, utility, temperature, tokenize, references, anchors,
-                          [anchor_weight])[0]
+    return mbr_score_sets(candidates, generator_scores, utility, [(temperature, anchor_weight)], tokenize, references,
+                          anchors)[0]
 
 
 def mbr_score_sets(candidates: list[str], generator_scores: list[float] | None, utility: str,
-                   temperature: float | None, tokenize: str = "13a", references: list[str] | None = None,
-                   anchors: list[str] = (), anchor_weights: list[float] = (0.0,)) -> list[list[float]]:
-    """``mbr_scores`` with each of ``anchor_weights``, the utilities computed once: each set
-    equals, to the last bit, what ``mbr_scores`` gives with that weight alone."""
-    anchors = [a for a in anchors if a] if max(anchor_weights, default=0.0) > 0 else []
+                   settings: list[tuple[float | None, float]], tokenize: str = "13a",
+                   references: list[str] | None = None, anchors: list[str] = ()) -> list[list[float]]:
+    """``mbr_scores`` with each of ``settings``, a (temperature, anchor weight) pair, the
+    utilities computed once: each set equals, to the last bit, what ``mbr_scores`` gives with
+    that pair alone."""
+    anchors = [a for a in anchors if a] if max((w for _, w in settings), default=0.0) > 0 else []
     if references is not None:
-        if temperature is not None:
+        if any(t is not None for t, _ in settings):
             raise ValueError("samples as pseudo-references weigh the same (they are draws from the generator); "
                              "leave the temperature unset")
         pseudo = list(dict.fromkeys([*candidates, *references]))
         row = {text: k for k, text in enumerate(pseudo)}
-        weights = np.bincount([row[r] for r in references], minlength=len(pseudo)) / len(references)
+        weights = {None: np.bincount([row[r] for r in references], minlength=len(pseudo)) / len(references)}
     else:
         pseudo = list(dict.fromkeys(candidates))
-        weights = candidate_weights(pseudo, candidates, generator_scores, temperature)
+        weights = {t: candidate_weights(pseudo, candidates, generator_scores, t) for t in dict.fromkeys(t for t, _ in settings)}
     texts = list(dict.fromkeys([*pseudo, *anchors]))  # the anchors' own texts after the others'
     row = {text: k for k, text in enumerate(texts)}
+    rows = [row[c] for c in candidates]
     utilities = utility_matrix(texts, utility, tokenize)
     # row sums over the pseudo-references' columns only: the same additions with anchors or without
-    consensus = (utilities[:, :len(pseudo)] * weights).sum(1)
+    consensus = {t: (utilities[:, :len(pseudo)] * w).sum(1) for t, w in weights.items()}
     if not anchors:
-        return [[float(consensus[row[c]]) for c in candidates] for _ in anchor_weights]
+        return [[float(x) for x in consensus[t][rows]] for t, _ in settings]
     anchored = (utilities * (np.bincount([row[a] for a in anchors], minlength=len(texts)) / len(anchors))).sum(1)
-    return [[float(x) for x in ((consensus + w * anchored) / (1.0 + w))[[row[c] for c in candidates]]]
-            for w in anchor_weights]
+    return [[float(x) for x in ((consensus[t] + w * anchored) / (1.0 + w))[rows]] for t, w in settings]
 
 
 def candidate_weights(texts: list[str], candidates: list[str], generator_scores: list[float] | None,

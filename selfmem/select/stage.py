@@ -110,15 +110,29 @@ def mbr_scorer(config: Config) -> ChunkScorer:
     return score
 
 
-# the keys of the retrieved memory, MBR's anchor, and the weights a round chooses it among on dev
+# the keys of the retrieved memory, MBR's anchor, and the settings a round chooses among on dev
 RETRIEVED = ("mbr_retrieved_weight", "mbr_retrieved_hits")
 WEIGHT_CHOICES = "mbr_retrieved_weight_choices"
+TEMPERATURE_CHOICES = "mbr_temperature_choices"
 
 
 def retrieved_weights(cfg: SelectorConfig) -> list[float]:
     """The weights of the retrieved memory that MBR's selection may give it: the one set, or
     (``mbr_retrieved_weight`` null) the choices, among which each round's dev decides."""
     return list(cfg.mbr_retrieved_weight_choices) if cfg.mbr_retrieved_weight is None else [cfg.mbr_retrieved_weight]
+
+
+def chooses_temperature(cfg: SelectorConfig) -> bool:
+    """Whether each round chooses MBR's temperature on dev, with the retrieved memory's weight."""
+    return (cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None and cfg.mbr_references == "candidates"
+            and bool(cfg.mbr_temperature_choices))
+
+
+def dev_choices(cfg: SelectorConfig) -> list[tuple[float | None, float]]:
+    """The (temperature, retrieved memory's weight) pairs a round chooses among on dev, in
+    order (the first of ties wins)."""
+    temperatures = list(cfg.mbr_temperature_choices) if chooses_temperature(cfg) else [cfg.mbr_temperature]
+    return [(t, w) for t in temperatures for w in retrieved_weights(cfg)]
 
 
 def reads_retrieved(cfg: SelectorConfig, training: bool = False) -> bool:
@@ -135,6 +149,11 @@ def retrieved_keys(cfg: SelectorConfig) -> tuple[str, ...]:
     if not reads_retrieved(cfg):
         return ()
     return (*RETRIEVED, *((WEIGHT_CHOICES,) if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None else ()))
+
+
+def temperature_keys(cfg: SelectorConfig) -> tuple[str, ...]:
+    """The temperature choices, where the rounds read them (for their fingerprint)."""
+    return (TEMPERATURE_CHOICES,) if chooses_temperature(cfg) else ()
 
 
 def _finite_weight(weight: float) -> bool:
@@ -158,6 +177,13 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if not all(_finite_weight(w) for w in cfg.mbr_retrieved_weight_choices):
         raise ValueError(f"selector.mbr_retrieved_weight_choices must be finite weights of 0 or more, "
                          f"got {cfg.mbr_retrieved_weight_choices}")
+    if not all(t is None or t > 0 for t in cfg.mbr_temperature_choices):
+        raise ValueError(f"selector.mbr_temperature_choices must be positive temperatures (or null: every candidate "
+                         f"weighs the same), got {cfg.mbr_temperature_choices}")
+    if chooses_temperature(cfg) and cfg.mbr_temperature is not None:
+        raise ValueError(f"selector.mbr_temperature is {cfg.mbr_temperature:g}, but with selector.mbr_retrieved_weight "
+                         f"null each round chooses it on dev among selector.mbr_temperature_choices: set "
+                         f"selector.mbr_temperature_choices=[] to keep {cfg.mbr_temperature:g}")
     if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None and not cfg.mbr_retrieved_weight_choices:
         raise ValueError("selector.mbr_retrieved_weight is null, to be chosen on dev among "
                          "selector.mbr_retrieved_weight_choices, but there are none: give some, or set the weight")
@@ -210,12 +236,12 @@ def _weight_text(cfg: SelectorConfig) -> str:
     return f"{cfg.mbr_retrieved_weight:g}"
 
 
-def with_retrieved_weight(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
-                          dev_candidates: Path | None = None) -> Config:
-    """``config`` with MBR's weight of the retrieved memory fixed: where it is null (``selector.kind``
-    mbr), the one of ``selector.mbr_retrieved_weight_choices`` whose picks of round K's dev
-    candidates score best against dev's references by the data's metric (ties: the first listed),
-    the same on every rank. Test steers nothing."""
+def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
+                  dev_candidates: Path | None = None) -> Config:
+    """``config`` with MBR's settings fixed: where the retrieved memory's weight is null
+    (``selector.kind`` mbr), the (temperature, weight) pair of ``dev_choices`` whose picks of
+    round K's dev candidates score best against dev's references by the data's metric (ties:
+    the first), the same on every rank. Test steers nothing."""
     cfg = config.selector
     if cfg.kind != "mbr" or cfg.mbr_retrieved_weight is not None:
         return config
@@ -225,30 +251,41 @@ def with_retrieved_weight(config: Config, env: DistEnv, paths: RunPaths, round_k
         raise DataError(f"{path}: file not found; selector.mbr_retrieved_weight null chooses the retrieved memory's "
                         f"weight on round {round_k}'s dev candidates: decode them first (launch/generate.py --split "
                         f"dev --mode candidates --round {round_k}), or set selector.mbr_retrieved_weight")
-    weights = retrieved_weights(cfg)
     examples = load_split(config.data, "dev")
-    mine = {}  # this rank's examples' pick under each weight
+    # every line read first (a bad one fails at once); candidates without the generator's
+    # scores (a hand-made file) leave the temperature null: all alike
+    scored = all(line.pool_scores is not None
+                 for line in selection_lines(config, paths, "dev", round_k, path, len(examples)))
+    choices = dev_choices(cfg) if scored or not chooses_temperature(cfg) else [(None, w) for w in retrieved_weights(cfg)]
+    mine = {}  # this rank's examples' pick under each choice
     for i, line in enumerate(selection_lines(config, paths, "dev", round_k, path, len(examples))):
         if i % env.world_size == env.rank:
             mine[i] = [top_b(line.pool, scores, 1)[0]
-                       for scores in line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, weights)]
+                       for scores in line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, choices)]
     picks = {i: texts for part in all_gather(mine) for i, texts in part.items()}
     references = [ex.target for ex in examples]
     scores = [headline_score(config.data.metric, [picks[i][k] for i in range(len(examples))], references,
-                             config.data.bleu_tokenize) for k in range(len(weights))]
-    best = max(range(len(weights)), key=lambda k: (scores[k], -k))
-    log.info("round %d: selector.mbr_retrieved_weight %g, chosen on dev (%s of the picks by weight: %s)", round_k,
-             weights[best], config.data.metric, ", ".join(f"{w:g} {s:.2f}" for w, s in zip(weights, scores)))
-    return dataclasses.replace(config, selector=dataclasses.replace(cfg, mbr_retrieved_weight=weights[best]))
+                             config.data.bleu_tokenize) for k in range(len(choices))]
+    best = max(range(len(choices)), key=lambda k: (scores[k], -k))
+    temperature, weight = choices[best]
+    by_temperature = "; ".join(
+        f"temperature {'null' if t is None else f'{t:g}'}: " + ", ".join(
+            f"{w:g} {s:.2f}" for (u, w), s in zip(choices, scores) if u == t)
+        for t in dict.fromkeys(t for t, _ in choices))
+    log.info("round %d: chosen on dev: selector.mbr_retrieved_weight %g, mbr_temperature %s (%s of the picks by "
+             "weight, %s)", round_k, weight, "null" if temperature is None else f"{temperature:g}",
+             config.data.metric, by_temperature)
+    return dataclasses.replace(config, selector=dataclasses.replace(
+        cfg, mbr_retrieved_weight=weight, mbr_temperature=temperature))
 
 
 def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
                     candidates_path: Path | None = None, chunk_examples: int = CHUNK_EXAMPLES) -> list[str] | None:
     """Choose the next memories of ``split`` from round K's candidates into round K's memory
     file; returns the selector's top pick of each example on rank 0 (None on the others). A
-    null ``selector.mbr_retrieved_weight`` is chosen on round K's dev candidates first
-    (``with_retrieved_weight``; ``candidates_path`` where it holds them)."""
-    config = with_retrieved_weight(config, env, paths, round_k, candidates_path if split == "dev" else None)
+    null ``selector.mbr_retrieved_weight`` is chosen on round K's dev candidates first, with
+    the temperature (``chosen_on_dev``; ``candidates_path`` where it holds them)."""
+    config = chosen_on_dev(config, env, paths, round_k, candidates_path if split == "dev" else None)
     cfg = config.selector
     check_selector_config(cfg)
     path = candidates_path or paths.candidates(round_k, split)

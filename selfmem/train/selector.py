@@ -33,7 +33,13 @@ from selfmem.models.selector import (
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import initial_memory, iter_retrieved
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
-from selfmem.select.stage import RETRIEVED, WEIGHT_CHOICES, check_selector_config, reads_retrieved
+from selfmem.select.stage import (
+    RETRIEVED,
+    TEMPERATURE_CHOICES,
+    WEIGHT_CHOICES,
+    check_selector_config,
+    reads_retrieved,
+)
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
 from selfmem.train.prefetch import to_device
@@ -51,7 +57,7 @@ def unread_by_training(cfg: SelectorConfig) -> tuple[str, ...]:
     rounds' own, and MBR's unless S has the MBR feature (the retrieved memory's where it weighs)."""
     consensus = () if "mbr" in cfg.features else ("mbr_utility", "mbr_temperature")
     retrieved = () if reads_retrieved(cfg, training=True) else RETRIEVED
-    return (*SELECTION, *MBR_ONLY, *consensus, *retrieved, WEIGHT_CHOICES)
+    return (*SELECTION, *MBR_ONLY, *consensus, *retrieved, WEIGHT_CHOICES, TEMPERATURE_CHOICES)
 
 
 # train keys that the selector's training sets from its own section, or does not use
