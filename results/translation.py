@@ -204,17 +204,17 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: "
                       f"{best_round(rows) if rounds else '-'}):", "",
                   "| round | split | hypotheses | memory | selector's pick vs beam top-1 | oracle | memories changed "
-                  "| BM25 hits' weight |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| BM25 hits' weight | temperature |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if not isinstance(r["round"], int):
                 continue
             pick = "-" if r.get("top1") is None else f"{r['memory'] - r['top1']:+.2f}"
             oracle = "-" if r.get("oracle") is None else f"{r['oracle']:.2f}"
             changed = "-" if r.get("changed") is None else r["changed"]
-            weight = "-" if r.get("retrieved_weight") is None else f"{r['retrieved_weight']:g}"
+            weight, temperature = ("-" if r.get(key) is None else f"{r[key]:g}" for key in ("retrieved_weight", "temperature"))
             lines.append(f"| {r['round']} | {r['split']} | {r['hyps']:.2f} | {r['memory']:.2f} | {pick} | {oracle} | "
-                         f"{changed} | {weight} |")
+                         f"{changed} | {weight} | {temperature} |")
         stages = json.loads((root / corpus / name / "state.json").read_text(encoding="utf-8"))["stages"]
         lines += ["", "wall seconds per stage: " + ", ".join(
             f"{stage} {record['seconds']:.0f}" for stage, record in stages.items() if record.get("seconds") is not None)]

@@ -320,8 +320,8 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
             assert [m["memories"] for m in memories] == [[[pick]] for pick in picks(split, weight)]
             [row] = [r for r in metrics(root) if r["round"] == k and r["split"] == split]
             assert row["retrieved_weight"] == weight and row["temperature"] is None
-        # the report's column, on dev and test: | k | hypotheses ... changed | weight | seconds |
-        assert len(re.findall(rf"\n\| {k} \|(?: [^|]+ \|){{5}} {weight:g} \| [\d.]+ \|\n",
+        # the report's columns, on dev and test: | k | hypotheses ... changed | weight | temperature | seconds |
+        assert len(re.findall(rf"\n\| {k} \|(?: [^|]+ \|){{5}} {weight:g} \| - \| [\d.]+ \|\n",
                               (run / "report.md").read_text())) == 2
         return weight
 
