@@ -157,7 +157,8 @@ class SelectorConfig:
     kind: Literal["trained", "mbr"] = "mbr"
     mbr_utility: Literal["bleu", "chrf"] = "chrf"  # sentence BLEU or chrF++ against the pseudo-references
     # MBR's weight of each pseudo-reference: softmax of the generator's length-normalised
-    # log-probabilities divided by this temperature; None: every candidate alike
+    # log-probabilities divided by this temperature; None: every candidate alike (by default
+    # chosen on dev with the weight below: mbr_temperature_choices)
     mbr_temperature: Optional[float] = None
     # MBR's pseudo-references: the candidates themselves, or epsilon samples of the generator
     # (candidates.num_samples per memory input, decoded beside the candidates)
