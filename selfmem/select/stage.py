@@ -252,16 +252,17 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
                         f"weight on round {round_k}'s dev candidates: decode them first (launch/generate.py --split "
                         f"dev --mode candidates --round {round_k}), or set selector.mbr_retrieved_weight")
     examples = load_split(config.data, "dev")
-    # every line read first (a bad one fails at once); candidates without the generator's
-    # scores (a hand-made file) leave the temperature null: all alike
-    scored = all(line.pool_scores is not None
-                 for line in selection_lines(config, paths, "dev", round_k, path, len(examples)))
-    choices = dev_choices(cfg) if scored or not chooses_temperature(cfg) else [(None, w) for w in retrieved_weights(cfg)]
-    mine = {}  # this rank's examples' pick under each choice
+    # one read: every line checked (a bad one fails at once), this rank's examples' kept
+    lines, scored = {}, True
     for i, line in enumerate(selection_lines(config, paths, "dev", round_k, path, len(examples))):
+        scored &= line.pool_scores is not None
         if i % env.world_size == env.rank:
-            mine[i] = [top_b(line.pool, scores, 1)[0]
-                       for scores in line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, choices)]
+            lines[i] = line
+    # candidates without the generator's scores (a hand-made file) leave the temperature null: all alike
+    choices = dev_choices(cfg) if scored or not chooses_temperature(cfg) else [(None, w) for w in retrieved_weights(cfg)]
+    mine = {i: [top_b(line.pool, scores, 1)[0]  # this rank's examples' pick under each choice
+                for scores in line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, choices)]
+            for i, line in lines.items()}
     picks = {i: texts for part in all_gather(mine) for i, texts in part.items()}
     references = [ex.target for ex in examples]
     scores = [headline_score(config.data.metric, [picks[i][k] for i in range(len(examples))], references,
