@@ -9,7 +9,9 @@ same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in
 process, for (5 beams, 1 returned) and (50 beams, 50 returned). Printed: examples per
 second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
 CPU: growth of the resident set during decoding, sampled every 2 ms) and the share of
-examples whose best hypothesis is the same. Where the ``ctranslate2`` package is installed
+examples whose best hypothesis is the same. ``unpacked`` is the native search with the
+model's CPU weight packing off (``selfmem.models.linear``: PyTorch's own matrix products, as
+before it). Where the ``ctranslate2`` package is installed
 and the model is a Marian one, CTranslate2's float32 beam search on the converted weights
 is a third line (on CPU). `bench/marian_init.py` makes the Marian model docs/benchmarks.md's
 figures come from.
@@ -38,6 +40,7 @@ from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search  # noqa: E4
 from selfmem.infer.hf_beam import hf_beam_search  # noqa: E402
 from selfmem.models.hf_import import import_hf  # noqa: E402
 from selfmem.models.hf_weights import from_pretrained_safe  # noqa: E402
+from selfmem.models.linear import weight_packing  # noqa: E402
 
 
 def resident_bytes() -> int:
@@ -164,8 +167,13 @@ def main() -> None:
     print(f"{native.num_parameters() / 1e6:.1f}M parameters, {len(sources)} examples, {device} "
           f"({torch.get_num_threads()} threads), {args.dtype}, batches of {args.batch}")
 
+    def unpacked(src, s):
+        with weight_packing(False):
+            return beam_search(native, src, None, s, **ids)
+
     engines = {
         "selfmem": lambda src, s: beam_search(native, src, None, s, **ids),
+        "unpacked": unpacked,
         "hf generate": lambda src, s: hf_beam_search(hf, src, s, pad_id=config.pad_token_id, **ids),
     }
     work_dir = Path(tempfile.mkdtemp(prefix="bench-beam-"))

@@ -11,8 +11,10 @@ with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
   matrix products are slow on CPUs without bf16 instructions);
 - ours, old paths: the same, with the model's and the loss's paths as before issue 20
   (separate q/k/v products, logits for every target position, pads included, batches
-  packed by summed lengths; see `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
+  packed by summed lengths, PyTorch's matrix products instead of oneDNN's; see `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
   costs nothing (operations run synchronously);
+- ours, no oneDNN (fp32 on a CPU): the new paths with PyTorch's own matrix products, to
+  tell the oneDNN path's share (`selfmem.models.linear`);
 - ours, compiled (with --compile): the new paths with train.compile (torch.compile,
   dynamic shapes, bucketed padded lengths);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
@@ -46,6 +48,7 @@ from selfmem.common.distributed import DistEnv  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
 from selfmem.retrieve.memory import build_bm25_memory  # noqa: E402
+from selfmem.models.linear import weight_packing  # noqa: E402
 from selfmem.models.seq2seq import MultiheadAttention  # noqa: E402
 from selfmem.train.generator import GeneratorTask, prepare_generator  # noqa: E402
 from selfmem.train.loop import fit, inverse_sqrt_schedule  # noqa: E402
@@ -83,7 +86,8 @@ def old_paths():
     """The model's, the loss's and the batches' paths as they were before issue 20, for the
     side-by-side only (kept here, not in the package, where the new paths replaced them): q, k
     and v (k and v) as separate matrix products, fp32 logits for every target position, pads
-    included, and batches packed in the order of the examples' summed part lengths."""
+    included, batches packed in the order of the examples' summed part lengths, and PyTorch's
+    own matrix products (no oneDNN path, `selfmem.models.linear`)."""
     def separate(x, *projections):
         return tuple(projection(x) for projection in projections)
 
@@ -96,12 +100,13 @@ def old_paths():
 
     with (mock.patch.object(MultiheadAttention, "_project", staticmethod(separate)),
           mock.patch.object(GeneratorTask, "_loss", staticmethod(full_logits_loss)),
-          mock.patch("selfmem.common.batching.packing_key", lambda size: (sum(size),))):
+          mock.patch("selfmem.common.batching.packing_key", lambda size: (sum(size),)),
+          weight_packing(False)):
         yield
 
 
 def ours(config, model, task, initial: dict, steps: int, precision: str, new_paths: bool = True,
-         compile: bool = False) -> float:
+         compile: bool = False, onednn: bool = True) -> float:
     """Tokens/s of `fit` from the ``initial`` weights over the second half of ``steps`` steps
     (its own log's figure).
 
@@ -114,15 +119,18 @@ def ours(config, model, task, initial: dict, steps: int, precision: str, new_pat
     config.train.log_every = steps // 2
     config.train.save_every = 10**9
     model.load_state_dict(initial)
-    with tempfile.TemporaryDirectory() as out, (nullcontext() if new_paths else old_paths()):
+    with (tempfile.TemporaryDirectory() as out, weight_packing(onednn),
+          (nullcontext() if new_paths else old_paths())):
         fit(model, task, config.train, ONE_PROCESS, Path(out), config.run.seed,
             inverse_sqrt_schedule(config.train.warmup_steps))
         records = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
     return [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]
 
 
+@weight_packing(False)
 def baseline(config, model, task, initial: dict, steps: int) -> float:
-    """Tokens/s of a plain loop (second half of ``steps``): random fixed-size batches padded to the longest, fp32."""
+    """Tokens/s of a plain loop (second half of ``steps``): random fixed-size batches padded to
+    the longest, fp32, PyTorch's own matrix products."""
     model.load_state_dict(initial)
     config.train.compile = False  # its batches padded to their longest, not to a bucket
     budget_batches = task.epoch_batches(0)
@@ -187,6 +195,8 @@ def main() -> None:
     for p in precisions:
         runs[f"ours {p}, old paths"] = lambda p=p: ours(config, model, task, initial, args.steps, p, new_paths=False)
         runs[f"ours {p}"] = lambda p=p: ours(config, model, task, initial, args.steps, p)
+        if device.type == "cpu" and p == "fp32":
+            runs[f"ours {p}, no oneDNN"] = lambda p=p: ours(config, model, task, initial, args.steps, p, onednn=False)
         if args.compile:
             runs[f"ours {p}, compiled"] = lambda p=p: ours(config, model, task, initial, args.steps, p, compile=True)
     figures = {name: [] for name in runs}

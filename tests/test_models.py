@@ -25,6 +25,7 @@ from selfmem.common.config import load_config
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.build import build_model
 from selfmem.models.hf_import import import_hf
+from selfmem.models.linear import weight_packing
 from selfmem.models.seq2seq import MultiheadAttention, slotted_positions
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -416,12 +417,14 @@ def test_importing_the_models_turns_cudnn_attention_off():
 def test_fused_projections_equal_the_separate_ones_exactly(variant):
     model = variant_model(variant)
     x = torch.randn(3, 7, model.config.d_model, generator=torch.Generator().manual_seed(1))
-    for attention in (module for module in model.modules() if isinstance(module, MultiheadAttention)):
-        q, k, v = attention.queries_keys_values(x)
-        assert torch.equal(q, attention.q_proj(x))
-        assert torch.equal(k, attention._split_heads(attention.k_proj(x)))
-        assert torch.equal(v, attention._split_heads(attention.v_proj(x)))
-        assert all(torch.equal(a, b) for a, b in zip(attention.keys_values(x), (k, v)))
+    # PyTorch's own kernels on both sides (the packed CPU path is compared in test_linear.py)
+    with weight_packing(False):
+        for attention in (module for module in model.modules() if isinstance(module, MultiheadAttention)):
+            q, k, v = attention.queries_keys_values(x)
+            assert torch.equal(q, attention.q_proj(x))
+            assert torch.equal(k, attention._split_heads(attention.k_proj(x)))
+            assert torch.equal(v, attention._split_heads(attention.v_proj(x)))
+            assert all(torch.equal(a, b) for a, b in zip(attention.keys_values(x), (k, v)))
     # the weights stay separate parameters: checkpoints keep their layout
     assert {"encoder.layers.0.self_attn.q_proj.weight", "decoder.layers.0.encoder_attn.k_proj.bias",
             "decoder.layers.0.encoder_attn.v_proj.weight"} <= model.state_dict().keys()

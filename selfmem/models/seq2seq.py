@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from selfmem.common.io import atomic_directory
 from selfmem.common.records import CheckpointError
 from selfmem.models.config import ModelConfig
+from selfmem.models.linear import linear
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -182,6 +183,11 @@ class SinusoidalPositionalEmbedding(nn.Module):
         return self.table[positions]
 
 
+def project(x: Tensor, *layers: nn.Linear) -> Tensor:
+    """``x`` through ``layers`` side by side (one matrix product; see ``selfmem.models.linear``)."""
+    return linear(x, [layer.weight for layer in layers], [layer.bias for layer in layers])
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head scaled dot-product attention with biased q/k/v/out projections.
 
@@ -205,9 +211,7 @@ class MultiheadAttention(nn.Module):
     @staticmethod
     def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
         """``x`` through each of ``projections``, as one matrix product over their stacked weights."""
-        weight = torch.cat([p.weight for p in projections])
-        bias = torch.cat([p.bias for p in projections])
-        return F.linear(x, weight, bias).chunk(len(projections), dim=-1)
+        return project(x, *projections).chunk(len(projections), dim=-1)
 
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Project ``x`` (batch, length, d_model) to per-head keys and values."""
@@ -223,7 +227,7 @@ class MultiheadAttention(nn.Module):
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
         """Attend from ``x`` to ``keys``/``values``; ``mask`` is boolean, True = attend."""
-        return self.attend(self.q_proj(x), keys, values, mask, causal)
+        return self.attend(project(x, self.q_proj), keys, values, mask, causal)
 
     def attend(self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
                causal: bool = False) -> Tensor:
@@ -239,7 +243,7 @@ class MultiheadAttention(nn.Module):
             self._split_heads(stacked), keys, values, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(out.transpose(1, 2).flatten(2)).reshape(queries.shape)
+        return project(out.transpose(1, 2).flatten(2), self.out_proj).reshape(queries.shape)
 
 
 class TransformerLayer(nn.Module):
@@ -266,7 +270,7 @@ class TransformerLayer(nn.Module):
 
     def feed_forward(self, x: Tensor) -> Tensor:
         h = self.sublayer_input(x, self.final_layer_norm)
-        h = self.fc2(self.activation_dropout(self.activation(self.fc1(h))))
+        h = project(self.activation_dropout(self.activation(project(h, self.fc1))), self.fc2)
         return self.residual(x, h, self.final_layer_norm)
 
 
@@ -508,7 +512,7 @@ class Seq2SeqModel(nn.Module):
     def output_logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits (float32) of decoder states."""
         weight = self.decoder.embed_tokens.weight if self.output_projection is None else self.output_projection.weight
-        return F.linear(hidden, weight, self.final_logits_bias).float()
+        return linear(hidden, [weight], [self.final_logits_bias]).float()
 
     def decode_step(self, decoder_input_ids: Tensor, encoder_out: EncoderOut,
                     cache: DecoderCache | None = None) -> tuple[Tensor, DecoderCache]:

@@ -1,0 +1,88 @@
+"""The model's linear maps through oneDNN (CPU, float32) against F.linear, with and without autograd."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfmem.models import linear as linear_module
+from selfmem.models.linear import linear, weight_packing
+
+torch.set_num_threads(1)
+
+pytestmark = pytest.mark.skipif(not linear_module._ONEDNN, reason="this PyTorch build has no oneDNN linear")
+
+
+def layers(seed=0, sizes=(24, 40, 16), d_in=32):
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(n, d_in, generator=g, requires_grad=True) for n in sizes]
+    biases = [torch.randn(n, generator=g, requires_grad=True) for n in sizes]
+    return weights, biases
+
+
+def reference(x, weights, biases):
+    return F.linear(x, torch.cat(weights), torch.cat(biases))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("shape", [(1, 32), (80, 32), (3, 7, 32)])
+def test_packed_equals_f_linear_up_to_rounding(count, shape):
+    weights, biases = layers()
+    weights, biases = weights[:count], biases[:count]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    expected = reference(x, weights, biases)
+    with torch.no_grad():
+        got = linear(x, weights, biases)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert id(weights[0]) in {id(w) for w in linear_module._packed.keys()}  # it did take the packed path
+
+
+def test_with_autograd_the_output_and_gradients_equal_f_linear_up_to_rounding():
+    weights, biases = layers(d_in=256, sizes=(96, 96, 96))
+    x = torch.randn(3, 50, 256, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    with mock.patch.object(linear_module, "_onednn_linear", wraps=linear_module._onednn_linear) as onednn:
+        output = linear(x, weights, biases)
+        grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(3))
+        grads = torch.autograd.grad(output, [x, *weights, *biases], grad_output)
+    assert onednn.call_count == 2  # the forward product and the input's gradient
+    expected = reference(x, weights, biases)
+    expected_grads = torch.autograd.grad(expected, [x, *weights, *biases], grad_output)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_with_packing_off_it_is_f_linear_to_the_bit():
+    weights, biases = layers()
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    expected = reference(x, weights, biases)
+    with weight_packing(False):
+        assert torch.equal(linear(x, weights, biases), expected)
+        with torch.no_grad():
+            assert torch.equal(linear(x, weights, biases), expected)
+    assert linear_module._packing_enabled  # restored after the block
+
+
+def test_a_weight_changed_in_place_is_packed_again():
+    weights, biases = layers()
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = linear(x, weights, biases)
+        weights[1].mul_(-2.0)  # an optimizer step updates parameters in place
+        biases[2].add_(1.0)
+        after = linear(x, weights, biases)
+    torch.testing.assert_close(after, reference(x, weights, biases), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, before)
+    assert len(linear_module._packed[weights[0]]) == 1  # the stale copy is dropped
+
+
+def test_bias_may_be_absent():
+    weights, _ = layers(sizes=(8,))
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = linear(x, weights, [None])
+    torch.testing.assert_close(got, F.linear(x, weights[0]), rtol=1e-5, atol=1e-5)
