@@ -6,21 +6,23 @@
 imported from it, so both decode the same weights. Both decode the same inputs (the
 first --examples sources of --data, sorted by length into batches of --batch) with the
 same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in this one
-process, for (5 beams, 1 returned) and (50 beams, 50 returned). Printed: examples per
+process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned). Printed: examples per
 second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
 CPU: growth of the resident set during decoding, sampled every 2 ms) and the share of
-examples whose best hypothesis is the same. ``unpacked`` is the native search with the
-model's CPU weight packing off (``selfmem.models.linear``: PyTorch's own matrix products, as
-before it). Where the ``ctranslate2`` package is installed
-and the model is a Marian one, CTranslate2's float32 beam search on the converted weights
-is a third line (on CPU). `bench/marian_init.py` makes the Marian model docs/benchmarks.md's
-figures come from.
+examples whose best hypothesis is the same. ``selfmem, no oneDNN`` is the native search with
+PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).
+Where the ``ctranslate2`` package is installed and the model is a Marian one, CTranslate2's
+float32 beam search on the converted weights is a further line (on CPU), run in a child
+process (see ``CTranslate2Process``) with the same number of threads, the batches sent to it
+one at a time and timed here, interleaved with the others. `bench/marian_init.py` makes the
+Marian model docs/benchmarks.md's figures come from.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -43,30 +45,31 @@ from selfmem.models.hf_weights import from_pretrained_safe  # noqa: E402
 from selfmem.models.linear import weight_packing  # noqa: E402
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
+def resident_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class PeakMemory:
-    """Peak memory used inside the ``with`` block, above what was in use when it began."""
+    """Peak memory used inside the ``with`` block, above what was in use when it began (on a
+    CPU, by process ``pid``: this one by default)."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0
+    def __init__(self, device: torch.device, pid: int | str = "self"):
+        self.device, self.pid, self.peak = device, pid, 0
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            self.start, self.running = resident_bytes(), True
+            self.start, self.running = resident_bytes(self.pid), True
             self.thread = threading.Thread(target=self._sample, daemon=True)
             self.thread.start()
         return self
 
     def _sample(self):
         while self.running:
-            self.peak = max(self.peak, resident_bytes() - self.start)
+            self.peak = max(self.peak, resident_bytes(self.pid) - self.start)
             time.sleep(0.002)
 
     def __exit__(self, *exc):
@@ -88,9 +91,9 @@ def batches(sources: list[list[int]], size: int, pad: int, device) -> list[torch
     return out
 
 
-def ctranslate2_engine(model_dir: Path, tokenizer_dir: Path, work_dir: Path):
-    """A decode function over CTranslate2's float32 beam search on the same weights, or None
-    when the ``ctranslate2`` package is missing or the checkpoint is not a Marian model.
+def convert_to_ctranslate2(model_dir: Path, tokenizer_dir: Path, work_dir: Path) -> Path | None:
+    """CTranslate2's copy of a Marian checkpoint's weights, or None when the ``ctranslate2``
+    package is missing or the checkpoint is not a Marian model.
 
     The converter reads the vocabulary through a Marian tokenizer, so one is written next to
     the weights from the run's SentencePiece model. Its Marian loader also assumes Marian's
@@ -105,8 +108,7 @@ def ctranslate2_engine(model_dir: Path, tokenizer_dir: Path, work_dir: Path):
     config = json.loads((model_dir / "config.json").read_text())
     if config.get("model_type") != "marian":
         return None
-    sp = load_tokenizer(tokenizer_dir)._sp
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    pieces = vocabulary_pieces(tokenizer_dir)
     source = work_dir / "hf"
     shutil.copytree(model_dir, source)
     for name in ("source.spm", "target.spm"):
@@ -124,19 +126,61 @@ def ctranslate2_engine(model_dir: Path, tokenizer_dir: Path, work_dir: Path):
 
     loader.set_config = set_config
     ctranslate2.converters.TransformersConverter(str(source)).convert(str(work_dir / "ct2"))
-    translator = ctranslate2.Translator(str(work_dir / "ct2"), device="cpu", intra_threads=torch.get_num_threads())
-    piece_id = {p: i for i, p in enumerate(pieces)}
+    return work_dir / "ct2"
 
-    def decode(src: torch.Tensor, settings: BeamSettings) -> list[list[Hypothesis]]:
-        batch = [[pieces[i] for i in row if i != config["pad_token_id"]] for row in src.tolist()]
-        results = translator.translate_batch(
-            batch, beam_size=settings.num_beams, num_hypotheses=settings.num_return, length_penalty=settings.length_penalty,
-            max_decoding_length=settings.max_len, min_decoding_length=settings.min_len, return_scores=True,
-            patience=1)  # stop an example once it holds num_beams finished hypotheses
-        return [[Hypothesis([piece_id[p] for p in hyp], score) for hyp, score in zip(r.hypotheses, r.scores)]
-                for r in results]
 
-    return decode
+def vocabulary_pieces(tokenizer_dir: Path) -> list[str]:
+    sp = load_tokenizer(tokenizer_dir)._sp
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+
+def _ctranslate2_worker(connection, ct2_dir: str, threads: int) -> None:
+    """The child process's loop: decode each batch of pieces it is sent, until None."""
+    import ctranslate2
+
+    translator = ctranslate2.Translator(ct2_dir, device="cpu", intra_threads=threads)
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        batch, options = request
+        results = translator.translate_batch(batch, return_scores=True, **options)
+        connection.send([(r.hypotheses, r.scores) for r in results])
+
+
+class CTranslate2Process:
+    """CTranslate2's float32 beam search on the converted weights, in a child process.
+
+    Not in this one: once CTranslate2 has decoded in a process, PyTorch's CPU kernels in that
+    process run markedly slower for good (on this project's 2-core machine, this project's
+    5-beam search fell from about 80 to 50 examples/s and stayed there; PyTorch's worker
+    thread got about half the work it got before), while CTranslate2's own speed does not
+    depend on where it runs. The child is spawned, so it shares no thread pools with this
+    process; the batches go through a pipe (a few kilobytes each).
+    """
+
+    def __init__(self, ct2_dir: Path, tokenizer_dir: Path, pad_id: int):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_ctranslate2_worker,
+                                       args=(child, str(ct2_dir), torch.get_num_threads()), daemon=True)
+        self.process.start()
+        assert self.connection.recv() == "ready"  # loaded before any timing starts
+        self.pid, self.pad_id = self.process.pid, pad_id
+        self.pieces = vocabulary_pieces(tokenizer_dir)
+        self.piece_id = {p: i for i, p in enumerate(self.pieces)}
+
+    def __call__(self, src: torch.Tensor, settings: BeamSettings) -> list[list[Hypothesis]]:
+        batch = [[self.pieces[i] for i in row if i != self.pad_id] for row in src.tolist()]
+        options = dict(beam_size=settings.num_beams, num_hypotheses=settings.num_return,
+                       length_penalty=settings.length_penalty, max_decoding_length=settings.max_len,
+                       min_decoding_length=settings.min_len,
+                       patience=1)  # stop an example once it holds num_beams finished hypotheses
+        self.connection.send((batch, options))
+        return [[Hypothesis([self.piece_id[p] for p in hyp], score) for hyp, score in zip(hyps, scores)]
+                for hyps, scores in self.connection.recv()]
+
+    def close(self) -> None:
+        self.connection.send(None)
+        self.process.join()
 
 
 def main() -> None:
@@ -167,19 +211,19 @@ def main() -> None:
     print(f"{native.num_parameters() / 1e6:.1f}M parameters, {len(sources)} examples, {device} "
           f"({torch.get_num_threads()} threads), {args.dtype}, batches of {args.batch}")
 
-    def unpacked(src, s):
+    def no_onednn(src, s):
         with weight_packing(False):
             return beam_search(native, src, None, s, **ids)
 
     engines = {
         "selfmem": lambda src, s: beam_search(native, src, None, s, **ids),
-        "unpacked": unpacked,
+        "selfmem, no oneDNN": no_onednn,
         "hf generate": lambda src, s: hf_beam_search(hf, src, s, pad_id=config.pad_token_id, **ids),
     }
     work_dir = Path(tempfile.mkdtemp(prefix="bench-beam-"))
-    ct2 = ctranslate2_engine(args.model, args.tokenizer, work_dir) if device.type == "cpu" else None
-    if ct2 is not None:
-        engines["ctranslate2"] = ct2
+    ct2_dir = convert_to_ctranslate2(args.model, args.tokenizer, work_dir) if device.type == "cpu" else None
+    if ct2_dir is not None:
+        engines["ctranslate2"] = CTranslate2Process(ct2_dir, args.tokenizer, config.pad_token_id)
     for beams, returned in (map(int, pair.split(":")) for pair in args.settings.split(",")):
         settings = BeamSettings(num_beams=beams, num_return=returned, max_len=args.max_len, early_stopping=True)
         inputs = batches(sources, args.batch, config.pad_token_id, device)
@@ -188,7 +232,7 @@ def main() -> None:
         best: dict[str, list[list[int]]] = {}
         for repeat in range(args.repeats):
             for name, decode in engines.items():
-                with PeakMemory(device) as memory:
+                with PeakMemory(device, getattr(decode, "pid", "self")) as memory:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     started = time.perf_counter()
@@ -203,9 +247,11 @@ def main() -> None:
             runs = ", ".join(f"{x:.1f}" for x in speed[name])
             same = sum(a == b for a, b in zip(best[name], best["selfmem"])) / len(sources)
             ratio = statistics.median(speed["selfmem"]) / statistics.median(speed[name])
-            print(f"  {name:12s} {statistics.median(speed[name]):8.1f} examples/s (runs: {runs}), "
+            print(f"  {name:18s} {statistics.median(speed[name]):8.1f} examples/s (runs: {runs}), "
                   f"peak memory {peak[name] / 2**20:.0f} MiB, best hypothesis as selfmem's on {same:.1%}"
                   + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster"))
+    if "ctranslate2" in engines:
+        engines["ctranslate2"].close()
     shutil.rmtree(work_dir)
 
 
