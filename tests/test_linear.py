@@ -28,11 +28,14 @@ def reference(x, weights, biases):
 
 
 @pytest.mark.parametrize("count", [1, 3])
-@pytest.mark.parametrize("shape", [(1, 32), (80, 32), (3, 7, 32)])
+@pytest.mark.parametrize("shape", [(1, 32), (80, 32), (3, 7, 32), "strided"])
 def test_packed_equals_f_linear_up_to_rounding(count, shape):
     weights, biases = layers()
     weights, biases = weights[:count], biases[:count]
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    if shape == "strided":  # a non-contiguous view, as slices of decoder states are
+        x = torch.randn(10, 7, 32, generator=torch.Generator().manual_seed(1)).transpose(0, 1)[:, ::2]
+    else:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     expected = reference(x, weights, biases)
     with torch.no_grad():
         got = linear(x, weights, biases)
@@ -78,6 +81,10 @@ def test_a_weight_changed_in_place_is_packed_again():
     torch.testing.assert_close(after, reference(x, weights, biases), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after, before)
     assert len(linear_module._packed[weights[0]]) == 1  # the stale copy is dropped
+    with torch.no_grad():
+        weights[0].data = weights[0].data * 3.0  # new storage, the version counter unmoved (as module.to does)
+        replaced = linear(x, weights, biases)
+    torch.testing.assert_close(replaced, reference(x, weights, biases), rtol=1e-5, atol=1e-5)
 
 
 def test_bias_may_be_absent():
