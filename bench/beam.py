@@ -6,8 +6,8 @@
 imported from it, so both decode the same weights. Both decode the same inputs (the
 first --examples sources of --data, sorted by length into batches of --batch) with the
 same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in this one
-process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned). Printed: examples per
-second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
+process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned).
+Printed: examples per second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
 CPU: growth of the resident set during decoding, sampled every 2 ms) and the share of
 examples whose best hypothesis is the same. ``selfmem, no oneDNN`` is the native search with
 PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).

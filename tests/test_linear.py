@@ -75,12 +75,14 @@ def test_a_weight_changed_in_place_is_packed_again():
     x = torch.randn(6, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = linear(x, weights, biases)
+    stale = linear_module._packed[weights[0]][1]
+    with torch.no_grad():
         weights[1].mul_(-2.0)  # an optimizer step updates parameters in place
         biases[2].add_(1.0)
         after = linear(x, weights, biases)
     torch.testing.assert_close(after, reference(x, weights, biases), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after, before)
-    assert len(linear_module._packed[weights[0]]) == 1  # the stale copy is dropped
+    assert linear_module._packed[weights[0]][1] is not stale  # the stale copy is replaced, not kept beside
     with torch.no_grad():
         weights[0].data = weights[0].data * 3.0  # new storage, the version counter unmoved (as module.to does)
         replaced = linear(x, weights, biases)

@@ -33,7 +33,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _packing_enabled = True
-# first weight -> {(id, version, storage of every weight and bias): (packed weight, stacked bias)}
+# first weight -> ((id, version, storage) of every weight and bias, packed weight, stacked bias)
 _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -46,12 +46,11 @@ def linear(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]
         return _OneDNNLinear.apply(x, *_stacked(weights, biases))
     tensors = [*weights, *(b for b in biases if b is not None)]
     key = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
-    entries = _packed.setdefault(weights[0], {})
-    if key not in entries:
-        entries.clear()  # what was packed for earlier versions of these weights
+    entry = _packed.get(weights[0])
+    if entry is None or entry[0] != key:  # first use, or the weights changed since they were packed
         weight, bias = _stacked(weights, biases)
-        entries[key] = (_pack(weight.detach()), None if bias is None else bias.detach())
-    return _onednn_linear(x, *entries[key])
+        entry = _packed[weights[0]] = (key, _pack(weight.detach()), None if bias is None else bias.detach())
+    return _onednn_linear(x, *entry[1:])
 
 
 class _OneDNNLinear(torch.autograd.Function):
