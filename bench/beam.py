@@ -8,8 +8,9 @@ first --examples sources of --data, sorted by length into batches of --batch) wi
 same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in this one
 process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned).
 Printed: examples per second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
-CPU: growth of the resident set during decoding, sampled every 2 ms) and the share of
-examples whose best hypothesis is the same. ``selfmem, no oneDNN`` is the native search with
+CPU: growth of the peak resident set during decoding, as the kernel counts it) and the share of
+examples whose best hypothesis is the same. Both processes keep freed CPU memory for reuse, as
+the launch scripts do (`selfmem/common/cpu_memory.py`). ``selfmem, no oneDNN`` is the native search with
 PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).
 Where the ``ctranslate2`` package is installed and the model is a Marian one, CTranslate2's
 float32 beam search on the converted weights is a further line (on CPU), run in a child
@@ -23,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from selfmem.common.cpu_memory import keep_freed_memory  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search  # noqa: E402
 from selfmem.infer.hf_beam import hf_beam_search  # noqa: E402
@@ -45,14 +45,21 @@ from selfmem.models.hf_weights import from_pretrained_safe  # noqa: E402
 from selfmem.models.linear import weight_packing  # noqa: E402
 
 
-def resident_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def resident_kib(pid: int | str, field: str) -> int:
+    """A ``/proc/PID/status`` memory field (``VmRSS``, ``VmHWM``: the peak resident set), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 class PeakMemory:
     """Peak memory used inside the ``with`` block, above what was in use when it began (on a
-    CPU, by process ``pid``: this one by default)."""
+    CPU, by process ``pid``: this one by default).
+
+    On a CPU the kernel keeps the peak: the block starts by resetting process ``pid``'s peak
+    resident set to its current one (``/proc/PID/clear_refs``) and ends by reading it, so no
+    sampling thread competes with the timed code for the GIL and the cores (one did: on 2
+    cores a thread waking every 2 ms preempts one of PyTorch's two worker threads).
+    """
 
     def __init__(self, device: torch.device, pid: int | str = "self"):
         self.device, self.pid, self.peak = device, pid, 0
@@ -62,22 +69,16 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            self.start, self.running = resident_bytes(self.pid), True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")  # the peak resident set becomes the current one
+            self.start = resident_kib(self.pid, "VmRSS") * 1024
         return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, resident_bytes(self.pid) - self.start)
-            time.sleep(0.002)
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated() - self.start
         else:
-            self.running = False
-            self.thread.join()
+            self.peak = resident_kib(self.pid, "VmHWM") * 1024 - self.start
 
 
 def batches(sources: list[list[int]], size: int, pad: int, device) -> list[torch.Tensor]:
@@ -138,6 +139,7 @@ def _ctranslate2_worker(connection, ct2_dir: str, threads: int) -> None:
     """The child process's loop: decode each batch of pieces it is sent, until None."""
     import ctranslate2
 
+    keep_freed_memory()  # the same malloc settings as the bench's process
     translator = ctranslate2.Translator(ct2_dir, device="cpu", intra_threads=threads)
     connection.send("ready")
     while (request := connection.recv()) is not None:
@@ -197,6 +199,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
 
+    keep_freed_memory()  # as the launch scripts do
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     from transformers import AutoModelForSeq2SeqLM

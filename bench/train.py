@@ -19,7 +19,8 @@ with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
   dynamic shapes, bucketed padded lengths);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
   example, fp32, with the batch size that holds as many real tokens per step on average.
-Throughput counts real (non-pad) encoder and target tokens per second. Medians of
+The process keeps freed CPU memory for reuse, as the launch scripts do
+(`selfmem/common/cpu_memory.py`). Throughput counts real (non-pad) encoder and target tokens per second. Medians of
 --repeats runs. The tokenizer and BM25 memory are prepared first in a temporary run
 directory (or reused from --run-root).
 """
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from selfmem.common.config import load_config  # noqa: E402
+from selfmem.common.cpu_memory import keep_freed_memory  # noqa: E402
 from selfmem.common.distributed import DistEnv  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_intermixed_args()
+    keep_freed_memory()  # as the launch scripts do, for every run of this process
     logging.getLogger("selfmem").setLevel(logging.WARNING)
     root = Path(args.run_root or tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(REPO / args.config, [f"run.root={root}", *args.overrides])

@@ -63,13 +63,15 @@ def test_a_bug_prints_its_traceback_then_the_error_line(capsys):
     assert err[-2:] == ["KeyError: 'memories'", "error: KeyError: 'memories'"]
 
 
-def test_launch_joins_the_process_group_with_dist_timeout(tmp_path, monkeypatch):
-    timeouts, stages = [], []
+def test_launch_keeps_freed_memory_and_joins_the_process_group_with_dist_timeout(tmp_path, monkeypatch):
+    timeouts, stages, kept = [], [], []
+    monkeypatch.setattr(entry, "keep_freed_memory", lambda: kept.append(True))
     monkeypatch.setattr(entry, "init_distributed", lambda timeout_s: timeouts.append(timeout_s) or real_env)
     real_env = entry.DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
     monkeypatch.setattr(sys, "argv", ["x.py", "--config", str(DEMO_CONFIG), f"run.root={tmp_path}",
                                       "dist.timeout=7"])
     launch("A test launcher.", lambda config, env, paths, args: stages.append((config.dist.timeout, paths.root)))
+    assert kept == [True]
     assert timeouts == [7.0]
     assert stages == [(7.0, tmp_path / "demo")]
 

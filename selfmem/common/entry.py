@@ -18,6 +18,7 @@ from collections.abc import Callable
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
 
 from selfmem.common.config import Config, ConfigError, parse_args
+from selfmem.common.cpu_memory import keep_freed_memory
 from selfmem.common.data import DataError
 from selfmem.common.distributed import (DistEnv, RankFailed, barrier, close_distributed, init_distributed,
                                         raised_on_every_rank)
@@ -89,10 +90,11 @@ def end_finished_rank() -> None:
 def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namespace], object],
            add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """A launch script's whole run: parse ``--config FILE [key=value ...]`` (and the flags of
-    ``add_arguments``), join the process group with ``dist.timeout``, set up the run directory,
+    ``add_arguments``), keep freed CPU memory for reuse (``keep_freed_memory``), join the process group with ``dist.timeout``, set up the run directory,
     run ``stage(config, env, paths, args)`` and leave; a failure as ``entry_point`` reports it.
     ``doc`` is the script's docstring (its ``--help``)."""
     def main() -> None:
+        keep_freed_memory()
         config, args = parse_args(doc, add_arguments=add_arguments)
         env = init_distributed(config.dist.timeout)
         stage(config, env, start_run(config, env), args)

@@ -1,0 +1,41 @@
+"""Freed CPU memory kept in the process for the next tensors (glibc's malloc settings).
+
+PyTorch's CPU tensors come from ``malloc``. By default glibc hands memory back to the
+kernel soon after it is freed (large blocks at once, the top of the heap once 128 KiB of it
+is free), and the next tensor of the same size faults its pages in again, one page at a
+time. A decoding step allocates and frees the same tensors over and over (the logits of 80
+beams are 2.5 MB): on this project's 2-core CPU machine, 50,000 page faults in a
+200-example beam search, about 2.4 us each.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt's parameter numbers (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the heap
+TOP_PAD = 64 << 20  # the heap grows 64 MiB at a time
+NEVER_TRIM = 2**31 - 1
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's ``malloc`` keep freed memory for later allocations instead of returning it.
+
+    Blocks up to 32 MiB then come from the heap, and the heap is not trimmed: a step's
+    tensors reuse the last step's pages, already mapped. The cost: the process's resident
+    memory stays at its peak (as PyTorch's CUDA allocator keeps GPU memory). Returns whether
+    the settings took; False where the C library has no ``mallopt`` (musl, macOS).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # the trim threshold also freezes glibc's own sliding mmap threshold, so that one is set too
+    return all(mallopt(param, value) == 1 for param, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_TOP_PAD, TOP_PAD)))
