@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfmem.models import linear as linear_module
-from selfmem.models.linear import linear, weight_packing
+from selfmem.models.linear import frozen_weights, linear, weight_packing
 
 torch.set_num_threads(1)
 
@@ -95,3 +95,33 @@ def test_bias_may_be_absent():
     with torch.no_grad():
         got = linear(x, weights, [None])
     torch.testing.assert_close(got, F.linear(x, weights[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_inside_frozen_weights_the_packed_copy_is_reused_without_checks_until_the_block_ends():
+    weights, biases = layers()
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = linear(x, weights, biases)
+        with frozen_weights():
+            assert torch.equal(linear(x, weights, biases), expected)
+            with mock.patch.object(linear_module, "_packs") as packs:
+                assert torch.equal(linear(x, weights, biases), expected)  # found by identity alone
+            assert packs.call_count == 0
+            weights[1].mul_(-2.0)
+            assert torch.equal(linear(x, weights, biases), expected)  # the promise: nothing changes inside
+        assert linear_module._frozen is None
+        torch.testing.assert_close(linear(x, weights, biases), reference(x, weights, biases), rtol=1e-5, atol=1e-5)
+
+
+def test_inside_frozen_weights_autograd_still_gets_gradients():
+    weights, biases = layers()
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(6))
+    with frozen_weights():
+        with torch.no_grad():
+            linear(x, weights, biases)  # packed, and remembered by the block
+        output = linear(x, weights, biases)
+    assert output.requires_grad
+    grads = torch.autograd.grad(output.sum(), weights)
+    expected = torch.autograd.grad(reference(x, weights, biases).sum(), weights)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -420,7 +420,8 @@ def test_fused_projections_equal_the_separate_ones_exactly(variant):
     # PyTorch's own kernels on both sides (the packed CPU path is compared in test_linear.py)
     with weight_packing(False):
         for attention in (module for module in model.modules() if isinstance(module, MultiheadAttention)):
-            q, k, v = attention.queries_keys_values(x)
+            q, kv = attention.queries_keys_values(x)
+            k, v = kv.unbind(1)
             assert torch.equal(q, attention.q_proj(x))
             assert torch.equal(k, attention._split_heads(attention.k_proj(x)))
             assert torch.equal(v, attention._split_heads(attention.v_proj(x)))

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from selfmem.models.linear import frozen_weights
+
 
 @dataclass(frozen=True)
 class BeamSettings:
@@ -90,6 +92,7 @@ def stable_slots(parent: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+@frozen_weights()  # the weights stay as they are for the whole search
 def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
                 start_id: int, eos_id: int, source_index: Tensor | None = None) -> list[list[Hypothesis]]:
     """The ``settings.num_return`` best hypotheses of every input row, best first.
@@ -105,7 +108,7 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
     alive = torch.arange(num_examples, device=device)  # the example each active row group decodes
     tokens = torch.full((num_examples, 1, 1), start_id, device=device)  # (examples, beams, length)
     running = torch.zeros(num_examples, 1, device=device)  # sum of log-probs of each beam
-    pool = torch.full((num_examples, beams), -torch.inf, device=device)  # best finished scores, sorted
+    pool = torch.full((num_examples, beams), -torch.inf, device=device)  # each active example's best finished scores, sorted
     finished: list[list[Hypothesis]] = [[] for _ in range(num_examples)]
 
     for step in range(1, settings.max_len + 1):
@@ -125,10 +128,10 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
 
         # finished hypotheses: ending continuations among the first `beams`, if they enter the pool
         normalised = top_scores / step ** lp
-        offered = ends & top_scores.isfinite() & (normalised > pool[alive, -1:])
+        offered = ends & top_scores.isfinite() & (normalised > pool[:, -1:])
         offered[:, beams:] = False
         if offered.any():
-            pool[alive] = torch.cat([pool[alive], normalised.masked_fill(~offered, -torch.inf)], 1).topk(beams).values
+            pool = torch.cat([pool, normalised.masked_fill(~offered, -torch.inf)], 1).topk(beams).values
             e, k = offered.nonzero(as_tuple=True)
             seqs = torch.cat([tokens[e, top_beam[e, k], 1:], top_token[e, k, None]], dim=1).tolist()
             for example, seq, score in zip(alive[e].tolist(), seqs, normalised[e, k].tolist()):
@@ -138,11 +141,11 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         running, keep = top_scores.masked_fill(ends, -torch.inf).topk(min(beams, top_scores.size(1)), dim=1)
         parent, next_token = top_beam.gather(1, keep), top_token.gather(1, keep)
         best_running = running[:, 0]
-        full = pool[alive, -1].isfinite()
+        full = pool[:, -1].isfinite()
         if settings.early_stopping:
             done = full
         else:
-            done = full & (best_running / step ** lp <= pool[alive, -1])
+            done = full & (best_running / step ** lp <= pool[:, -1])
         done |= ~best_running.isfinite()
         if step == settings.max_len or done.all():
             break
@@ -152,20 +155,20 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
             slots = stable_slots(parent)
             parent, next_token, running = (torch.empty_like(t).scatter_(1, slots, t)
                                            for t in (parent, next_token, running))
-        if len(kept) == active and width == parent.size(1):
-            moved = parent.ne(torch.arange(width, device=device))
-            e, slot = moved.nonzero(as_tuple=True)
+        if len(kept) < active:  # examples that are done leave the batch: gather whole rows
+            parent, next_token, running, tokens, pool = (t[kept] for t in (parent, next_token, running, tokens, pool))
+            alive = alive[kept]
+            encoder_out = model.reorder_encoder_out(encoder_out, kept)
+            cache = [layer.select((kept[:, None] * width + parent).flatten(), kept) for layer in cache]
+        elif width == parent.size(1):  # a full beam: copy only the rows of beams that moved
+            e, slot = parent.ne(torch.arange(width, device=device)).nonzero(as_tuple=True)
+            source, target = e * width + parent[e, slot], e * width + slot
             for layer in cache:
-                layer.copy_rows(e * width + parent[e, slot], e * width + slot)
-        else:  # the first step, a narrow beam, or examples leaving: gather whole rows
-            rows = (kept[:, None] * width + parent[kept]).flatten()
-            examples = None
-            if len(kept) < active:
-                alive = alive[kept]
-                encoder_out = model.reorder_encoder_out(encoder_out, kept)
-                examples = kept
-            cache = [layer.select(rows, examples) for layer in cache]
-        tokens = torch.cat([tokens[kept[:, None], parent[kept]], next_token[kept, :, None]], dim=2)
-        running = running[kept]
+                layer.copy_rows(source, target)
+        else:  # the first step or a narrow beam: gather whole rows
+            rows = (torch.arange(active, device=device)[:, None] * width + parent).flatten()
+            cache = [layer.select(rows) for layer in cache]
+        history = tokens.gather(1, parent[:, :, None].expand(-1, -1, tokens.size(2)))
+        tokens = torch.cat([history, next_token[:, :, None]], dim=2)
 
     return [sorted(hyps, key=lambda h: -h.score)[: settings.num_return] for hyps in finished]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from selfmem.infer.beam import Hypothesis
+from selfmem.models.linear import frozen_weights
 
 _MASK64 = (1 << 64) - 1
 
@@ -86,6 +87,7 @@ def epsilon_draw(log_probs: Tensor, epsilon: float, keys: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+@frozen_weights()  # the weights stay as they are for the whole search
 def epsilon_sample(model, src: Tensor, memory: Tensor | None, settings: SampleSettings, start_id: int,
                    eos_id: int, seeds: Tensor, source_index: Tensor | None = None) -> list[list[Hypothesis]]:
     """``settings.num_samples`` samples of every input row, in sample order, each scored like a

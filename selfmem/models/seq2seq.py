@@ -59,50 +59,52 @@ class EncoderOut:
 
 @dataclass
 class LayerCache:
-    """One decoder layer's attention keys and values, each (batch, heads, length, head_dim).
+    """One decoder layer's attention keys and values.
 
-    The cross-attention entries are projected once from the encoder output. The
-    self-attention entries live in buffers with spare room: positions ``< length`` hold
-    the decoded tokens' keys/values and each step writes after them, so a step copies no
-    past keys. The room is small (``GROWTH`` positions at a time), since beam search copies
-    whole buffers when it reorders beams. A step writes into the buffers it was given:
-    continue from each cache once, or ``select`` (which copies) to branch.
+    The cross-attention entries, each (batch, heads, length, head_dim), are projected once
+    from the encoder output. The self-attention entries share one buffer ``self_kv``
+    (batch, 2, heads, room, head_dim): keys at index 0 of its second axis, values at 1, so
+    that a batch row's keys and values move as one block (beam search copies rows every
+    step). Positions ``< length`` hold the decoded tokens' entries and each step writes
+    after them, so a step copies no past keys. The room is small (``GROWTH`` positions at a
+    time), since beam search copies whole rows when it reorders beams. A step writes into
+    the buffer it was given: continue from each cache once, or ``select`` (which copies) to
+    branch.
     """
 
     source_k: Tensor
     source_v: Tensor
     memory_k: Tensor | None = None
     memory_v: Tensor | None = None
-    self_k: Tensor | None = None
-    self_v: Tensor | None = None
+    self_kv: Tensor | None = None
     length: int = 0
 
     GROWTH: ClassVar[int] = 16
 
-    def append(self, k: Tensor, v: Tensor) -> LayerCache:
-        """This cache with the keys/values of new tokens written after the past ones."""
-        if self.self_k is None:
-            return dataclasses.replace(self, self_k=k, self_v=v, length=k.size(2))
-        end = self.length + k.size(2)
-        self_k, self_v = self.self_k, self.self_v
-        if end > self_k.size(2):
+    def append(self, kv: Tensor) -> LayerCache:
+        """This cache with the keys/values ``kv`` (batch, 2, heads, new, head_dim) of new tokens
+        written after the past ones."""
+        if self.self_kv is None:
+            return dataclasses.replace(self, self_kv=kv, length=kv.size(3))
+        end = self.length + kv.size(3)
+        self_kv = self.self_kv
+        if end > self_kv.size(3):
             room = end + self.GROWTH
-            self_k, self_v = (torch.cat([t[:, :, :self.length], t.new_empty(*t.shape[:2], room - self.length,
-                                                                              t.size(3))], dim=2)
-                              for t in (self_k, self_v))
-        self_k[:, :, self.length:end] = k
-        self_v[:, :, self.length:end] = v
-        return dataclasses.replace(self, self_k=self_k, self_v=self_v, length=end)
+            self_kv = torch.cat([self_kv[:, :, :, :self.length],
+                                 self_kv.new_empty(*self_kv.shape[:3], room - self.length, self_kv.size(4))], dim=3)
+        self_kv[:, :, :, self.length:end] = kv
+        return dataclasses.replace(self, self_kv=self_kv, length=end)
 
     def past(self) -> tuple[Tensor, Tensor]:
         """The self-attention keys and values of every decoded token."""
-        return self.self_k[:, :, :self.length], self.self_v[:, :, :self.length]
+        past = self.self_kv[:, :, :, :self.length]
+        return past[:, 0], past[:, 1]
 
     def copy_rows(self, source: Tensor, target: Tensor) -> None:
         """In place: the self-attention entries of rows ``source`` become those of rows ``target``
         (beam search: a beam's second child takes over the row of a beam without children)."""
-        for t in (self.self_k, self.self_v):
-            t[target, :, :self.length] = t[source, :, :self.length]
+        # whole rows, spare room included: one contiguous block per row is faster to copy
+        self.self_kv.index_copy_(0, target, self.self_kv.index_select(0, source))
 
     def select(self, rows: Tensor, examples: Tensor | None = None) -> LayerCache:
         """The self-attention entries narrowed to batch rows ``rows``; the cross-attention
@@ -113,7 +115,7 @@ class LayerCache:
 
         return LayerCache(pick(self.source_k, examples), pick(self.source_v, examples),
                           pick(self.memory_k, examples), pick(self.memory_v, examples),
-                          pick(self.self_k, rows), pick(self.self_v, rows), self.length)
+                          pick(self.self_kv, rows), self.length)
 
 
 DecoderCache = list[LayerCache]  # one entry per decoder layer
@@ -208,21 +210,18 @@ class MultiheadAttention(nn.Module):
     def _split_heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, T, d) -> (B, H, T, d/H)
 
-    @staticmethod
-    def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
-        """``x`` through each of ``projections``, as one matrix product over their stacked weights."""
-        return project(x, *projections).chunk(len(projections), dim=-1)
-
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Project ``x`` (batch, length, d_model) to per-head keys and values."""
-        k, v = self._project(x, self.k_proj, self.v_proj)
+        k, v = project(x, self.k_proj, self.v_proj).chunk(2, dim=-1)
         return self._split_heads(k), self._split_heads(v)
 
-    def queries_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def queries_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Self-attention's projections of ``x`` (batch, length, d_model): the queries as they
-        are, the keys and values per head."""
-        q, k, v = self._project(x, self.q_proj, self.k_proj, self.v_proj)
-        return q, self._split_heads(k), self._split_heads(v)
+        are, and the keys and values per head side by side, (batch, 2, heads, length, head_dim)."""
+        qkv = project(x, self.q_proj, self.k_proj, self.v_proj)
+        d = qkv.size(-1) // 3
+        kv = qkv[..., d:].unflatten(-1, (2, self.heads, -1)).permute(0, 2, 3, 1, 4)
+        return qkv[..., :d], kv
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
@@ -265,12 +264,17 @@ class TransformerLayer(nn.Module):
 
     def residual(self, x: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
         """Add a sublayer's output ``y`` to ``x``; post-norm normalises the sum."""
-        x = x + self.dropout(y)
+        x = x + self.dropped(y, self.dropout)
         return x if self.pre_norm else norm(x)
+
+    def dropped(self, x: Tensor, dropout: nn.Dropout) -> Tensor:
+        """``x`` through ``dropout`` when training; as it is otherwise, without the call (an
+        identity in eval mode that still costs a few microseconds: 13 calls a decoding step)."""
+        return dropout(x) if self.training else x
 
     def feed_forward(self, x: Tensor) -> Tensor:
         h = self.sublayer_input(x, self.final_layer_norm)
-        h = project(self.activation_dropout(self.activation(project(h, self.fc1))), self.fc2)
+        h = project(self.dropped(self.activation(project(h, self.fc1)), self.activation_dropout), self.fc2)
         return self.residual(x, h, self.final_layer_norm)
 
 
@@ -284,7 +288,8 @@ class EncoderLayer(TransformerLayer):
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         h = self.sublayer_input(x, self.self_attn_layer_norm)
-        x = self.residual(x, self.self_attn.attend(*self.self_attn.queries_keys_values(h), mask=key_mask),
+        queries, kv = self.self_attn.queries_keys_values(h)
+        x = self.residual(x, self.self_attn.attend(queries, kv[:, 0], kv[:, 1], mask=key_mask),
                           self.self_attn_layer_norm)
         return self.feed_forward(x)
 
@@ -313,8 +318,8 @@ class DecoderLayer(TransformerLayer):
     def forward(self, x: Tensor, cache: LayerCache, source_mask: Tensor, memory_mask: Tensor | None,
                 self_mask: Tensor | None, causal: bool) -> tuple[Tensor, LayerCache]:
         h = self.sublayer_input(x, self.self_attn_layer_norm)
-        queries, keys, values = self.self_attn.queries_keys_values(h)
-        cache = cache.append(keys, values)
+        queries, kv = self.self_attn.queries_keys_values(h)
+        cache = cache.append(kv)
         x = self.residual(x, self.self_attn.attend(queries, *cache.past(), mask=self_mask, causal=causal),
                           self.self_attn_layer_norm)
 
