@@ -51,7 +51,7 @@ from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
 from selfmem.retrieve.memory import build_bm25_memory  # noqa: E402
 from selfmem.models.linear import weight_packing  # noqa: E402
-from selfmem.models.seq2seq import MultiheadAttention  # noqa: E402
+from selfmem.models import seq2seq  # noqa: E402
 from selfmem.train.generator import GeneratorTask, prepare_generator  # noqa: E402
 from selfmem.train.loop import fit, inverse_sqrt_schedule  # noqa: E402
 from selfmem.train.prefetch import to_device  # noqa: E402
@@ -89,9 +89,12 @@ def old_paths():
     side-by-side only (kept here, not in the package, where the new paths replaced them): q, k
     and v (k and v) as separate matrix products, fp32 logits for every target position, pads
     included, batches packed in the order of the examples' summed part lengths, and PyTorch's
-    own matrix products (no oneDNN path, `selfmem.models.linear`)."""
-    def separate(x, *projections):
-        return tuple(projection(x) for projection in projections)
+    own matrix products (no oneDNN path, `selfmem.models.linear`). The separate products are
+    joined by a copy, since the model now takes them side by side: a cost the old code did
+    not have, a copy of the keys and values against their products."""
+    def separate(x, *layers):
+        outputs = [F.linear(x, layer.weight, layer.bias) for layer in layers]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     def full_logits_loss(model, tensors, smoothing):
         logits = model(tensors["src"], tensors["decoder_input"], tensors.get("memory"))
@@ -100,7 +103,7 @@ def old_paths():
         labels[tensors["target_rows"]] = tensors["labels"]
         return F.cross_entropy(logits.float().flatten(0, 1), labels, label_smoothing=smoothing, reduction="sum")
 
-    with (mock.patch.object(MultiheadAttention, "_project", staticmethod(separate)),
+    with (mock.patch.object(seq2seq, "project", separate),
           mock.patch.object(GeneratorTask, "_loss", staticmethod(full_logits_loss)),
           mock.patch("selfmem.common.batching.packing_key", lambda size: (sum(size),)),
           weight_packing(False)):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
+
+from unittest import mock
 
 import pytest
 import torch
@@ -20,7 +23,7 @@ from transformers import (
     T5Config,
 )
 
-from conftest import FROM_SCRATCH
+from conftest import FROM_SCRATCH, REPO
 from selfmem.common.config import load_config
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.build import build_model
@@ -429,6 +432,26 @@ def test_fused_projections_equal_the_separate_ones_exactly(variant):
     # the weights stay separate parameters: checkpoints keep their layout
     assert {"encoder.layers.0.self_attn.q_proj.weight", "decoder.layers.0.encoder_attn.k_proj.bias",
             "decoder.layers.0.encoder_attn.v_proj.weight"} <= model.state_dict().keys()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@torch.no_grad()
+def test_the_training_benchs_old_paths_still_compute_this_model(variant):
+    # bench/train.py times the model with its paths from before issue 20 patched in; a
+    # refactor of the model must keep those patches meaningful (or fail here, not in the bench)
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    model = variant_model(variant)
+    src, dec, mem = batch(model.config.memory)
+    expected = model(src, dec, mem)
+    with mock.patch.object(torch.nn.functional, "linear", wraps=torch.nn.functional.linear) as separate, \
+            bench_train.old_paths():
+        got = model(src, dec, mem)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # every product with one layer's own weight: none with weights stacked from several
+    parameters = {id(p) for p in model.parameters()}
+    assert separate.call_count > 0 and all(id(call.args[1]) in parameters for call in separate.call_args_list)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
