@@ -7,9 +7,10 @@ imported from it, so both decode the same weights. Both decode the same inputs (
 first --examples sources of --data, sorted by length into batches of --batch) with the
 same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in this one
 process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned).
-Printed: examples per second (median of --repeats), the ratio, the peak memory of each (CUDA: allocated bytes;
-CPU: growth of the peak resident set during decoding, as the kernel counts it) and the share of
-examples whose best hypothesis is the same. Both processes keep freed CPU memory for reuse, as
+Printed: examples per second (median of --repeats), the ratio (the median of the repeats'
+ratios), the peak memory of each (CUDA: allocated bytes; CPU: growth of the peak resident
+set during decoding, as the kernel counts it) and the share of examples whose best
+hypothesis is the same. Both processes keep freed CPU memory for reuse, as
 the launch scripts do (`selfmem/common/cpu_memory.py`). ``selfmem, no oneDNN`` is the native search with
 PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).
 Where the ``ctranslate2`` package is installed and the model is a Marian one, CTranslate2's
@@ -249,10 +250,13 @@ def main() -> None:
         for name in engines:
             runs = ", ".join(f"{x:.1f}" for x in speed[name])
             same = sum(a == b for a, b in zip(best[name], best["selfmem"])) / len(sources)
-            ratio = statistics.median(speed["selfmem"]) / statistics.median(speed[name])
+            # each repeat runs the engines back to back: their ratio within a repeat is
+            # steadier than the ratio of medians when the host's speed drifts
+            ratio = statistics.median(ours / theirs for ours, theirs in zip(speed["selfmem"], speed[name]))
             print(f"  {name:18s} {statistics.median(speed[name]):8.1f} examples/s (runs: {runs}), "
                   f"peak memory {peak[name] / 2**20:.0f} MiB, best hypothesis as selfmem's on {same:.1%}"
-                  + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster"))
+                  + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster" if ratio >= 1
+                     else f", {name} is {1 / ratio:.2f}x faster"))
     if "ctranslate2" in engines:
         engines["ctranslate2"].close()
     shutil.rmtree(work_dir)
