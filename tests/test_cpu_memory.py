@@ -10,21 +10,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Five 2.5 MB tensors alive at once, then all freed, 100 times (a decoding step's pattern);
-# prints the page faults of the 100 steps after 10 steps of warm-up.
+# Five tensors of about 2.5 MB alive at once, then all freed, 100 times (a decoding step's
+# pattern), each step's a page (4 KiB) larger than the last, as a search's cache grows; prints
+# the page faults of the 100 steps after 10 steps of warm-up.
 STEPS = """
 import resource, sys, torch
 sys.path.insert(0, {repo!r})
 from selfmem.common.cpu_memory import keep_freed_memory
 if {keep}:
     assert keep_freed_memory()
-def step():
-    tensors = [torch.ones(640_000) for _ in range(5)]
-for _ in range(10):
-    step()
+def step(i):
+    tensors = [torch.ones(640_000 + 1024 * i) for _ in range(5)]
+for i in range(10):
+    step(i)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(100):
-    step()
+for i in range(10, 110):
+    step(i)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -37,7 +38,10 @@ def page_faults(keep: bool) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings (Linux only)")
 def test_freed_memory_is_reused_without_page_faults():
-    # glibc's defaults return the freed heap top each step (about 2,500 faults a step here);
-    # the pattern must show that, or the second assertion would prove nothing
-    assert page_faults(keep=False) > 100 * 1000
-    assert page_faults(keep=True) == 0
+    # glibc's defaults: a block larger than any freed before is mapped anew, every page of it
+    # faulted in (5 x 100 blocks of 640-740 pages: 342,750 here); whether a freed heap top is
+    # handed back too varies from run to run, so the steps grow to make the defaults' cost sure
+    assert page_faults(keep=False) > 100_000
+    # kept: a step reuses the last step's pages and touches at most one new page a tensor
+    # (500 in all; 300-500 measured), with room for a few of Python's own
+    assert page_faults(keep=True) < 2_000
