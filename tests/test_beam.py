@@ -9,6 +9,7 @@ import torch
 from test_models import HF_FAMILIES, padded
 from transformers import BartForConditionalGeneration, MarianMTModel
 
+from selfmem.infer import beam
 from selfmem.infer.beam import BeamSettings, Hypothesis, banned_ngram_tokens, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
 from selfmem.models import ModelConfig, Seq2SeqModel
@@ -86,6 +87,43 @@ def test_banned_ngram_tokens():
     assert banned[0].nonzero().flatten().tolist() == [6, 7]  # "5 6" and "5 7" were seen; the row ends with 5
     assert not banned[1].any()
     assert banned_ngram_tokens(tokens[:, :2], 3, 10).sum() == 0  # no complete 3-gram yet
+
+
+@pytest.mark.parametrize("vocab", [8000, 8003, 640, 100])
+def test_best_continuations_equal_a_top_k_over_every_score(vocab):
+    torch.manual_seed(0)
+    examples, beams, k = 6, 5, 10
+    log_probs = torch.log_softmax(torch.randn(examples * beams, vocab) * 3, dim=-1)
+    running = torch.randn(examples, beams)
+    log_probs[0:5] = -torch.inf  # an example without any allowed token
+    log_probs[5:10, 1:] = -torch.inf  # an example with one allowed token a beam
+    log_probs[10, -1] = 5.0  # the best token in the last, partial block
+    log_probs[15:20, 10:20] = 4.0  # ties for the best places
+    running[3, 1:] = -torch.inf  # the first step: one live beam
+    every_score = (running[:, :, None] + log_probs.view(examples, beams, vocab)).flatten(1)
+    expected_scores, expected_index = every_score.topk(k, dim=1)
+    scores, beam_index, tokens = beam.best_continuations(log_probs, running, k, block=4)
+    assert torch.equal(scores, expected_scores)
+    assert torch.equal(every_score.gather(1, beam_index * vocab + tokens), scores)  # they score so
+    assert all(len(set(row)) == k for row in (beam_index * vocab + tokens).tolist())  # k different ones
+    assert torch.equal((beam_index * vocab + tokens)[4:], expected_index[4:])  # no ties: the same ones
+
+
+def test_beam_search_ranking_blocks_of_the_vocabulary_equals_hf_generate(hf_pair, monkeypatch):
+    # the test models' 96 tokens are too few for blocks of 64: blocks of 2 take that path
+    monkeypatch.setattr(beam, "TOPK_BLOCK", 2)
+    maxima = []
+    amax = torch.Tensor.amax
+    monkeypatch.setattr(torch.Tensor, "amax", lambda *a, **kw: maxima.append(1) or amax(*a, **kw))
+    hf, native, config = hf_pair
+    settings = BeamSettings(num_beams=5, num_return=3, max_len=20)
+    src = random_sources(40, config.vocab_size, config.eos_token_id, config.pad_token_id)
+    ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
+    ours = beam_search(native, src, None, settings, **ids)
+    assert maxima  # the blocks' maxima were taken
+    theirs = hf_beam_search(hf, src, settings, pad_id=config.pad_token_id, **ids)
+    for a, b in zip(ours, theirs):
+        assert same_up_to_near_ties(a, b), (a, b)
 
 
 def test_settings_are_checked():

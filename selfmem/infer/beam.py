@@ -75,6 +75,43 @@ def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
     return banned[:, :vocab_size]
 
 
+TOPK_BLOCK = 64  # tokens per block in ``best_continuations``
+
+
+def best_continuations(log_probs: Tensor, running: Tensor, k: int,
+                       block: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Each example's ``k`` best continuations over its beams, best first: their scores (the
+    beam's ``running`` score, (examples, beams), plus the token's log-probability,
+    ``log_probs`` (examples * beams, vocab)), their beams and their tokens.
+
+    On a CPU with a long vocabulary, they are found among each beam's ``k`` best tokens, and
+    those among the ``k`` blocks of ``block`` tokens with the best maxima (a token elsewhere
+    is at most each of those ``k`` maxima): one pass over the blocks' maxima instead of a
+    top-k over every score, 2x faster at 8,000 tokens and 5x at 50,000
+    (``bench/beam_selection.py``). The scores are those of the top-k over every score, in
+    its order; where scores tie, the beams and tokens may be others with the same score.
+    ``block`` defaults to ``TOPK_BLOCK``.
+    """
+    examples, beams = running.shape
+    rows, vocab = log_probs.shape
+    block = block or TOPK_BLOCK
+    blocks = vocab // block
+    if log_probs.device.type != "cpu" or blocks < 4 * k:  # a GPU's top-k is fast; few blocks would skip little
+        scores = (running[:, :, None] + log_probs.view(examples, beams, vocab)).flatten(1)
+        top_scores, index = scores.topk(min(k, beams * vocab), dim=1)
+        return top_scores, index // vocab, index % vocab
+    best_blocks = log_probs[:, :blocks * block].view(rows, blocks, block).amax(2).topk(k, dim=1).indices
+    columns = (best_blocks[:, :, None] * block + torch.arange(block, device=log_probs.device)).flatten(1)
+    if blocks * block < vocab:  # the last, partial block is always ranked
+        columns = torch.cat([columns, torch.arange(blocks * block, vocab, device=log_probs.device).expand(rows, -1)],
+                            dim=1)
+    row_scores, order = log_probs.gather(1, columns).topk(k, dim=1)
+    row_tokens = columns.gather(1, order)
+    scores = (running[:, :, None] + row_scores.view(examples, beams, k)).flatten(1)
+    top_scores, index = scores.topk(k, dim=1)
+    return top_scores, index // k, row_tokens.view(examples, -1).gather(1, index)
+
+
 def stable_slots(parent: Tensor) -> Tensor:
     """The slot (batch row) of each new beam, given its parent's slot (examples, beams).
 
@@ -121,9 +158,7 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         if settings.no_repeat_ngram > 0:
             ngram_ban = banned_ngram_tokens(tokens.flatten(0, 1), settings.no_repeat_ngram, vocab)
             log_probs.masked_fill_(ngram_ban, -torch.inf)
-        scores = (running[:, :, None] + log_probs.view(active, width, vocab)).flatten(1)
-        top_scores, top_index = scores.topk(min(2 * beams, width * vocab), dim=1)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        top_scores, top_beam, top_token = best_continuations(log_probs, running, 2 * beams)
         ends = top_token.eq(eos_id) if step < settings.max_len else torch.ones_like(top_token, dtype=torch.bool)
 
         # finished hypotheses: ending continuations among the first `beams`, if they enter the pool
