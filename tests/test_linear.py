@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfmem.models import linear as linear_module
-from selfmem.models.linear import frozen_weights, linear, weight_packing
+from selfmem.models.linear import frozen_weights, linear, weight_packing, weights_updated
 
 torch.set_num_threads(1)
 
@@ -87,6 +87,24 @@ def test_a_weight_changed_in_place_is_packed_again():
         weights[0].data = weights[0].data * 3.0  # new storage, the version counter unmoved (as module.to does)
         replaced = linear(x, weights, biases)
     torch.testing.assert_close(replaced, reference(x, weights, biases), rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_optimizer_step_is_seen_once_weights_updated_is_called():
+    weights, biases = layers()
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        linear(x, weights, biases)
+    optimizer = torch.optim.AdamW([*weights, *biases], lr=0.1, fused=True)
+    for p in (*weights, *biases):
+        p.grad = torch.ones_like(p)
+    optimizer.step()  # moves no version counter
+    with torch.no_grad():
+        stale = linear(x, weights, biases)
+        weights_updated()
+        fresh = linear(x, weights, biases)
+    expected = reference(x, weights, biases)
+    assert not torch.allclose(stale, expected, rtol=1e-3, atol=1e-3)  # why the loop must call it
+    torch.testing.assert_close(fresh, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bias_may_be_absent():

@@ -8,11 +8,13 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv
+from selfmem.models.linear import linear
 from selfmem.train.loop import (
     CHECKPOINT,
     autocast_dtype,
@@ -95,6 +97,39 @@ def test_training_fits_the_toy_problem(tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 160 and losses[-1] < 1e-3 < 1 < losses[0]
     assert task.evaluations == 20 and task.saved_at_eval[0] == 1
+
+
+class PackedToyModel(nn.Module):
+    """The toy model's product through ``selfmem.models.linear``, whose evaluations use packed weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, 1))
+
+    def forward(self, x):
+        return linear(x, [self.weight], [None])
+
+
+class PackedTask(ToyTask):
+    """Records, at each evaluation, how far the model's output is from the product of its current weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.stale_by = []
+
+    def evaluate(self, model):
+        with torch.no_grad():
+            self.stale_by.append(float((model(self.x) - F.linear(self.x, model.weight)).abs().max()))
+        return super().evaluate(model)
+
+
+def test_evaluations_between_steps_see_the_fused_optimizers_updates(tmp_path):
+    # AdamW(fused=True) moves no version counter, so a packed copy made at one evaluation
+    # stayed in use at the next ones: a generator's dev figures were those of stale weights
+    model, task = PackedToyModel(), PackedTask()
+    fit(model, task, toy_config(max_epochs=3, lr=0.1), ONE_PROCESS, tmp_path, seed=0, lr_schedule=lambda s: 1.0)
+    assert len(task.stale_by) == 3 and model.weight.item() > 1.0  # the weight moved between evaluations
+    assert max(task.stale_by) < 1e-5, task.stale_by
 
 
 class SavingTask(ToyTask):

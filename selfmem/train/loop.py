@@ -36,6 +36,7 @@ from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
 from selfmem.common.records import CheckpointError
+from selfmem.models.linear import weights_updated
 from selfmem.train.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ class NonfiniteGuard:
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf
+        weights_updated()  # the fused step moves no version counter (see selfmem.models.linear)
         counted = nonfinite & counts_as_nonfinite(scaler)
         self.consecutive = torch.where(counted, self.consecutive + 1,
                                        torch.where(nonfinite, self.consecutive, 0))
