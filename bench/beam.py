@@ -10,7 +10,8 @@ process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returne
 Printed: examples per second (median of --repeats), the ratio (the median of the repeats'
 ratios), the peak memory of each (CUDA: allocated bytes; CPU: growth of the peak resident
 set during decoding, as the kernel counts it) and the share of examples whose best
-hypothesis is the same. Both processes keep freed CPU memory for reuse, as
+hypothesis is the same; then the native search's decoding steps, and how many of them
+decode a single example's beams (the rest of its batch done). Both processes keep freed CPU memory for reuse, as
 the launch scripts do (`selfmem/common/cpu_memory.py`). ``selfmem, no oneDNN`` is the native search with
 PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).
 Where the ``ctranslate2`` package is installed and the model is a Marian one, CTranslate2's
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -186,6 +188,24 @@ class CTranslate2Process:
         self.process.join()
 
 
+def steps_by_rows(model, inputs: list[torch.Tensor], settings: BeamSettings, ids: dict) -> Counter:
+    """How many decoding steps the native search takes over ``inputs``, by the rows a step decodes."""
+    rows: Counter = Counter()
+    decode_step = model.decode_step
+
+    def counted(decoder_input_ids, *args, **kwargs):
+        rows[decoder_input_ids.size(0)] += 1
+        return decode_step(decoder_input_ids, *args, **kwargs)
+
+    model.decode_step = counted
+    try:
+        for src in inputs:
+            beam_search(model, src, None, settings, **ids)
+    finally:
+        del model.decode_step
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="a local HF seq2seq checkpoint directory")
@@ -257,6 +277,11 @@ def main() -> None:
                   f"peak memory {peak[name] / 2**20:.0f} MiB, best hypothesis as selfmem's on {same:.1%}"
                   + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster" if ratio >= 1
                      else f", {name} is {1 / ratio:.2f}x faster"))
+        # what the speed is made of: a step costs about as much with few rows as with many
+        rows = steps_by_rows(native, inputs, settings, ids)
+        steps, alone = sum(rows.values()), rows[beams]
+        print(f"  selfmem's decoding steps: {steps}, {alone} of them ({alone / steps:.0%}) decoding one example's "
+              f"{beams} beams (the last of its batch); {sum(r * n for r, n in rows.items()) / steps:.1f} rows a step")
     if "ctranslate2" in engines:
         engines["ctranslate2"].close()
     shutil.rmtree(work_dir)
