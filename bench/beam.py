@@ -11,7 +11,9 @@ Printed: examples per second (median of --repeats), the ratio (the median of the
 ratios), the peak memory of each (CUDA: allocated bytes; CPU: growth of the peak resident
 set during decoding, as the kernel counts it) and the share of examples whose best
 hypothesis is the same; then the native search's decoding steps, and how many of them
-decode a single example's beams (the rest of its batch done). Both processes keep freed CPU memory for reuse, as
+decode a single example's beams (the rest of its batch done). ``selfmem, continuous`` is the
+native search given all the sources as one stream, in the same order, at most --batch at a
+time (``max_examples``): the next enters as soon as one is done. Both processes keep freed CPU memory for reuse, as
 the launch scripts do (`selfmem/common/cpu_memory.py`). ``selfmem, no oneDNN`` is the native search with
 PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).
 Where the ``ctranslate2`` package is installed and the model is a Marian one, CTranslate2's
@@ -85,11 +87,11 @@ class PeakMemory:
 
 
 def batches(sources: list[list[int]], size: int, pad: int, device) -> list[torch.Tensor]:
-    """Length-sorted batches of ``size`` sources, right-padded."""
+    """Length-sorted batches of ``size`` sources, right-padded (``size`` 0: one batch of all)."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out = []
-    for start in range(0, len(order), size):
-        rows = [sources[i] for i in order[start:start + size]]
+    for start in range(0, len(order), size or len(order)):
+        rows = [sources[i] for i in order[start:start + (size or len(order))]]
         width = max(map(len, rows))
         out.append(torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device))
     return out
@@ -188,8 +190,8 @@ class CTranslate2Process:
         self.process.join()
 
 
-def steps_by_rows(model, inputs: list[torch.Tensor], settings: BeamSettings, ids: dict) -> Counter:
-    """How many decoding steps the native search takes over ``inputs``, by the rows a step decodes."""
+def steps_by_rows(model, decode) -> Counter:
+    """How many decoding steps the native search ``decode()`` takes, by the rows a step decodes."""
     rows: Counter = Counter()
     decode_step = model.decode_step
 
@@ -199,8 +201,7 @@ def steps_by_rows(model, inputs: list[torch.Tensor], settings: BeamSettings, ids
 
     model.decode_step = counted
     try:
-        for src in inputs:
-            beam_search(model, src, None, settings, **ids)
+        decode()
     finally:
         del model.decode_step
     return rows
@@ -239,8 +240,11 @@ def main() -> None:
         with weight_packing(False):
             return beam_search(native, src, None, s, **ids)
 
+    # each decodes the batches one after the other, but the continuous search: it takes them
+    # as one stream, the same sources in the same order, at most --batch of them at a time
     engines = {
         "selfmem": lambda src, s: beam_search(native, src, None, s, **ids),
+        "selfmem, continuous": lambda stream, s: beam_search(native, stream, None, s, max_examples=args.batch, **ids),
         "selfmem, no oneDNN": no_onednn,
         "hf generate": lambda src, s: hf_beam_search(hf, src, s, pad_id=config.pad_token_id, **ids),
     }
@@ -251,6 +255,7 @@ def main() -> None:
     for beams, returned in (map(int, pair.split(":")) for pair in args.settings.split(",")):
         settings = BeamSettings(num_beams=beams, num_return=returned, max_len=args.max_len, early_stopping=True)
         inputs = batches(sources, args.batch, config.pad_token_id, device)
+        stream = batches(sources, 0, config.pad_token_id, device)
         speed: dict[str, list[float]] = {name: [] for name in engines}
         peak: dict[str, int] = {}
         best: dict[str, list[list[int]]] = {}
@@ -260,7 +265,8 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     started = time.perf_counter()
-                    outputs = [hyps[0].tokens for src in inputs for hyps in decode(src, settings)]
+                    outputs = [hyps[0].tokens for src in (stream if name == "selfmem, continuous" else inputs)
+                               for hyps in decode(src, settings)]
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     speed[name].append(len(sources) / (time.perf_counter() - started))
@@ -278,10 +284,11 @@ def main() -> None:
                   + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster" if ratio >= 1
                      else f", {name} is {1 / ratio:.2f}x faster"))
         # what the speed is made of: a step costs about as much with few rows as with many
-        rows = steps_by_rows(native, inputs, settings, ids)
-        steps, alone = sum(rows.values()), rows[beams]
-        print(f"  selfmem's decoding steps: {steps}, {alone} of them ({alone / steps:.0%}) decoding one example's "
-              f"{beams} beams (the last of its batch); {sum(r * n for r, n in rows.items()) / steps:.1f} rows a step")
+        for name, inputs_of_name in (("selfmem", inputs), ("selfmem, continuous", stream)):
+            rows = steps_by_rows(native, lambda: [engines[name](src, settings) for src in inputs_of_name])
+            steps, alone = sum(rows.values()), rows[beams]
+            print(f"  {name}'s decoding steps: {steps}, {alone} of them ({alone / steps:.0%}) decoding one "
+                  f"example's {beams} beams; {sum(r * n for r, n in rows.items()) / steps:.1f} rows a step")
     if "ctranslate2" in engines:
         engines["ctranslate2"].close()
     shutil.rmtree(work_dir)

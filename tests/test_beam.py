@@ -12,7 +12,7 @@ from transformers import BartForConditionalGeneration, MarianMTModel
 from selfmem.infer import beam
 from selfmem.infer.beam import BeamSettings, Hypothesis, banned_ngram_tokens, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
-from selfmem.models import ModelConfig, Seq2SeqModel
+from selfmem.models import LayerCache, ModelConfig, Seq2SeqModel
 from selfmem.models.hf_import import import_hf
 
 torch.set_num_threads(1)
@@ -194,6 +194,60 @@ def test_output_does_not_depend_on_batch_composition(hf_pair):
         alone = beam_search(native, src[i:i + 1, :length], None, settings, **ids)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in together[i]], abs=1e-5)
+
+
+STREAM_SETTINGS = [dict(num_beams=5, num_return=1), dict(num_beams=8, num_return=3, length_penalty=0.6,
+                                                           early_stopping=False),
+                   dict(num_beams=4, num_return=4, min_len=3, no_repeat_ngram=2)]
+
+
+def varied_length_model(positions: str) -> Seq2SeqModel:
+    """A random model whose beam searches on ``random_sources(10, 12, ..., seed=7)`` end after 4
+    to 20 tokens, not all at the longest (seeds and scales found by trying): inputs finish at
+    different steps, so later ones enter beside earlier ones still decoding."""
+    seed, std, offset = (2, 0.25, 2) if positions == "learned" else (0, 0.2, 0)
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=12, d_model=16, encoder_layers=1, decoder_layers=2, heads=2, ffn_dim=32,
+                         max_positions=32, dropout=0.0, init_std=std, memory="none", pad_id=PAD, eos_id=EOS,
+                         sep_id=SEP, decoder_start_id=START, positions=positions, position_offset=offset)
+    return Seq2SeqModel(config).eval()
+
+
+@pytest.mark.parametrize("settings", STREAM_SETTINGS, ids=["5-1", "8-3-lp-no-early-stop", "min-len-ngram"])
+@pytest.mark.parametrize("max_examples", [1, 3])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_inputs_entering_as_others_finish_decode_as_in_a_batch_of_their_own(positions, settings, max_examples,
+                                                                              monkeypatch):
+    # continuous batching: the rows of an input that enters later start mid-cache, at other
+    # positions, beside inputs of other lengths; a batch of one is emptied before the next enters
+    model = varied_length_model(positions)
+    settings = BeamSettings(max_len=20, **settings)
+    src = random_sources(10, 12, EOS, PAD, seed=7)
+    rows, entered_beside = [], []
+    decode_step, join = model.decode_step, LayerCache.join
+    monkeypatch.setattr(model, "decode_step", lambda ids, *a: rows.append(len(ids)) or decode_step(ids, *a))
+    monkeypatch.setattr(LayerCache, "join", lambda self, *a: entered_beside.append(len(self.self_kv)) or join(self, *a))
+    streamed = beam_search(model, src, None, settings, START, EOS, max_examples=max_examples)
+    assert max(rows) <= max_examples * settings.num_beams
+    assert any(entered_beside) == (max_examples > 1)  # the premise: inputs entered beside others decoding
+    for i in range(len(src)):
+        length = int(src[i].ne(PAD).sum())
+        alone = beam_search(model, src[i:i + 1, :length], None, settings, START, EOS)[0]
+        assert [h.tokens for h in streamed[i]] == [h.tokens for h in alone]
+        assert [h.score for h in streamed[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+def test_inputs_with_several_memories_each_enter_as_others_finish():
+    model = tiny_model(vocab_size=12, memory="dual")
+    src = torch.tensor([[5, 6, 7, EOS], [8, 9, EOS, PAD], [4, EOS, PAD, PAD]])
+    memory = torch.tensor([[[5, 5, EOS]], [[9, 6, EOS]], [[7, EOS, PAD]], [[EOS, PAD, PAD]], [[6, 6, 6]]])
+    source_index = torch.tensor([0, 0, 1, 2, 2])
+    settings = BeamSettings(num_beams=3, num_return=2, max_len=8)
+    together = beam_search(model, src, memory, settings, START, EOS, source_index=source_index)
+    streamed = beam_search(model, src, memory, settings, START, EOS, source_index=source_index, max_examples=2)
+    assert [[h.tokens for h in hyps] for hyps in streamed] == [[h.tokens for h in hyps] for hyps in together]
+    assert [h.score for hyps in streamed for h in hyps] == pytest.approx([h.score for hyps in together for h in hyps],
+                                                                         abs=1e-5)
 
 
 def test_one_source_with_several_memories_is_encoded_once():

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from selfmem.models.linear import frozen_weights
+from selfmem.models.seq2seq import DecoderCache, EncoderOut
 
 
 @dataclass(frozen=True)
@@ -128,48 +129,97 @@ def stable_slots(parent: Tensor) -> Tensor:
     return torch.where(seen_before, free.gather(1, rank), parent)
 
 
+FILLER = -1  # the token history before an example's start token, for examples that entered later
+
+
+def used_length(mask: Tensor) -> int:
+    """Positions up to the last real one of any row of ``mask`` (batch, length); at least 1."""
+    columns = mask.any(0).nonzero()
+    return int(columns[-1]) + 1 if len(columns) else 1
+
+
+def encode_inputs(model, src: Tensor, memory: Tensor | None, source_index: Tensor | None,
+                  inputs: slice) -> EncoderOut:
+    """The encoder output of ``inputs`` (a slice of the input rows), their sources cut to their
+    longest and, with ``source_index``, each source encoded once."""
+    index = None
+    if source_index is None:
+        sources = src[inputs]
+    else:
+        unique, index = source_index[inputs].unique(return_inverse=True)
+        sources = src[unique]
+    sources = sources[:, :used_length(sources.ne(model.config.pad_id))]
+    return model.encode(sources, None if memory is None else memory[inputs], index)
+
+
+def trimmed(cache: DecoderCache, encoder_out: EncoderOut) -> tuple[DecoderCache, EncoderOut]:
+    """The batch's cache and encoder output without the positions no row reads: self-attention
+    entries before every row's start, cross-attention padding after every example's input."""
+    source_len = used_length(encoder_out.source_mask)
+    memory_len = None if encoder_out.memory_mask is None else used_length(encoder_out.memory_mask)
+    first = 0 if cache[0].starts is None else int(cache[0].starts.min())
+    return ([layer.trim(first, source_len, memory_len) for layer in cache],
+            encoder_out.trim(source_len, memory_len))
+
+
 @torch.no_grad()
 @frozen_weights()  # the weights stay as they are for the whole search
 def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
-                start_id: int, eos_id: int, source_index: Tensor | None = None) -> list[list[Hypothesis]]:
+                start_id: int, eos_id: int, source_index: Tensor | None = None,
+                max_examples: int | None = None) -> list[list[Hypothesis]]:
     """The ``settings.num_return`` best hypotheses of every input row, best first.
 
     ``model`` is a ``Seq2SeqModel``; ``memory`` its dual-memory input or None. With
     ``source_index`` (dual memory), the inputs are the rows of ``memory``, row i with
     source row ``source_index[i]``: one source decoded with several memories.
-    """
-    encoder_out = model.encode(src, memory, source_index)
-    num_examples, device = encoder_out.source.size(0), src.device
-    beams, lp = settings.num_beams, settings.length_penalty
-    cache = None
-    alive = torch.arange(num_examples, device=device)  # the example each active row group decodes
-    tokens = torch.full((num_examples, 1, 1), start_id, device=device)  # (examples, beams, length)
-    running = torch.zeros(num_examples, 1, device=device)  # sum of log-probs of each beam
-    pool = torch.full((num_examples, beams), -torch.inf, device=device)  # each active example's best finished scores, sorted
-    finished: list[list[Hypothesis]] = [[] for _ in range(num_examples)]
 
-    for step in range(1, settings.max_len + 1):
+    With ``max_examples``, at most that many inputs decode at a time, in their order, and the
+    next enters the batch as soon as one is done (continuous batching): the batch stays
+    full instead of shrinking, step after step, to the beams of its longest input. An input's
+    hypotheses are those it has in a batch of its own, up to float rounding.
+    """
+    num_inputs = src.size(0) if source_index is None else source_index.size(0)
+    stream = max_examples is not None and max_examples < num_inputs
+    next_input = max_examples if stream else num_inputs
+    encoder_out = (encode_inputs(model, src, memory, source_index, slice(0, next_input)) if stream
+                   else model.encode(src, memory, source_index))
+    device = src.device
+    beams = settings.num_beams
+    # each step's length normalisation, as Python computes step ** length_penalty
+    norm = (torch.arange(settings.max_len + 1, dtype=torch.float64) ** settings.length_penalty).float().to(device)
+    cache = None
+    alive = torch.arange(next_input, device=device)  # the input each active row group decodes
+    steps = torch.ones(next_input, dtype=torch.long, device=device)  # each one's step: tokens after this one
+    tokens = torch.full((next_input, 1, 1), start_id, device=device)  # (examples, beams, length)
+    running = torch.zeros(next_input, 1, device=device)  # sum of log-probs of each beam
+    pool = torch.full((next_input, beams), -torch.inf, device=device)  # each active example's best finished scores, sorted
+    finished: list[list[Hypothesis]] = [[] for _ in range(num_inputs)]
+
+    while True:
         active, width = running.shape
         logits, cache = model.decode_step(tokens[:, :, -1].reshape(-1, 1), encoder_out, cache)
         log_probs = torch.log_softmax(logits[:, -1], dim=-1)
         vocab = log_probs.size(-1)
-        if step <= settings.min_len:
-            log_probs[:, eos_id] = -torch.inf
+        if settings.min_len > 0 and bool((short := steps <= settings.min_len).any()):
+            log_probs[:, eos_id].masked_fill_(short.repeat_interleave(width), -torch.inf)
         if settings.no_repeat_ngram > 0:
             ngram_ban = banned_ngram_tokens(tokens.flatten(0, 1), settings.no_repeat_ngram, vocab)
             log_probs.masked_fill_(ngram_ban, -torch.inf)
         top_scores, top_beam, top_token = best_continuations(log_probs, running, 2 * beams)
-        ends = top_token.eq(eos_id) if step < settings.max_len else torch.ones_like(top_token, dtype=torch.bool)
+        at_max_len = steps.eq(settings.max_len)
+        ends = top_token.eq(eos_id) | at_max_len[:, None]
 
         # finished hypotheses: ending continuations among the first `beams`, if they enter the pool
-        normalised = top_scores / step ** lp
+        normalised = top_scores / norm[steps, None]
         offered = ends & top_scores.isfinite() & (normalised > pool[:, -1:])
         offered[:, beams:] = False
         if offered.any():
             pool = torch.cat([pool, normalised.masked_fill(~offered, -torch.inf)], 1).topk(beams).values
             e, k = offered.nonzero(as_tuple=True)
-            seqs = torch.cat([tokens[e, top_beam[e, k], 1:], top_token[e, k, None]], dim=1).tolist()
-            for example, seq, score in zip(alive[e].tolist(), seqs, normalised[e, k].tolist()):
+            seqs = torch.cat([tokens[e, top_beam[e, k]], top_token[e, k, None]], dim=1).tolist()
+            history = tokens.size(2)
+            for example, step, seq, score in zip(alive[e].tolist(), steps[e].tolist(), seqs, normalised[e, k].tolist()):
+                seq = seq[history - step + 1:]  # the tokens it generated (its start token and fillers before them)
                 finished[example].append(Hypothesis(seq[:-1] if seq[-1] == eos_id else seq, score))
 
         # the next beams: the best continuations that do not end
@@ -180,9 +230,9 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         if settings.early_stopping:
             done = full
         else:
-            done = full & (best_running / step ** lp <= pool[:, -1])
-        done |= ~best_running.isfinite()
-        if step == settings.max_len or done.all():
+            done = full & (best_running / norm[steps] <= pool[:, -1])
+        done |= ~best_running.isfinite() | at_max_len
+        if done.all() and next_input == num_inputs:
             break
 
         kept = (~done).nonzero().squeeze(1)
@@ -191,7 +241,8 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
             parent, next_token, running = (torch.empty_like(t).scatter_(1, slots, t)
                                            for t in (parent, next_token, running))
         if len(kept) < active:  # examples that are done leave the batch: gather whole rows
-            parent, next_token, running, tokens, pool = (t[kept] for t in (parent, next_token, running, tokens, pool))
+            parent, next_token, running, tokens, pool, steps = (t[kept] for t in (parent, next_token, running,
+                                                                                  tokens, pool, steps))
             alive = alive[kept]
             encoder_out = model.reorder_encoder_out(encoder_out, kept)
             cache = [layer.select((kept[:, None] * width + parent).flatten(), kept) for layer in cache]
@@ -205,5 +256,26 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
             cache = [layer.select(rows) for layer in cache]
         history = tokens.gather(1, parent[:, :, None].expand(-1, -1, tokens.size(2)))
         tokens = torch.cat([history, next_token[:, :, None]], dim=2)
+        steps = steps + 1
+
+        if stream and len(kept) < active:
+            if next_input < num_inputs:  # the next inputs enter, each as one beam and beams at -inf
+                new = min(max_examples - len(kept), num_inputs - next_input)
+                width = running.size(1)
+                entering = encode_inputs(model, src, memory, source_index, slice(next_input, next_input + new))
+                cache = [layer.join(fresh, new * width) for layer, fresh in zip(cache, model.decoder.init_cache(entering))]
+                encoder_out = encoder_out.join(entering)
+                alive = torch.cat([alive, torch.arange(next_input, next_input + new, device=device)])
+                steps = torch.cat([steps, steps.new_ones(new)])
+                first_beam = running.new_full((new, width), -torch.inf)
+                first_beam[:, 0] = 0.0
+                running = torch.cat([running, first_beam])
+                pool = torch.cat([pool, pool.new_full((new, beams), -torch.inf)])
+                start = torch.full((new, width, tokens.size(2)), FILLER, device=device)
+                start[:, :, -1] = start_id
+                tokens = torch.cat([tokens, start])
+                next_input += new
+            cache, encoder_out = trimmed(cache, encoder_out)
+            tokens = tokens[:, :, tokens.size(2) - int(steps.max()):]  # no column of fillers only
 
     return [sorted(hyps, key=lambda h: -h.score)[: settings.num_return] for hyps in finished]

@@ -56,6 +56,26 @@ class EncoderOut:
     memory: Tensor | None = None  # (batch, num_memories * mem_len, d_model), dual only
     memory_mask: Tensor | None = None  # (batch, num_memories * mem_len), bool
 
+    def join(self, new: EncoderOut) -> EncoderOut:
+        """Both outputs' rows, this one's first, each field padded to the longer input."""
+        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            if a is None:
+                return None
+            room = max(a.size(1), b.size(1))
+            return torch.cat([pad_to(a, room), pad_to(b, room)])
+
+        return EncoderOut(*(cat(getattr(self, f.name), getattr(new, f.name)) for f in dataclasses.fields(self)))
+
+    def trim(self, source_len: int, memory_len: int | None) -> EncoderOut:
+        """The output cut to ``source_len`` source and ``memory_len`` memory positions (padding)."""
+        memory = None if self.memory is None else (self.memory[:, :memory_len], self.memory_mask[:, :memory_len])
+        return EncoderOut(self.source[:, :source_len], self.source_mask[:, :source_len], *(memory or ()))
+
+
+def pad_to(t: Tensor, length: int, dim: int = 1) -> Tensor:
+    """``t`` zero-padded (False for booleans) at the end of ``dim`` to ``length``."""
+    return t if t.size(dim) == length else F.pad(t, (0, 0) * (t.dim() - dim - 1) + (0, length - t.size(dim)))
+
 
 @dataclass
 class LayerCache:
@@ -70,6 +90,11 @@ class LayerCache:
     time), since beam search copies whole rows when it reorders beams. A step writes into
     the buffer it was given: continue from each cache once, or ``select`` (which copies) to
     branch.
+
+    Rows may start decoding at different steps (beam search admitting new examples as others
+    finish): with ``starts`` (batch,), row i's entries begin at position ``starts[i]``, the
+    positions before it are hidden from its queries, and its tokens' positions count from
+    there. The cross-attention entries of such a batch are padded to its longest input.
     """
 
     source_k: Tensor
@@ -78,6 +103,7 @@ class LayerCache:
     memory_v: Tensor | None = None
     self_kv: Tensor | None = None
     length: int = 0
+    starts: Tensor | None = None
 
     GROWTH: ClassVar[int] = 16
 
@@ -115,7 +141,36 @@ class LayerCache:
 
         return LayerCache(pick(self.source_k, examples), pick(self.source_v, examples),
                           pick(self.memory_k, examples), pick(self.memory_v, examples),
-                          pick(self.self_kv, rows), self.length)
+                          pick(self.self_kv, rows), self.length, pick(self.starts, rows))
+
+    def join(self, new: LayerCache, rows: int) -> LayerCache:
+        """This cache with the examples of ``new`` (a fresh cross-attention cache, nothing
+        decoded) after its own, their ``rows`` self-attention rows starting at ``length``.
+        Cross-attention entries are padded to the longer input (the padding is masked)."""
+        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            if a is None:
+                return None
+            room = max(a.size(2), b.size(2))
+            return torch.cat([pad_to(a, room, dim=2), pad_to(b, room, dim=2)])
+
+        # zeros, not empty memory: hidden positions still enter attention's products, and a
+        # NaN there would survive its zero weight
+        self_kv = torch.cat([self.self_kv, self.self_kv.new_zeros(rows, *self.self_kv.shape[1:])])
+        starts = self.starts if self.starts is not None else self.self_kv.new_zeros(self.self_kv.size(0), dtype=torch.long)
+        starts = torch.cat([starts, starts.new_full((rows,), self.length)])
+        return LayerCache(cat(self.source_k, new.source_k), cat(self.source_v, new.source_v),
+                          cat(self.memory_k, new.memory_k), cat(self.memory_v, new.memory_v),
+                          self_kv, self.length, starts)
+
+    def trim(self, first: int, source_len: int, memory_len: int | None) -> LayerCache:
+        """This cache without self-attention positions before ``first`` (before every row's
+        start) and cross-attention entries cut to ``source_len``/``memory_len`` (padding)."""
+        def cut(t: Tensor | None, length: int | None) -> Tensor | None:
+            return None if t is None else t[:, :, :length]
+
+        return LayerCache(cut(self.source_k, source_len), cut(self.source_v, source_len),
+                          cut(self.memory_k, memory_len), cut(self.memory_v, memory_len),
+                          self.self_kv[:, :, :, first:], self.length - first, self.starts - first)
 
 
 DecoderCache = list[LayerCache]  # one entry per decoder layer
@@ -415,19 +470,24 @@ class Decoder(TransformerStack):
 
     def forward(self, ids: Tensor, encoder_out: EncoderOut, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
         """Decode the new tokens ``ids`` (batch, length) after those already in ``cache``."""
-        past = cache[0].length
+        past, starts = cache[0].length, cache[0].starts
         length = ids.size(1)
         # Every cached key is visible; only new tokens hide from later new tokens. (A lone
         # first token is causal too, which changes nothing for it: asking whether the length
         # is 1 would give compiled code a symbolic is_causal, which SDPA refuses.)
-        causal = past == 0
-        self_mask = None
+        causal = past == 0 and starts is None
+        self_mask = positions = None
         if past > 0 and length > 1:
             self_mask = torch.ones(length, past + length, dtype=torch.bool, device=ids.device).tril(past)
+        if starts is not None:  # rows that started later: their earlier positions are hidden
+            if length > 1:
+                raise ValueError("rows with their own starts decode one token at a time")
+            self_mask = (torch.arange(past + 1, device=ids.device) >= starts[:, None])[:, None, None, :]
+            positions = (past - starts)[:, None]
         source_mask = encoder_out.source_mask[:, None, None, :]
         memory_mask = None if encoder_out.memory_mask is None else encoder_out.memory_mask[:, None, None, :]
 
-        x = self.embed(ids, start=past)
+        x = self.embed(ids, start=past, positions=positions)
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):
             x, layer_cache = layer(x, layer_cache, source_mask, memory_mask, self_mask, causal)
