@@ -283,6 +283,10 @@ def main() -> None:
                   f"peak memory {peak[name] / 2**20:.0f} MiB, best hypothesis as selfmem's on {same:.1%}"
                   + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster" if ratio >= 1
                      else f", {name} is {1 / ratio:.2f}x faster"))
+        if "ctranslate2" in engines:  # the target's ratio (issue 20), the streamed search's too
+            for name in ("selfmem", "selfmem, continuous"):
+                ratio = statistics.median(c / ours for ours, c in zip(speed[name], speed["ctranslate2"]))
+                print(f"  ctranslate2 / {name}: {ratio:.2f}x (median of the repeats' ratios)")
         # what the speed is made of: a step costs about as much with few rows as with many
         for name, inputs_of_name in (("selfmem", inputs), ("selfmem, continuous", stream)):
             rows = steps_by_rows(native, lambda: [engines[name](src, settings) for src in inputs_of_name])

@@ -131,6 +131,8 @@ def test_settings_are_checked():
         BeamSettings(num_beams=5, num_return=6)
     with pytest.raises(ValueError, match="min_len < max_len"):
         BeamSettings(min_len=10, max_len=10)
+    with pytest.raises(ValueError, match="max_examples must be at least 1, got 0"):
+        beam_search(tiny_model(8), torch.tensor([[4, EOS]]), None, BeamSettings(), START, EOS, max_examples=0)
 
 
 def random_sources(count: int, vocab: int, eos: int, pad: int, seed: int = 1) -> torch.Tensor:
@@ -224,9 +226,10 @@ def test_inputs_entering_as_others_finish_decode_as_in_a_batch_of_their_own(posi
     settings = BeamSettings(max_len=20, **settings)
     src = random_sources(10, 12, EOS, PAD, seed=7)
     rows, entered_beside = [], []
-    decode_step, join = model.decode_step, LayerCache.join
+    decode_step, refill = model.decode_step, LayerCache.refill
     monkeypatch.setattr(model, "decode_step", lambda ids, *a: rows.append(len(ids)) or decode_step(ids, *a))
-    monkeypatch.setattr(LayerCache, "join", lambda self, *a: entered_beside.append(len(self.self_kv)) or join(self, *a))
+    monkeypatch.setattr(LayerCache, "refill", lambda self, examples, *a: entered_beside.append(
+        len(self.self_kv) > len(examples) * settings.num_beams) or refill(self, examples, *a))
     streamed = beam_search(model, src, None, settings, START, EOS, max_examples=max_examples)
     assert max(rows) <= max_examples * settings.num_beams
     assert any(entered_beside) == (max_examples > 1)  # the premise: inputs entered beside others decoding

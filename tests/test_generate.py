@@ -71,10 +71,24 @@ def test_two_ranks_and_any_batch_size_give_the_same_candidates(run_root):
     bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
     assert [r["memories"] for r in lines] == [[b["memories"][:1]] for b in bm25]
 
-    small = records(generate(run_root, 2, "candidates.max_tokens=300"))  # one or two examples a batch
+    small_path = generate(run_root, 2, "candidates.max_tokens=300")  # one or two examples a batch
+    small = records(small_path)
     assert [r["candidates"] for r in small] == [r["candidates"] for r in lines]
     for a, b in zip(small, lines):
         assert a["scores"][0] == pytest.approx(b["scores"][0], abs=2e-4)  # padding moves float rounding only
+
+    # such batches decoded 8 at a time as one stream (candidates.stream_batches), an example
+    # entering as another is done: the same streams on 2 ranks, and the candidates of batch
+    # by batch up to float rounding (this briefly trained generator decodes every example to
+    # max_len, so examples enter only as a whole batch leaves: tests/test_beam.py decodes
+    # streams whose examples end at different steps)
+    streamed_path = generate(run_root, 17, "candidates.max_tokens=300", "candidates.stream_batches=8")
+    streamed = records(streamed_path)
+    assert [r["candidates"] for r in streamed] == [r["candidates"] for r in small]
+    for a, b in zip(streamed, small):
+        assert a["scores"][0] == pytest.approx(b["scores"][0], abs=2e-4)
+    assert generate(run_root, 18, "candidates.max_tokens=300", "candidates.stream_batches=8",
+                    nproc=2).read_bytes() == streamed_path.read_bytes()
 
 
 # the briefly trained generator's next-token probabilities are all below the default epsilon

@@ -24,6 +24,7 @@ done leaves the batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -152,11 +153,36 @@ def encode_inputs(model, src: Tensor, memory: Tensor | None, source_index: Tenso
     return model.encode(sources, None if memory is None else memory[inputs], index)
 
 
-def trimmed(cache: DecoderCache, encoder_out: EncoderOut) -> tuple[DecoderCache, EncoderOut]:
+class Waiting:
+    """The inputs that have not entered the batch yet, encoded ``chunk`` at a time ahead of
+    their entry (one encoder call and one cross-attention projection a chunk, not an input)."""
+
+    def __init__(self, model, src: Tensor, memory: Tensor | None, source_index: Tensor | None, chunk: int):
+        self.model, self.src, self.memory, self.source_index, self.chunk = model, src, memory, source_index, chunk
+        self.num_inputs = src.size(0) if source_index is None else source_index.size(0)
+        self.first, self.encoded, self.cache = 0, None, None  # the chunk encoded last: inputs first, first + 1, ...
+
+    def take(self, first: int, count: int) -> Iterator[tuple[EncoderOut, DecoderCache]]:
+        """The encoder output and fresh cross-attention cache of inputs ``first .. first + count
+        - 1`` (taken in order), in one piece or in two where they straddle chunks."""
+        while count > 0:
+            if self.encoded is None or first >= self.first + self.encoded.source.size(0):
+                self.first = first
+                self.encoded = encode_inputs(self.model, self.src, self.memory, self.source_index,
+                                             slice(first, min(first + self.chunk, self.num_inputs)))
+                self.cache = self.model.decoder.init_cache(self.encoded)
+            rows = torch.arange(first - self.first, min(first - self.first + count, self.encoded.source.size(0)),
+                                device=self.src.device)
+            yield self.model.reorder_encoder_out(self.encoded, rows), [layer.select(rows, rows) for layer in self.cache]
+            first, count = first + len(rows), count - len(rows)
+
+
+def trimmed(cache: DecoderCache, encoder_out: EncoderOut, inputs_too: bool) -> tuple[DecoderCache, EncoderOut]:
     """The batch's cache and encoder output without the positions no row reads: self-attention
-    entries before every row's start, cross-attention padding after every example's input."""
-    source_len = used_length(encoder_out.source_mask)
-    memory_len = None if encoder_out.memory_mask is None else used_length(encoder_out.memory_mask)
+    entries before every row's start and, ``inputs_too`` (no input enters any more, which
+    would pad them again), cross-attention padding after every example's input."""
+    source_len = used_length(encoder_out.source_mask) if inputs_too else None
+    memory_len = used_length(encoder_out.memory_mask) if inputs_too and encoder_out.memory_mask is not None else None
     first = 0 if cache[0].starts is None else int(cache[0].starts.min())
     return ([layer.trim(first, source_len, memory_len) for layer in cache],
             encoder_out.trim(source_len, memory_len))
@@ -178,6 +204,8 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
     full instead of shrinking, step after step, to the beams of its longest input. An input's
     hypotheses are those it has in a batch of its own, up to float rounding.
     """
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be at least 1, got {max_examples}")
     num_inputs = src.size(0) if source_index is None else source_index.size(0)
     stream = max_examples is not None and max_examples < num_inputs
     next_input = max_examples if stream else num_inputs
@@ -194,6 +222,7 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
     running = torch.zeros(next_input, 1, device=device)  # sum of log-probs of each beam
     pool = torch.full((next_input, beams), -torch.inf, device=device)  # each active example's best finished scores, sorted
     finished: list[list[Hypothesis]] = [[] for _ in range(num_inputs)]
+    waiting = Waiting(model, src, memory, source_index, chunk=max_examples) if stream else None
 
     while True:
         active, width = running.shape
@@ -235,6 +264,10 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         if done.all() and next_input == num_inputs:
             break
 
+        entering = min(int(done.sum()), num_inputs - next_input) if stream else 0
+        if entering:  # the first done examples' rows stay, for the next inputs
+            refilled = done.nonzero().squeeze(1)[:entering]
+            done[refilled] = False
         kept = (~done).nonzero().squeeze(1)
         if width == parent.size(1):  # a full beam: put the new beams where their caches mostly are
             slots = stable_slots(parent)
@@ -258,24 +291,25 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         tokens = torch.cat([history, next_token[:, :, None]], dim=2)
         steps = steps + 1
 
-        if stream and len(kept) < active:
-            if next_input < num_inputs:  # the next inputs enter, each as one beam and beams at -inf
-                new = min(max_examples - len(kept), num_inputs - next_input)
-                width = running.size(1)
-                entering = encode_inputs(model, src, memory, source_index, slice(next_input, next_input + new))
-                cache = [layer.join(fresh, new * width) for layer, fresh in zip(cache, model.decoder.init_cache(entering))]
-                encoder_out = encoder_out.join(entering)
-                alive = torch.cat([alive, torch.arange(next_input, next_input + new, device=device)])
-                steps = torch.cat([steps, steps.new_ones(new)])
-                first_beam = running.new_full((new, width), -torch.inf)
-                first_beam[:, 0] = 0.0
-                running = torch.cat([running, first_beam])
-                pool = torch.cat([pool, pool.new_full((new, beams), -torch.inf)])
-                start = torch.full((new, width, tokens.size(2)), FILLER, device=device)
-                start[:, :, -1] = start_id
-                tokens = torch.cat([tokens, start])
-                next_input += new
-            cache, encoder_out = trimmed(cache, encoder_out)
+        if entering:  # the next inputs take the rows of done examples, each as one beam and beams at -inf
+            examples = torch.searchsorted(kept, refilled)
+            width = running.size(1)
+            rows = (examples[:, None] * width + torch.arange(width, device=device)).view(-1, width)
+            placed = 0
+            for fresh, fresh_cache in waiting.take(next_input, entering):
+                part = slice(placed, placed + fresh.source.size(0))
+                cache = [layer.refill(examples[part], rows[part].flatten(), new) for layer, new in zip(cache, fresh_cache)]
+                encoder_out = encoder_out.refill(examples[part], fresh)
+                placed = part.stop
+            alive[examples] = torch.arange(next_input, next_input + entering, device=device)
+            steps[examples] = 1
+            running[examples] = torch.cat([running.new_zeros(1), running.new_full((width - 1,), -torch.inf)])
+            pool[examples] = -torch.inf
+            tokens[examples] = FILLER
+            tokens[examples, :, -1] = start_id
+            next_input += entering
+        if stream and (len(kept) < active or entering):
+            cache, encoder_out = trimmed(cache, encoder_out, inputs_too=next_input == num_inputs)
             tokens = tokens[:, :, tokens.size(2) - int(steps.max()):]  # no column of fillers only
 
     return [sorted(hyps, key=lambda h: -h.score)[: settings.num_return] for hyps in finished]

@@ -123,9 +123,11 @@ class Generator:
                               decoder_start=model.decoder_start_id)
 
     def decode(self, encoded: list, examples: list[int], device: torch.device,
-               seeds: list[int] | None = None) -> list[list[Hypothesis]]:
+               seeds: list[int] | None = None, max_inputs: int | None = None) -> list[list[Hypothesis]]:
         """The hypotheses (or samples) of each encoded input; ``examples`` says which example
-        each one is, ``seeds`` (sampling only) what each one's draws come from.
+        each one is, ``seeds`` (sampling only) what each one's draws come from. With
+        ``max_inputs`` (the native beam search), at most that many inputs decode at a time,
+        the next entering as one is done.
 
         With dual memory an example's source is encoded once for all of its memory inputs.
         """
@@ -134,7 +136,7 @@ class Generator:
         if isinstance(self.model, HFSeq2Seq):
             return hf_beam_search(self.model.hf, src, self.settings, self.ids.decoder_start, self.ids.eos,
                                   self.ids.pad)
-        search = beam_search
+        search = functools.partial(beam_search, max_examples=max_inputs)
         if isinstance(self.settings, SampleSettings):
             search = functools.partial(epsilon_sample, seeds=torch.tensor(seeds, dtype=torch.long))
         if self.mode != "dual":
@@ -227,21 +229,38 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     sizes = [(sum(width * input_size(encoded[u], gcfg.memory, generator.ids) for u in example_units),)
              for example_units in units_of]
     # whole examples per batch (a dual-memory source is encoded once for all its memories)
-    batches = token_budget_batches(sizes, config.candidates.max_tokens, seed=0, epoch=0)[env.rank::env.world_size]
+    batches = token_budget_batches(sizes, config.candidates.max_tokens, seed=0, epoch=0)
+    streaming = mode != "samples" and gcfg.engine == "native"  # the native beam search takes streams
+    streams = decoding_streams(batches, sizes, config.candidates.stream_batches if streaming else 1)
 
     lines: dict[int, str] = {}  # this rank's examples' output lines, until they are written in order
-    bar = tqdm(total=sum(map(len, batches)), desc=f"{mode} {split}", unit="ex", disable=not env.is_main)
-    for batch in batches:
-        batch_units = [u for i in batch for u in units_of[i]]
-        seeds = [sample_seed(config.run.seed, index[units[u].example], units[u].slot) for u in batch_units]
-        decoded = dict(zip(batch_units, generator.decode([encoded[u] for u in batch_units],
-                                                         [units[u].example for u in batch_units], env.device, seeds)))
-        for i in batch:
+    mine = streams[env.rank::env.world_size]
+    bar = tqdm(total=sum(len(b) for stream in mine for b in stream), desc=f"{mode} {split}", unit="ex",
+               disable=not env.is_main)
+    for stream in mine:
+        stream_examples = [i for batch in stream for i in batch]
+        stream_units = [u for i in stream_examples for u in units_of[i]]
+        seeds = [sample_seed(config.run.seed, index[units[u].example], units[u].slot) for u in stream_units]
+        max_inputs = min(sum(len(units_of[i]) for i in batch) for batch in stream)
+        decoded = dict(zip(stream_units, generator.decode([encoded[u] for u in stream_units],
+                                                          [units[u].example for u in stream_units], env.device,
+                                                          seeds, max_inputs)))
+        for i in stream_examples:
             lines[i] = output_line(mode, sets[i], [decoded[u] for u in units_of[i]], tokenizer)
-        bar.update(len(batch))
+        bar.update(len(stream_examples))
     bar.close()
     write_shard(shard, sorted(lines.items()))
     return len(examples), len(units)
+
+
+def decoding_streams(batches: list[list[int]], sizes: list[tuple[int]], per_stream: int) -> list[list[list[int]]]:
+    """The batches in groups of ``per_stream`` of similar lengths (by their widest example's
+    size), each group decoded as one stream; like the batches, they depend on the data and
+    the settings only, so that a rank's share is the same streams at any number of ranks."""
+    if per_stream < 1:
+        raise ValueError(f"candidates.stream_batches must be at least 1, got {per_stream}")
+    by_length = sorted(batches, key=lambda batch: max(sizes[i] for i in batch))
+    return [by_length[i:i + per_stream] for i in range(0, len(by_length), per_stream)]
 
 
 def input_size(example, mode: str, ids: SpecialIds) -> int:

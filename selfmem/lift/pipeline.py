@@ -53,9 +53,10 @@ from selfmem.train.selector import (
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("dev", "test")
-# keys that change no result (train.compile its rounding only): they are left out of the fingerprints
+# keys that change no result (train.compile and candidates.stream_batches their rounding only):
+# they are left out of the fingerprints
 BOOKKEEPING = ("save_every", "log_every", "prefetch", "compile", "batch_size", "index_name", "connect_attempts",
-               "connect_backoff")
+               "connect_backoff", "stream_batches")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:
@@ -193,7 +194,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     init = path_digest(config.generator.init)  # hashed once: a checkpoint can be gigabytes
     # the sampling keys count only where rounds sample (MBR against samples): left out elsewhere,
     # so that the stages of a run from before they existed stay done
-    decoding = _without(config.candidates, SAMPLING)
+    decoding = _without(config.candidates, (*SAMPLING, *BOOKKEEPING))
     sampling = config.selector.mbr_references == "samples"
 
     tokenizer_key = state.run("tokenizer", [*data, config.tokenizer, path_digest(config.tokenizer.path), seed],

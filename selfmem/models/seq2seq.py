@@ -56,15 +56,10 @@ class EncoderOut:
     memory: Tensor | None = None  # (batch, num_memories * mem_len, d_model), dual only
     memory_mask: Tensor | None = None  # (batch, num_memories * mem_len), bool
 
-    def join(self, new: EncoderOut) -> EncoderOut:
-        """Both outputs' rows, this one's first, each field padded to the longer input."""
-        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-            if a is None:
-                return None
-            room = max(a.size(1), b.size(1))
-            return torch.cat([pad_to(a, room), pad_to(b, room)])
-
-        return EncoderOut(*(cat(getattr(self, f.name), getattr(new, f.name)) for f in dataclasses.fields(self)))
+    def refill(self, examples: Tensor, new: EncoderOut) -> EncoderOut:
+        """In place where it can: rows ``examples`` replaced by ``new``'s rows (``put_rows``)."""
+        return EncoderOut(*(None if (t := getattr(self, f.name)) is None else put_rows(t, examples, getattr(new, f.name))
+                            for f in dataclasses.fields(self)))
 
     def trim(self, source_len: int, memory_len: int | None) -> EncoderOut:
         """The output cut to ``source_len`` source and ``memory_len`` memory positions (padding)."""
@@ -75,6 +70,19 @@ class EncoderOut:
 def pad_to(t: Tensor, length: int, dim: int = 1) -> Tensor:
     """``t`` zero-padded (False for booleans) at the end of ``dim`` to ``length``."""
     return t if t.size(dim) == length else F.pad(t, (0, 0) * (t.dim() - dim - 1) + (0, length - t.size(dim)))
+
+
+INPUT_ROOM = 8  # spare positions when an input entering a batch is longer than its inputs
+
+
+def put_rows(t: Tensor, index: Tensor, new: Tensor, dim: int = 1) -> Tensor:
+    """``t`` with rows ``index`` replaced by ``new``, written in place unless ``new`` is longer
+    along ``dim``: then ``t`` is padded first, with ``INPUT_ROOM`` more (the inputs of a
+    length-sorted stream grow a little at a time). ``new`` is padded to ``t``'s length."""
+    if new.size(dim) > t.size(dim):
+        t = pad_to(t, new.size(dim) + INPUT_ROOM, dim)
+    t[index] = pad_to(new, t.size(dim), dim)
+    return t
 
 
 @dataclass
@@ -91,10 +99,11 @@ class LayerCache:
     the buffer it was given: continue from each cache once, or ``select`` (which copies) to
     branch.
 
-    Rows may start decoding at different steps (beam search admitting new examples as others
-    finish): with ``starts`` (batch,), row i's entries begin at position ``starts[i]``, the
-    positions before it are hidden from its queries, and its tokens' positions count from
-    there. The cross-attention entries of such a batch are padded to its longest input.
+    Rows may start decoding at different steps (beam search giving a done example's rows to
+    the next input): with ``starts`` (batch,), row i's entries begin at position
+    ``starts[i]``, the positions before it are hidden from its queries, and its tokens'
+    positions count from there. The cross-attention entries of such a batch are padded to
+    its longest input.
     """
 
     source_k: Tensor
@@ -143,24 +152,19 @@ class LayerCache:
                           pick(self.memory_k, examples), pick(self.memory_v, examples),
                           pick(self.self_kv, rows), self.length, pick(self.starts, rows))
 
-    def join(self, new: LayerCache, rows: int) -> LayerCache:
-        """This cache with the examples of ``new`` (a fresh cross-attention cache, nothing
-        decoded) after its own, their ``rows`` self-attention rows starting at ``length``.
-        Cross-attention entries are padded to the longer input (the padding is masked)."""
-        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-            if a is None:
-                return None
-            room = max(a.size(2), b.size(2))
-            return torch.cat([pad_to(a, room, dim=2), pad_to(b, room, dim=2)])
+    def refill(self, examples: Tensor, rows: Tensor, new: LayerCache) -> LayerCache:
+        """This cache with the examples ``examples`` replaced by those of ``new`` (a fresh
+        cross-attention cache, nothing decoded), in place where it can (``put_rows``): their
+        self-attention rows ``rows`` start at ``length``. What those rows hold before it is
+        hidden from them (and finite: every row was written at every position)."""
+        def put(t: Tensor | None, fresh: Tensor | None) -> Tensor | None:
+            return None if t is None else put_rows(t, examples, fresh, dim=2)
 
-        # zeros, not empty memory: hidden positions still enter attention's products, and a
-        # NaN there would survive its zero weight
-        self_kv = torch.cat([self.self_kv, self.self_kv.new_zeros(rows, *self.self_kv.shape[1:])])
-        starts = self.starts if self.starts is not None else self.self_kv.new_zeros(self.self_kv.size(0), dtype=torch.long)
-        starts = torch.cat([starts, starts.new_full((rows,), self.length)])
-        return LayerCache(cat(self.source_k, new.source_k), cat(self.source_v, new.source_v),
-                          cat(self.memory_k, new.memory_k), cat(self.memory_v, new.memory_v),
-                          self_kv, self.length, starts)
+        starts = self.self_kv.new_zeros(self.self_kv.size(0), dtype=torch.long) if self.starts is None else self.starts
+        starts = starts.index_fill(0, rows, self.length)
+        return LayerCache(put(self.source_k, new.source_k), put(self.source_v, new.source_v),
+                          put(self.memory_k, new.memory_k), put(self.memory_v, new.memory_v),
+                          self.self_kv, self.length, starts)
 
     def trim(self, first: int, source_len: int, memory_len: int | None) -> LayerCache:
         """This cache without self-attention positions before ``first`` (before every row's
@@ -170,7 +174,8 @@ class LayerCache:
 
         return LayerCache(cut(self.source_k, source_len), cut(self.source_v, source_len),
                           cut(self.memory_k, memory_len), cut(self.memory_v, memory_len),
-                          self.self_kv[:, :, :, first:], self.length - first, self.starts - first)
+                          self.self_kv[:, :, :, first:], self.length - first,
+                          None if self.starts is None else self.starts - first)
 
 
 DecoderCache = list[LayerCache]  # one entry per decoder layer
