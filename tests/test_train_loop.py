@@ -15,6 +15,7 @@ from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import TrainConfig
 from selfmem.common.distributed import DistEnv
 from selfmem.models.linear import linear
+from selfmem.train import loop
 from selfmem.train.loop import (
     CHECKPOINT,
     autocast_dtype,
@@ -97,6 +98,15 @@ def test_training_fits_the_toy_problem(tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 160 and losses[-1] < 1e-3 < 1 < losses[0]
     assert task.evaluations == 20 and task.saved_at_eval[0] == 1
+
+
+def test_freed_memory_is_released_at_each_log_interval(tmp_path, monkeypatch):
+    # with freed memory kept, a heap that is never trimmed grows with each batch size it sees
+    releases = []
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: releases.append(True))
+    state = fit(nn.Linear(1, 1, bias=False), ToyTask(), toy_config(max_epochs=2, log_every=4), ONE_PROCESS, tmp_path,
+                seed=0, lr_schedule=lambda s: 1.0)
+    assert state.step == 16 and len(releases) == 16 // 4
 
 
 class PackedToyModel(nn.Module):

@@ -238,7 +238,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     last = 0
     for k in range(1, config.lift.max_rounds + 1):
         previous_key = state.run(f"round_{k}", [previous_key, selector_key, config.data,
-                                                config.candidates if sampling else decoding,
+                                                _without(config.candidates, BOOKKEEPING) if sampling else decoding,
                                                 selection], _round_outputs(config, paths, k),
                                  lambda k=k: _round(config, env, paths, k))
         round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from selfmem.common.batching import rank_share
 from selfmem.common.config import TrainConfig
+from selfmem.common.cpu_memory import release_freed_memory
 from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
@@ -450,6 +451,7 @@ def fit(
                     write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
                                "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, **compiles})
                     window_tokens, window_start = 0, time.perf_counter()
+                    release_freed_memory()  # batches of other sizes would grow the heap without end
                 if state.step % config.save_every == 0:
                     save()
 
