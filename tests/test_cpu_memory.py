@@ -59,7 +59,9 @@ assert keep_freed_memory()
 tensors = [torch.ones(250_000 + i) for i in range(300)]
 del tensors
 kept = resident()
-assert release_freed_memory()
+assert not release_freed_memory(limit=1 << 30)  # less than a GiB resident and not in use: kept
+assert resident() > kept - 10_000
+assert release_freed_memory(limit=200 << 20)  # more than 200 MiB: handed back
 print(kept, resident())
 """
 

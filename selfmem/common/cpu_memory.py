@@ -6,13 +6,15 @@ unmapped when freed; the top of the heap goes back once enough of it is free), a
 tensor faults its pages in again, one page at a time. A decoding step allocates and frees the same tensors over and over (the logits of 80
 beams are 2.5 MB): on this project's 2-core CPU machine, 50,000 page faults in a
 200-example beam search, about 2.4 us each. A loop whose tensor sizes keep changing
-(training) hands the freed memory back now and then (``release_freed_memory``).
+(training) hands the freed memory back when too much of it is resident
+(``release_freed_memory``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # mallopt's parameter numbers (glibc's malloc.h)
@@ -49,17 +51,45 @@ def keep_freed_memory() -> bool:
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_TOP_PAD, TOP_PAD)))
 
 
-def release_freed_memory() -> bool:
-    """Hand the freed memory of the heap back to the kernel now (glibc's ``malloc_trim``).
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc 2.33 and newer)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+FREED_RESIDENT_LIMIT = 1 << 30  # resident bytes not in use that ``release_freed_memory`` lets be
+
+
+def _resident_not_in_use(libc) -> int | None:
+    """Resident bytes beyond what malloc has in use, roughly (the process's code counts too);
+    None without ``mallinfo2``."""
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    with open("/proc/self/statm") as statm:
+        resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return resident - info.uordblks - info.hblkhd
+
+
+def release_freed_memory(limit: int = FREED_RESIDENT_LIMIT) -> bool:
+    """Hand the heap's freed memory back to the kernel (glibc's ``malloc_trim``) once more than
+    ``limit`` bytes of the process's resident memory are not in use (0: now).
 
     With ``keep_freed_memory`` the heap is never trimmed, and a training loop's tensors,
     whose sizes change with every batch, leave freed blocks the next sizes do not fit: the
     heap grows (seen: 7.3 GB resident per rank after 790 steps of ``libreoffice_ende``, 1.9
-    GB of it in use). The loop calls this at each log interval; the next step faults its
-    pages in once. Returns whether memory was released; False without glibc.
+    GB of it in use; some 60 MB a step). The training loop calls this after every step (a
+    check costs tens of microseconds); the steps after a release fault their pages in once.
+    Returns whether memory was released; False without glibc.
     """
-    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    libc = _libc()
+    malloc_trim = getattr(libc, "malloc_trim", None)
     if malloc_trim is None:
+        return False
+    if limit > 0 and (unused := _resident_not_in_use(libc)) is not None and unused <= limit:
         return False
     malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return malloc_trim(0) == 1

@@ -435,6 +435,7 @@ def fit(
                 state.step += 1
                 state.step_in_epoch += 1
                 progress.update(1)
+                release_freed_memory()  # batches of other sizes would grow a never-trimmed heap without end
                 if state.step % config.log_every == 0:  # the step's loss and counters are read only here
                     guard.check(state)
                     if dist.is_initialized():
@@ -451,7 +452,6 @@ def fit(
                     write_log({"step": state.step, "epoch": state.epoch, "loss": loss_per_target, "lr": lr,
                                "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, **compiles})
                     window_tokens, window_start = 0, time.perf_counter()
-                    release_freed_memory()  # batches of other sizes would grow the heap without end
                 if state.step % config.save_every == 0:
                     save()
 
