@@ -58,7 +58,10 @@ class _Mallinfo2(ctypes.Structure):
                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-FREED_RESIDENT_LIMIT = 1 << 30  # resident bytes not in use that ``release_freed_memory`` lets be
+# resident bytes not in use that ``release_freed_memory`` lets be: each release costs the next
+# steps their page faults (with 1 GiB the results driver's training ran 10% slower, releasing
+# every dozen steps; releasing every 50 steps cost nothing measurable, its peaks 5.3 GB)
+FREED_RESIDENT_LIMIT = 3 << 30
 
 
 def _resident_not_in_use(libc) -> int | None:
@@ -82,7 +85,7 @@ def release_freed_memory(limit: int = FREED_RESIDENT_LIMIT) -> bool:
     whose sizes change with every batch, leave freed blocks the next sizes do not fit: the
     heap grows (seen: 7.3 GB resident per rank after 790 steps of ``libreoffice_ende``, 1.9
     GB of it in use; some 60 MB a step). The training loop calls this after every step (a
-    check costs tens of microseconds); the steps after a release fault their pages in once.
+    check costs tens of microseconds); the steps after a release fault their pages in again.
     Returns whether memory was released; False without glibc.
     """
     libc = _libc()
