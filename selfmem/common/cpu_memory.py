@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -24,6 +25,7 @@ TOP_PAD = 64 << 20  # the heap grows 64 MiB at a time
 NEVER_TRIM = 2**31 - 1
 
 
+@functools.cache  # find_library runs ldconfig: milliseconds, too slow for every training step
 def _libc():
     """glibc, or None where there is none (musl, macOS)."""
     if not sys.platform.startswith("linux"):
