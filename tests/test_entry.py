@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from conftest import DEMO_CONFIG, REPO, start_torchrun
@@ -74,6 +75,21 @@ def test_launch_keeps_freed_memory_and_joins_the_process_group_with_dist_timeout
     assert kept == [True]
     assert timeouts == [7.0]
     assert stages == [(7.0, tmp_path / "demo")]
+
+
+@pytest.mark.parametrize("override, precision", [([], "tf32"), (["run.tf32=false"], "ieee")])
+def test_launch_sets_the_gpus_fp32_products_from_run_tf32(tmp_path, monkeypatch, override, precision):
+    monkeypatch.setattr(entry, "keep_freed_memory", lambda: None)
+    monkeypatch.setattr(entry, "init_distributed", lambda timeout_s: entry.DistEnv(0, 1, 0, 1))
+    monkeypatch.setattr(sys, "argv", ["x.py", "--config", str(DEMO_CONFIG), f"run.root={tmp_path}", *override])
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        seen = []
+        launch("A test launcher.", lambda config, env, paths, args: seen.append(matmul.fp32_precision))
+        assert seen == [precision]
+    finally:
+        matmul.fp32_precision = before
 
 
 def test_lift_with_a_missing_data_dir_ends_with_the_data_loaders_message(tmp_path):

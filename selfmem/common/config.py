@@ -30,6 +30,11 @@ class RunConfig:
     name: str = "demo"
     root: str = "runs"  # the run directory is ROOT/NAME
     seed: int = 1234
+    # fp32 matrix products on NVIDIA GPUs (Ampere on) in TensorFloat-32: inputs rounded to a
+    # 10-bit mantissa, several times the fp32 rate; decoding runs in fp32 on GPUs, as does
+    # what autocast leaves in it during training. Rounding only (no stage is redone for it);
+    # no effect on CPUs
+    tf32: bool = True
 
 
 @dataclass

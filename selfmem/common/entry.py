@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+import torch
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
 
 from selfmem.common.config import Config, ConfigError, parse_args
@@ -87,15 +88,22 @@ def end_finished_rank() -> None:
     os._exit(0)
 
 
+def use_tf32(enabled: bool) -> None:
+    """Run fp32 matrix products on NVIDIA GPUs in TensorFloat-32 (``run.tf32``), or in full fp32."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
+
+
 def launch(doc: str, stage: Callable[[Config, DistEnv, RunPaths, argparse.Namespace], object],
            add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """A launch script's whole run: parse ``--config FILE [key=value ...]`` (and the flags of
-    ``add_arguments``), keep freed CPU memory for reuse (``keep_freed_memory``), join the process group with ``dist.timeout``, set up the run directory,
+    ``add_arguments``), keep freed CPU memory for reuse (``keep_freed_memory``), set
+    ``run.tf32``, join the process group with ``dist.timeout``, set up the run directory,
     run ``stage(config, env, paths, args)`` and leave; a failure as ``entry_point`` reports it.
     ``doc`` is the script's docstring (its ``--help``)."""
     def main() -> None:
         keep_freed_memory()
         config, args = parse_args(doc, add_arguments=add_arguments)
+        use_tf32(config.run.tf32)
         env = init_distributed(config.dist.timeout)
         stage(config, env, start_run(config, env), args)
         close_distributed()
