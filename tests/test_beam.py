@@ -200,7 +200,8 @@ def test_output_does_not_depend_on_batch_composition(hf_pair):
 
 STREAM_SETTINGS = [dict(num_beams=5, num_return=1), dict(num_beams=8, num_return=3, length_penalty=0.6,
                                                            early_stopping=False),
-                   dict(num_beams=4, num_return=4, min_len=3, no_repeat_ngram=2)]
+                   dict(num_beams=4, num_return=4, min_len=3, no_repeat_ngram=2),
+                   dict(num_beams=4, num_return=1, no_repeat_ngram=1)]  # unigrams: a filler ends an "n-gram" too
 
 
 def varied_length_model(positions: str) -> Seq2SeqModel:
@@ -215,7 +216,8 @@ def varied_length_model(positions: str) -> Seq2SeqModel:
     return Seq2SeqModel(config).eval()
 
 
-@pytest.mark.parametrize("settings", STREAM_SETTINGS, ids=["5-1", "8-3-lp-no-early-stop", "min-len-ngram"])
+@pytest.mark.parametrize("settings", STREAM_SETTINGS, ids=["5-1", "8-3-lp-no-early-stop", "min-len-ngram",
+                                                           "unigram-blocking"])
 @pytest.mark.parametrize("max_examples", [1, 3])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 def test_inputs_entering_as_others_finish_decode_as_in_a_batch_of_their_own(positions, settings, max_examples,

@@ -227,8 +227,8 @@ def test_reorder_cache_and_encoder_out(variant):
     _, cache = model.decode_step(dec[:, :3], encoder_out)
 
     for index in (torch.tensor([2, 0, 1]), torch.arange(3).repeat_interleave(2)):  # permute; expand to beams
-        moved_out = model.reorder_encoder_out(encoder_out, index)
-        moved_cache = model.reorder_cache(cache, index)
+        moved_out = encoder_out.select(index)
+        moved_cache = [layer.select(index, index) for layer in cache]
         logits, _ = model.decode_step(dec[index, 3:4], moved_out, moved_cache)
         assert (logits[:, 0] - expected[index, 3]).abs().max() < 1e-5
 

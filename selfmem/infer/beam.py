@@ -65,13 +65,17 @@ class Hypothesis:
     score: float
 
 
+FILLER = -1  # the token history before an example's start token, for examples that entered later
+
+
 def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
-    """(rows, vocab) True where a token would repeat an ``n``-gram of its row of ``tokens``."""
+    """(rows, vocab) True where a token would repeat an ``n``-gram of its row of ``tokens``
+    (``FILLER`` tokens, before a row's start, are no n-gram's end)."""
     rows, length = tokens.shape
     banned = torch.zeros(rows, vocab_size + 1, dtype=torch.bool, device=tokens.device)
     if length >= n:
         ngrams = tokens.unfold(1, n, 1)  # (rows, length - n + 1, n)
-        repeats = (ngrams[:, :, :-1] == tokens[:, None, length - n + 1:]).all(-1)
+        repeats = (ngrams[:, :, :-1] == tokens[:, None, length - n + 1:]).all(-1) & ngrams[:, :, -1].ne(FILLER)
         # non-repeating n-grams write into the spare last column, so no write conflicts
         banned.scatter_(1, torch.where(repeats, ngrams[:, :, -1], vocab_size), True)
     return banned[:, :vocab_size]
@@ -130,9 +134,6 @@ def stable_slots(parent: Tensor) -> Tensor:
     return torch.where(seen_before, free.gather(1, rank), parent)
 
 
-FILLER = -1  # the token history before an example's start token, for examples that entered later
-
-
 def used_length(mask: Tensor) -> int:
     """Positions up to the last real one of any row of ``mask`` (batch, length); at least 1."""
     columns = mask.any(0).nonzero()
@@ -173,7 +174,7 @@ class Waiting:
                 self.cache = self.model.decoder.init_cache(self.encoded)
             rows = torch.arange(first - self.first, min(first - self.first + count, self.encoded.source.size(0)),
                                 device=self.src.device)
-            yield self.model.reorder_encoder_out(self.encoded, rows), [layer.select(rows, rows) for layer in self.cache]
+            yield self.encoded.select(rows), [layer.select(rows, rows) for layer in self.cache]
             first, count = first + len(rows), count - len(rows)
 
 
@@ -244,11 +245,12 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         offered[:, beams:] = False
         if offered.any():
             pool = torch.cat([pool, normalised.masked_fill(~offered, -torch.inf)], 1).topk(beams).values
-            e, k = offered.nonzero(as_tuple=True)
-            seqs = torch.cat([tokens[e, top_beam[e, k]], top_token[e, k, None]], dim=1).tolist()
-            history = tokens.size(2)
-            for example, step, seq, score in zip(alive[e].tolist(), steps[e].tolist(), seqs, normalised[e, k].tolist()):
-                seq = seq[history - step + 1:]  # the tokens it generated (its start token and fillers before them)
+            row, rank = offered.nonzero(as_tuple=True)
+            seqs = torch.cat([tokens[row, top_beam[row, rank]], top_token[row, rank, None]], dim=1).tolist()
+            length = tokens.size(2)
+            for example, step, seq, score in zip(alive[row].tolist(), steps[row].tolist(), seqs,
+                                                 normalised[row, rank].tolist()):
+                seq = seq[length - step + 1:]  # the tokens it generated (its start token and fillers before them)
                 finished[example].append(Hypothesis(seq[:-1] if seq[-1] == eos_id else seq, score))
 
         # the next beams: the best continuations that do not end
@@ -277,11 +279,11 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
             parent, next_token, running, tokens, pool, steps = (t[kept] for t in (parent, next_token, running,
                                                                                   tokens, pool, steps))
             alive = alive[kept]
-            encoder_out = model.reorder_encoder_out(encoder_out, kept)
+            encoder_out = encoder_out.select(kept)
             cache = [layer.select((kept[:, None] * width + parent).flatten(), kept) for layer in cache]
         elif width == parent.size(1):  # a full beam: copy only the rows of beams that moved
-            e, slot = parent.ne(torch.arange(width, device=device)).nonzero(as_tuple=True)
-            source, target = e * width + parent[e, slot], e * width + slot
+            row, slot = parent.ne(torch.arange(width, device=device)).nonzero(as_tuple=True)
+            source, target = row * width + parent[row, slot], row * width + slot
             for layer in cache:
                 layer.copy_rows(source, target)
         else:  # the first step or a narrow beam: gather whole rows
@@ -294,11 +296,12 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         if entering:  # the next inputs take the rows of done examples, each as one beam and beams at -inf
             examples = torch.searchsorted(kept, refilled)
             width = running.size(1)
-            rows = (examples[:, None] * width + torch.arange(width, device=device)).view(-1, width)
+            beam_rows = examples[:, None] * width + torch.arange(width, device=device)  # (entering, width)
             placed = 0
             for fresh, fresh_cache in waiting.take(next_input, entering):
                 part = slice(placed, placed + fresh.source.size(0))
-                cache = [layer.refill(examples[part], rows[part].flatten(), new) for layer, new in zip(cache, fresh_cache)]
+                cache = [layer.refill(examples[part], beam_rows[part].flatten(), new)
+                         for layer, new in zip(cache, fresh_cache)]
                 encoder_out = encoder_out.refill(examples[part], fresh)
                 placed = part.stop
             alive[examples] = torch.arange(next_input, next_input + entering, device=device)

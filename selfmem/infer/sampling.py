@@ -134,7 +134,7 @@ def epsilon_sample(model, src: Tensor, memory: Tensor | None, settings: SampleSe
             examples = None
             if len(kept) < len(alive):
                 alive = alive[kept]
-                encoder_out = model.reorder_encoder_out(encoder_out, kept)
+                encoder_out = encoder_out.select(kept)
                 examples = kept
             cache = [layer.select(kept.repeat_interleave(n) if step == 1 else kept_rows, examples)
                      for layer in cache]

@@ -56,13 +56,19 @@ class EncoderOut:
     memory: Tensor | None = None  # (batch, num_memories * mem_len, d_model), dual only
     memory_mask: Tensor | None = None  # (batch, num_memories * mem_len), bool
 
+    def select(self, index: Tensor) -> EncoderOut:
+        """Batch rows ``index``, e.g. the examples still decoding."""
+        return EncoderOut(*(None if (t := getattr(self, f.name)) is None else t.index_select(0, index)
+                            for f in dataclasses.fields(self)))
+
     def refill(self, examples: Tensor, new: EncoderOut) -> EncoderOut:
         """In place where it can: rows ``examples`` replaced by ``new``'s rows (``put_rows``)."""
         return EncoderOut(*(None if (t := getattr(self, f.name)) is None else put_rows(t, examples, getattr(new, f.name))
                             for f in dataclasses.fields(self)))
 
-    def trim(self, source_len: int, memory_len: int | None) -> EncoderOut:
-        """The output cut to ``source_len`` source and ``memory_len`` memory positions (padding)."""
+    def trim(self, source_len: int | None, memory_len: int | None) -> EncoderOut:
+        """The output cut to ``source_len`` source and ``memory_len`` memory positions (padding;
+        None keeps them all)."""
         memory = None if self.memory is None else (self.memory[:, :memory_len], self.memory_mask[:, :memory_len])
         return EncoderOut(self.source[:, :source_len], self.source_mask[:, :source_len], *(memory or ()))
 
@@ -166,9 +172,10 @@ class LayerCache:
                           put(self.memory_k, new.memory_k), put(self.memory_v, new.memory_v),
                           self.self_kv, self.length, starts)
 
-    def trim(self, first: int, source_len: int, memory_len: int | None) -> LayerCache:
+    def trim(self, first: int, source_len: int | None, memory_len: int | None) -> LayerCache:
         """This cache without self-attention positions before ``first`` (before every row's
-        start) and cross-attention entries cut to ``source_len``/``memory_len`` (padding)."""
+        start) and cross-attention entries cut to ``source_len``/``memory_len`` (padding; None
+        keeps them all)."""
         def cut(t: Tensor | None, length: int | None) -> Tensor | None:
             return None if t is None else t[:, :, :length]
 
@@ -477,7 +484,7 @@ class Decoder(TransformerStack):
         """Decode the new tokens ``ids`` (batch, length) after those already in ``cache``."""
         past, starts = cache[0].length, cache[0].starts
         length = ids.size(1)
-        # Every cached key is visible; only new tokens hide from later new tokens. (A lone
+        # Without starts every cached key is visible; only new tokens hide from later new tokens. (A lone
         # first token is causal too, which changes nothing for it: asking whether the length
         # is 1 would give compiled code a symbolic is_causal, which SDPA refuses.)
         causal = past == 0 and starts is None
@@ -611,17 +618,6 @@ class Seq2SeqModel(nn.Module):
         if target_rows is not None:
             hidden = hidden.flatten(0, 1).index_select(0, target_rows)
         return self.output_logits(hidden)
-
-    @staticmethod
-    def reorder_encoder_out(encoder_out: EncoderOut, index: Tensor) -> EncoderOut:
-        """Select batch rows ``index``, e.g. ``arange(batch).repeat_interleave(beams)`` to expand to beams."""
-        return EncoderOut(*(None if (t := getattr(encoder_out, f.name)) is None else t.index_select(0, index)
-                            for f in dataclasses.fields(encoder_out)))
-
-    @staticmethod
-    def reorder_cache(cache: DecoderCache, index: Tensor) -> DecoderCache:
-        """Select batch rows ``index`` of every layer's cache, e.g. the beams that survive a step."""
-        return [layer_cache.select(index, index) for layer_cache in cache]
 
     @property
     def decoder_start_id(self) -> int:
