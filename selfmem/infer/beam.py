@@ -230,7 +230,8 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         logits, cache = model.decode_step(tokens[:, :, -1].reshape(-1, 1), encoder_out, cache)
         log_probs = torch.log_softmax(logits[:, -1], dim=-1)
         vocab = log_probs.size(-1)
-        if settings.min_len > 0 and bool((short := steps <= settings.min_len).any()):
+        if settings.min_len > 0:  # no test whether any row is short: a host sync every step on a GPU
+            short = steps <= settings.min_len
             log_probs[:, eos_id].masked_fill_(short.repeat_interleave(width), -torch.inf)
         if settings.no_repeat_ngram > 0:
             ngram_ban = banned_ngram_tokens(tokens.flatten(0, 1), settings.no_repeat_ngram, vocab)
