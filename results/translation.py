@@ -110,7 +110,7 @@ def fork(source: Path, target: Path) -> None:
     if (target / "state.json").exists():
         return
     stages = json.loads((source / "state.json").read_text(encoding="utf-8"))["stages"]
-    kept = {name: record for name, record in stages.items()
+    kept = {name: {**record, "forked_from": source.name} for name, record in stages.items()
             if record.get("done") and not (name.startswith("round_") and name != "round_0")}
     partial = target.with_name(f".{target.name}.fork")
     shutil.rmtree(partial, ignore_errors=True)
@@ -167,6 +167,15 @@ def finished_rows(run: Path) -> list[dict]:
             if (run / ("no_memory" if r["round"] == "no_memory" else f"round_{r['round']}") / "metrics.jsonl").exists()]
 
 
+def stage_times(run: Path) -> str:
+    """The wall seconds of each stage the run finished itself (not one it forked from another
+    run), a resumed stage marked: its figure is its last attempt's only."""
+    stages = json.loads((run / "state.json").read_text(encoding="utf-8"))["stages"]
+    return ", ".join(f"{stage} {record['seconds']:.0f}" + (" (resumed: its last attempt)" if record.get("resumed") else "")
+                     for stage, record in stages.items()
+                     if record.get("seconds") is not None and "forked_from" not in record) or "none yet"
+
+
 def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[dict]]]:
     """One corpus's tables (Markdown lines) and each finished run's metric rows."""
     root, config = setup.root, run_config(setup, corpus, "report")
@@ -215,9 +224,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
             weight, temperature = ("-" if r.get(key) is None else f"{r[key]:g}" for key in ("retrieved_weight", "temperature"))
             lines.append(f"| {r['round']} | {r['split']} | {r['hyps']:.2f} | {r['memory']:.2f} | {pick} | {oracle} | "
                          f"{changed} | {weight} | {temperature} |")
-        stages = json.loads((root / corpus / name / "state.json").read_text(encoding="utf-8"))["stages"]
-        lines += ["", "wall seconds per stage: " + ", ".join(
-            f"{stage} {record['seconds']:.0f}" for stage, record in stages.items() if record.get("seconds") is not None)]
+        lines += ["", "wall seconds per stage: " + stage_times(root / corpus / name)]
     return lines + [""], runs
 
 

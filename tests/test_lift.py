@@ -155,6 +155,10 @@ def test_a_resumed_round_keeps_the_decodings_it_finished(uninterrupted, tmp_path
     output = run_single("launch/lift.py", lift_args(root, ONE_PROCESS))
     assert {part: (run / "round_2" / part).stat().st_mtime_ns for part in kept} == kept
     assert "candidates dev: kept, written before the round was resumed" in output
+    # its time is its last attempt's, and says so
+    assert state(root)["round_2"]["resumed"] is True and "resumed" not in state(uninterrupted)["round_2"]
+    (timed,) = [line for line in (run / "report.md").read_text().splitlines() if line.startswith("| round_2 | ")]
+    assert timed.endswith(" (resumed: its last attempt) |")
     assert artifacts(root) == artifacts(uninterrupted)
     assert metrics(root) == metrics(uninterrupted)
 

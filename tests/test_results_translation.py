@@ -44,7 +44,7 @@ def test_a_system_that_shares_the_generator_trains_it_once(driven):
     runs, _, _ = driven
     joint, topb4 = stages(runs / "joint"), stages(runs / "topb4")
     for stage in ("tokenizer", "retrieval", "generator"):
-        assert topb4[stage] == joint[stage]  # copied done, not redone
+        assert topb4[stage] == {**joint[stage], "forked_from": "joint"}  # copied done, not redone
     assert (runs / "topb4" / "generator" / "model.safetensors").read_bytes() == \
         (runs / "joint" / "generator" / "model.safetensors").read_bytes()
     assert topb4["round_1"]["fingerprint"] != joint["round_1"]["fingerprint"]
@@ -87,6 +87,9 @@ def test_the_report_holds_each_systems_test_scores_at_its_best_dev_round(driven)
     memory = read_jsonl(runs / "upper" / "reference_memory" / "test.jsonl")
     assert [m["memories"] for m in memory] == [[r] for r in references["test"]]
     assert "Joint, Top-B (B = 4), per round" in text
+    # each run's own stage times: Top-B's generator is the joint run's, timed there
+    times = [line for line in text.splitlines() if line.startswith("wall seconds per stage: ")]
+    assert len(times) == 2 and "generator" in times[0] and "generator" not in times[1]
     assert (report.parent / "report_tm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

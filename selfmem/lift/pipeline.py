@@ -244,8 +244,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
         round_rows = read_jsonl(paths.round_dir(k) / "metrics.jsonl")
         rows += round_rows
         last = k
-        seconds = state.seconds()
-        on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
+        seconds, resumed = state.seconds(), state.resumed()
+        on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds, resumed))
         dev = next(r for r in round_rows if r["split"] == "dev")
         if dev["changed"] == 0:
             log.info("round %d: no dev memory changed (a fixed point); stopping", k)
@@ -255,8 +255,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
             break
     for name in [n for n in state.stages if n.startswith("round_") and int(n.split("_")[1]) > last]:
         state.forget(name, _round_outputs(config, paths, int(name.split("_")[1])))  # from an earlier, longer run
-    seconds = state.seconds()
-    text = on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds))
+    seconds, resumed = state.seconds(), state.resumed()
+    text = on_main(lambda: write_report(paths.root, config.run.name, config.data.metric, rows, seconds, resumed))
     if env.is_main:
         print(text, flush=True)
     return rows

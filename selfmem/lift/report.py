@@ -33,16 +33,18 @@ def _cell(value, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _seconds(value: float | None, resumed: bool = False) -> str:
+    return "-" if value is None else f"{value:.1f}" + (" (resumed: its last attempt)" if resumed else "")
 
 
 def _round_name(value) -> str:
     return {0: "0 (BM25)", "no_memory": "no memory"}.get(value, str(value))
 
 
-def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | None]) -> str:
-    """The Markdown report: the result, a table per split, the wall time of each stage."""
+def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],
+           resumed: set[str] = frozenset()) -> str:
+    """The Markdown report: the result, a table per split, the wall time of each stage (of the
+    last attempt only for the ``resumed`` stages)."""
     best = best_round(rows)
     test = next(r["hyps"] for r in rows if r["split"] == "test" and r["round"] == best)
     lines = [f"# selfmem lift: {name}", "",
@@ -53,11 +55,12 @@ def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | 
                   "|---" * (len(COLUMNS) + 2) + "|"]
         for row in (r for r in rows if r["split"] == split):
             stage = "no_memory" if row["round"] == "no_memory" else f"round_{row['round']}"
-            cells = [_cell(row.get(key), spec) for key, _, spec in COLUMNS] + [_seconds(seconds.get(stage))]
+            cells = [_cell(row.get(key), spec) for key, _, spec in COLUMNS]
+            cells.append(_seconds(seconds.get(stage), stage in resumed))
             lines.append(f"| {_round_name(row['round'])} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## stages (wall seconds, dev and test together)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {_seconds(s)} |" for stage, s in seconds.items()]
+    lines += [f"| {stage} | {_seconds(s, stage in resumed)} |" for stage, s in seconds.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -91,10 +94,11 @@ def plot(path: Path, metric: str, rows: list[dict]) -> bool:
     return True
 
 
-def write_report(root: Path, name: str, metric: str, rows: list[dict], seconds: dict[str, float | None]) -> str:
+def write_report(root: Path, name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],
+                 resumed: set[str] = frozenset()) -> str:
     """Write the three report files under ``root``; returns the Markdown text."""
     atomic_write_jsonl(root / "metrics.jsonl", rows)
-    text = render(name, metric, rows, seconds)
+    text = render(name, metric, rows, seconds, resumed)
     atomic_write_text(root / "report.md", text)
     plot(root / "lift.png", metric, rows)
     return text

@@ -62,7 +62,8 @@ class RunState:
         if record.get("fingerprint") == key and record.get("done"):
             log.info("stage %s: done (%s), skipped", name, key)
             return key
-        if record.get("fingerprint") == key:
+        resumed = record.get("fingerprint") == key
+        if resumed:
             log.info("stage %s: resuming (%s)", name, key)
         else:
             log.info("stage %s: %s (%s)", name, "inputs changed, redone" if record else "starting", key)
@@ -72,13 +73,19 @@ class RunState:
         work()
         barrier()
         seconds = round(time.perf_counter() - started, 1)
-        self._record(name, {"fingerprint": key, "done": True, "seconds": seconds})
+        # a resumed stage's seconds are its last attempt's: an interrupted one leaves no time
+        self._record(name, {"fingerprint": key, "done": True, "seconds": seconds,
+                            **({"resumed": True} if resumed else {})})
         log.info("stage %s: done in %.1f s", name, seconds)
         return key
 
     def seconds(self) -> dict[str, float | None]:
         """Each stage's wall time (of the run that finished it; None while unfinished)."""
         return {name: record.get("seconds") for name, record in self.stages.items()}
+
+    def resumed(self) -> set[str]:
+        """The stages finished by a run that resumed them: their seconds are that run's only."""
+        return {name for name, record in self.stages.items() if record.get("resumed")}
 
     def forget(self, name: str, outputs: Sequence[Path]) -> None:
         """Drop a stage that is no longer part of the run, with its outputs."""
