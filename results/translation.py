@@ -24,8 +24,9 @@ to every run (e.g. ``train.max_epochs=12``); the runs' own settings are ``BASE``
 
 The report (default docs/results_translation.md, with a plot per corpus beside it) is
 rebuilt from each run's ``metrics.jsonl`` and ``state.json``: per corpus, each system on
-test at the round that was best on dev (dev only decides), the memory's BLEU per round,
-the selector's pick against the beam top-1 and the oracle, and each stage's wall time.
+test at the round that was best on dev (dev only decides), the memory's BLEU per round, the
+share of outputs that are their memory (does G copy?), the selector's pick against the beam
+top-1 and the oracle, and each stage's wall time.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl, read_lines  # noqa: E402
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
+from selfmem.infer.generate import memory_sets  # noqa: E402
 from selfmem.lift.report import best_round  # noqa: E402
 
 CORPORA = {"tm": "libreoffice_ende_tm", "page": "libreoffice_ende"}
@@ -167,6 +169,16 @@ def finished_rows(run: Path) -> list[dict]:
             if (run / ("no_memory" if r["round"] == "no_memory" else f"round_{r['round']}") / "metrics.jsonl").exists()]
 
 
+def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
+    """The share of round ``round_k``'s outputs of ``split`` that are a text of the memory
+    input they were decoded with (does G copy its memory?)."""
+    memory = run / "memory" / "bm25" / f"{split}.jsonl" if round_k == 0 else \
+        run / f"round_{round_k}" / "memory" / f"{split}.jsonl"
+    inputs = [memory_sets(f"{memory}:{i}", record, num_memories)[0] for i, record in enumerate(read_jsonl(memory), 1)]
+    hyps = read_lines(run / f"round_{round_k}" / "hyps" / f"{split}.txt")
+    return sum(h in texts for h, texts in zip(hyps, inputs)) / len(hyps)
+
+
 def stage_times(run: Path) -> str:
     """The wall seconds of each stage the run finished itself (not one it forked from another
     run), a resumed stage marked: its figure is its last attempt's only."""
@@ -212,9 +224,10 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         rounds = any(isinstance(r["round"], int) for r in rows)
         lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: "
                       f"{best_round(rows) if rounds else '-'}):", "",
-                  "| round | split | hypotheses | memory | selector's pick vs beam top-1 | oracle | memories changed "
-                  "| BM25 hits' weight | temperature |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| round | split | hypotheses | memory | outputs that are their memory | selector's pick vs beam top-1 "
+                  "| oracle | memories changed | BM25 hits' weight | temperature |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        num_memories = run_config(setup, corpus, name).generator.num_memories
         for r in rows:
             if not isinstance(r["round"], int):
                 continue
@@ -222,8 +235,9 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
             oracle = "-" if r.get("oracle") is None else f"{r['oracle']:.2f}"
             changed = "-" if r.get("changed") is None else r["changed"]
             weight, temperature = ("-" if r.get(key) is None else f"{r[key]:g}" for key in ("retrieved_weight", "temperature"))
-            lines.append(f"| {r['round']} | {r['split']} | {r['hyps']:.2f} | {r['memory']:.2f} | {pick} | {oracle} | "
-                         f"{changed} | {weight} | {temperature} |")
+            copies = copied_share(root / corpus / name, r["round"], r["split"], num_memories)
+            lines.append(f"| {r['round']} | {r['split']} | {r['hyps']:.2f} | {r['memory']:.2f} | {copies:.1%} | {pick} | "
+                         f"{oracle} | {changed} | {weight} | {temperature} |")
         lines += ["", "wall seconds per stage: " + stage_times(root / corpus / name)]
     return lines + [""], runs
 

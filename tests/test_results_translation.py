@@ -87,6 +87,16 @@ def test_the_report_holds_each_systems_test_scores_at_its_best_dev_round(driven)
     memory = read_jsonl(runs / "upper" / "reference_memory" / "test.jsonl")
     assert [m["memories"] for m in memory] == [[r] for r in references["test"]]
     assert "Joint, Top-B (B = 4), per round" in text
+    # does G copy its memory: the share of a round's outputs that are a text of their memory input
+    for k, memory_file in ((0, runs / "joint" / "memory" / "bm25" / "dev.jsonl"),
+                           (1, runs / "joint" / "round_1" / "memory" / "dev.jsonl")):
+        memories = [m["memories"] for m in read_jsonl(memory_file)]
+        first = [m[:1] if k == 0 else m[0] for m in memories]  # joint: the top hit; later, the first input
+        hyps = read_lines(runs / "joint" / f"round_{k}" / "hyps" / "dev.txt")
+        share = sum(h in texts for h, texts in zip(hyps, first)) / len(hyps)
+        joint_table = text.split("Joint, per round")[1].split("wall seconds per stage")[0]
+        (cells_k,) = [line for line in joint_table.splitlines() if line.startswith(f"| {k} | dev |")]
+        assert cells_k.split(" | ")[4] == f"{share:.1%}"
     # each run's own stage times: Top-B's generator is the joint run's, timed there
     times = [line for line in text.splitlines() if line.startswith("wall seconds per stage: ")]
     assert len(times) == 2 and "generator" in times[0] and "generator" not in times[1]
