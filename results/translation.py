@@ -47,6 +47,7 @@ from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl, read_lines  # noqa: E402
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
+from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.infer.generate import memory_sets  # noqa: E402
 from selfmem.lift.report import best_round  # noqa: E402
 
@@ -172,17 +173,17 @@ def finished_rows(run: Path) -> list[dict]:
 def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
     """The share of round ``round_k``'s outputs of ``split`` that are a text of the memory
     input they were decoded with (does G copy its memory?)."""
-    memory = run / "memory" / "bm25" / f"{split}.jsonl" if round_k == 0 else \
-        run / f"round_{round_k}" / "memory" / f"{split}.jsonl"
+    paths = RunPaths(run)
+    memory = paths.bm25_memory(split) if round_k == 0 else paths.round_memory(round_k, split)
     inputs = [memory_sets(f"{memory}:{i}", record, num_memories)[0] for i, record in enumerate(read_jsonl(memory), 1)]
-    hyps = read_lines(run / f"round_{round_k}" / "hyps" / f"{split}.txt")
+    hyps = read_lines(paths.hyps(round_k, split))
     return sum(h in texts for h, texts in zip(hyps, inputs)) / len(hyps)
 
 
 def stage_times(run: Path) -> str:
     """The wall seconds of each stage the run finished itself (not one it forked from another
     run), a resumed stage marked: its figure is its last attempt's only."""
-    stages = json.loads((run / "state.json").read_text(encoding="utf-8"))["stages"]
+    stages = json.loads(RunPaths(run).state.read_text(encoding="utf-8"))["stages"]
     return ", ".join(f"{stage} {record['seconds']:.0f}" + (" (resumed: its last attempt)" if record.get("resumed") else "")
                      for stage, record in stages.items()
                      if record.get("seconds") is not None and "forked_from" not in record) or "none yet"
