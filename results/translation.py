@@ -9,7 +9,8 @@ Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
 
 - ``joint``: the joint-memory generator with its no-memory twin (``Transformer``), round 0
   with the BM25 memory (``Transformer-Joint``) and rounds of self memory, B = 1 (``Selfmem
-  Joint``, the paper's); both corpora.
+  Joint``, the paper's); both corpora. Every system's rounds pick by MBR plus the twin's
+  opinion of each candidate (``selector.no_memory_weight`` chosen on dev).
 - ``topb4``: the same generator, Top-B with B = 4 (``selector.beam=4``).
 - ``dual``: a dual-memory generator, round 0 (``Transformer-Dual``) and self memory.
 - ``augment``: a generator reading two memories, the self memory added beside the
@@ -53,8 +54,11 @@ from selfmem.lift.report import best_round  # noqa: E402
 
 CORPORA = {"tm": "libreoffice_ende_tm", "page": "libreoffice_ende"}
 # every run's settings: the config's model, trained longer than the selector runs' 3 epochs
-# (the generator's own output must overtake its BM25 memory; docs/results.md)
-BASE = ["train.max_epochs=12", "train.warmup_steps=1000", "train.lr=1e-3", "lift.max_rounds=4", "lift.patience=1"]
+# (the generator's own output must overtake its BM25 memory; docs/results.md); the no-memory
+# baseline (the Transformer row), whose opinion of the candidates weighs in MBR's pick with a
+# weight chosen on each round's dev candidates (docs/results.md)
+BASE = ["train.max_epochs=12", "train.warmup_steps=1000", "train.lr=1e-3", "lift.max_rounds=4", "lift.patience=1",
+        "lift.no_memory_baseline=true", "selector.no_memory_weight=null"]
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,13 @@ class System:
     forks: str | None = None  # the run whose finished stages it starts from
 
 
-# the no-memory baseline is the joint run's (its own generator, shared by every system)
-SOLO = "lift.no_memory_baseline=false"
+# a fork with the joint generator's settings keeps its no-memory baseline too; dual and augment
+# train their own (the baseline's fingerprint reads the generator's settings)
 SYSTEMS = [
-    System("joint", ("lift.no_memory_baseline=true",), ("tm", "page")),
-    System("topb4", (SOLO, "selector.beam=4"), ("tm",), forks="joint"),
-    System("dual", (SOLO, "generator.memory=dual"), ("tm",), forks="joint"),
-    System("augment", (SOLO, "generator.num_memories=2", "selector.mode=augment", "selector.max_memories=2"),
+    System("joint", (), ("tm", "page")),
+    System("topb4", ("selector.beam=4",), ("tm",), forks="joint"),
+    System("dual", ("generator.memory=dual",), ("tm",), forks="joint"),
+    System("augment", ("generator.num_memories=2", "selector.mode=augment", "selector.max_memories=2"),
            ("tm",), forks="joint"),
 ]
 UPPER = "upper"  # the joint generator decoding with the reference as memory
@@ -226,8 +230,8 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: "
                       f"{best_round(rows) if rounds else '-'}):", "",
                   "| round | split | hypotheses | memory | outputs that are their memory | selector's pick vs beam top-1 "
-                  "| oracle | memories changed | BM25 hits' weight | temperature |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| oracle | memories changed | BM25 hits' weight | temperature | no-memory opinion's weight |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         num_memories = run_config(setup, corpus, name).generator.num_memories
         for r in rows:
             if not isinstance(r["round"], int):
@@ -235,10 +239,11 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
             pick = "-" if r.get("top1") is None else f"{r['memory'] - r['top1']:+.2f}"
             oracle = "-" if r.get("oracle") is None else f"{r['oracle']:.2f}"
             changed = "-" if r.get("changed") is None else r["changed"]
-            weight, temperature = ("-" if r.get(key) is None else f"{r[key]:g}" for key in ("retrieved_weight", "temperature"))
+            weight, temperature, opinion = ("-" if r.get(key) is None else f"{r[key]:g}"
+                                            for key in ("retrieved_weight", "temperature", "no_memory_weight"))
             copies = copied_share(root / corpus / name, r["round"], r["split"], num_memories)
             lines.append(f"| {r['round']} | {r['split']} | {r['hyps']:.2f} | {r['memory']:.2f} | {copies:.1%} | {pick} | "
-                         f"{oracle} | {changed} | {weight} | {temperature} |")
+                         f"{oracle} | {changed} | {weight} | {temperature} | {opinion} |")
         lines += ["", "wall seconds per stage: " + stage_times(root / corpus / name)]
     return lines + [""], runs
 

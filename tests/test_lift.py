@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import DEMO_CONFIG, REPO, TINY, _env, run_single, run_torchrun
 from kill_in_stage import KILL_POINTS
@@ -19,11 +20,15 @@ from selfmem.common.config import load_config
 from selfmem.common.data import load_split
 from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv
+from selfmem.common.generator_inputs import SpecialIds
 from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import load_tokenizer
 from selfmem.lift.pipeline import lift
 from selfmem.models.selector import Selector
+from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.select.no_memory import candidate_log_probs
 from selfmem.select.pick import top_b
 from selfmem.train.selector import selector_subset, selector_training_examples
 
@@ -273,8 +278,8 @@ def test_top_b_and_augmented_memory_run_end_to_end(mode, uninterrupted, tmp_path
         assert grown > 0 or k > 1  # round 1 adds the first self-memory
 
 
-def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tmp_path):
-    root = tmp_path / "mbr"
+def mbr_copy(uninterrupted, root):
+    """A copy of the trained-selector run without its selector's stages, for an MBR lift."""
     shutil.copytree(uninterrupted, root)
     run = root / "demo"
     shutil.rmtree(run / "selector")
@@ -284,6 +289,19 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     for name in ("selector", "selector_candidates"):
         del saved["stages"][name]
     (run / "state.json").write_text(json.dumps(saved))
+    return run
+
+
+def chrf_utility():
+    """The default utility, chrF++, of texts against each of references, averaged."""
+    metric = CHRF(word_order=2)
+    return lambda texts, references: [sum(metric.sentence_score(t, [r]).score for r in references) / len(references)
+                                      for t in texts]
+
+
+def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tmp_path):
+    root = tmp_path / "mbr"
+    run = mbr_copy(uninterrupted, root)
 
     # the retrieved memory's weight chosen on dev among three; on ties the first, which weighs
     # (the temperature stays null here: its choice is tested in test_select.py)
@@ -294,10 +312,7 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     assert not (run / "selector").exists() and not (run / "selector_candidates").exists()
     assert all(stages[s] == state(uninterrupted)[s] for s in ("tokenizer", "retrieval", "generator", "round_0"))
     config = load_config(DEMO_CONFIG, lift_args(root, ONE_PROCESS)[2:])
-    metric = CHRF(word_order=2)  # the default utility, chrF++
-
-    def chrf(texts, references):
-        return [sum(metric.sentence_score(t, [r]).score for r in references) / len(references) for t in texts]
+    chrf = chrf_utility()
 
     def anchored(pool, consensus, retrieved, weight):  # the top 5 BM25 hits share the weight
         return [(u + weight * chrf([c], retrieved)[0]) / (1 + weight) if retrieved else u
@@ -324,8 +339,9 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
             assert [m["memories"] for m in memories] == [[[pick]] for pick in picks(split, weight)]
             [row] = [r for r in metrics(root) if r["round"] == k and r["split"] == split]
             assert row["retrieved_weight"] == weight and row["temperature"] is None
-        # the report's columns, on dev and test: | k | hypotheses ... changed | weight | temperature | seconds |
-        assert len(re.findall(rf"\n\| {k} \|(?: [^|]+ \|){{5}} {weight:g} \| - \| [\d.]+ \|\n",
+        # the report's columns, on dev and test: | k | hypotheses ... changed | weight | temperature | no-memory
+        # opinion's weight | seconds |
+        assert len(re.findall(rf"\n\| {k} \|(?: [^|]+ \|){{5}} {weight:g} \| - \| 0 \| [\d.]+ \|\n",
                               (run / "report.md").read_text())) == 2
         return weight
 
@@ -363,6 +379,55 @@ def test_an_mbr_lift_trains_no_selector_and_picks_by_consensus(uninterrupted, tm
     alone = state(root)
     run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *consensus, "selector.mbr_retrieved_hits=3"))
     assert state(root) == alone
+
+
+def test_the_no_memory_baselines_opinion_weighs_in_the_rounds_picks(uninterrupted, tmp_path):
+    root = tmp_path / "opinion"
+    run = mbr_copy(uninterrupted, root)
+    mbr = ["selector.kind=mbr", "selector.mbr_retrieved_weight=0", "lift.no_memory_baseline=true",
+           "selector.no_memory_weight=null", "selector.no_memory_weight_choices=[50,0]"]
+    run_single("launch/lift.py", lift_args(root, ONE_PROCESS, *mbr))
+    stages = state(root)
+    assert all(stages[s] == state(uninterrupted)[s] for s in ("tokenizer", "retrieval", "generator", "round_0"))
+    config = load_config(DEMO_CONFIG, lift_args(root, ONE_PROCESS, *mbr)[2:])
+    chrf = chrf_utility()
+    references = [ex.target for ex in load_split(config.data, "dev")]
+    for k in (1, 2):
+        pools = {split: [r["candidates"][0] for r in read_jsonl(run / f"round_{k}" / "candidates" / f"{split}.jsonl")]
+                 for split in ("dev", "test")}
+        scores = {split: run / f"round_{k}" / "no_memory_scores" / f"{split}.jsonl" for split in ("dev", "test")}
+
+        def picks(split, weight):
+            opinions = [r["scores"][0] for r in read_jsonl(scores[split])] if weight else [[0.0] * 4] * len(pools[split])
+            return [top_b(pool, [u + weight * o for u, o in zip(chrf(pool, list(dict.fromkeys(pool))), opinion)], 1)[0]
+                    for pool, opinion in zip(pools[split], opinions)]
+        # the first of the best: the tiny generator's candidates score alike, so a tie keeps 50 and test is scored too
+        by_weight = {w: headline_score("bleu", picks("dev", w), references) for w in (50.0, 0.0)}
+        weight = max(by_weight, key=by_weight.get)
+        assert scores["test"].exists() == (weight > 0)  # test's candidates are scored only where the opinion weighs
+        for split in ("dev", "test"):
+            memories = read_jsonl(run / f"round_{k}" / "memory" / f"{split}.jsonl")
+            assert [m["memories"] for m in memories] == [[[pick]] for pick in picks(split, weight)]
+            [row] = [r for r in metrics(root) if r["round"] == k and r["split"] == split]
+            assert row["no_memory_weight"] == weight and row["retrieved_weight"] == 0
+    # the scores are the baseline's: the first dev example's, computed here
+    baseline = Seq2SeqModel.load(run / "no_memory" / "generator", map_location="cpu").eval()
+    tokenizer = load_tokenizer(run / "tokenizer")
+    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
+                     decoder_start=baseline.decoder_start_id)
+    [first] = read_jsonl(run / "round_1" / "candidates" / "dev.jsonl")[:1]
+    expected = candidate_log_probs(baseline, load_split(config.data, "dev")[0], first["candidates"][0], tokenizer,
+                                   config, ids, torch.device("cpu"))
+    assert read_jsonl(run / "round_1" / "no_memory_scores" / "dev.jsonl")[0]["scores"][0] == \
+        pytest.approx(expected, abs=1e-4)
+
+
+def test_lift_refuses_an_opinion_without_the_no_memory_baseline(tmp_path):
+    config = load_config(DEMO_CONFIG, lift_args(tmp_path, "selector.kind=mbr", "selector.no_memory_weight=2")[2:])
+    with pytest.raises(ValueError, match=r"^selector.no_memory_weight weighs the no-memory baseline's opinion of the "
+                                         r"candidates, which the lift trains with lift.no_memory_baseline=true"):
+        lift(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1), RunPaths(config.run_dir))
+    assert not (tmp_path / "demo").exists()
 
 
 def test_lift_refuses_an_augment_generator_that_reads_fewer_memories(tmp_path):

@@ -43,7 +43,7 @@ def driven(tmp_path_factory):
 def test_a_system_that_shares_the_generator_trains_it_once(driven):
     runs, _, _ = driven
     joint, topb4 = stages(runs / "joint"), stages(runs / "topb4")
-    for stage in ("tokenizer", "retrieval", "generator"):
+    for stage in ("tokenizer", "retrieval", "generator", "no_memory"):
         assert topb4[stage] == {**joint[stage], "forked_from": "joint"}  # copied done, not redone
     assert (runs / "topb4" / "generator" / "model.safetensors").read_bytes() == \
         (runs / "joint" / "generator" / "model.safetensors").read_bytes()

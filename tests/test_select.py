@@ -246,13 +246,14 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
         check_selector_config(SelectorConfig(features=["generator", "beam"]))
     with pytest.raises(ValueError, match="selector.mbr_temperature must be positive"):
         check_selector_config(SelectorConfig(kind="mbr", mbr_temperature=0.0))
-    for weight in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight must be a finite weight of 0 or more "
-                                             rf"\(0: the consensus alone; null: chosen on dev\), got {weight}"):
-            check_selector_config(SelectorConfig(mbr_retrieved_weight=weight))
-        with pytest.raises(ValueError, match=r"selector.mbr_retrieved_weight_choices must be finite weights of 0 or "
-                                             rf"more, got \[1.0, {weight}\]"):
-            check_selector_config(SelectorConfig(mbr_retrieved_weight_choices=[1.0, weight]))
+    for key, zero in (("mbr_retrieved_weight", "the consensus alone"), ("no_memory_weight", "off")):
+        for weight in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=rf"selector.{key} must be a finite weight of 0 or more "
+                                                 rf"\(0: {zero}; null: chosen on dev\), got {weight}"):
+                check_selector_config(SelectorConfig(**{key: weight}))
+            with pytest.raises(ValueError, match=rf"selector.{key}_choices must be finite weights of 0 or "
+                                                 rf"more, got \[1.0, {weight}\]"):
+                check_selector_config(SelectorConfig(**{f"{key}_choices": [1.0, weight]}))
     with pytest.raises(ValueError, match=r"selector.mbr_temperature_choices must be positive temperatures \(or null"):
         check_selector_config(SelectorConfig(kind="mbr", mbr_temperature_choices=[None, 0.0]))
     with pytest.raises(ValueError, match=r"selector.mbr_temperature is 0.5, but with selector.mbr_retrieved_weight "
@@ -277,6 +278,12 @@ def test_selector_settings_that_cannot_work_are_refused_up_front():
     with pytest.raises(ValueError, match="samples .selector.mbr_references samples. are draws from the generator "
                                          "and weigh the same: leave selector.mbr_temperature null"):
         check_selector_config(SelectorConfig(kind="mbr", mbr_references="samples", mbr_temperature=1.0))
+    with pytest.raises(ValueError, match=r"selector.no_memory_weight is null, to be chosen on dev among "
+                                         r"selector.no_memory_weight_choices, but there are none"):
+        check_selector_config(SelectorConfig(no_memory_weight=None, no_memory_weight_choices=[]))
+    with pytest.raises(ValueError, match=r"selector.no_memory_weight adds the no-memory baseline's opinion to MBR's "
+                                         r"score; it needs selector.kind mbr \(or the weight 0\)"):
+        check_selector_config(SelectorConfig(kind="trained", no_memory_weight=None))
 
 
 def test_training_a_selector_that_needs_none_is_refused(tmp_path):

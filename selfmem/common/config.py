@@ -188,6 +188,13 @@ class SelectorConfig:
     # [] : mbr_temperature as set
     mbr_temperature_choices: list[Optional[float]] = field(default_factory=lambda: [None, 1.0, 0.3, 0.1, 0.05])
     mbr_retrieved_hits: int = 5  # at most retrieval.topk are there; a text retrieved twice weighs twice
+    # the lift's no-memory baseline (lift.no_memory_baseline) as a second opinion: its length-
+    # normalised log-probability of each candidate given the source alone, times this weight,
+    # added to MBR's score. A model that reads no memory does not favour a candidate for copying
+    # the memory, as G's candidates and their consensus do (docs/results.md). 0: off; null:
+    # chosen on dev with MBR's other settings among no_memory_weight_choices
+    no_memory_weight: Optional[float] = 0.0
+    no_memory_weight_choices: list[float] = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0, 16.0, 32.0])
     # per-candidate inputs the trained S adds to its own score, each times a learned weight (from
     # 1), so that it only has to learn what they miss: "generator" (the candidate's length-
     # normalised log-probability), "mbr" (its MBR score with the mbr_* settings, over 100)

@@ -58,6 +58,10 @@ class RunPaths:
     def hyps(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "hyps" / f"{split}.txt"
 
+    def no_memory_scores(self, k: int, split: str) -> Path:
+        """The no-memory baseline's score of each of round K's candidates (``selfmem/select/no_memory.py``)."""
+        return self.round_dir(k) / "no_memory_scores" / f"{split}.jsonl"
+
     def round_memory(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "memory" / f"{split}.jsonl"
 

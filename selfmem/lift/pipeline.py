@@ -35,6 +35,8 @@ from selfmem.select.candidates import baseline_picks, selector_examples, sentenc
 from selfmem.select.stage import (
     check_selector_config,
     chosen_on_dev,
+    no_memory_keys,
+    reads_no_memory,
     retrieved_keys,
     select_memories,
     temperature_keys,
@@ -84,6 +86,8 @@ def _round_outputs(config: Config, paths: RunPaths, k: int) -> list[Path]:
             outputs.append(paths.candidates(k, split))
         if k > 0 and config.selector.mbr_references == "samples":
             outputs.append(paths.samples(k, split))
+        if k > 0 and reads_no_memory(config.selector):
+            outputs.append(paths.no_memory_scores(k, split))
     return outputs
 
 
@@ -135,7 +139,8 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
                     "changed": sum(a["memories"] != b["memories"] for a, b in zip(before, after)),
                     # MBR's settings (chosen on dev by default; none with the trained S)
                     "retrieved_weight": config.selector.mbr_retrieved_weight if mbr else None,
-                    "temperature": config.selector.mbr_temperature if mbr else None}
+                    "temperature": config.selector.mbr_temperature if mbr else None,
+                    "no_memory_weight": config.selector.no_memory_weight if mbr else None}
         rows.append(row)
     on_main(lambda: atomic_write_jsonl(paths.round_dir(k) / "metrics.jsonl", [row() for row in rows]))
 
@@ -173,6 +178,10 @@ def check_lift_config(config: Config) -> None:
         raise ValueError(f"retrieval.topk ({config.retrieval.topk}) must cover generator.num_memories "
                          f"({config.generator.num_memories}) and selector.beam ({selector.beam})")
     check_length_budgets(config)
+    if reads_no_memory(selector) and not config.lift.no_memory_baseline:
+        raise ValueError("selector.no_memory_weight weighs the no-memory baseline's opinion of the candidates, "
+                         "which the lift trains with lift.no_memory_baseline=true: set it, or "
+                         "selector.no_memory_weight=0")
     if config.lift.no_memory_baseline:  # a generator without memory, maybe from its own checkpoint
         without_memory = dataclasses.replace(config.generator, memory="none")
         check_length_budgets(dataclasses.replace(config, generator=without_memory), config.lift.no_memory_init)
@@ -205,12 +214,12 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator,
                                             init, train, seed],
                               [paths.generator], lambda: train_generator(config, env, paths))
-    baselines = []
+    baselines, baseline_key = [], None
     if config.lift.no_memory_baseline:
         baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
-        state.run("no_memory", [tokenizer_key, config.data, config.generator, baseline_init,
-                                train, decoding, seed],
-                  [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
+        baseline_key = state.run("no_memory", [tokenizer_key, config.data, config.generator, baseline_init,
+                                               train, decoding, seed],
+                                 [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
     selection = {key: getattr(config.selector, key) for key in SELECTION}
     initial = {key: selection[key] for key in ("mode", "beam")}  # what round 0's memory files depend on
@@ -223,7 +232,10 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     selector_key = {key: getattr(config.selector, key) for key in ("mbr_utility", "mbr_temperature",
                                                                    *(MBR_ONLY if sampling else ()),
                                                                    *retrieved_keys(config.selector),
-                                                                   *temperature_keys(config.selector))}
+                                                                   *temperature_keys(config.selector),
+                                                                   *no_memory_keys(config.selector))}
+    if reads_no_memory(config.selector):  # the baseline's opinion of the candidates
+        selector_key["no_memory"] = baseline_key
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, decoding, config.selector.train_from,

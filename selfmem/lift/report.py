@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 # (key, title, format of a float)
 COLUMNS = [("hyps", "hypotheses", ".2f"), ("memory", "memory", ".2f"), ("oracle", "oracle pick", ".2f"),
            ("top1", "beam top-1", ".2f"), ("changed", "memories changed", ".2f"),
-           ("retrieved_weight", "BM25 hits' weight", "g"), ("temperature", "temperature", "g")]
+           ("retrieved_weight", "BM25 hits' weight", "g"), ("temperature", "temperature", "g"),
+           ("no_memory_weight", "no-memory opinion's weight", "g")]
 
 
 def best_round(rows: list[dict]) -> int:

@@ -12,6 +12,7 @@ from selfmem.common.data import Example
 from selfmem.common.records import DataError, describe, iter_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
 from selfmem.select.mbr import mbr_score_sets
+from selfmem.select.no_memory import no_memory_scores
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class CandidateLine:
     """One line of a candidates file: its ``FILE:LINE``, the line, its candidates over all of
     its memory inputs (never none) and their generator scores (None where the line has no
     ``"scores"``); with a samples file, the example's samples over all of its memory inputs
-    (MBR's pseudo-references); with the retrieved memory read, its texts (MBR's anchors)."""
+    (MBR's pseudo-references); with the retrieved memory read, its texts (MBR's anchors); with
+    a no-memory scores file, the baseline's score of each candidate (``select/no_memory.py``)."""
 
     where: str
     record: dict
@@ -53,6 +55,7 @@ class CandidateLine:
     pool_scores: list[float] | None
     samples: list[str] | None = None
     retrieved: list[str] | None = None
+    no_memory_scores: list[float] | None = None
 
 
 def generator_scores(where: str, record: dict, candidates: list[list[str]]) -> list[float] | None:
@@ -77,12 +80,15 @@ def require_generator_scores(line: CandidateLine, wanted_by: str) -> list[float]
 
 
 def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Path | None = None,
-                    retrieved: Iterator[list[str]] | None = None) -> Iterator[CandidateLine]:
+                    retrieved: Iterator[list[str]] | None = None,
+                    no_memory_path: Path | None = None) -> Iterator[CandidateLine]:
     """The lines of a candidates file (one per example of ``split``) one at a time, each with
     candidates: a line without any is refused (decoding returns at least one per memory input).
     With ``samples_path``, each line's samples too, decoded from the same memory inputs; with
-    ``retrieved`` (``iter_retrieved``), each line's retrieved memory, the next of it."""
+    ``retrieved`` (``iter_retrieved``), each line's retrieved memory, the next of it; with
+    ``no_memory_path``, the no-memory baseline's score of each candidate."""
     samples = iter_aligned(samples_path, num_examples, split) if samples_path is not None else None
+    opinions = iter_aligned(no_memory_path, num_examples, split) if no_memory_path is not None else None
     for where, record in iter_aligned(path, num_examples, split):
         candidates = text_lists(where, record, "candidates")
         pool = [c for per_input in candidates for c in per_input]
@@ -96,17 +102,21 @@ def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Pat
                 raise DataError(f"{sample_where}: its \"memories\" differ from those of {where}: samples and "
                                 f"candidates must be decoded from the same memory file")
             drawn = [t for per_input in text_lists(sample_where, sample_record, "samples") for t in per_input]
+        opinion = None
+        if opinions is not None:
+            opinion = no_memory_scores(*next(opinions), candidates, where)
         yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn,
-                            next(retrieved) if retrieved is not None else None)
-    for aligned in (samples, retrieved):
+                            next(retrieved) if retrieved is not None else None, opinion)
+    for aligned in (samples, retrieved, opinions):
         if aligned is not None:
             next(aligned, None)  # past the end: an aligned file's line count is checked
 
 
 def read_candidates(path: Path, num_examples: int, split: str, samples_path: Path | None = None,
-                    retrieved: Iterator[list[str]] | None = None) -> list[CandidateLine]:
+                    retrieved: Iterator[list[str]] | None = None,
+                    no_memory_path: Path | None = None) -> list[CandidateLine]:
     """Every line of a candidates file (see ``iter_candidates``)."""
-    return list(iter_candidates(path, num_examples, split, samples_path, retrieved))
+    return list(iter_candidates(path, num_examples, split, samples_path, retrieved, no_memory_path))
 
 
 FEATURES = ("generator", "mbr")
@@ -137,6 +147,17 @@ def line_mbr_score_sets(line: CandidateLine, cfg: SelectorConfig, bleu_tokenize:
                          f"read with these candidates (iter_retrieved)")
     return mbr_score_sets(line.pool, scores, cfg.mbr_utility, settings, bleu_tokenize, references,
                           line.retrieved or [])
+
+
+def with_no_memory_opinion(line: CandidateLine, scores: list[float], weight: float) -> list[float]:
+    """MBR's ``scores`` of the line's candidates plus ``weight`` times the no-memory baseline's
+    score of each (``selector.no_memory_weight``); as they are at weight 0."""
+    if weight == 0:
+        return scores
+    if line.no_memory_scores is None:
+        raise ValueError(f"{line.where}: selector.no_memory_weight weighs the no-memory baseline's scores, but none "
+                         f"were read with these candidates")
+    return [s + weight * opinion for s, opinion in zip(scores, line.no_memory_scores)]
 
 
 def candidate_features(line: CandidateLine, names: list[str], cfg: SelectorConfig,

@@ -43,7 +43,9 @@ from selfmem.select.candidates import (
     line_mbr_score_sets,
     line_mbr_scores,
     require_generator_scores,
+    with_no_memory_opinion,
 )
+from selfmem.select.no_memory import ensure_no_memory_scores
 from selfmem.select.pick import augment, top_b
 
 log = logging.getLogger(__name__)
@@ -101,11 +103,13 @@ def trained_scorer(config: Config, env: DistEnv, paths: RunPaths) -> ChunkScorer
 
 
 def mbr_scorer(config: Config) -> ChunkScorer:
-    """Minimum Bayes risk, no model: each rank scores its own examples, nothing is gathered."""
+    """Minimum Bayes risk (with the no-memory baseline's opinion, where it weighs), no model:
+    each rank scores its own examples, nothing is gathered."""
     cfg = config.selector
 
     def score(chunk: list[tuple[CandidateLine, Example]], mine: list[bool]) -> list[list[float] | None]:
-        return [line_mbr_scores(line, cfg, config.data.bleu_tokenize) if wanted else None
+        return [with_no_memory_opinion(line, line_mbr_scores(line, cfg, config.data.bleu_tokenize),
+                                       cfg.no_memory_weight) if wanted else None
                 for (line, _), wanted in zip(chunk, mine)]
     return score
 
@@ -114,6 +118,7 @@ def mbr_scorer(config: Config) -> ChunkScorer:
 RETRIEVED = ("mbr_retrieved_weight", "mbr_retrieved_hits")
 WEIGHT_CHOICES = "mbr_retrieved_weight_choices"
 TEMPERATURE_CHOICES = "mbr_temperature_choices"
+NO_MEMORY_WEIGHT, NO_MEMORY_CHOICES = "no_memory_weight", "no_memory_weight_choices"
 
 
 def retrieved_weights(cfg: SelectorConfig) -> list[float]:
@@ -122,17 +127,42 @@ def retrieved_weights(cfg: SelectorConfig) -> list[float]:
     return list(cfg.mbr_retrieved_weight_choices) if cfg.mbr_retrieved_weight is None else [cfg.mbr_retrieved_weight]
 
 
+def no_memory_weights(cfg: SelectorConfig) -> list[float]:
+    """The weights of the no-memory baseline's opinion that MBR's selection may give it: the
+    one set, or (``no_memory_weight`` null) the choices, among which each round's dev decides."""
+    return list(cfg.no_memory_weight_choices) if cfg.no_memory_weight is None else [cfg.no_memory_weight]
+
+
+def reads_no_memory(cfg: SelectorConfig) -> bool:
+    """Whether the rounds read the no-memory baseline's scores of their candidates."""
+    return cfg.kind == "mbr" and max(no_memory_weights(cfg), default=0.0) > 0
+
+
+def no_memory_keys(cfg: SelectorConfig) -> tuple[str, ...]:
+    """The selector keys of the no-memory opinion that the rounds read (for their fingerprint)."""
+    if not reads_no_memory(cfg):
+        return ()
+    return (NO_MEMORY_WEIGHT, *((NO_MEMORY_CHOICES,) if cfg.no_memory_weight is None else ()))
+
+
+def chooses_on_dev(cfg: SelectorConfig) -> bool:
+    """Whether each round chooses some of MBR's settings on its dev candidates."""
+    return cfg.kind == "mbr" and (cfg.mbr_retrieved_weight is None or cfg.no_memory_weight is None)
+
+
 def chooses_temperature(cfg: SelectorConfig) -> bool:
     """Whether each round chooses MBR's temperature on dev, with the retrieved memory's weight."""
     return (cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None and cfg.mbr_references == "candidates"
             and bool(cfg.mbr_temperature_choices))
 
 
-def dev_choices(cfg: SelectorConfig) -> list[tuple[float | None, float]]:
-    """The (temperature, retrieved memory's weight) pairs a round chooses among on dev, in
-    order (the first of ties wins)."""
-    temperatures = list(cfg.mbr_temperature_choices) if chooses_temperature(cfg) else [cfg.mbr_temperature]
-    return [(t, w) for t in temperatures for w in retrieved_weights(cfg)]
+def dev_choices(cfg: SelectorConfig, temperatures: bool = True) -> list[tuple[float | None, float, float]]:
+    """The (temperature, retrieved memory's weight, no-memory opinion's weight) triples a round
+    chooses among on dev, in order (the first of ties wins); the temperature only where
+    ``temperatures`` (the candidates have the generator's scores)."""
+    chosen = chooses_temperature(cfg) and temperatures
+    return [(t, w, v) for t in (list(cfg.mbr_temperature_choices) if chosen else [cfg.mbr_temperature])
+            for w in retrieved_weights(cfg) for v in no_memory_weights(cfg)]
 
 
 def reads_retrieved(cfg: SelectorConfig, training: bool = False) -> bool:
@@ -160,6 +190,20 @@ def _finite_weight(weight: float) -> bool:
     return weight >= 0 and weight != float("inf")  # NaN fails the first test
 
 
+def _check_weights(cfg: SelectorConfig, key: str, zero: str, needs_choices: bool) -> None:
+    """A weight setting and its ``_choices``: finite weights of 0 or more (0 means ``zero``),
+    and some choices where it is null and dev would choose it (``needs_choices``)."""
+    weight, choices = getattr(cfg, key), getattr(cfg, f"{key}_choices")
+    if weight is not None and not _finite_weight(weight):
+        raise ValueError(f"selector.{key} must be a finite weight of 0 or more (0: {zero}; null: chosen on dev), "
+                         f"got {weight}")
+    if not all(_finite_weight(w) for w in choices):
+        raise ValueError(f"selector.{key}_choices must be finite weights of 0 or more, got {choices}")
+    if weight is None and needs_choices and not choices:
+        raise ValueError(f"selector.{key} is null, to be chosen on dev among selector.{key}_choices, but there are "
+                         f"none: give some, or set the weight")
+
+
 def check_selector_config(cfg: SelectorConfig) -> None:
     """Refuse selector settings that cannot choose memories as asked, before any work."""
     if cfg.beam < 1:
@@ -171,12 +215,8 @@ def check_selector_config(cfg: SelectorConfig) -> None:
     if cfg.mbr_temperature is not None and cfg.mbr_temperature <= 0:
         raise ValueError(f"selector.mbr_temperature must be positive (or null: every candidate weighs the same), "
                          f"got {cfg.mbr_temperature}")
-    if cfg.mbr_retrieved_weight is not None and not _finite_weight(cfg.mbr_retrieved_weight):
-        raise ValueError(f"selector.mbr_retrieved_weight must be a finite weight of 0 or more (0: the "
-                         f"consensus alone; null: chosen on dev), got {cfg.mbr_retrieved_weight}")
-    if not all(_finite_weight(w) for w in cfg.mbr_retrieved_weight_choices):
-        raise ValueError(f"selector.mbr_retrieved_weight_choices must be finite weights of 0 or more, "
-                         f"got {cfg.mbr_retrieved_weight_choices}")
+    _check_weights(cfg, "mbr_retrieved_weight", "the consensus alone", needs_choices=cfg.kind == "mbr")
+    _check_weights(cfg, "no_memory_weight", "off", needs_choices=True)
     if not all(t is None or t > 0 for t in cfg.mbr_temperature_choices):
         raise ValueError(f"selector.mbr_temperature_choices must be positive temperatures (or null: every candidate "
                          f"weighs the same), got {cfg.mbr_temperature_choices}")
@@ -184,9 +224,9 @@ def check_selector_config(cfg: SelectorConfig) -> None:
         raise ValueError(f"selector.mbr_temperature is {cfg.mbr_temperature:g}, but with selector.mbr_retrieved_weight "
                          f"null each round chooses it on dev among selector.mbr_temperature_choices: set "
                          f"selector.mbr_temperature_choices=[] to keep {cfg.mbr_temperature:g}")
-    if cfg.kind == "mbr" and cfg.mbr_retrieved_weight is None and not cfg.mbr_retrieved_weight_choices:
-        raise ValueError("selector.mbr_retrieved_weight is null, to be chosen on dev among "
-                         "selector.mbr_retrieved_weight_choices, but there are none: give some, or set the weight")
+    if cfg.kind != "mbr" and cfg.no_memory_weight != 0:
+        raise ValueError("selector.no_memory_weight adds the no-memory baseline's opinion to MBR's score; it needs "
+                         "selector.kind mbr (or the weight 0)")
     if cfg.kind == "trained" and "mbr" in cfg.features and cfg.mbr_retrieved_weight is None:
         raise ValueError("S's feature 'mbr' weighs the retrieved memory the same in its training and in the rounds: "
                          "set selector.mbr_retrieved_weight to a number (0: the consensus alone), not null")
@@ -218,8 +258,9 @@ def augmented_list(line: CandidateLine) -> list[str]:
 
 def selection_lines(config: Config, paths: RunPaths, split: str, round_k: int, path: Path,
                     num_examples: int) -> Iterator[CandidateLine]:
-    """A candidates file's lines, with round K's samples and, where MBR weighs it, the retrieved
-    memory (its anchor, whatever memory later rounds decode from)."""
+    """A candidates file's lines, with round K's samples and, where MBR weighs them, the retrieved
+    memory (its anchor, whatever memory later rounds decode from) and the no-memory baseline's
+    scores (``prepare_no_memory_scores`` writes them)."""
     cfg = config.selector
     if reads_retrieved(cfg) and not paths.bm25_memory(split).exists():
         raise DataError(f"{paths.bm25_memory(split)}: file not found; MBR weighs the retrieved memory beside the "
@@ -227,7 +268,16 @@ def selection_lines(config: Config, paths: RunPaths, split: str, round_k: int, p
                         f"run launch/retrieve.py first, or set selector.mbr_retrieved_weight=0")
     samples = paths.samples(round_k, split) if cfg.mbr_references == "samples" else None
     retrieved = iter_retrieved(config, paths, split, num_examples) if reads_retrieved(cfg) else None
-    return iter_candidates(path, num_examples, split, samples, retrieved)
+    opinions = paths.no_memory_scores(round_k, split) if reads_no_memory(cfg) else None
+    return iter_candidates(path, num_examples, split, samples, retrieved, opinions)
+
+
+def prepare_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
+                             path: Path) -> None:
+    """Where MBR weighs it, the no-memory baseline's score of each candidate in ``path``, into
+    round K's no-memory scores file (kept where it is newer than the candidates)."""
+    if reads_no_memory(config.selector):
+        ensure_no_memory_scores(config, env, paths, split, path, paths.no_memory_scores(round_k, split))
 
 
 def _weight_text(cfg: SelectorConfig) -> str:
@@ -238,19 +288,20 @@ def _weight_text(cfg: SelectorConfig) -> str:
 
 def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
                   dev_candidates: Path | None = None) -> Config:
-    """``config`` with MBR's settings fixed: where the retrieved memory's weight is null
-    (``selector.kind`` mbr), the (temperature, weight) pair of ``dev_choices`` whose picks of
+    """``config`` with MBR's settings fixed: where the retrieved memory's weight or the no-memory
+    opinion's is null (``selector.kind`` mbr), the triple of ``dev_choices`` whose picks of
     round K's dev candidates score best against dev's references by the data's metric (ties:
     the first), the same on every rank. Test steers nothing."""
     cfg = config.selector
-    if cfg.kind != "mbr" or cfg.mbr_retrieved_weight is not None:
+    if not chooses_on_dev(cfg):
         return config
     check_selector_config(cfg)
     path = dev_candidates or paths.candidates(round_k, "dev")
     if not agreed(path.exists):  # rank 0's answer: every rank then raises, or none
-        raise DataError(f"{path}: file not found; selector.mbr_retrieved_weight null chooses the retrieved memory's "
-                        f"weight on round {round_k}'s dev candidates: decode them first (launch/generate.py --split "
-                        f"dev --mode candidates --round {round_k}), or set selector.mbr_retrieved_weight")
+        raise DataError(f"{path}: file not found; selector.mbr_retrieved_weight or no_memory_weight null chooses "
+                        f"MBR's settings on round {round_k}'s dev candidates: decode them first (launch/generate.py "
+                        f"--split dev --mode candidates --round {round_k}), or set both weights")
+    prepare_no_memory_scores(config, env, paths, "dev", round_k, path)
     examples = load_split(config.data, "dev")
     # one read: every line checked (a bad one fails at once), this rank's examples' kept
     lines, scored = {}, True
@@ -259,37 +310,43 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
         if i % env.world_size == env.rank:
             lines[i] = line
     # candidates without the generator's scores (a hand-made file) leave the temperature null: all alike
-    choices = dev_choices(cfg) if scored or not chooses_temperature(cfg) else [(None, w) for w in retrieved_weights(cfg)]
-    mine = {i: [top_b(line.pool, scores, 1)[0]  # this rank's examples' pick under each choice
-                for scores in line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, choices)]
-            for i, line in lines.items()}
+    choices = dev_choices(cfg, temperatures=scored)
+    mbr_settings = list(dict.fromkeys((t, w) for t, w, _ in choices))
+
+    def picks_of(line: CandidateLine) -> list[str]:  # the line's pick under each choice
+        mbr = dict(zip(mbr_settings, line_mbr_score_sets(line, cfg, config.data.bleu_tokenize, mbr_settings)))
+        return [top_b(line.pool, with_no_memory_opinion(line, mbr[t, w], v), 1)[0] for t, w, v in choices]
+
+    mine = {i: picks_of(line) for i, line in lines.items()}
     picks = {i: texts for part in all_gather(mine) for i, texts in part.items()}
     references = [ex.target for ex in examples]
     scores = [headline_score(config.data.metric, [picks[i][k] for i in range(len(examples))], references,
                              config.data.bleu_tokenize) for k in range(len(choices))]
     best = max(range(len(choices)), key=lambda k: (scores[k], -k))
-    temperature, weight = choices[best]
-    by_temperature = "; ".join(
-        f"temperature {'null' if t is None else f'{t:g}'}: " + ", ".join(
-            f"{w:g} {s:.2f}" for (u, w), s in zip(choices, scores) if u == t)
-        for t in dict.fromkeys(t for t, _ in choices))
-    log.info("round %d: chosen on dev: selector.mbr_retrieved_weight %g, mbr_temperature %s (%s of the picks by "
-             "weight, %s)", round_k, weight, "null" if temperature is None else f"{temperature:g}",
-             config.data.metric, by_temperature)
+    temperature, weight, opinion = choices[best]
+    by_setting = "; ".join(
+        f"temperature {'null' if t is None else f'{t:g}'}, no-memory weight {v:g}: " + ", ".join(
+            f"{w:g} {s:.2f}" for (u, w, x), s in zip(choices, scores) if (u, x) == (t, v))
+        for t, v in dict.fromkeys((t, v) for t, _, v in choices))
+    log.info("round %d: chosen on dev: selector.mbr_retrieved_weight %g, mbr_temperature %s, no_memory_weight %g "
+             "(%s of the picks by retrieved memory's weight, %s)", round_k, weight,
+             "null" if temperature is None else f"{temperature:g}", opinion, config.data.metric, by_setting)
     return dataclasses.replace(config, selector=dataclasses.replace(
-        cfg, mbr_retrieved_weight=weight, mbr_temperature=temperature))
+        cfg, mbr_retrieved_weight=weight, mbr_temperature=temperature, no_memory_weight=opinion))
 
 
 def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
                     candidates_path: Path | None = None, chunk_examples: int = CHUNK_EXAMPLES) -> list[str] | None:
     """Choose the next memories of ``split`` from round K's candidates into round K's memory
     file; returns the selector's top pick of each example on rank 0 (None on the others). A
-    null ``selector.mbr_retrieved_weight`` is chosen on round K's dev candidates first, with
-    the temperature (``chosen_on_dev``; ``candidates_path`` where it holds them)."""
+    null ``selector.mbr_retrieved_weight`` or ``no_memory_weight`` is chosen on round K's dev
+    candidates first, with the temperature (``chosen_on_dev``; ``candidates_path`` where it
+    holds them)."""
     config = chosen_on_dev(config, env, paths, round_k, candidates_path if split == "dev" else None)
     cfg = config.selector
     check_selector_config(cfg)
     path = candidates_path or paths.candidates(round_k, split)
+    prepare_no_memory_scores(config, env, paths, split, round_k, path)
     num_examples = sum(1 for _ in iter_split(config.data, split))
 
     def candidate_lines() -> Iterator[CandidateLine]:

@@ -35,6 +35,8 @@ from selfmem.retrieve.memory import initial_memory, iter_retrieved
 from selfmem.select.candidates import SelectorExample, baseline_picks, selector_examples, sentence_metric
 from selfmem.select.stage import (
     RETRIEVED,
+    NO_MEMORY_CHOICES,
+    NO_MEMORY_WEIGHT,
     TEMPERATURE_CHOICES,
     WEIGHT_CHOICES,
     check_selector_config,
@@ -57,7 +59,8 @@ def unread_by_training(cfg: SelectorConfig) -> tuple[str, ...]:
     rounds' own, and MBR's unless S has the MBR feature (the retrieved memory's where it weighs)."""
     consensus = () if "mbr" in cfg.features else ("mbr_utility", "mbr_temperature")
     retrieved = () if reads_retrieved(cfg, training=True) else RETRIEVED
-    return (*SELECTION, *MBR_ONLY, *consensus, *retrieved, WEIGHT_CHOICES, TEMPERATURE_CHOICES)
+    return (*SELECTION, *MBR_ONLY, *consensus, *retrieved, WEIGHT_CHOICES, TEMPERATURE_CHOICES, NO_MEMORY_WEIGHT,
+            NO_MEMORY_CHOICES)
 
 
 # train keys that the selector's training sets from its own section, or does not use

@@ -1,0 +1,123 @@
+"""The no-memory baseline's opinion of the candidates, a second opinion for MBR's pick.
+
+G ranks and proposes candidates with its memory in view, and from the second round on its
+candidates gather around that memory, so MBR's consensus favours a candidate for copying it.
+The lift's baseline without memory (``lift.no_memory_baseline``, in ``no_memory/generator``)
+reads the source alone: its length-normalised log-probability of a candidate (the sum over its
+tokens and eos, divided by their number), times ``selector.no_memory_weight``, is added to
+MBR's score (docs/results.md).
+
+Written like the decodings: rank r scores every world_size-th example into its shard and rank
+0 merges them into ``round_K/no_memory_scores/{split}.jsonl``, one line per example,
+``{"candidates_sha1": ..., "scores": [[...], ...]}``, the scores shaped like the candidates
+file's ``"candidates"`` and the digest that of its candidates, checked where they are read.
+An example's candidates are scored as one batch of their distinct texts, so a score depends
+on the example alone, never on the rank or the number of ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from selfmem.common.config import Config
+from selfmem.common.data import Example, load_split
+from selfmem.common.distributed import DistEnv, agreed, barrier, on_main
+from selfmem.common.generator_inputs import SpecialIds, collate, encode_examples
+from selfmem.common.io import json_line
+from selfmem.common.records import DataError, iter_aligned, text_lists
+from selfmem.common.run import RunPaths
+from selfmem.common.shards import merge_shards, shard_paths, write_shard
+from selfmem.common.tokenizer import load_tokenizer
+from selfmem.infer.generate import load_generator
+
+log = logging.getLogger(__name__)
+
+BASELINE_DIR = "no_memory/generator"  # the lift's baseline, relative to the run
+
+
+def candidates_digest(candidates: list[list[str]]) -> str:
+    """A line's candidates (over its memory inputs) as a short digest: which scores are whose."""
+    return hashlib.sha1(json.dumps(candidates, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+@torch.no_grad()
+def candidate_log_probs(model: torch.nn.Module, example: Example, texts: list[str], tokenizer, config: Config,
+                        ids: SpecialIds, device: torch.device) -> list[float]:
+    """The length-normalised log-probability of each of ``texts`` as ``example``'s target under
+    ``model``, a generator without memory, in one batch."""
+    generator = dataclasses.replace(config.generator, memory="none")
+    encoded = encode_examples([dataclasses.replace(example, target=t) for t in texts], [[]] * len(texts),
+                              tokenizer, generator)
+    batch = collate(encoded, "none", ids)
+    labels = batch["labels"].to(device)
+    logits = model(batch["src"].to(device), batch["decoder_input"].to(device))
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, labels[:, :, None]).squeeze(2)
+    real = labels.ne(ids.pad)
+    return ((log_probs * real).sum(1) / real.sum(1)).tolist()
+
+
+def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: str, candidates_path: Path,
+                         output: Path) -> None:
+    """Write the no-memory baseline's score of every candidate of ``candidates_path`` to ``output``."""
+    baseline_paths = dataclasses.replace(paths, generator_dir=BASELINE_DIR)
+    if not agreed(lambda: (baseline_paths.generator / "config.json").exists()):
+        raise DataError(f"{baseline_paths.generator}: no generator without memory; selector.no_memory_weight asks "
+                        f"for its opinion of the candidates: train it with lift.no_memory_baseline=true, or set "
+                        f"selector.no_memory_weight=0")
+    examples = load_split(config.data, split)
+    tokenizer = load_tokenizer(paths.tokenizer)
+    baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none"))
+    model = load_generator(baseline, baseline_paths, env.device, tokenizer)
+    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
+                     decoder_start=model.decoder_start_id)
+
+    def lines() -> Iterator[tuple[int, str]]:
+        records = iter_aligned(candidates_path, len(examples), split)
+        bar = tqdm(total=len(examples), desc=f"no-memory scores {split}", unit="ex", disable=not env.is_main)
+        for i, (where, record) in enumerate(records):
+            bar.update(1)
+            if i % env.world_size != env.rank:
+                continue
+            candidates = text_lists(where, record, "candidates")
+            distinct = list(dict.fromkeys(c for per_input in candidates for c in per_input))
+            score = dict(zip(distinct, candidate_log_probs(model, examples[i], distinct, tokenizer, config, ids,
+                                                           env.device)))
+            yield i, json_line({"candidates_sha1": candidates_digest(candidates),
+                                "scores": [[round(score[c], 4) for c in per_input] for per_input in candidates]})
+        bar.close()
+
+    shards = shard_paths(output, env.world_size)
+    write_shard(shards[env.rank], lines())
+    barrier()
+    on_main(lambda: merge_shards(shards, output, len(examples)))
+    log.info("no-memory scores %s: %d examples -> %s", split, len(examples), output)
+
+
+def ensure_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split: str, candidates_path: Path,
+                            output: Path) -> None:
+    """Score the candidates without memory unless ``output`` holds their scores already (written
+    after the candidates file: a round resumed, or dev's scores read twice)."""
+    def fresh() -> bool:
+        return output.exists() and output.stat().st_mtime >= candidates_path.stat().st_mtime
+    if not agreed(fresh):
+        score_without_memory(config, env, paths, split, candidates_path, output)
+
+
+def no_memory_scores(where: str, record: dict, candidates: list[list[str]], candidates_where: str) -> list[float]:
+    """A scores line's scores flattened like its candidates, refused if they are another file's."""
+    if record.get("candidates_sha1") != candidates_digest(candidates):
+        raise DataError(f"{where}: these no-memory scores are not of the candidates of {candidates_where} (another "
+                        f"decoding of them?): delete the file to score them again")
+    scores = record.get("scores")
+    if not (isinstance(scores, list) and [len(s) if isinstance(s, list) else None for s in scores]
+            == [len(c) for c in candidates]):
+        raise DataError(f"{where}: \"scores\" must be shaped like the candidates of {candidates_where}")
+    return [float(x) for s in scores for x in s]

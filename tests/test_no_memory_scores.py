@@ -1,0 +1,124 @@
+"""The no-memory baseline's opinion of candidates: its teacher-forced score of a text against
+the beam search's own score of it, the scores file written by 1 rank and by 2, and a file
+that belongs to other candidates refused."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG, REPO, run_single, run_torchrun
+
+from selfmem.common.config import load_config
+from selfmem.common.data import load_split
+from selfmem.common.generator_inputs import SpecialIds, collate, encode_examples
+from selfmem.common.records import DataError
+from selfmem.common.run import RunPaths
+from selfmem.common.tokenizer import load_tokenizer
+from selfmem.infer.beam import BeamSettings, beam_search
+from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.select.candidates import line_mbr_scores, read_candidates, with_no_memory_opinion
+from selfmem.select.no_memory import candidate_log_probs, candidates_digest, no_memory_scores
+from selfmem.select.pick import top_b
+
+PRETRAINED = REPO / "data" / "demo" / "pretrained"
+# MBR without the retrieved memory (nothing chosen on dev), the opinion weighing 3
+SETTINGS = ["data.max_examples=12", "selector.kind=mbr", "selector.mbr_retrieved_weight=0", "selector.no_memory_weight=3"]
+
+
+def demo_baseline():
+    config = load_config(DEMO_CONFIG, SETTINGS)
+    tokenizer = load_tokenizer(PRETRAINED / "tokenizer")
+    model = Seq2SeqModel.load(PRETRAINED / "no_memory", map_location="cpu").eval()
+    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
+                     decoder_start=model.decoder_start_id)
+    return config, tokenizer, model, ids
+
+
+def test_a_candidates_score_is_the_beam_searchs_score_of_it():
+    """The beam search sums a hypothesis' token log-probabilities step by step with its cache
+    and divides by its length (eos counted, length penalty 1); the teacher-forced forward of the
+    same text must give the same number."""
+    config, tokenizer, model, ids = demo_baseline()
+    generator = dataclasses.replace(config.generator, memory="none")
+    compared = 0
+    for example in load_split(config.data, "dev")[:8]:
+        encoded = encode_examples([example], [[]], tokenizer, generator)
+        src = collate(encoded, "none", ids)["src"]
+        [hyps] = beam_search(model, src, None, BeamSettings(num_beams=6, num_return=6, max_len=60),
+                             ids.decoder_start, ids.eos)
+        texts = [tokenizer.decode(h.tokens) for h in hyps]
+        scores = candidate_log_probs(model, example, texts, tokenizer, config, ids, torch.device("cpu"))
+        for hyp, text, score in zip(hyps, texts, scores):
+            if tokenizer.encode(text) == hyp.tokens and len(hyp.tokens) < 60:  # the text is those tokens, finished
+                assert score == pytest.approx(hyp.score, abs=1e-4)
+                compared += 1
+    assert compared >= 30
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    """A run whose dev candidates are the demo's references (several per example, one repeated)
+    beside the demo's shipped no-memory baseline, scored by 1 process and by 2."""
+    root = tmp_path_factory.mktemp("no_memory")
+    config, _, _, _ = demo_baseline()
+    targets = [ex.target for ex in load_split(config.data, "dev")]
+    runs = {}
+    for name, nproc in (("one", 1), ("two", 2)):
+        run = root / name / "demo"
+        for part, source in (("tokenizer", "tokenizer"), ("no_memory/generator", "no_memory")):
+            (run / part).parent.mkdir(parents=True, exist_ok=True)
+            (run / part).symlink_to(PRETRAINED / source)
+        lines = [{"memories": [[targets[i]], [targets[i - 1]]],
+                  "candidates": [[targets[(i + j) % 12] for j in range(3)], [targets[i], targets[(i + 5) % 12]]]}
+                 for i in range(12)]
+        path = run / "round_1" / "candidates" / "dev.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        args = ["--config", str(DEMO_CONFIG), f"run.root={root / name}", *SETTINGS, "--split", "dev", "--round", "1"]
+        (run_single if nproc == 1 else run_torchrun)("launch/select_memory.py", args)
+        runs[name] = run
+    return runs
+
+
+def test_the_scores_file_holds_each_candidates_score_for_any_number_of_ranks(scored_run):
+    config, tokenizer, model, ids = demo_baseline()
+    one = (scored_run["one"] / "round_1" / "no_memory_scores" / "dev.jsonl").read_bytes()
+    assert one == (scored_run["two"] / "round_1" / "no_memory_scores" / "dev.jsonl").read_bytes()
+    candidates = [json.loads(line) for line in
+                  (scored_run["one"] / "round_1" / "candidates" / "dev.jsonl").read_text().splitlines()]
+    for example, line, record in zip(load_split(config.data, "dev"), candidates, map(json.loads, one.splitlines())):
+        assert record["candidates_sha1"] == candidates_digest(line["candidates"])
+        for texts, scores in zip(line["candidates"], record["scores"]):
+            alone = [candidate_log_probs(model, example, [t], tokenizer, config, ids, torch.device("cpu"))[0]
+                     for t in texts]  # each text in a batch of its own: padding changes nothing
+            assert scores == pytest.approx(alone, abs=1e-4)
+            assert scores == [round(s, 4) for s in scores]
+
+
+def test_the_memories_are_mbr_plus_the_weighted_opinion(scored_run):
+    config, _, _, _ = demo_baseline()
+    run = scored_run["one"]
+    paths = RunPaths(run)
+    lines = read_candidates(paths.candidates(1, "dev"), 12, "dev",
+                            no_memory_path=paths.no_memory_scores(1, "dev"))
+    memories = [json.loads(line)["memories"] for line in paths.round_memory(1, "dev").read_text().splitlines()]
+    two = [json.loads(line)["memories"] for line in
+           RunPaths(scored_run["two"]).round_memory(1, "dev").read_text().splitlines()]
+    assert memories == two
+    cfg = config.selector
+    expected = [[[top_b(line.pool, with_no_memory_opinion(line, line_mbr_scores(line, cfg, "13a"), 3.0), 1)[0]]]
+                for line in lines]
+    assert memories == expected
+    plain = [[[top_b(line.pool, line_mbr_scores(line, cfg, "13a"), 1)[0]]] for line in lines]
+    assert plain != expected  # the opinion changes some picks
+
+
+def test_scores_of_other_candidates_are_refused(scored_run):
+    paths = RunPaths(scored_run["one"])
+    record = json.loads(paths.no_memory_scores(1, "dev").read_text().splitlines()[0])
+    with pytest.raises(DataError, match=r"f.jsonl:1: these no-memory scores are not of the candidates of c.jsonl:1"):
+        no_memory_scores("f.jsonl:1", record, [["another text"]], "c.jsonl:1")
+    record["candidates_sha1"] = candidates_digest([["a", "b"]])
+    with pytest.raises(DataError, match=r"\"scores\" must be shaped like the candidates of c.jsonl:1"):
+        no_memory_scores("f.jsonl:1", record, [["a", "b"]], "c.jsonl:1")
