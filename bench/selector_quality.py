@@ -8,7 +8,9 @@ missing, as the lift does: every dev and test example with round 0's memory (rou
 candidates) and, for the trained variants, ``selector.train_subset`` train examples (with
 their BM25 memory; from the crossfit generators for ``train_from: crossfit``); for the
 variants with samples as MBR's pseudo-references, ``candidates.num_samples`` epsilon samples
-of each example of --splits, from the same memory (round 1's samples). Then, for
+of each example of --splits, from the same memory (round 1's samples); for the variant with
+the no-memory opinion, the scores of the run's no-memory baseline (``no_memory/generator``, as
+``lift.no_memory_baseline`` trains it) into ``round_1/no_memory_scores/``. Then, for
 each variant, the pick of every example of each split in --splits, and one table per split:
 the corpus BLEU and chrF++ of the beam top-1 (the first candidate), of the oracle pick (the
 candidate of best sentence BLEU against the reference) and of each variant's pick, with
@@ -40,7 +42,14 @@ from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory, iter_retrieved  # noqa: E402
 from selfmem.select.candidates import baseline_picks, read_candidates, selector_examples, sentence_metric  # noqa: E402
 from selfmem.select.pick import top_b  # noqa: E402
-from selfmem.select.stage import chosen_on_dev, mbr_scorer, reads_retrieved, trained_scorer  # noqa: E402
+from selfmem.select.stage import (  # noqa: E402
+    chosen_on_dev,
+    mbr_scorer,
+    prepare_no_memory_scores,
+    reads_no_memory,
+    reads_retrieved,
+    trained_scorer,
+)
 from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
@@ -60,6 +69,10 @@ VARIANTS = {
     # the default: chrF++, the top 5 BM25 hits weighing what dev chooses among
     # selector.mbr_retrieved_weight_choices, with the temperature (both printed)
     "mbr-chrf+top5dev": ["selector.kind=mbr", CHRF, "selector.mbr_retrieved_hits=5", "selector.mbr_retrieved_weight=null"],
+    # and the no-memory baseline's opinion of each candidate, its weight chosen on dev with them
+    # (needs the run's no_memory/generator: lift.no_memory_baseline)
+    "mbr-chrf+top5dev+nomem": ["selector.kind=mbr", CHRF, "selector.mbr_retrieved_hits=5",
+                               "selector.mbr_retrieved_weight=null", "selector.no_memory_weight=null"],
     # the retrieved memory, the top K BM25 hits, as pseudo-references sharing weight W;
     # W = 1000: the candidate closest to the hits, the consensus aside
     **{f"mbr-{u}+top{k}w{w}": ["selector.kind=mbr", f"selector.mbr_utility={u}", f"selector.mbr_retrieved_hits={k}",
@@ -109,7 +122,9 @@ def main() -> None:
             examples = load_split(config.data, split)
             samples = paths.samples(1, split) if variant.selector.mbr_references == "samples" else None
             retrieved = iter_retrieved(variant, paths, split, len(examples)) if reads_retrieved(variant.selector) else None
-            lines = read_candidates(paths.candidates(1, split), len(examples), split, samples, retrieved)
+            prepare_no_memory_scores(variant, env, paths, split, 1, paths.candidates(1, split))
+            opinions = paths.no_memory_scores(1, split) if reads_no_memory(variant.selector) else None
+            lines = read_candidates(paths.candidates(1, split), len(examples), split, samples, retrieved, opinions)
             chunk = list(zip(lines, examples))
             scores = score(chunk, [True] * len(chunk))
             picks[split][name] = [top_b(line.pool, s, 1)[0] for line, s in zip(lines, scores)]

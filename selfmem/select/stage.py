@@ -324,13 +324,19 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
                              config.data.bleu_tokenize) for k in range(len(choices))]
     best = max(range(len(choices)), key=lambda k: (scores[k], -k))
     temperature, weight, opinion = choices[best]
-    by_setting = "; ".join(
-        f"temperature {'null' if t is None else f'{t:g}'}, no-memory weight {v:g}: " + ", ".join(
-            f"{w:g} {s:.2f}" for (u, w, x), s in zip(choices, scores) if (u, x) == (t, v))
-        for t, v in dict.fromkeys((t, v) for t, _, v in choices))
-    log.info("round %d: chosen on dev: selector.mbr_retrieved_weight %g, mbr_temperature %s, no_memory_weight %g "
-             "(%s of the picks by retrieved memory's weight, %s)", round_k, weight,
-             "null" if temperature is None else f"{temperature:g}", opinion, config.data.metric, by_setting)
+    def text(k: int) -> str:
+        t, w, v = choices[k]
+        return f"{scores[k]:.2f} (W {w:g}, T {'null' if t is None else f'{t:g}'}, V {v:g})"
+    # the best choice under each value of each setting: what each is worth, in one line
+    best_by = {name: {value: text(max((k for k in range(len(choices)) if choices[k][i] == value),
+                                      key=lambda k: (scores[k], -k)))
+                      for value in dict.fromkeys(c[i] for c in choices)}
+               for i, name in enumerate("TWV")}
+    log.info("round %d: chosen on dev (W selector.mbr_retrieved_weight, T mbr_temperature, V no_memory_weight): "
+             "%s %s; the best under each setting: %s", round_k, config.data.metric,
+             text(best), "; ".join(f"{name} {'null' if value is None else f'{value:g}'}: {line}"
+                                   for name, values in best_by.items() if len(values) > 1
+                                   for value, line in values.items()))
     return dataclasses.replace(config, selector=dataclasses.replace(
         cfg, mbr_retrieved_weight=weight, mbr_temperature=temperature, no_memory_weight=opinion))
 
