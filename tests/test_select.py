@@ -21,7 +21,7 @@ from selfmem.retrieve.memory import iter_retrieved
 from selfmem.select.candidates import candidate_features, read_candidates
 from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
-from selfmem.select.stage import check_selector_config, select_memories
+from selfmem.select.stage import check_selector_config, describe_choices, select_memories
 from selfmem.train.selector import train_selector
 
 # several scoring batches; the trained selector, which the fixture makes (the MBR tests say so)
@@ -292,3 +292,12 @@ def test_training_a_selector_that_needs_none_is_refused(tmp_path):
         train_selector(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
                        RunPaths(config.run_dir))
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_dev_choice_is_described_by_its_best_and_the_best_under_each_setting():
+    choices = [(None, 0.0, 0.0), (None, 2.0, 0.0), (0.1, 0.0, 0.0), (0.1, 2.0, 0.0)]
+    scores = [30.0, 31.5, 31.5, 30.25]
+    assert describe_choices(choices, scores) == (
+        "31.50 (W 2, T null, V 0); the best under each setting: T null: 31.50 (W 2, T null, V 0); "
+        "T 0.1: 31.50 (W 0, T 0.1, V 0); W 0: 31.50 (W 0, T 0.1, V 0); W 2: 31.50 (W 2, T null, V 0)")
+    assert describe_choices([(None, 4.0, 8.0)], [42.0]) == "42.00 (W 4, T null, V 8)"

@@ -286,6 +286,21 @@ def _weight_text(cfg: SelectorConfig) -> str:
     return f"{cfg.mbr_retrieved_weight:g}"
 
 
+def describe_choices(choices: list[tuple[float | None, float, float]], scores: list[float]) -> str:
+    """The best of the (T, W, V) ``choices`` by ``scores`` (the first of ties), then the best
+    under each value of each setting that has several: what each one is worth, in one line."""
+    def best_of(ks) -> str:
+        k = max(ks, key=lambda k: (scores[k], -k))
+        t, w, v = choices[k]
+        return f"{scores[k]:.2f} (W {w:g}, T {'null' if t is None else f'{t:g}'}, V {v:g})"
+
+    under = [f"{name} {'null' if value is None else f'{value:g}'}: "
+             + best_of([k for k, c in enumerate(choices) if c[i] == value])
+             for i, name in enumerate("TWV")
+             if len(values := list(dict.fromkeys(c[i] for c in choices))) > 1 for value in values]
+    return best_of(range(len(choices))) + ("; the best under each setting: " + "; ".join(under) if under else "")
+
+
 def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
                   dev_candidates: Path | None = None) -> Config:
     """``config`` with MBR's settings fixed: where the retrieved memory's weight or the no-memory
@@ -324,19 +339,8 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
                              config.data.bleu_tokenize) for k in range(len(choices))]
     best = max(range(len(choices)), key=lambda k: (scores[k], -k))
     temperature, weight, opinion = choices[best]
-    def text(k: int) -> str:
-        t, w, v = choices[k]
-        return f"{scores[k]:.2f} (W {w:g}, T {'null' if t is None else f'{t:g}'}, V {v:g})"
-    # the best choice under each value of each setting: what each is worth, in one line
-    best_by = {name: {value: text(max((k for k in range(len(choices)) if choices[k][i] == value),
-                                      key=lambda k: (scores[k], -k)))
-                      for value in dict.fromkeys(c[i] for c in choices)}
-               for i, name in enumerate("TWV")}
     log.info("round %d: chosen on dev (W selector.mbr_retrieved_weight, T mbr_temperature, V no_memory_weight): "
-             "%s %s; the best under each setting: %s", round_k, config.data.metric,
-             text(best), "; ".join(f"{name} {'null' if value is None else f'{value:g}'}: {line}"
-                                   for name, values in best_by.items() if len(values) > 1
-                                   for value, line in values.items()))
+             "%s %s", round_k, config.data.metric, describe_choices(choices, scores))
     return dataclasses.replace(config, selector=dataclasses.replace(
         cfg, mbr_retrieved_weight=weight, mbr_temperature=temperature, no_memory_weight=opinion))
 
