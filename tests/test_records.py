@@ -136,6 +136,14 @@ def test_mbr_without_the_retrieved_memory_it_weighs_is_refused(tmp_path):
                                f"retrieved memory's weight on round 4's dev candidates: decode them first "
                                f"(launch/generate.py --split dev --mode candidates --round 4), or set "
                                f"selector.mbr_retrieved_weight")
+    both = dataclasses.replace(c, selector=dataclasses.replace(c.selector, no_memory_weight=None))
+    with pytest.raises(DataError) as info:
+        select_memories(both, ONE_PROCESS, RunPaths(c.run_dir), "test", 4, tmp_path / "candidates.jsonl")
+    assert str(info.value) == (f"{dev_candidates}: file not found; selector.mbr_retrieved_weight and "
+                               f"selector.no_memory_weight null choose the retrieved memory's weight and the no-memory "
+                               f"weight on round 4's dev candidates: decode them first (launch/generate.py --split dev "
+                               f"--mode candidates --round 4), or set selector.mbr_retrieved_weight and "
+                               f"selector.no_memory_weight")
 
 
 def test_an_example_without_candidates_is_refused(tmp_path):

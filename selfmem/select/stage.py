@@ -313,9 +313,13 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
     check_selector_config(cfg)
     path = dev_candidates or paths.candidates(round_k, "dev")
     if not agreed(path.exists):  # rank 0's answer: every rank then raises, or none
-        raise DataError(f"{path}: file not found; selector.mbr_retrieved_weight or no_memory_weight null chooses "
-                        f"MBR's settings on round {round_k}'s dev candidates: decode them first (launch/generate.py "
-                        f"--split dev --mode candidates --round {round_k}), or set both weights")
+        chosen = {"mbr_retrieved_weight": "the retrieved memory's weight", "no_memory_weight": "the no-memory weight"}
+        null = [key for key in chosen if getattr(cfg, key) is None]
+        keys = " and ".join(f"selector.{key}" for key in null)
+        verb = "chooses" if len(null) == 1 else "choose"
+        raise DataError(f"{path}: file not found; {keys} null {verb} {' and '.join(chosen[k] for k in null)} on "
+                        f"round {round_k}'s dev candidates: decode them first (launch/generate.py --split dev --mode "
+                        f"candidates --round {round_k}), or set {keys}")
     prepare_no_memory_scores(config, env, paths, "dev", round_k, path)
     examples = load_split(config.data, "dev")
     # one read: every line checked (a bad one fails at once), this rank's examples' kept
