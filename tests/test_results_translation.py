@@ -76,6 +76,7 @@ def test_the_report_holds_each_systems_test_scores_at_its_best_dev_round(driven)
     best = max((1, 2), key=lambda k: (dev[k], -k))  # chosen on dev, among the rounds of self memory
     assert f"| Transformer (no memory) | - | {dev['no_memory']:.2f} | " \
            f"{cells(runs / 'joint' / 'no_memory' / 'hyps' / 'test.txt')} |" in text
+    assert text.count("| Transformer (no memory) |") == 1  # topb4's baseline is joint's, copied: one row
     assert f"| Transformer-Joint (BM25 memory, round 0) | 0 | {dev[0]:.2f} | " \
            f"{cells(runs / 'joint' / 'round_0' / 'hyps' / 'test.txt')} |" in text
     assert f"| Selfmem Joint | {best} | {dev[best]:.2f} | " \
