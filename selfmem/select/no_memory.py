@@ -58,10 +58,12 @@ def candidate_log_probs(model: torch.nn.Module, example: Example, texts: list[st
                               tokenizer, generator)
     batch = collate(encoded, "none", ids)
     labels = batch["labels"].to(device)
-    logits = model(batch["src"].to(device), batch["decoder_input"].to(device))
-    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, labels[:, :, None]).squeeze(2)
     real = labels.ne(ids.pad)
-    return ((log_probs * real).sum(1) / real.sum(1)).tolist()
+    positions = real.flatten().nonzero().squeeze(1)  # the output projection skips the padding
+    logits = model(batch["src"].to(device), batch["decoder_input"].to(device), target_rows=positions)
+    token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, labels.flatten()[positions, None]).squeeze(1)
+    sums = token_log_probs.new_zeros(len(texts)).index_add_(0, positions // labels.size(1), token_log_probs)
+    return (sums / real.sum(1)).tolist()
 
 
 def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: str, candidates_path: Path,
