@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from selfmem.common.config import Config, save_config
@@ -17,6 +17,10 @@ class RunPaths:
     # relative to root: bench/selector_quality.py trains each selector variant beside the others
     selector_dir: str = "selector"
     selector_candidates_dir: str = "selector_candidates"
+
+    def no_memory_baseline(self) -> RunPaths:
+        """These paths with the lift's no-memory baseline, ``no_memory/generator``, as the generator."""
+        return replace(self, generator_dir="no_memory/generator")
 
     @property
     def tokenizer(self) -> Path:

@@ -149,7 +149,7 @@ def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """A generator without memory, trained and decoded like the run's own, in ``no_memory/``."""
     init = config.lift.no_memory_init or config.generator.init
     baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none", init=init))
-    baseline_paths = dataclasses.replace(paths, generator_dir="no_memory/generator")
+    baseline_paths = paths.no_memory_baseline()
     train_generator(baseline, env, baseline_paths)
     hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
     for split, output in hyps.items():

@@ -40,9 +40,6 @@ from selfmem.infer.generate import load_generator
 
 log = logging.getLogger(__name__)
 
-BASELINE_DIR = "no_memory/generator"  # the lift's baseline, relative to the run
-
-
 def candidates_digest(candidates: list[list[str]]) -> str:
     """A line's candidates (over its memory inputs) as a short digest: which scores are whose."""
     return hashlib.sha1(json.dumps(candidates, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
@@ -53,9 +50,8 @@ def candidate_log_probs(model: torch.nn.Module, example: Example, texts: list[st
                         ids: SpecialIds, device: torch.device) -> list[float]:
     """The length-normalised log-probability of each of ``texts`` as ``example``'s target under
     ``model``, a generator without memory, in one batch."""
-    generator = dataclasses.replace(config.generator, memory="none")
     encoded = encode_examples([dataclasses.replace(example, target=t) for t in texts], [[]] * len(texts),
-                              tokenizer, generator)
+                              tokenizer, config.generator)  # no memories: the source alone
     batch = collate(encoded, "none", ids)
     labels = batch["labels"].to(device)
     real = labels.ne(ids.pad)
@@ -69,7 +65,7 @@ def candidate_log_probs(model: torch.nn.Module, example: Example, texts: list[st
 def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: str, candidates_path: Path,
                          output: Path) -> None:
     """Write the no-memory baseline's score of every candidate of ``candidates_path`` to ``output``."""
-    baseline_paths = dataclasses.replace(paths, generator_dir=BASELINE_DIR)
+    baseline_paths = paths.no_memory_baseline()
     if not agreed(lambda: (baseline_paths.generator / "config.json").exists()):
         raise DataError(f"{baseline_paths.generator}: no generator without memory; selector.no_memory_weight asks "
                         f"for its opinion of the candidates: train it with lift.no_memory_baseline=true, or set "
