@@ -11,7 +11,10 @@ from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
 
 from selfmem.common.config import load_config
 from selfmem.common.run import RunPaths
-from selfmem.infer.generate import load_generator
+from selfmem.common.distributed import DistEnv
+from selfmem.common.shards import part_paths, shard_paths
+from selfmem.infer.generate import Generator, decode_share, load_generator
+from selfmem.infer.generate import generate as generate_split
 from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.train.selector import crossfit_halves, selector_subset
 
@@ -94,6 +97,58 @@ def test_two_ranks_and_any_batch_size_give_the_same_candidates(run_root):
 # the briefly trained generator's next-token probabilities are all below the default epsilon
 # (sampling would be greedy): draw from the whole distribution
 SAMPLES = ["candidates.num_samples=5", "candidates.epsilon=0"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_an_interrupted_decoding_resumes_from_its_finished_streams_at_any_number_of_ranks(run_root, monkeypatch):
+    """Two ranks killed midway (each after some streams), then one rank resuming: it decodes
+    only the streams that no part holds whole, and writes the uninterrupted file byte for byte."""
+    config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, "candidates.max_tokens=300"])
+    paths = RunPaths(config.run_dir)
+    memory = paths.bm25_memory("dev")
+    one = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    real_decode, calls, allowed = Generator.decode, [], [10**9]
+
+    def decode(self, encoded, *args, **kwargs):  # a stream a call
+        if len(calls) == allowed[0]:
+            raise Crash
+        calls.append(len(encoded))
+        return real_decode(self, encoded, *args, **kwargs)
+
+    def decode_until_crash(call, limit):
+        calls.clear()
+        allowed[0] = limit
+        with pytest.raises(Crash):
+            call()
+        allowed[0] = 10**9
+        calls.clear()
+
+    monkeypatch.setattr(Generator, "decode", decode)
+    expected = generate_split(config, one, paths, "dev", "candidates", memory, 5).read_bytes()
+    streams = len(calls)
+    output = paths.candidates(6, "dev")
+    for rank, limit in [(0, 2), (1, 3)]:  # the ranks of a 2-process attempt, each killed at its own point
+        two = DistEnv(rank=rank, world_size=2, local_rank=rank, local_world_size=2)
+        decode_until_crash(lambda: decode_share(config, two, paths, "dev", "candidates", memory, None, output,
+                                                shard_paths(output, 2)[two.rank]), limit)
+    parts = part_paths(output)
+    assert len(parts) == 2 and not output.exists() and streams > 10
+    # rank 0's last stream cut short by the kill: its last line half written; that stream is decoded again
+    *whole, last = parts[0].read_bytes().splitlines(keepends=True)
+    parts[0].write_bytes(b"".join(whole) + last[:20])
+    generate_split(config, one, paths, "dev", "candidates", memory, 6, resume=True)
+    assert len(calls) == streams - 4  # 1 + 3 streams kept
+    assert output.read_bytes() == expected and part_paths(output) == []
+
+    # without resume, whatever an interrupted call left is removed first, never read
+    output = paths.candidates(7, "dev")
+    decode_until_crash(lambda: generate_split(config, one, paths, "dev", "candidates", memory, 7), 3)
+    assert len(part_paths(output)) == 1
+    generate_split(config, one, paths, "dev", "candidates", memory, 7)
+    assert len(calls) == streams and output.read_bytes() == expected
 
 
 def test_samples_depend_on_the_example_and_memory_input_alone(run_root, tmp_path):

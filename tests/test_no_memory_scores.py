@@ -1,9 +1,10 @@
 """The no-memory baseline's opinion of candidates: its teacher-forced score of a text against
-the beam search's own score of it, the scores file written by 1 rank and by 2, and a file
-that belongs to other candidates refused."""
+the beam search's own score of it, the scores file written by 1 rank and by 2, a file that
+belongs to other candidates refused, and an interrupted scoring resumed."""
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,14 +12,17 @@ from conftest import DEMO_CONFIG, REPO, run_single, run_torchrun
 
 from selfmem.common.config import load_config
 from selfmem.common.data import load_split
+from selfmem.common.distributed import DistEnv
 from selfmem.common.generator_inputs import SpecialIds, collate, encode_examples
 from selfmem.common.records import DataError
 from selfmem.common.run import RunPaths
+from selfmem.common.shards import part_paths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.models.seq2seq import Seq2SeqModel
+from selfmem.select import no_memory
 from selfmem.select.candidates import line_mbr_scores, read_candidates, with_no_memory_opinion
-from selfmem.select.no_memory import candidate_log_probs, candidates_digest, no_memory_scores
+from selfmem.select.no_memory import candidate_log_probs, candidates_digest, no_memory_scores, score_without_memory
 from selfmem.select.pick import top_b
 
 PRETRAINED = REPO / "data" / "demo" / "pretrained"
@@ -122,3 +126,41 @@ def test_scores_of_other_candidates_are_refused(scored_run):
     record["candidates_sha1"] = candidates_digest([["a", "b"]])
     with pytest.raises(DataError, match=r"\"scores\" must be shaped like the candidates of c.jsonl:1"):
         no_memory_scores("f.jsonl:1", record, [["a", "b"]], "c.jsonl:1")
+
+
+def test_an_interrupted_scoring_keeps_the_lines_it_finished_that_still_match_their_candidates(
+        scored_run, tmp_path, monkeypatch):
+    root = tmp_path / "resumed"
+    shutil.copytree(scored_run["one"].parent, root, symlinks=True)
+    config = load_config(DEMO_CONFIG, [f"run.root={root}", *SETTINGS])
+    paths, one = RunPaths(config.run_dir), DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    candidates, output = paths.candidates(1, "dev"), paths.no_memory_scores(1, "dev")
+    expected = output.read_bytes()
+    output.unlink()
+    real, calls, allowed = no_memory.candidate_log_probs, [], [4]
+
+    def scored(*args):  # an example a call
+        if len(calls) == allowed[0]:
+            raise KeyboardInterrupt  # killed after 4 examples
+        calls.append(args[1].source)
+        return real(*args)
+
+    monkeypatch.setattr(no_memory, "candidate_log_probs", scored)
+    with pytest.raises(KeyboardInterrupt):
+        score_without_memory(config, one, paths, "dev", candidates, output)
+    assert not output.exists() and len(part_paths(output)) == 1
+    # example 0's candidates decoded anew since: its kept line is another file's, scored again
+    lines = candidates.read_text(encoding="utf-8").splitlines(keepends=True)
+    changed = json.loads(lines[0])
+    changed["candidates"][0][0] = "Ein anderer Kandidat."
+    lines[0] = json.dumps(changed) + "\n"
+    candidates.write_text("".join(lines), encoding="utf-8")
+    calls.clear()
+    allowed[0] = 10**9
+    score_without_memory(config, one, paths, "dev", candidates, output)
+    examples = load_split(config.data, "dev")
+    assert calls == [examples[i].source for i in [0, *range(4, 12)]]
+    assert part_paths(output) == []
+    resumed = output.read_bytes().splitlines()
+    assert resumed[1:] == expected.splitlines()[1:]
+    assert json.loads(resumed[0])["candidates_sha1"] == candidates_digest(changed["candidates"])

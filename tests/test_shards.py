@@ -1,11 +1,22 @@
 """Shard files merged by rank 0: the lines in example order, byte for byte, every example
-once, and a merge that holds a line per shard, not the split."""
+once, and a merge that holds a line per shard, not the split; the parts an interrupted
+attempt leaves, read back to their last complete line."""
 
 import tracemalloc
 
 import pytest
 
-from selfmem.common.shards import merge_lines, merge_shards, read_shard, shard_paths, write_shard
+from selfmem.common.shards import (
+    kept_lines,
+    merge_lines,
+    merge_shards,
+    part_paths,
+    progress_log,
+    read_shard,
+    shard_paths,
+    write_shard,
+)
+from selfmem.lift.state import remove
 
 
 def line(i: int) -> str:
@@ -68,3 +79,35 @@ def test_parts_keyed_by_any_ascending_indices_merge_in_their_order(tmp_path):
     output = tmp_path / "subset.jsonl"
     merge_lines([iter([(3, b"c\n"), (8, b"e\n")]), iter([(1, b"a\n"), (5, b"d\n")])], output, [1, 3, 5, 8])
     assert output.read_bytes() == b"a\nc\nd\ne\n"
+
+
+def test_the_parts_an_interrupted_attempt_left_give_their_complete_lines(tmp_path):
+    output = tmp_path / "out.jsonl"
+    with progress_log(output, 0) as append:
+        append([(4, line(4)), (0, line(0))])
+        append([(2, line(2))])
+    with progress_log(output, 1) as append:
+        append([(3, line(3)), (1, line(1))])
+    parts = part_paths(output)
+    assert len(parts) == 2 and all(p.name.startswith(".out.jsonl.part-") for p in parts)
+    assert kept_lines(output, lambda i: True) == {i: line(i) for i in range(5)}
+    assert kept_lines(output, lambda i: i % 2 == 0) == {i: line(i) for i in (0, 2, 4)}
+    # killed while writing: a line cut short ends its part; so does one the crash left unreadable
+    rank0 = next(p for p in parts if p.name.startswith(".out.jsonl.part-0-"))
+    rank0.write_bytes(rank0.read_bytes() + b"5\t" + line(5).encode()[:30])
+    rank1 = next(p for p in parts if p.name.startswith(".out.jsonl.part-1-"))
+    rank1.write_bytes(b"3\t" + line(3).encode() + b"\0\0\0\n" + b"1\t" + line(1).encode())
+    assert kept_lines(output, lambda i: True) == {i: line(i) for i in (0, 2, 3, 4)}
+    # the merged output makes them garbage
+    shards = write_round_robin(output, 5, 2)
+    merge_shards(shards, output, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_a_stage_started_afresh_removes_its_outputs_unfinished_parts(tmp_path):
+    output = tmp_path / "round_1" / "candidates" / "dev.jsonl"
+    with progress_log(output, 0) as append:
+        append([(0, line(0))])
+    (tmp_path / "round_1" / "candidates" / ".test.jsonl.part-0-00000000").write_text("0\tkept\n")  # another file's
+    remove([output])
+    assert [p.name for p in output.parent.iterdir()] == [".test.jsonl.part-0-00000000"]

@@ -5,18 +5,29 @@ keyed by its example's index, keys ascending. Rank 0 merges the shards with a k-
 (``heapq.merge``): it holds one line per shard at a time, never the split, and writes the
 output line by line. The lines are copied as bytes, so the output is the same file whatever
 the number of ranks and however the examples were shared out.
+
+A long split can also be resumed: while it works, a rank appends each finished group of
+lines to a part file of its own (``progress_log``, flushed per group), and a
+later attempt at the same output with the same inputs reads the complete lines that any
+earlier attempt left (``kept_lines``), at any number of ranks, instead of computing them
+again. Whether the inputs are the same is the caller's to know (the lift's stage
+fingerprints); a caller that does not know removes the parts first (``drop_parts``).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, closing
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from operator import itemgetter
 from pathlib import Path
 
 from selfmem.common.io import atomic_open
 
+SYNC_SECONDS = 10.0  # how often a part file reaches the disk, at most
 Keyed = tuple[int, bytes]  # an example's index and its output line, newline included
 
 
@@ -66,10 +77,56 @@ def merge_lines(sources: Iterable[Iterator[Keyed]], output: Path, keys: Iterable
 
 
 def merge_shards(shards: list[Path], output: Path, count: int) -> None:
-    """Merge the shards of ``output`` (examples ``0 .. count-1``) into it, then delete them."""
+    """Merge the shards of ``output`` (examples ``0 .. count-1``) into it, then delete them and
+    the output's part files (their lines are in the shards)."""
     with ExitStack() as stack:
         sources = [stack.enter_context(closing(read_shard(shard))) for shard in shards]  # closed on error too
         merge_lines(sources, output, range(count))
     for shard in shards:
         shard.unlink()
+    drop_parts(output)
 
+
+def part_paths(output: Path) -> list[Path]:
+    """The part files that attempts at ``output`` left beside it (every rank's, every attempt's)."""
+    return sorted(output.parent.glob(f".{output.name}.part-*"))
+
+
+def drop_parts(output: Path) -> None:
+    """Delete the part files of ``output``: written, or not to be resumed."""
+    for part in part_paths(output):
+        part.unlink(missing_ok=True)
+
+
+def kept_lines(output: Path, wanted: Callable[[int], bool]) -> dict[int, str]:
+    """The complete lines that earlier attempts at ``output`` left in its part files, of the
+    examples ``wanted`` (this rank's share), by example."""
+    kept: dict[int, str] = {}
+    for part in part_paths(output):
+        with open(part, "rb") as f:
+            for raw in f:
+                key, tab, line = raw.partition(b"\t")
+                if not (tab and key.isdigit() and raw.endswith(b"\n")):  # cut short (or lost) by a crash
+                    break
+                if wanted(int(key)):
+                    kept[int(key)] = line.decode("utf-8")
+    return kept
+
+
+@contextmanager
+def progress_log(output: Path, rank: int) -> Iterator[Callable[[Iterable[tuple[int, str]]], None]]:
+    """A function that appends ``(example, output line)`` pairs to a new part file of
+    ``output`` (any order) for ``kept_lines`` to find after a kill: flushed at each call
+    (a killed process loses nothing written), synced every ``SYNC_SECONDS`` at most (a
+    crashed machine loses little, and many short calls cost no disk flush each)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = output.parent / f".{output.name}.part-{rank}-{secrets.token_hex(4)}"
+    synced = [time.monotonic()]
+    with open(path, "ab") as f:
+        def append(lines: Iterable[tuple[int, str]]) -> None:
+            f.write(b"".join(b"%d\t%s" % (key, line.encode("utf-8")) for key, line in lines))
+            f.flush()
+            if time.monotonic() - synced[0] >= SYNC_SECONDS:
+                os.fsync(f.fileno())
+                synced[0] = time.monotonic()
+        yield append

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config
 from selfmem.common.data import load_split
-from selfmem.common.distributed import DistEnv, barrier, on_main
+from selfmem.common.distributed import DistEnv, all_gather, on_main
 from selfmem.common.generator_inputs import (
     SpecialIds,
     collate,
@@ -41,7 +41,7 @@ from selfmem.common.io import json_line, one_line, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.records import CheckpointError, DataError, describe, field, is_texts, read_aligned
 from selfmem.common.run import RunPaths
-from selfmem.common.shards import merge_shards, shard_paths, write_shard
+from selfmem.common.shards import drop_parts, kept_lines, merge_shards, progress_log, shard_paths, write_shard
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search
 from selfmem.infer.hf_beam import hf_beam_search
@@ -162,24 +162,31 @@ def decoding_path(paths: RunPaths, mode: str, round_k: int, split: str) -> Path:
 
 
 def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
-             round_k: int, subset: list[int] | None = None, output: Path | None = None) -> Path:
+             round_k: int, subset: list[int] | None = None, output: Path | None = None,
+             resume: bool = False) -> Path:
     """Decode ``split`` with the memories in ``memory_path`` (None: the run's BM25 memory) and
     write ``round_K/candidates/{split}.jsonl``, ``round_K/samples/{split}.jsonl`` or
     ``round_K/hyps/{split}.txt``; returns that path.
 
     ``subset`` decodes only those examples of the split (in that order) into ``output``.
+    ``resume`` keeps what an interrupted call left (the lift's rounds, whose fingerprints
+    say that the inputs are the same); otherwise it is removed first.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if output is None:
         output = decoding_path(paths, mode, round_k, split)
     started = time.perf_counter()
+    if not resume:
+        on_main(lambda: drop_parts(output))
     shards = shard_paths(output, env.world_size)
-    num_examples, num_decodings = decode_share(config, env, paths, split, mode, memory_path, subset,
-                                               shards[env.rank])
-    barrier()
+    num_examples, num_decodings, reused = decode_share(config, env, paths, split, mode, memory_path, subset,
+                                                       output, shards[env.rank])
+    reused = sum(all_gather(reused))  # once every rank has written its shard
 
     def merge() -> None:
+        if reused:
+            log.info("%s %s: %d examples' lines kept from an interrupted attempt", mode, split, reused)
         merge_shards(shards, output, num_examples)
         log.info("%s %s: %d examples, %d decodings in %.1f s -> %s", mode, split, num_examples, num_decodings,
                  time.perf_counter() - started, output)
@@ -194,12 +201,16 @@ def generate(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: st
 
 
 def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory_path: Path | None,
-                 subset: list[int] | None, shard: Path) -> tuple[int, int]:
+                 subset: list[int] | None, output: Path, shard: Path) -> tuple[int, int, int]:
     """Decode this rank's batches of ``split`` and write their output lines to ``shard``;
-    returns the numbers of examples and of decodings of the whole split (or subset).
+    returns the numbers of examples and of decodings of the whole split (or subset), and of
+    this rank's examples whose lines were kept from an earlier attempt.
 
     Every rank reads the split and its memories to size the batches; it keeps only its own
-    examples' finished lines, and all of it is freed before rank 0 merges the shards.
+    examples' finished lines, and all of it is freed before rank 0 merges the shards. Each
+    stream's lines also go to a part file of ``output`` as it ends; a stream whose every line
+    an earlier attempt left there is not decoded again (one left in part is: its lines may
+    depend on the batch).
     """
     gcfg = config.generator
     settings = decode_settings(config, mode)
@@ -233,24 +244,34 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     streaming = mode != "samples" and gcfg.engine == "native"  # the native beam search takes streams
     streams = decoding_streams(batches, sizes, config.candidates.stream_batches if streaming else 1)
 
-    lines: dict[int, str] = {}  # this rank's examples' output lines, until they are written in order
     mine = streams[env.rank::env.world_size]
-    bar = tqdm(total=sum(len(b) for stream in mine for b in stream), desc=f"{mode} {split}", unit="ex",
-               disable=not env.is_main)
-    for stream in mine:
-        stream_examples = [i for batch in stream for i in batch]
-        stream_units = [u for i in stream_examples for u in units_of[i]]
-        seeds = [sample_seed(config.run.seed, index[units[u].example], units[u].slot) for u in stream_units]
-        max_inputs = min(sum(len(units_of[i]) for i in batch) for batch in stream)
-        decoded = dict(zip(stream_units, generator.decode([encoded[u] for u in stream_units],
-                                                          [units[u].example for u in stream_units], env.device,
-                                                          seeds, max_inputs)))
-        for i in stream_examples:
-            lines[i] = output_line(mode, sets[i], [decoded[u] for u in units_of[i]], tokenizer)
-        bar.update(len(stream_examples))
+    mine_examples = {i for stream in mine for batch in stream for i in batch}
+    kept = kept_lines(output, mine_examples.__contains__)
+    lines: dict[int, str] = {}  # this rank's examples' output lines, until they are written in order
+    reused = 0
+    bar = tqdm(total=len(mine_examples), desc=f"{mode} {split}", unit="ex", disable=not env.is_main)
+    with progress_log(output, env.rank) as log_progress:
+        for stream in mine:
+            stream_examples = [i for batch in stream for i in batch]
+            if all(i in kept for i in stream_examples):
+                lines.update((i, kept[i]) for i in stream_examples)
+                reused += len(stream_examples)
+                bar.update(len(stream_examples))
+                continue
+            stream_units = [u for i in stream_examples for u in units_of[i]]
+            seeds = [sample_seed(config.run.seed, index[units[u].example], units[u].slot) for u in stream_units]
+            max_inputs = min(sum(len(units_of[i]) for i in batch) for batch in stream)
+            decoded = dict(zip(stream_units, generator.decode([encoded[u] for u in stream_units],
+                                                              [units[u].example for u in stream_units],
+                                                              env.device, seeds, max_inputs)))
+            finished = {i: output_line(mode, sets[i], [decoded[u] for u in units_of[i]], tokenizer)
+                        for i in stream_examples}
+            log_progress(finished.items())
+            lines.update(finished)
+            bar.update(len(stream_examples))
     bar.close()
     write_shard(shard, sorted(lines.items()))
-    return len(examples), len(units)
+    return len(examples), len(units), reused
 
 
 def decoding_streams(batches: list[list[int]], sizes: list[tuple[int]], per_stream: int) -> list[list[list[int]]]:

@@ -105,13 +105,13 @@ def _round_zero(config: Config, env: DistEnv, paths: RunPaths) -> None:
 
 
 def _decode_once(config: Config, env: DistEnv, paths: RunPaths, split: str, mode: str, memory: Path, k: int) -> None:
-    """Round k's decodings of ``split``, unless the round, resumed, wrote them before it stopped:
-    decodings are written whole, and a round started afresh removes them first."""
+    """Round k's decodings of ``split``, unless the round, resumed, wrote them before it stopped
+    (or the lines that it finished: a round started afresh removes them first)."""
     output = decoding_path(paths, mode, k, split)
     if agreed(output.exists):
         log.info("%s %s: kept, written before the round was resumed -> %s", mode, split, output)
         return
-    generate(config, env, paths, split, mode, memory, k)
+    generate(config, env, paths, split, mode, memory, k, resume=True)
 
 
 def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:

@@ -5,8 +5,9 @@ fingerprints of the stages whose outputs it uses. So a changed input changes the
 fingerprint of its stage and, through the chain, of every stage after it, and only those
 are redone. A stage that was started with the same fingerprint and not finished (a crash,
 a kill, a torchrun restart) is resumed as it stands: training stages continue from their
-checkpoint. A stage started afresh first removes its old outputs, so a checkpoint made
-under other inputs is never resumed.
+checkpoint, a round's decodings from the lines they had finished. A stage started afresh
+first removes its old outputs (and their unfinished parts), so nothing made under other
+inputs is ever resumed.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ from typing import Any
 from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import barrier, broadcast_from_main, on_main
 from selfmem.common.io import atomic_write_text
+from selfmem.common.shards import drop_parts
 
 log = logging.getLogger(__name__)
 
 
 def remove(paths: Sequence[Path]) -> None:
-    """Delete files and directories that exist."""
+    """Delete files and directories that exist, and the part files of an unfinished file."""
     for path in paths:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+        drop_parts(path)
 
 
 class RunState:

@@ -12,7 +12,9 @@ Written like the decodings: rank r scores every world_size-th example into its s
 ``{"candidates_sha1": ..., "scores": [[...], ...]}``, the scores shaped like the candidates
 file's ``"candidates"`` and the digest that of its candidates, checked where they are read.
 An example's candidates are scored as one batch of their distinct texts, so a score depends
-on the example alone, never on the rank or the number of ranks.
+on the example alone, never on the rank or the number of ranks; and a scoring that was
+interrupted goes on from the lines it had finished (``selfmem/common/shards.py``), each
+kept only if its digest is that of its candidates now.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from tqdm import tqdm
 
 from selfmem.common.config import Config
 from selfmem.common.data import Example, load_split
-from selfmem.common.distributed import DistEnv, agreed, barrier, on_main
+from selfmem.common.distributed import DistEnv, agreed, all_gather, on_main
 from selfmem.common.generator_inputs import SpecialIds, collate, encode_examples
 from selfmem.common.io import json_line
 from selfmem.common.records import DataError, iter_aligned, text_lists
 from selfmem.common.run import RunPaths
-from selfmem.common.shards import merge_shards, shard_paths, write_shard
+from selfmem.common.shards import kept_lines, merge_shards, progress_log, shard_paths, write_shard
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.infer.generate import load_generator
 
@@ -77,26 +79,41 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
     ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
                      decoder_start=model.decoder_start_id)
 
-    def lines() -> Iterator[tuple[int, str]]:
+    def mine(i: int) -> bool:
+        return i % env.world_size == env.rank
+
+    kept = kept_lines(output, mine)  # an interrupted attempt's lines, each checked against its candidates
+    reused = [0]
+
+    def lines(log_progress) -> Iterator[tuple[int, str]]:
         records = iter_aligned(candidates_path, len(examples), split)
         bar = tqdm(total=len(examples), desc=f"no-memory scores {split}", unit="ex", disable=not env.is_main)
         for i, (where, record) in enumerate(records):
             bar.update(1)
-            if i % env.world_size != env.rank:
+            if not mine(i):
                 continue
             candidates = text_lists(where, record, "candidates")
+            digest = candidates_digest(candidates)
+            if i in kept and json.loads(kept[i]).get("candidates_sha1") == digest:
+                reused[0] += 1
+                yield i, kept[i]
+                continue
             distinct = list(dict.fromkeys(c for per_input in candidates for c in per_input))
             score = dict(zip(distinct, candidate_log_probs(model, examples[i], distinct, tokenizer, config, ids,
                                                            env.device)))
-            yield i, json_line({"candidates_sha1": candidates_digest(candidates),
-                                "scores": [[round(score[c], 4) for c in per_input] for per_input in candidates]})
+            line = json_line({"candidates_sha1": digest,
+                              "scores": [[round(score[c], 4) for c in per_input] for per_input in candidates]})
+            log_progress([(i, line)])
+            yield i, line
         bar.close()
 
     shards = shard_paths(output, env.world_size)
-    write_shard(shards[env.rank], lines())
-    barrier()
+    with progress_log(output, env.rank) as log_progress:
+        write_shard(shards[env.rank], lines(log_progress))
+    reused = sum(all_gather(reused[0]))  # once every rank has written its shard
     on_main(lambda: merge_shards(shards, output, len(examples)))
-    log.info("no-memory scores %s: %d examples -> %s", split, len(examples), output)
+    kept_note = f" ({reused} kept from an interrupted attempt)" if reused else ""
+    log.info("no-memory scores %s: %d examples%s -> %s", split, len(examples), kept_note, output)
 
 
 def ensure_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split: str, candidates_path: Path,
