@@ -11,6 +11,7 @@ from selfmem.common.config import load_config
 from selfmem.common.distributed import DistEnv
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
+from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import build_bm25_memory
 from selfmem.train.generator import train_generator
@@ -93,3 +94,12 @@ def test_native_dual_model_fine_tunes_an_imported_checkpoint(tmp_path, bart_chec
     assert len(curve) == 15 and sum(curve[-3:]) < sum(curve[:3])
     model = Seq2SeqModel.load(paths.generator)
     assert model.config.memory == "dual" and model.config.position_offset == 2  # BART's layout kept
+
+
+@torch.no_grad()
+def test_engine_hf_reads_one_source_row_for_every_decoder_row(bart_checkpoint):
+    model = HFSeq2Seq(bart_checkpoint, pad_id=1).eval()
+    src = torch.tensor([[0, 45, 67, 89, 2]])
+    dec = torch.tensor([[2, 0, 40, 41], [2, 0, 50, 1], [2, 0, 60, 61]])
+    assert torch.equal(model(src, dec), model(src.expand(3, -1), dec))
+    assert torch.equal(model(src, dec, target_rows=torch.tensor([1, 6])), model(src.expand(3, -1), dec)[[0, 1], [1, 2]])

@@ -233,6 +233,20 @@ def test_reorder_cache_and_encoder_out(variant):
         assert (logits[:, 0] - expected[index, 3]).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@torch.no_grad()
+def test_one_source_row_serves_every_decoder_row(variant):
+    """Scoring many targets of one source: the source (and memories) encoded once, the rows'
+    queries stacked against it, give each row's logits of its own copy of the source."""
+    model = variant_model(variant)
+    src, dec, mem = batch(model.config.memory)
+    rows = dec.size(0)
+    expected = model(src[:1].expand(rows, -1), dec, None if mem is None else mem[:1].expand(rows, -1, -1))
+    positions = torch.tensor([0, 4, 7, 15, 17])
+    shared = model(src[:1], dec, None if mem is None else mem[:1], target_rows=positions)
+    assert (shared - expected.flatten(0, 1)[positions]).abs().max() < 1e-5
+
+
 def test_slotted_positions_pad_the_source_and_each_memory_to_its_slot():
     ids = torch.tensor([[9, 9, 9, SEP, 7, 7, SEP, 8, EOS, PAD],
                         [9, SEP, 7, 7, 7, 7, EOS, PAD, PAD, PAD],

@@ -38,10 +38,12 @@ class HFSeq2Seq(nn.Module):
         return self.hf.config.decoder_start_token_id
 
     def forward(self, src_ids, decoder_input_ids, memory_ids=None, target_rows=None) -> torch.Tensor:
-        """Logits (batch, tgt_len, vocab), or only the flattened positions ``target_rows`` (as the
-        native model's ``forward``)."""
+        """Logits (batch, tgt_len, vocab), or only the flattened positions ``target_rows``; one
+        source row may serve every decoder row (as the native model's ``forward``)."""
         if memory_ids is not None:
             raise ValueError("engine hf supports generator.memory none or joint, not dual")
+        if src_ids.size(0) == 1:
+            src_ids = src_ids.expand(decoder_input_ids.size(0), -1)
         logits = self.hf(input_ids=src_ids, attention_mask=src_ids.ne(self.pad_id),
                          decoder_input_ids=decoder_input_ids).logits
         return logits if target_rows is None else logits.flatten(0, 1).index_select(0, target_rows)

@@ -611,7 +611,9 @@ class Seq2SeqModel(nn.Module):
 
         With ``target_rows`` (indices into the flattened batch x tgt_len positions, e.g. those
         whose label is not padding) only those positions' logits, (len(target_rows), vocab):
-        the output projection, the largest product of a small model, skips the rest.
+        the output projection, the largest product of a small model, skips the rest. One
+        source row (and memory row) may serve every decoder row: it is encoded once, and
+        the rows attend to it together as a beam's do.
         """
         encoder_out = self.encode(src_ids, memory_ids)
         hidden, _ = self.decoder(decoder_input_ids, encoder_out, self.decoder.init_cache(encoder_out))

@@ -58,7 +58,8 @@ def candidate_log_probs(model: torch.nn.Module, example: Example, texts: list[st
     labels = batch["labels"].to(device)
     real = labels.ne(ids.pad)
     positions = real.flatten().nonzero().squeeze(1)  # the output projection skips the padding
-    logits = model(batch["src"].to(device), batch["decoder_input"].to(device), target_rows=positions)
+    # every row's source is the example's: one row, encoded once and read by every candidate
+    logits = model(batch["src"][:1].to(device), batch["decoder_input"].to(device), target_rows=positions)
     token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, labels.flatten()[positions, None]).squeeze(1)
     sums = token_log_probs.new_zeros(len(texts)).index_add_(0, positions // labels.size(1), token_log_probs)
     return (sums / real.sum(1)).tolist()
