@@ -54,8 +54,11 @@ from selfmem.train.selector import train_selector  # noqa: E402
 
 TRAINED = "selector.kind=trained"
 SAMPLES = "selector.mbr_references=samples"
+# MBR without the no-memory baseline's opinion (whatever the config's default), so that each
+# variant is what its name says
+MBR = ["selector.kind=mbr", "selector.no_memory_weight=0"]
 # MBR against the candidates (or samples) alone, as before the retrieved memory weighed
-CONSENSUS = ["selector.kind=mbr", "selector.mbr_retrieved_weight=0"]
+CONSENSUS = [*MBR, "selector.mbr_retrieved_weight=0"]
 BLEU = "selector.mbr_utility=bleu"
 CHRF = "selector.mbr_utility=chrf"
 # name -> overrides of the run's config; the trained ones are trained in selectors/NAME/
@@ -68,14 +71,14 @@ VARIANTS = {
     "mbr-chrf-samples": [*CONSENSUS, CHRF, SAMPLES],
     # the default: chrF++, the top 5 BM25 hits weighing what dev chooses among
     # selector.mbr_retrieved_weight_choices, with the temperature (both printed)
-    "mbr-chrf+top5dev": ["selector.kind=mbr", CHRF, "selector.mbr_retrieved_hits=5", "selector.mbr_retrieved_weight=null"],
+    "mbr-chrf+top5dev": [*MBR, CHRF, "selector.mbr_retrieved_hits=5", "selector.mbr_retrieved_weight=null"],
     # and the no-memory baseline's opinion of each candidate, its weight chosen on dev with them
     # (needs the run's no_memory/generator: lift.no_memory_baseline)
     "mbr-chrf+top5dev+nomem": ["selector.kind=mbr", CHRF, "selector.mbr_retrieved_hits=5",
                                "selector.mbr_retrieved_weight=null", "selector.no_memory_weight=null"],
     # the retrieved memory, the top K BM25 hits, as pseudo-references sharing weight W;
     # W = 1000: the candidate closest to the hits, the consensus aside
-    **{f"mbr-{u}+top{k}w{w}": ["selector.kind=mbr", f"selector.mbr_utility={u}", f"selector.mbr_retrieved_hits={k}",
+    **{f"mbr-{u}+top{k}w{w}": [*MBR, f"selector.mbr_utility={u}", f"selector.mbr_retrieved_hits={k}",
                                f"selector.mbr_retrieved_weight={w}"]
        for u in ("bleu", "chrf") for k in (1, 3, 5) for w in (1, 2, 4, 8, 16, 1000)},
     "S": [TRAINED],
