@@ -80,8 +80,8 @@ class System:
     forks: str | None = None  # the run whose finished stages it starts from
 
 
-# a fork with the joint generator's settings keeps its no-memory baseline too; dual and augment
-# train their own (the baseline's fingerprint reads the generator's settings)
+# every fork keeps joint's no-memory baseline: a generator without memory does not depend on
+# what the memory settings of dual and augment change (the baseline's fingerprint leaves them out)
 SYSTEMS = [
     System("joint", (), ("tm", "page")),
     System("topb4", ("selector.beam=4",), ("tm",), forks="joint"),

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from selfmem.common.config import Config
+from selfmem.common.config import Config, GeneratorConfig
 from selfmem.common.data import SPLITS, load_split, split_file
 from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv, agreed, on_main
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 EVAL_SPLITS = ("dev", "test")
 # keys that change no result (train.compile and candidates.stream_batches their rounding only):
 # they are left out of the fingerprints
+# the generator keys that only a memory reads (a generator without one ignores them)
+MEMORY_ONLY = ("memory", "copy_epochs", "num_memories")
 BOOKKEEPING = ("save_every", "log_every", "prefetch", "compile", "batch_size", "index_name", "connect_attempts",
                "connect_backoff", "stream_batches")
 
@@ -145,10 +147,18 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
     on_main(lambda: atomic_write_jsonl(paths.round_dir(k) / "metrics.jsonl", [row() for row in rows]))
 
 
+def baseline_generator(generator: GeneratorConfig) -> GeneratorConfig:
+    """The run's generator settings as its no-memory baseline reads them: the keys that only a
+    memory reads at their defaults, so that generators differing only there (joint or dual,
+    their memories, the copy recipe) share one baseline, and its stage's fingerprint."""
+    return dataclasses.replace(generator, **{key: getattr(GeneratorConfig, key) for key in MEMORY_ONLY})
+
+
 def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """A generator without memory, trained and decoded like the run's own, in ``no_memory/``."""
     init = config.lift.no_memory_init or config.generator.init
-    baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none", init=init))
+    generator = dataclasses.replace(baseline_generator(config.generator), memory="none", init=init)
+    baseline = dataclasses.replace(config, generator=generator)
     baseline_paths = paths.no_memory_baseline()
     train_generator(baseline, env, baseline_paths)
     hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
@@ -217,8 +227,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     baselines, baseline_key = [], None
     if config.lift.no_memory_baseline:
         baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
-        baseline_key = state.run("no_memory", [tokenizer_key, config.data, config.generator, baseline_init,
-                                               train, decoding, seed],
+        baseline_key = state.run("no_memory", [tokenizer_key, config.data, baseline_generator(config.generator),
+                                               baseline_init, train, decoding, seed],
                                  [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
     selection = {key: getattr(config.selector, key) for key in SELECTION}
