@@ -15,12 +15,14 @@ Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
 - ``dual``: a dual-memory generator, round 0 (``Transformer-Dual``) and self memory.
 - ``augment``: a generator reading two memories, the self memory added beside the
   retrieved one (``selector.mode=augment``).
+- ``copy``: a joint generator trained with the copy recipe (``generator.copy_epochs=4``), its
+  round 0 and self memory: does a generator that follows its memory further gain more?
 - ``upper``: the joint generator with each example's reference as its memory, the paper's
   upper bound (decoded with launch/generate.py, no lift).
 
 A run that shares stages with an earlier one (``forks``) starts as a copy of that run's
-finished stages (tokenizer, BM25 memory and, where the generator is the same, generator
-and round 0): the lift's fingerprints then redo exactly what differs. The k=v overrides go
+finished stages (tokenizer, BM25 memory, the no-memory baseline and, where the generator
+is the same, generator and round 0): the lift's fingerprints then redo exactly what differs. The k=v overrides go
 to every run (e.g. ``train.max_epochs=12``); the runs' own settings are ``BASE``.
 
 The report (default docs/results_translation.md, with a plot per corpus beside it) is
@@ -88,6 +90,10 @@ SYSTEMS = [
     System("dual", ("generator.memory=dual",), ("tm",), forks="joint"),
     System("augment", ("generator.num_memories=2", "selector.mode=augment", "selector.max_memories=2"),
            ("tm",), forks="joint"),
+    # the joint generator taught to copy first (its first 4 of 12 epochs with each example's
+    # reference as its memory): does a G that follows its memory further turn a better pick
+    # into a better output? Chosen against `joint` on dev (docs/results.md)
+    System("copy", ("generator.copy_epochs=4",), ("tm",), forks="joint"),
 ]
 UPPER = "upper"  # the joint generator decoding with the reference as memory
 
@@ -208,12 +214,13 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         shown = "-" if round_name == "no_memory" else round_name
         lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
 
-    labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory"}
+    labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory",
+              "copy": "Joint, copy epochs (4)"}
     for name, rows in runs.items():
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if name == "joint" and "no_memory" in dev:  # the others' baselines are copies of it, or trained alike
             row("Transformer (no memory)", root / corpus / name, "no_memory", dev["no_memory"])
-        if name in ("joint", "dual") and 0 in dev:
+        if name in ("joint", "dual", "copy") and 0 in dev:  # a generator of its own
             row(f"Transformer-{labels[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
         self_rounds = [k for k in dev if isinstance(k, int) and k > 0]
         if self_rounds:
