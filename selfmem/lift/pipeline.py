@@ -57,10 +57,10 @@ log = logging.getLogger(__name__)
 EVAL_SPLITS = ("dev", "test")
 # keys that change no result (train.compile and candidates.stream_batches their rounding only):
 # they are left out of the fingerprints
-# the generator keys that only a memory reads (a generator without one ignores them)
-MEMORY_ONLY = ("memory", "copy_epochs", "num_memories")
 BOOKKEEPING = ("save_every", "log_every", "prefetch", "compile", "batch_size", "index_name", "connect_attempts",
                "connect_backoff", "stream_batches")
+# the generator keys that only a memory reads (a generator without one ignores them)
+MEMORY_ONLY = ("memory", "copy_epochs", "num_memories")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:
@@ -154,11 +154,17 @@ def baseline_generator(generator: GeneratorConfig) -> GeneratorConfig:
     return dataclasses.replace(generator, **{key: getattr(GeneratorConfig, key) for key in MEMORY_ONLY})
 
 
+def baseline_config(config: Config) -> Config:
+    """The run's config as its no-memory baseline trains and decodes: no memory, started from
+    ``lift.no_memory_init`` (or the generator's own init)."""
+    init = config.lift.no_memory_init or config.generator.init
+    return dataclasses.replace(config, generator=dataclasses.replace(baseline_generator(config.generator),
+                                                                     memory="none", init=init))
+
+
 def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """A generator without memory, trained and decoded like the run's own, in ``no_memory/``."""
-    init = config.lift.no_memory_init or config.generator.init
-    generator = dataclasses.replace(baseline_generator(config.generator), memory="none", init=init)
-    baseline = dataclasses.replace(config, generator=generator)
+    baseline = baseline_config(config)
     baseline_paths = paths.no_memory_baseline()
     train_generator(baseline, env, baseline_paths)
     hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
@@ -193,8 +199,7 @@ def check_lift_config(config: Config) -> None:
                          "which the lift trains with lift.no_memory_baseline=true: set it, or "
                          "selector.no_memory_weight=0")
     if config.lift.no_memory_baseline:  # a generator without memory, maybe from its own checkpoint
-        without_memory = dataclasses.replace(config.generator, memory="none")
-        check_length_budgets(dataclasses.replace(config, generator=without_memory), config.lift.no_memory_init)
+        check_length_budgets(baseline_config(config))  # against its init, where it has one
 
 
 def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:

@@ -42,6 +42,7 @@ from selfmem.infer.generate import load_generator
 
 log = logging.getLogger(__name__)
 
+
 def candidates_digest(candidates: list[list[str]]) -> str:
     """A line's candidates (over its memory inputs) as a short digest: which scores are whose."""
     return hashlib.sha1(json.dumps(candidates, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
@@ -84,9 +85,10 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
         return i % env.world_size == env.rank
 
     kept = kept_lines(output, mine)  # an interrupted attempt's lines, each checked against its candidates
-    reused = [0]
+    reused = 0
 
     def lines(log_progress) -> Iterator[tuple[int, str]]:
+        nonlocal reused
         records = iter_aligned(candidates_path, len(examples), split)
         bar = tqdm(total=len(examples), desc=f"no-memory scores {split}", unit="ex", disable=not env.is_main)
         for i, (where, record) in enumerate(records):
@@ -96,7 +98,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
             candidates = text_lists(where, record, "candidates")
             digest = candidates_digest(candidates)
             if i in kept and json.loads(kept[i]).get("candidates_sha1") == digest:
-                reused[0] += 1
+                reused += 1
                 yield i, kept[i]
                 continue
             distinct = list(dict.fromkeys(c for per_input in candidates for c in per_input))
@@ -111,9 +113,9 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
     shards = shard_paths(output, env.world_size)
     with progress_log(output, env.rank) as log_progress:
         write_shard(shards[env.rank], lines(log_progress))
-    reused = sum(all_gather(reused[0]))  # once every rank has written its shard
+    total_reused = sum(all_gather(reused))  # once every rank has written its shard
     on_main(lambda: merge_shards(shards, output, len(examples)))
-    kept_note = f" ({reused} kept from an interrupted attempt)" if reused else ""
+    kept_note = f" ({total_reused} kept from an interrupted attempt)" if total_reused else ""
     log.info("no-memory scores %s: %d examples%s -> %s", split, len(examples), kept_note, output)
 
 
