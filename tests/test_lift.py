@@ -470,3 +470,38 @@ def test_path_digest_follows_the_files_behind_a_path(tmp_path):
     assert path_digest(checkpoint) != first
     assert path_digest(checkpoint / "sub" / "model.bin") == file_digest(checkpoint / "sub" / "model.bin")
     assert path_digest(None) is None
+
+
+def test_a_stage_killed_while_its_old_outputs_go_is_neither_skipped_nor_resumed(tmp_path, monkeypatch):
+    from selfmem.lift import state as state_module
+
+    output = tmp_path / "stage"
+    runs = []
+
+    def work(tag):
+        def write():
+            output.mkdir(exist_ok=True)
+            (output / "checkpoint").write_text(tag)
+            runs.append(tag)
+        return write
+
+    state = state_module.RunState(tmp_path / "state.json")
+    state.run("stage", ["old"], [output], work("old"))
+    real_remove = state_module.remove
+
+    def killed_midway(paths):  # the inputs changed; killed while the old outputs are removed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state_module, "remove", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        state_module.RunState(tmp_path / "state.json").run("stage", ["new"], [output], work("new"))
+    assert "stage" not in json.loads((tmp_path / "state.json").read_text())["stages"]
+    monkeypatch.setattr(state_module, "remove", real_remove)
+    # back to the old inputs: the old outputs may be half gone, so the stage runs again
+    state_module.RunState(tmp_path / "state.json").run("stage", ["old"], [output], work("old"))
+    assert runs == ["old", "old"]
+    # the new inputs: the old checkpoint is removed before the work, never resumed from
+    seen = []
+    state_module.RunState(tmp_path / "state.json").run(
+        "stage", ["new"], [output], lambda: seen.append(output.exists()) or work("new")())
+    assert seen == [False] and (output / "checkpoint").read_text() == "new"

@@ -70,6 +70,10 @@ class RunState:
             log.info("stage %s: resuming (%s)", name, key)
         else:
             log.info("stage %s: %s (%s)", name, "inputs changed, redone" if record else "starting", key)
+            # the old record goes first and the new one comes after the old outputs are gone: a
+            # kill in between leaves no record, so the next attempt removes them again, neither
+            # skipping the stage (marked done without its files) nor resuming from what is left
+            self._record(name, None)
             on_main(lambda: remove(outputs))
             self._record(name, {"fingerprint": key, "done": False})
         started = time.perf_counter()
