@@ -4,6 +4,7 @@ belongs to other candidates refused, and an interrupted scoring resumed."""
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -164,3 +165,31 @@ def test_an_interrupted_scoring_keeps_the_lines_it_finished_that_still_match_the
     resumed = output.read_bytes().splitlines()
     assert resumed[1:] == expected.splitlines()[1:]
     assert json.loads(resumed[0])["candidates_sha1"] == candidates_digest(changed["candidates"])
+
+
+def test_scores_are_kept_only_for_the_candidates_they_score(scored_run, tmp_path, monkeypatch):
+    """A scores file is fresh when its digests are those of the candidates it is asked for,
+    whatever the files' ages: another candidates file, older than the round's scores (a
+    stand-alone script's ``--candidates``), is scored, not refused later as another file's."""
+    root = tmp_path / "fresh"
+    shutil.copytree(scored_run["one"].parent, root, symlinks=True)
+    config = load_config(DEMO_CONFIG, [f"run.root={root}", *SETTINGS])
+    paths, one = RunPaths(config.run_dir), DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    own, output = paths.candidates(1, "dev"), paths.no_memory_scores(1, "dev")
+    lines = [json.loads(line) for line in own.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        line["candidates"] = [list(reversed(texts)) for texts in reversed(line["candidates"])]
+        line["memories"] = list(reversed(line["memories"]))
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    os.utime(other, (0, 0))  # older than the round's scores
+    real, calls = no_memory.candidate_log_probs, []
+    monkeypatch.setattr(no_memory, "candidate_log_probs", lambda *args: calls.append(1) or real(*args))
+    no_memory.ensure_no_memory_scores(config, one, paths, "dev", own, output)
+    assert calls == []  # the round's own scores: kept
+    no_memory.ensure_no_memory_scores(config, one, paths, "dev", other, output)
+    assert len(calls) == 12
+    assert [json.loads(line)["candidates_sha1"] for line in output.read_text().splitlines()] == \
+        [candidates_digest(line["candidates"]) for line in lines]
+    no_memory.ensure_no_memory_scores(config, one, paths, "dev", other, output)
+    assert len(calls) == 12  # fresh now

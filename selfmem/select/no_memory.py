@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -119,13 +120,31 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
     log.info("no-memory scores %s: %d examples%s -> %s", split, len(examples), kept_note, output)
 
 
+def scores_of(output: Path, candidates_path: Path) -> bool:
+    """Whether ``output`` holds a scores line for each line of ``candidates_path``, in order, each
+    with the digest of that line's candidates (a file's age says nothing: a scores file may be
+    another candidates file's, one decoded again since, or one read by a stand-alone script)."""
+    if not output.exists():
+        return False
+    with output.open(encoding="utf-8") as scores, candidates_path.open(encoding="utf-8") as candidates:
+        for score_line, candidates_line in zip_longest(scores, candidates):
+            if score_line is None or candidates_line is None:
+                return False
+            try:
+                digest = json.loads(score_line).get("candidates_sha1")
+                texts = json.loads(candidates_line).get("candidates")
+            except (json.JSONDecodeError, AttributeError):
+                return False
+            if not isinstance(texts, list) or digest != candidates_digest(texts):
+                return False
+    return True
+
+
 def ensure_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split: str, candidates_path: Path,
                             output: Path) -> None:
-    """Score the candidates without memory unless ``output`` holds their scores already (written
-    after the candidates file: a round resumed, or dev's scores read twice)."""
-    def fresh() -> bool:
-        return output.exists() and output.stat().st_mtime >= candidates_path.stat().st_mtime
-    if not agreed(fresh):
+    """Score the candidates without memory unless ``output`` holds their scores already (a
+    round resumed, or dev's scores read twice)."""
+    if not agreed(lambda: scores_of(output, candidates_path)):
         score_without_memory(config, env, paths, split, candidates_path, output)
 
 

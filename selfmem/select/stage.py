@@ -275,7 +275,7 @@ def selection_lines(config: Config, paths: RunPaths, split: str, round_k: int, p
 def prepare_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
                              path: Path) -> None:
     """Where MBR weighs it, the no-memory baseline's score of each candidate in ``path``, into
-    round K's no-memory scores file (kept where it is newer than the candidates)."""
+    round K's no-memory scores file (kept where it holds these candidates' scores)."""
     if reads_no_memory(config.selector):
         ensure_no_memory_scores(config, env, paths, split, path, paths.no_memory_scores(round_k, split))
 
