@@ -175,6 +175,29 @@ def test_samples_must_come_from_the_candidates_memories(tmp_path):
         f"{samples}: 4 lines for 3 dev examples (one line per example, in dataset order)")
 
 
+def test_empty_samples_are_refused_not_scored_nan(tmp_path):
+    samples = write(RunPaths(config(tmp_path).run_dir).samples(1, "dev"),
+                    [json.dumps({"memories": [["a memory"]], "samples": [["one"]]}),
+                     json.dumps({"memories": [["a memory"]], "samples": [[]]}),
+                     json.dumps({"memories": [["a memory"]], "samples": [["one"]]})])
+    assert select_error(tmp_path, [candidates_line()] * 3, "selector.mbr_references=samples") == (
+        f"{samples}:2: no samples (\"samples\" holds no text; sampling draws at least one per memory input): "
+        f"decode the split again with launch/generate.py --mode samples")
+
+
+def test_a_selector_reading_the_generators_scores_refuses_candidates_without_them_before_any_model(tmp_path):
+    # no selector is trained: the candidates are refused first, with what needs their scores
+    lines = [json.dumps({"memories": [["a memory"]], "candidates": [["one", "two"]], "scores": [[-0.5, -0.7]]}),
+             candidates_line(), candidates_line()]
+    for overrides, wanted_by in ((["selector.kind=trained", "selector.features=[generator]"],
+                                  "the selector feature 'generator'"),
+                                 (["selector.kind=trained", "selector.features=[mbr]", "selector.mbr_temperature=1",
+                                   "selector.mbr_retrieved_weight=0"], "selector.mbr_temperature")):
+        assert select_error(tmp_path, lines, *overrides) == (
+            f"{tmp_path / 'candidates.jsonl'}:2: no \"scores\" (the generator's score of each candidate), which "
+            f"{wanted_by} needs: decode the candidates with launch/generate.py --mode candidates")
+
+
 def test_candidates_that_are_not_lists_of_texts_are_refused(tmp_path):
     lines = [candidates_line(), json.dumps({"memories": [[]], "candidates": ["one", "two"]}), candidates_line()]
     assert select_error(tmp_path, lines) == (f"{tmp_path / 'candidates.jsonl'}:2: \"candidates\" must be a list of "

@@ -102,6 +102,9 @@ def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Pat
                 raise DataError(f"{sample_where}: its \"memories\" differ from those of {where}: samples and "
                                 f"candidates must be decoded from the same memory file")
             drawn = [t for per_input in text_lists(sample_where, sample_record, "samples") for t in per_input]
+            if not drawn:  # MBR's expected utility over no references: every score NaN, the pick arbitrary
+                raise DataError(f"{sample_where}: no samples (\"samples\" holds no text; sampling draws at least "
+                                f"one per memory input): decode the split again with launch/generate.py --mode samples")
         opinion = None
         if opinions is not None:
             opinion = no_memory_scores(*next(opinions), candidates, where)

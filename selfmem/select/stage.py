@@ -349,6 +349,16 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
         cfg, mbr_retrieved_weight=weight, mbr_temperature=temperature, no_memory_weight=opinion))
 
 
+def generator_scores_wanted_by(cfg: SelectorConfig) -> str | None:
+    """The setting that reads the generator's score of each candidate, or None: a trained S
+    with the feature 'generator', or MBR (the selector or S's feature) weighted by them."""
+    if cfg.kind == "trained" and "generator" in cfg.features:
+        return "the selector feature 'generator'"
+    if cfg.mbr_temperature is not None and (cfg.kind == "mbr" or "mbr" in cfg.features):
+        return "selector.mbr_temperature"
+    return None
+
+
 def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, round_k: int,
                     candidates_path: Path | None = None, chunk_examples: int = CHUNK_EXAMPLES) -> list[str] | None:
     """Choose the next memories of ``split`` from round K's candidates into round K's memory
@@ -366,11 +376,12 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     def candidate_lines() -> Iterator[CandidateLine]:
         return selection_lines(config, paths, split, round_k, path, num_examples)
 
+    scores_wanted_by = generator_scores_wanted_by(cfg)
     for line in candidate_lines():  # all of it before any model: a bad line fails at once
         if cfg.mode == "augment":
             augmented_list(line)
-        if cfg.kind == "mbr" and cfg.mbr_temperature is not None:
-            require_generator_scores(line, "selector.mbr_temperature")
+        if scores_wanted_by is not None:
+            require_generator_scores(line, scores_wanted_by)
     score = trained_scorer(config, env, paths) if cfg.kind == "trained" else mbr_scorer(config)
     picks: dict[int, str] = {}  # this rank's examples' top picks
 
