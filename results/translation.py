@@ -21,9 +21,11 @@ Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
   upper bound (decoded with launch/generate.py, no lift).
 
 A run that shares stages with an earlier one (``forks``) starts as a copy of that run's
-finished stages (tokenizer, BM25 memory, the no-memory baseline and, where the generator
-is the same, generator and round 0): the lift's fingerprints then redo exactly what differs. The k=v overrides go
-to every run (e.g. ``train.max_epochs=12``); the runs' own settings are ``BASE``.
+finished stages: tokenizer, BM25 memory and the no-memory baseline and, where the generator
+is the same (no ``generator.*`` of its own), generator and round 0; the lift's fingerprints
+then redo exactly what differs. The upper bound decodes with ``joint``'s trained generator,
+and again whenever that one is trained anew. The k=v overrides go to every run (e.g.
+``train.max_epochs=12``); the runs' own settings are ``BASE``.
 
 The report (default docs/results_translation.md, with a plot per corpus beside it) is
 rebuilt from each run's ``metrics.jsonl`` and ``state.json``: per corpus, each system on
@@ -76,10 +78,17 @@ class Setup:
 
 @dataclass(frozen=True)
 class System:
+    """A lift configuration of the experiment: its run's name, its own overrides, its corpora."""
+
     name: str
     overrides: tuple[str, ...]
     corpora: tuple[str, ...]
     forks: str | None = None  # the run whose finished stages it starts from
+
+    @property
+    def own_generator(self) -> bool:
+        """Whether it trains a generator of its own (sets a ``generator.*`` key)."""
+        return any(o.startswith("generator.") for o in self.overrides)
 
 
 # every fork keeps joint's no-memory baseline: a generator without memory does not depend on
@@ -95,7 +104,11 @@ SYSTEMS = [
     # into a better output? Chosen against `joint` on dev (docs/results.md)
     System("copy", ("generator.copy_epochs=4",), ("tm",), forks="joint"),
 ]
+BY_NAME = {s.name: s for s in SYSTEMS}
 UPPER = "upper"  # the joint generator decoding with the reference as memory
+# the stages that read no generator, with their directories: what a fork that trains a
+# generator of its own keeps of the run it starts from
+GENERATOR_FREE = {"tokenizer": "tokenizer", "retrieval": "memory", "no_memory": "no_memory"}
 
 
 def run_args(setup: Setup, corpus: str, name: str, own: tuple[str, ...] = ()) -> list[str]:
@@ -105,9 +118,19 @@ def run_args(setup: Setup, corpus: str, name: str, own: tuple[str, ...] = ()) ->
             f"run.root={setup.root / corpus}", f"run.name={name}", *BASE, *own, *setup.overrides]
 
 
-def run_config(setup: Setup, corpus: str, name: str):
-    args = run_args(setup, corpus, name)
+def run_config(setup: Setup, corpus: str, name: str, own: tuple[str, ...] = ()):
+    """The config a run reads (``run_args``)."""
+    args = run_args(setup, corpus, name, own)
     return load_config(args[1], args[2:])
+
+
+def stages_of(run: Path, wanted_by: str) -> dict[str, dict]:
+    """A run's stage records, or an error naming what wanted them."""
+    state = RunPaths(run).state
+    if not state.exists():
+        raise SystemExit(f"{run}: no run there, which {wanted_by} starts from: run it first "
+                         f"(--systems {run.name})")
+    return json.loads(state.read_text(encoding="utf-8"))["stages"]
 
 
 def launch(script: str, args: list[str], nproc: int) -> None:
@@ -117,18 +140,30 @@ def launch(script: str, args: list[str], nproc: int) -> None:
     subprocess.run([*runner, str(REPO / script), *args], cwd=REPO, check=True)
 
 
-def fork(source: Path, target: Path) -> None:
+def fork(source: Path, target: Path, own_generator: bool) -> None:
     """Start ``target`` as a copy of ``source``'s finished stages before its rounds of self
-    memory (once: a started run is left to resume)."""
+    memory, or, with ``own_generator``, of those that read no generator (``GENERATOR_FREE``):
+    a copied generator and round 0 would stand in the report as the fork's own until its lift
+    trained them anew. Once: a started run is left to resume."""
     if (target / "state.json").exists():
         return
-    stages = json.loads((source / "state.json").read_text(encoding="utf-8"))["stages"]
+    stages = stages_of(source, target.name)
+
+    def shared(stage: str) -> bool:
+        return stage in GENERATOR_FREE if own_generator else not (stage.startswith("round_") and stage != "round_0")
+
+    def left_out(directory: str, names: list[str]) -> list[str]:
+        if Path(directory) != source:
+            return []
+        if own_generator:
+            return [n for n in names if n not in GENERATOR_FREE.values()]
+        return [n for n in names if n.startswith("round_") and n != "round_0"]
+
     kept = {name: {**record, "forked_from": source.name} for name, record in stages.items()
-            if record.get("done") and not (name.startswith("round_") and name != "round_0")}
+            if record.get("done") and shared(name)}
     partial = target.with_name(f".{target.name}.fork")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=lambda directory, names: [
-        n for n in names if Path(directory) == source and n.startswith("round_") and n != "round_0"])
+    shutil.copytree(source, partial, ignore=left_out)
     (partial / "state.json").write_text(json.dumps({"stages": kept}, indent=1) + "\n", encoding="utf-8")
     partial.rename(target)
 
@@ -139,14 +174,24 @@ def reference_memory(config, split: str, path: Path) -> None:
 
 
 def run_upper_bound(setup: Setup, corpus: str) -> None:
-    """The joint generator's dev and test hypotheses with the reference as memory."""
-    upper = setup.root / corpus / UPPER
+    """The joint generator's dev and test hypotheses with the reference as memory: decoded
+    once joint's generator is trained, and again with a generator trained anew."""
+    joint, upper = setup.root / corpus / "joint", setup.root / corpus / UPPER
+    generator = stages_of(joint, "the upper bound").get("generator", {})
+    if not generator.get("done"):
+        raise SystemExit(f"{joint}: its generator is not trained yet, which the upper bound decodes with: "
+                         f"run --systems joint first")
+    source = upper / "generator_fingerprint"
+    if source.exists() and source.read_text(encoding="utf-8") != generator["fingerprint"]:
+        for part in ("tokenizer", "generator", "round_0"):
+            shutil.rmtree(upper / part, ignore_errors=True)
     for split in ("dev", "test"):
         if (upper / "round_0" / "hyps" / f"{split}.txt").exists():
             continue
         for part in ("tokenizer", "generator"):
             if not (upper / part).exists():
-                shutil.copytree(setup.root / corpus / "joint" / part, upper / part)
+                shutil.copytree(joint / part, upper / part)
+        atomic_write_text(source, generator["fingerprint"])
         memory = upper / "reference_memory" / f"{split}.jsonl"
         reference_memory(run_config(setup, corpus, UPPER), split, memory)
         launch("launch/generate.py", [*run_args(setup, corpus, UPPER), "--split", split, "--mode", "hypotheses",
@@ -160,7 +205,7 @@ def run_all(setup: Setup, corpora: list[str], names: list[str]) -> None:
             if system.name not in names or corpus not in system.corpora:
                 continue
             if system.forks is not None:
-                fork(setup.root / corpus / system.forks, setup.root / corpus / system.name)
+                fork(setup.root / corpus / system.forks, setup.root / corpus / system.name, system.own_generator)
             launch("launch/lift.py", run_args(setup, corpus, system.name, system.overrides), setup.nproc)
         if UPPER in names:
             run_upper_bound(setup, corpus)
@@ -239,7 +284,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
                   "| round | split | hypotheses | memory | outputs that are their memory | selector's pick vs beam top-1 "
                   "| oracle | memories changed | BM25 hits' weight | temperature | no-memory opinion's weight |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        num_memories = run_config(setup, corpus, name).generator.num_memories
+        num_memories = run_config(setup, corpus, name, BY_NAME[name].overrides).generator.num_memories
         for r in rows:
             if not isinstance(r["round"], int):
                 continue
@@ -267,9 +312,10 @@ def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
     for name, rows in runs.items():
         dev = [r for r in rows if r["split"] == "dev" and isinstance(r["round"], int)]
         ax.plot([r["round"] for r in dev], [r["hyps"] for r in dev], "o-", label=name)
-        if name == "joint":
-            ax.axhline(dev[0]["hyps"], color="gray", linestyle="--", linewidth=1, label="BM25 memory (joint)")
+        if name == "joint":  # its round 0 and its twin, where finished (a stage being redone has no row)
             for r in rows:
+                if r["split"] == "dev" and r["round"] == 0:
+                    ax.axhline(r["hyps"], color="gray", linestyle="--", linewidth=1, label="BM25 memory (joint)")
                 if r["split"] == "dev" and r["round"] == "no_memory":
                     ax.axhline(r["hyps"], color="black", linestyle=":", linewidth=1, label="no memory")
     ax.set_title(CORPORA[corpus])
@@ -299,6 +345,7 @@ def write_report(setup: Setup, corpora: list[str], report: Path) -> str:
 
 
 def main() -> None:
+    """Run or resume the chosen systems (unless --report-only), then write the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     parser.add_argument("--systems", nargs="+", default=[s.name for s in SYSTEMS] + [UPPER],

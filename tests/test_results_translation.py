@@ -1,6 +1,7 @@
 """results/translation.py for real on the demo data: systems that share a generator train it
 once, a second call resumes (redoes nothing), and the report's figures are the runs'."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -121,3 +122,66 @@ def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
     assert f"| Selfmem Joint | 1 | {dev[1]:.2f} | " in text
     joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
     assert "| 1 | dev |" in joint and "| 2 | dev |" not in joint
+
+
+def translation_module():
+    spec = importlib.util.spec_from_file_location("translation", REPO / "results" / "translation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["translation"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_system_with_a_generator_of_its_own_starts_from_the_stages_that_read_none(driven, tmp_path):
+    """dual forks joint's tokenizer, BM25 memory and no-memory baseline only: joint's generator
+    and round 0, copied, would stand in the report as dual's own until its lift retrained them.
+    The report leaves out a run's round 0 while it is being redone (the plot's BM25 line too)."""
+    translation = translation_module()
+    runs, data, _ = driven
+    copy = tmp_path / "runs" / "tm"
+    shutil.copytree(runs, copy, symlinks=True)
+    assert translation.BY_NAME["dual"].own_generator and not translation.BY_NAME["topb4"].own_generator
+    translation.fork(copy / "joint", copy / "dual", own_generator=True)
+    assert sorted(p.name for p in (copy / "dual").iterdir()) == ["memory", "no_memory", "state.json", "tokenizer"]
+    joint = stages(copy / "joint")
+    assert stages(copy / "dual") == {name: {**joint[name], "forked_from": "joint"}
+                                     for name in ("tokenizer", "retrieval", "no_memory")}
+    shutil.rmtree(copy / "joint" / "round_0")  # joint's round 0 being redone
+    report = tmp_path / "report.md"
+    again = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
+                            "--root", str(tmp_path / "runs"), "--data", str(data), "--report", str(report),
+                            "--report-only", *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    text = report.read_text()
+    assert "Dual" not in text and "BM25 memory, round 0" not in text and "| Selfmem Joint |" in text
+    # the augment system's own settings reach the config its report reads
+    setup = translation.Setup(tmp_path / "runs", data, DEMO_CONFIG, (), 1)
+    assert translation.run_config(setup, "tm", "augment", translation.BY_NAME["augment"].overrides) \
+        .generator.num_memories == 2
+
+
+def test_the_upper_bound_waits_for_joints_generator_and_follows_it(driven, tmp_path, monkeypatch):
+    translation = translation_module()
+    runs, data, _ = driven
+    copy = tmp_path / "runs" / "tm"
+    shutil.copytree(runs, copy, symlinks=True)
+    setup = translation.Setup(tmp_path / "runs", data, DEMO_CONFIG, tuple(SMALL[2:]), 1)
+    decoded = []
+    monkeypatch.setattr(translation, "launch", lambda script, args, nproc: decoded.append(args[args.index("--split") + 1]))
+    translation.run_upper_bound(setup, "tm")
+    assert decoded == []  # both splits decoded already, with joint's generator as it is
+    state = json.loads((copy / "joint" / "state.json").read_text())
+    state["stages"]["generator"]["fingerprint"] = "retrained"
+    (copy / "joint" / "state.json").write_text(json.dumps(state))
+    translation.run_upper_bound(setup, "tm")
+    assert decoded == ["dev", "test"]  # joint's generator trained anew: decoded again with it
+    assert (copy / "upper" / "generator_fingerprint").read_text() == "retrained"
+    state["stages"]["generator"]["done"] = False
+    (copy / "joint" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(SystemExit, match=r"joint: its generator is not trained yet, which the upper bound decodes "
+                                         r"with: run --systems joint first"):
+        translation.run_upper_bound(setup, "tm")
+    with pytest.raises(SystemExit, match=r"tm/none: no run there, which dual starts from: run it first "
+                                         r"\(--systems none\)"):
+        translation.fork(copy / "none", copy / "dual", own_generator=True)
