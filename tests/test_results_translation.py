@@ -25,6 +25,15 @@ def drive(root, data, report):
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
 
 
+def report_only(root, data, report):
+    """The report rebuilt from the runs under ``root`` as they are."""
+    again = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
+                            "--root", str(root), "--data", str(data), "--report", str(report), "--report-only",
+                            *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return report.read_text()
+
+
 def stages(run):
     return json.loads((run / "state.json").read_text())["stages"]
 
@@ -111,13 +120,7 @@ def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
     shutil.copytree(runs, copy, symlinks=True)
     # a rerun of round 2 under way: its files are gone, the run's metrics.jsonl still lists it
     shutil.rmtree(copy / "joint" / "round_2")
-    report = tmp_path / "report.md"
-    again = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
-                            "--root", str(tmp_path / "runs"), "--data", str(data), "--report", str(report),
-                            "--report-only", *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    text = report.read_text()
+    text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
     dev = {r["round"]: r["hyps"] for r in read_jsonl(runs / "joint" / "metrics.jsonl") if r["split"] == "dev"}
     assert f"| Selfmem Joint | 1 | {dev[1]:.2f} | " in text
     joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
@@ -147,13 +150,7 @@ def test_a_system_with_a_generator_of_its_own_starts_from_the_stages_that_read_n
     assert stages(copy / "dual") == {name: {**joint[name], "forked_from": "joint"}
                                      for name in ("tokenizer", "retrieval", "no_memory")}
     shutil.rmtree(copy / "joint" / "round_0")  # joint's round 0 being redone
-    report = tmp_path / "report.md"
-    again = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
-                            "--root", str(tmp_path / "runs"), "--data", str(data), "--report", str(report),
-                            "--report-only", *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    text = report.read_text()
+    text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
     assert "Dual" not in text and "BM25 memory, round 0" not in text and "| Selfmem Joint |" in text
     # the augment system's own settings reach the config its report reads
     setup = translation.Setup(tmp_path / "runs", data, DEMO_CONFIG, (), 1)
