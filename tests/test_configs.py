@@ -94,8 +94,7 @@ def longest_batch(config: Config, tokenizer: Tokenizer, model: torch.nn.Module) 
     g = config.generator
     long_text = " ".join(["word"] * (max(g.max_source_len, g.max_memory_len, g.max_target_len) + 10))
     encoded = encode_examples([Example(long_text, long_text)], [[long_text] * g.num_memories], tokenizer, g)
-    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=model.decoder_start_id)
+    ids = SpecialIds.of(tokenizer, model)
     return collate(encoded, g.memory, ids)
 
 

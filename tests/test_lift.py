@@ -423,8 +423,7 @@ def test_the_no_memory_baselines_opinion_weighs_in_the_rounds_picks(uninterrupte
     # the scores are the baseline's: the first dev example's, computed here
     baseline = Seq2SeqModel.load(run / "no_memory" / "generator", map_location="cpu").eval()
     tokenizer = load_tokenizer(run / "tokenizer")
-    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=baseline.decoder_start_id)
+    ids = SpecialIds.of(tokenizer, baseline)
     [first] = read_jsonl(run / "round_1" / "candidates" / "dev.jsonl")[:1]
     expected = candidate_log_probs(baseline, load_split(config.data, "dev")[0], first["candidates"][0], tokenizer,
                                    config, ids, torch.device("cpu"))

@@ -35,8 +35,7 @@ def demo_baseline():
     config = load_config(DEMO_CONFIG, SETTINGS)
     tokenizer = load_tokenizer(PRETRAINED / "tokenizer")
     model = Seq2SeqModel.load(PRETRAINED / "no_memory", map_location="cpu").eval()
-    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=model.decoder_start_id)
+    ids = SpecialIds.of(tokenizer, model)
     return config, tokenizer, model, ids
 
 

@@ -30,10 +30,18 @@ class EncodedExample:
 
 @dataclass(frozen=True)
 class SpecialIds:
+    """The token ids a generator's inputs are built with."""
+
     pad: int
     eos: int
     sep: int
     decoder_start: int
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, model) -> SpecialIds:
+        """The tokenizer's pad, eos and separator ids and ``model``'s decoder start id."""
+        return cls(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
+                   decoder_start=model.decoder_start_id)
 
 
 def encode_examples(

@@ -5,9 +5,9 @@ An example may come with several memory inputs (the top-B memories of a later ro
 candidates and samples decode it once per memory input, hypotheses with its first (top) memory
 input. A sample's randomness comes from its example's index and memory input alone. Examples,
 with all of their memory inputs, are packed
-into length-sorted token-budget batches that depend only on the data and the settings, and
-rank r decodes every world_size-th batch, so the output is the same for any number of
-ranks. Each rank writes its examples' finished lines to its shard; rank 0 merges the shards in
+into length-sorted token-budget batches that depend only on the data and the settings, cut
+into streams of ``candidates.stream_batches`` batches, and rank r decodes every
+world_size-th stream, so the output is the same for any number of ranks. Each rank writes its examples' finished lines to its shard; rank 0 merges the shards in
 dataset order, streaming (``selfmem/common/shards.py``).
 
 Memory files: a line's ``"memories"`` is either a ranked list of strings (retrieval: the
@@ -117,10 +117,9 @@ class Generator:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config,
                  settings: BeamSettings | SampleSettings):
-        self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        self.mode = config.generator.memory
-        self.ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                              decoder_start=model.decoder_start_id)
+        self.model, self.settings = model, settings
+        self.memory_mode = config.generator.memory
+        self.ids = SpecialIds.of(tokenizer, model)
 
     def decode(self, encoded: list, examples: list[int], device: torch.device,
                seeds: list[int] | None = None, max_inputs: int | None = None) -> list[list[Hypothesis]]:
@@ -131,7 +130,7 @@ class Generator:
 
         With dual memory an example's source is encoded once for all of its memory inputs.
         """
-        tensors = collate(encoded, self.mode, self.ids)
+        tensors = collate(encoded, self.memory_mode, self.ids)
         src = tensors["src"].to(device)
         if isinstance(self.model, HFSeq2Seq):
             return hf_beam_search(self.model.hf, src, self.settings, self.ids.decoder_start, self.ids.eos,
@@ -139,7 +138,7 @@ class Generator:
         search = functools.partial(beam_search, max_examples=max_inputs)
         if isinstance(self.settings, SampleSettings):
             search = functools.partial(epsilon_sample, seeds=torch.tensor(seeds, dtype=torch.long))
-        if self.mode != "dual":
+        if self.memory_mode != "dual":
             return search(self.model, src, None, self.settings, self.ids.decoder_start, self.ids.eos)
         first: dict[int, int] = {}  # example -> its first input
         for i, example in enumerate(examples):
@@ -284,10 +283,10 @@ def decoding_streams(batches: list[list[int]], sizes: list[tuple[int]], per_stre
     return [by_length[i:i + per_stream] for i in range(0, len(by_length), per_stream)]
 
 
-def input_size(example, mode: str, ids: SpecialIds) -> int:
+def input_size(example, memory_mode: str, ids: SpecialIds) -> int:
     """Encoder tokens of one input: the encoder input, plus the memories in dual mode."""
-    size = len(encoder_input(example, mode, ids))
-    return size + sum(map(len, memory_inputs(example, ids))) if mode == "dual" else size
+    size = len(encoder_input(example, memory_mode, ids))
+    return size + sum(map(len, memory_inputs(example, ids))) if memory_mode == "dual" else size
 
 
 def output_line(mode: str, example_sets: list[list[str]], decoded: list[list[Hypothesis]],

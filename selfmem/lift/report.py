@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # (key, title, format of a float)
 COLUMNS = [("hyps", "hypotheses", ".2f"), ("memory", "memory", ".2f"), ("oracle", "oracle pick", ".2f"),
-           ("top1", "beam top-1", ".2f"), ("changed", "memories changed", ".2f"),
+           ("top1", "beam top-1", ".2f"), ("changed", "memories changed", "d"),
            ("retrieved_weight", "BM25 hits' weight", "g"), ("temperature", "temperature", "g"),
            ("no_memory_weight", "no-memory opinion's weight", "g")]
 
@@ -29,9 +29,7 @@ def best_round(rows: list[dict]) -> int:
 
 
 def _cell(value, spec: str = ".2f") -> str:
-    if value is None:
-        return "-"
-    return format(value, spec) if isinstance(value, float) else str(value)
+    return "-" if value is None else format(value, spec)
 
 
 def _seconds(value: float | None, resumed: bool = False) -> str:

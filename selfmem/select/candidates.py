@@ -1,5 +1,8 @@
-"""A candidates file scored against the references, and the picks a selector is measured
-against: the beam top-1 and the oracle."""
+"""Candidates files as a selector reads them: each line checked and joined with what is read
+beside it (samples, the retrieved memory, the generator's and the no-memory baseline's
+scores), MBR's scores and a trained S's features of a line's candidates, and the candidates
+scored against the references for S's training and the picks it is measured against (the
+beam top-1 and the oracle)."""
 
 from __future__ import annotations
 

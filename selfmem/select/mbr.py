@@ -66,12 +66,14 @@ class TokenStream:
 
     @classmethod
     def of_words(cls, texts: list[list[str]]) -> TokenStream:
+        """Texts given as their words, each word an id (BLEU's tokens)."""
         vocabulary: dict[str, int] = {}
         return cls([np.array([vocabulary.setdefault(w, len(vocabulary)) for w in words], dtype=np.int64)
                     for words in texts], len(texts))
 
     @classmethod
     def of_characters(cls, texts: list[str]) -> TokenStream:
+        """Texts as their characters without whitespace (chrF's tokens)."""
         return cls([np.frombuffer("".join(t.split()).encode("utf-32-le"), dtype=np.uint32) for t in texts],
                    len(texts))
 

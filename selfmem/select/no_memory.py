@@ -79,8 +79,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
     tokenizer = load_tokenizer(paths.tokenizer)
     baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none"))
     model = load_generator(baseline, baseline_paths, env.device, tokenizer)
-    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=model.decoder_start_id)
+    ids = SpecialIds.of(tokenizer, model)
 
     def mine(i: int) -> bool:
         return i % env.world_size == env.rank

@@ -1,7 +1,7 @@
 """Turning selector scores into next-round memories: top-B (replace) or a growing list (augment).
 
-Both are pure functions of the candidates and their scores, so every rank, holding the
-same all-gathered scores, computes the same memories.
+Both are pure functions of an example's candidates and their scores, so an example's
+memories are the same whichever rank derives them.
 """
 
 from __future__ import annotations

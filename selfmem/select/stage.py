@@ -4,8 +4,9 @@ The split is read a chunk of ``CHUNK_EXAMPLES`` examples at a time. With the tra
 (``selector.kind: trained``), a chunk's pairs are packed into length-sorted token-budget
 batches that depend only on the data, and rank r scores every world_size-th batch, so each
 pair's score is computed the same way whatever the number of ranks; the chunk's scores are
-all-gathered. With minimum Bayes risk (``mbr``), an example's scores depend on its candidates
-and its top BM25 hits alone, and each rank scores only its own examples. Rank r derives the next memories (``top_b``
+all-gathered. With minimum Bayes risk (``mbr``), an example's scores depend on that example
+alone (its candidates, their generator and no-memory scores, its samples and top BM25 hits),
+and each rank scores only its own examples. Rank r derives the next memories (``top_b``
 or ``augment``) of the chunk's every world_size-th example into its shard. Rank 0 merges the
 shards, streaming, into ``round_K/memory/{split}.jsonl``: ``{"memories": [[m1], [m2], ...]}``
 (replace: one memory input per kept candidate) or ``{"memories": [[retrieved, self_1, ...]]}``
@@ -121,21 +122,17 @@ TEMPERATURE_CHOICES = "mbr_temperature_choices"
 NO_MEMORY_WEIGHT, NO_MEMORY_CHOICES = "no_memory_weight", "no_memory_weight_choices"
 
 
-def retrieved_weights(cfg: SelectorConfig) -> list[float]:
-    """The weights of the retrieved memory that MBR's selection may give it: the one set, or
-    (``mbr_retrieved_weight`` null) the choices, among which each round's dev decides."""
-    return list(cfg.mbr_retrieved_weight_choices) if cfg.mbr_retrieved_weight is None else [cfg.mbr_retrieved_weight]
-
-
-def no_memory_weights(cfg: SelectorConfig) -> list[float]:
-    """The weights of the no-memory baseline's opinion that MBR's selection may give it: the
-    one set, or (``no_memory_weight`` null) the choices, among which each round's dev decides."""
-    return list(cfg.no_memory_weight_choices) if cfg.no_memory_weight is None else [cfg.no_memory_weight]
+def weight_options(cfg: SelectorConfig, key: str) -> list[float]:
+    """The values MBR's selection may give the weight ``key`` (``mbr_retrieved_weight``, the
+    retrieved memory's, or ``no_memory_weight``, the no-memory baseline's opinion's): the one
+    set, or (null) its choices (``KEY_choices``), among which each round's dev decides."""
+    value = getattr(cfg, key)
+    return list(getattr(cfg, f"{key}_choices")) if value is None else [value]
 
 
 def reads_no_memory(cfg: SelectorConfig) -> bool:
     """Whether the rounds read the no-memory baseline's scores of their candidates."""
-    return cfg.kind == "mbr" and max(no_memory_weights(cfg), default=0.0) > 0
+    return cfg.kind == "mbr" and max(weight_options(cfg, NO_MEMORY_WEIGHT), default=0.0) > 0
 
 
 def no_memory_keys(cfg: SelectorConfig) -> tuple[str, ...]:
@@ -162,14 +159,14 @@ def dev_choices(cfg: SelectorConfig, temperatures: bool = True) -> list[tuple[fl
     ``temperatures`` (the candidates have the generator's scores)."""
     chosen = chooses_temperature(cfg) and temperatures
     return [(t, w, v) for t in (list(cfg.mbr_temperature_choices) if chosen else [cfg.mbr_temperature])
-            for w in retrieved_weights(cfg) for v in no_memory_weights(cfg)]
+            for w in weight_options(cfg, "mbr_retrieved_weight") for v in weight_options(cfg, NO_MEMORY_WEIGHT)]
 
 
 def reads_retrieved(cfg: SelectorConfig, training: bool = False) -> bool:
     """Whether these settings read the retrieved memory (MBR's anchor, where it weighs): in
     the rounds, or (``training``) in S's training, through its MBR feature only."""
     if cfg.kind == "mbr" and not training:
-        return max(retrieved_weights(cfg)) > 0
+        return max(weight_options(cfg, "mbr_retrieved_weight"), default=0.0) > 0
     return "mbr" in cfg.features and (cfg.mbr_retrieved_weight or 0.0) > 0
 
 

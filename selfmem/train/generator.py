@@ -160,8 +160,7 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
     tokenizer = load_tokenizer(paths.tokenizer)
     torch.manual_seed(config.run.seed)  # the same initial weights on every rank
     model = build_model(config, tokenizer)
-    ids = SpecialIds(pad=tokenizer.pad_id, eos=tokenizer.eos_id, sep=tokenizer.sep_id,
-                     decoder_start=model.decoder_start_id)
+    ids = SpecialIds.of(tokenizer, model)
     splits: dict[str, list[Example]] = {s: load_split(config.data, s) for s in ("train", "dev")}
     encoded = {}
     for split, examples in splits.items():
