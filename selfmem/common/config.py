@@ -254,6 +254,26 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# the generator keys that only a memory reads (a generator without one ignores them)
+MEMORY_ONLY = ("memory", "copy_epochs", "num_memories")
+
+
+def baseline_generator(generator: GeneratorConfig) -> GeneratorConfig:
+    """The run's generator settings as its no-memory baseline reads them: the keys that only a
+    memory reads at their defaults, so that generators differing only there (joint or dual,
+    their memories, the copy recipe) share one baseline, and its stage's fingerprint."""
+    return dataclasses.replace(generator, **{key: getattr(GeneratorConfig, key) for key in MEMORY_ONLY})
+
+
+def baseline_config(config: Config) -> Config:
+    """The run's config as its no-memory baseline (``lift.no_memory_baseline``) trains, decodes
+    and scores candidates: no memory, started from ``lift.no_memory_init`` (or the generator's
+    own init)."""
+    init = config.lift.no_memory_init or config.generator.init
+    return dataclasses.replace(config, generator=dataclasses.replace(baseline_generator(config.generator),
+                                                                     memory="none", init=init))
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from selfmem.common.config import Config, GeneratorConfig
+from selfmem.common.config import Config, baseline_config, baseline_generator
 from selfmem.common.data import SPLITS, load_split, split_file
 from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv, agreed, on_main
@@ -59,8 +59,6 @@ EVAL_SPLITS = ("dev", "test")
 # they are left out of the fingerprints
 BOOKKEEPING = ("save_every", "log_every", "prefetch", "compile", "batch_size", "index_name", "connect_attempts",
                "connect_backoff", "stream_batches")
-# the generator keys that only a memory reads (a generator without one ignores them)
-MEMORY_ONLY = ("memory", "copy_epochs", "num_memories")
 
 
 def _without(section, keys: tuple[str, ...]) -> dict:
@@ -145,21 +143,6 @@ def _round(config: Config, env: DistEnv, paths: RunPaths, k: int) -> None:
                     "no_memory_weight": config.selector.no_memory_weight if mbr else None}
         rows.append(row)
     on_main(lambda: atomic_write_jsonl(paths.round_dir(k) / "metrics.jsonl", [row() for row in rows]))
-
-
-def baseline_generator(generator: GeneratorConfig) -> GeneratorConfig:
-    """The run's generator settings as its no-memory baseline reads them: the keys that only a
-    memory reads at their defaults, so that generators differing only there (joint or dual,
-    their memories, the copy recipe) share one baseline, and its stage's fingerprint."""
-    return dataclasses.replace(generator, **{key: getattr(GeneratorConfig, key) for key in MEMORY_ONLY})
-
-
-def baseline_config(config: Config) -> Config:
-    """The run's config as its no-memory baseline trains and decodes: no memory, started from
-    ``lift.no_memory_init`` (or the generator's own init)."""
-    init = config.lift.no_memory_init or config.generator.init
-    return dataclasses.replace(config, generator=dataclasses.replace(baseline_generator(config.generator),
-                                                                     memory="none", init=init))
 
 
 def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:

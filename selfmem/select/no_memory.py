@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from selfmem.common.config import Config
+from selfmem.common.config import Config, baseline_config
 from selfmem.common.data import Example, load_split
 from selfmem.common.distributed import DistEnv, agreed, all_gather, on_main
 from selfmem.common.generator_inputs import SpecialIds, collate, encode_examples
@@ -77,7 +77,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
                         f"selector.no_memory_weight=0")
     examples = load_split(config.data, split)
     tokenizer = load_tokenizer(paths.tokenizer)
-    baseline = dataclasses.replace(config, generator=dataclasses.replace(config.generator, memory="none"))
+    baseline = baseline_config(config)
     model = load_generator(baseline, baseline_paths, env.device, tokenizer)
     ids = SpecialIds.of(tokenizer, model)
 
@@ -102,7 +102,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
                 yield i, kept[i]
                 continue
             distinct = list(dict.fromkeys(c for per_input in candidates for c in per_input))
-            score = dict(zip(distinct, candidate_log_probs(model, examples[i], distinct, tokenizer, config, ids,
+            score = dict(zip(distinct, candidate_log_probs(model, examples[i], distinct, tokenizer, baseline, ids,
                                                            env.device)))
             line = json_line({"candidates_sha1": digest,
                               "scores": [[round(score[c], 4) for c in per_input] for per_input in candidates]})
