@@ -52,9 +52,9 @@ from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl, read_lines  # noqa: E402
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
-from selfmem.common.run import RunPaths  # noqa: E402
+from selfmem.common.run import NO_MEMORY, RunPaths  # noqa: E402
 from selfmem.infer.generate import memory_sets  # noqa: E402
-from selfmem.lift.report import best_round  # noqa: E402
+from selfmem.lift.report import best_round, save_figure  # noqa: E402
 
 CORPORA = {"tm": "libreoffice_ende_tm", "page": "libreoffice_ende"}
 # every run's settings: the config's model, trained longer than the selector runs' 3 epochs
@@ -108,7 +108,7 @@ BY_NAME = {s.name: s for s in SYSTEMS}
 UPPER = "upper"  # the joint generator decoding with the reference as memory
 # the stages that read no generator, with their directories: what a fork that trains a
 # generator of its own keeps of the run it starts from
-GENERATOR_FREE = {"tokenizer": "tokenizer", "retrieval": "memory", "no_memory": "no_memory"}
+GENERATOR_FREE = {"tokenizer": "tokenizer", "retrieval": "memory", NO_MEMORY: NO_MEMORY}
 
 
 def run_args(setup: Setup, corpus: str, name: str, own: tuple[str, ...] = ()) -> list[str]:
@@ -222,7 +222,7 @@ def finished_rows(run: Path) -> list[dict]:
     if not (run / "metrics.jsonl").exists():
         return []
     return [r for r in read_jsonl(run / "metrics.jsonl")
-            if (run / ("no_memory" if r["round"] == "no_memory" else f"round_{r['round']}") / "metrics.jsonl").exists()]
+            if (RunPaths(run).round_dir(r["round"]) / "metrics.jsonl").exists()]
 
 
 def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
@@ -254,17 +254,16 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
              "| system | round (best on dev) | dev BLEU | test BLEU | test chrF++ |", "|---|---:|---:|---:|---:|"]
 
     def row(label: str, run: Path, round_name, dev_bleu: float) -> None:
-        directory = run / ("no_memory" if round_name == "no_memory" else f"round_{round_name}") / "hyps"
-        test_bleu, test_chrf = scores(read_lines(directory / "test.txt"), references["test"], tokenize)
-        shown = "-" if round_name == "no_memory" else round_name
+        test_bleu, test_chrf = scores(read_lines(RunPaths(run).hyps(round_name, "test")), references["test"], tokenize)
+        shown = "-" if round_name == NO_MEMORY else round_name
         lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
 
     labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory",
               "copy": "Joint, copy epochs (4)"}
     for name, rows in runs.items():
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
-        if name == "joint" and "no_memory" in dev:  # the others' baselines are copies of it, or trained alike
-            row("Transformer (no memory)", root / corpus / name, "no_memory", dev["no_memory"])
+        if name == "joint" and NO_MEMORY in dev:  # the others' baselines are copies of it, or trained alike
+            row("Transformer (no memory)", root / corpus / name, NO_MEMORY, dev[NO_MEMORY])
         if name in ("joint", "dual", "copy") and 0 in dev:  # a generator of its own
             row(f"Transformer-{labels[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
         self_rounds = [k for k in dev if isinstance(k, int) and k > 0]
@@ -316,7 +315,7 @@ def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
             for r in rows:
                 if r["split"] == "dev" and r["round"] == 0:
                     ax.axhline(r["hyps"], color="gray", linestyle="--", linewidth=1, label="BM25 memory (joint)")
-                if r["split"] == "dev" and r["round"] == "no_memory":
+                if r["split"] == "dev" and r["round"] == NO_MEMORY:
                     ax.axhline(r["hyps"], color="black", linestyle=":", linewidth=1, label="no memory")
     ax.set_title(CORPORA[corpus])
     ax.set_xlabel("round")
@@ -324,8 +323,7 @@ def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

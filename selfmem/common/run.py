@@ -10,6 +10,15 @@ from selfmem.common.config import Config, save_config
 from selfmem.common.distributed import DistEnv, on_main
 
 
+NO_MEMORY = "no_memory"  # the no-memory baseline's round in the metrics rows, and its stage
+
+
+def stage_of(round_name: int | str) -> str:
+    """The stage, and directory under the run, of a metrics row's round: ``round_K``, or
+    ``no_memory`` for the no-memory baseline's hypotheses."""
+    return NO_MEMORY if round_name == NO_MEMORY else f"round_{round_name}"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
@@ -50,8 +59,9 @@ class RunPaths:
     def state(self) -> Path:
         return self.root / "state.json"
 
-    def round_dir(self, k: int) -> Path:
-        return self.root / f"round_{k}"
+    def round_dir(self, k: int | str) -> Path:
+        """Round ``k``'s directory, or (``NO_MEMORY``) the no-memory baseline's."""
+        return self.root / stage_of(k)
 
     def candidates(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "candidates" / f"{split}.jsonl"

@@ -24,7 +24,7 @@ from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv, agreed, on_main
 from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
-from selfmem.common.run import RunPaths
+from selfmem.common.run import NO_MEMORY, RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
 from selfmem.infer.generate import SAMPLING, decoding_path, generate
 from selfmem.lift.report import best_round, write_report
@@ -150,11 +150,11 @@ def _no_memory_baseline(config: Config, env: DistEnv, paths: RunPaths) -> None:
     baseline = baseline_config(config)
     baseline_paths = paths.no_memory_baseline()
     train_generator(baseline, env, baseline_paths)
-    hyps = {split: paths.root / "no_memory" / "hyps" / f"{split}.txt" for split in EVAL_SPLITS}
+    hyps = {split: paths.hyps(NO_MEMORY, split) for split in EVAL_SPLITS}
     for split, output in hyps.items():
         generate(baseline, env, baseline_paths, split, "hypotheses", None, 0, output=output)
-    on_main(lambda: atomic_write_jsonl(paths.root / "no_memory" / "metrics.jsonl", [
-        {"round": "no_memory", "split": split, "hyps": _score(config, read_lines(output), split)}
+    on_main(lambda: atomic_write_jsonl(paths.round_dir(NO_MEMORY) / "metrics.jsonl", [
+        {"round": NO_MEMORY, "split": split, "hyps": _score(config, read_lines(output), split)}
         for split, output in hyps.items()]))
 
 
@@ -215,10 +215,10 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
     baselines, baseline_key = [], None
     if config.lift.no_memory_baseline:
         baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
-        baseline_key = state.run("no_memory", [tokenizer_key, config.data, baseline_generator(config.generator),
+        baseline_key = state.run(NO_MEMORY, [tokenizer_key, config.data, baseline_generator(config.generator),
                                                baseline_init, train, decoding, seed],
-                                 [paths.root / "no_memory"], lambda: _no_memory_baseline(config, env, paths))
-        baselines = read_jsonl(paths.root / "no_memory" / "metrics.jsonl")
+                                 [paths.round_dir(NO_MEMORY)], lambda: _no_memory_baseline(config, env, paths))
+        baselines = read_jsonl(paths.round_dir(NO_MEMORY) / "metrics.jsonl")
     selection = {key: getattr(config.selector, key) for key in SELECTION}
     initial = {key: selection[key] for key in ("mode", "beam")}  # what round 0's memory files depend on
     previous_key = state.run("round_0", [generator_key, memory_key, config.data, decoding, initial],
@@ -233,7 +233,7 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
                                                                    *temperature_keys(config.selector),
                                                                    *no_memory_keys(config.selector))}
     if reads_no_memory(config.selector):  # the baseline's opinion of the candidates
-        selector_key["no_memory"] = baseline_key
+        selector_key[NO_MEMORY] = baseline_key
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, decoding, config.selector.train_from,

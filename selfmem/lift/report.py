@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text
+from selfmem.common.run import NO_MEMORY, stage_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _seconds(value: float | None, resumed: bool = False) -> str:
 
 
 def _round_name(value) -> str:
-    return {0: "0 (BM25)", "no_memory": "no memory"}.get(value, str(value))
+    return {0: "0 (BM25)", NO_MEMORY: "no memory"}.get(value, str(value))
 
 
 def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],
@@ -53,7 +54,7 @@ def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | 
                   "| round | " + " | ".join(title for _, title, _ in COLUMNS) + " | seconds |",
                   "|---" * (len(COLUMNS) + 2) + "|"]
         for row in (r for r in rows if r["split"] == split):
-            stage = "no_memory" if row["round"] == "no_memory" else f"round_{row['round']}"
+            stage = stage_of(row["round"])
             cells = [_cell(row.get(key), spec) for key, _, spec in COLUMNS]
             cells.append(_seconds(seconds.get(stage), stage in resumed))
             lines.append(f"| {_round_name(row['round'])} | " + " | ".join(cells) + " |")
@@ -79,18 +80,25 @@ def plot(path: Path, metric: str, rows: list[dict]) -> bool:
                 label=f"{split}: self memory")
         ax.axhline(rounds[0]["hyps"], color=color, linestyle="--", linewidth=1, label=f"{split}: retrieved memory")
         for r in rows:
-            if r["split"] == split and r["round"] == "no_memory":
+            if r["split"] == split and r["round"] == NO_MEMORY:
                 ax.axhline(r["hyps"], color=color, linestyle=":", linewidth=1, label=f"{split}: no memory")
     ax.set_xlabel("round")
     ax.set_ylabel(metric)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small")
     fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG at ``path`` whole or not at all, and close it."""
+    import matplotlib.pyplot as plt
+
     partial = path.with_name(f".{path.name}.tmp")
     fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
     partial.replace(path)
-    return True
 
 
 def write_report(root: Path, name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],
