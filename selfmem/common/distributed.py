@@ -35,6 +35,11 @@ class DistEnv:
     def device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
+    def owns(self, i: int) -> bool:
+        """Whether item ``i`` (an example, a batch, a stream) is this rank's: every
+        world_size-th, from the rank's own."""
+        return i % self.world_size == self.rank
+
     def cpu_threads(self) -> int:
         """This process's fair share of the node's CPU cores."""
         return max(1, (os.cpu_count() or 1) // self.local_world_size)
@@ -118,6 +123,13 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     dist.gather_object(obj, gathered, dst=0)
     return gathered
 
+
+
+def in_order(parts: list[dict[int, Any]], count: int) -> list[Any]:
+    """The values of every rank's ``{index: value}`` part (gathered) as one list, by index
+    ``0 .. count - 1``."""
+    merged = {i: value for part in parts for i, value in part.items()}
+    return [merged[i] for i in range(count)]
 
 
 def broadcast_from_main(obj: Any) -> Any:

@@ -81,10 +81,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
     model = load_generator(baseline, baseline_paths, env.device, tokenizer)
     ids = SpecialIds.of(tokenizer, model)
 
-    def mine(i: int) -> bool:
-        return i % env.world_size == env.rank
-
-    kept = kept_lines(output, mine)  # an interrupted attempt's lines, each checked against its candidates
+    kept = kept_lines(output, env.owns)  # an interrupted attempt's lines, each checked against its candidates
     reused = 0
 
     def lines(log_progress) -> Iterator[tuple[int, str]]:
@@ -93,7 +90,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
         bar = tqdm(total=len(examples), desc=f"no-memory scores {split}", unit="ex", disable=not env.is_main)
         for i, (where, record) in enumerate(records):
             bar.update(1)
-            if not mine(i):
+            if not env.owns(i):
                 continue
             candidates = text_lists(where, record, "candidates")
             digest = candidates_digest(candidates)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from selfmem.common.batching import token_budget_batches
 from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example, iter_split, load_split
-from selfmem.common.distributed import DistEnv, agreed, all_gather, barrier, gather_to_main, on_main
+from selfmem.common.distributed import DistEnv, agreed, all_gather, barrier, gather_to_main, in_order, on_main
 from selfmem.common.io import json_line
 from selfmem.common.metrics import headline_score
 from selfmem.common.records import DataError, text_lists
@@ -323,7 +323,7 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
     lines, scored = {}, True
     for i, line in enumerate(selection_lines(config, paths, "dev", round_k, path, len(examples))):
         scored &= line.pool_scores is not None
-        if i % env.world_size == env.rank:
+        if env.owns(i):
             lines[i] = line
     # candidates without the generator's scores (a hand-made file) leave the temperature null: all alike
     choices = dev_choices(cfg, temperatures=scored)
@@ -334,9 +334,9 @@ def chosen_on_dev(config: Config, env: DistEnv, paths: RunPaths, round_k: int,
         return [top_b(line.pool, with_no_memory_opinion(line, mbr[t, w], v), 1)[0] for t, w, v in choices]
 
     mine = {i: picks_of(line) for i, line in lines.items()}
-    picks = {i: texts for part in all_gather(mine) for i, texts in part.items()}
+    picks = in_order(all_gather(mine), len(examples))
     references = [ex.target for ex in examples]
-    scores = [headline_score(config.data.metric, [picks[i][k] for i in range(len(examples))], references,
+    scores = [headline_score(config.data.metric, [texts[k] for texts in picks], references,
                              config.data.bleu_tokenize) for k in range(len(choices))]
     best = max(range(len(choices)), key=lambda k: (scores[k], -k))
     temperature, weight, opinion = choices[best]
@@ -390,9 +390,9 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
         while chunk := list(islice(lines, chunk_examples)):
             indices = range(first, first + len(chunk))
             # every example's candidates over all of its memory inputs compete together
-            scores = score(chunk, [i % env.world_size == env.rank for i in indices])
+            scores = score(chunk, [env.owns(i) for i in indices])
             for i, (line, _), line_scores in zip(indices, chunk, scores):
-                if i % env.world_size != env.rank:
+                if not env.owns(i):
                     continue
                 best = top_b(line.pool, line_scores, cfg.beam)
                 picks[i] = best[0]
@@ -410,5 +410,4 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     gathered = gather_to_main(picks)
     if gathered is None:
         return None
-    merged = {i: pick for part in gathered for i, pick in part.items()}
-    return [merged[i] for i in range(num_examples)]
+    return in_order(gathered, num_examples)

@@ -19,6 +19,7 @@ from selfmem.common.distributed import (
     DistEnv,
     agreed,
     gather_to_main,
+    in_order,
     shard_range,
 )
 from selfmem.common.generator_inputs import (
@@ -132,8 +133,7 @@ class GeneratorTask:
         gathered = gather_to_main(hyps)
 
         def score() -> float:
-            merged = {i: h for part in gathered for i, h in part.items()}
-            ordered = [merged[i] for i in range(len(self.dev))]
+            ordered = in_order(gathered, len(self.dev))
             return headline_score(self.config.data.metric, ordered, self.dev_references, self.config.data.bleu_tokenize)
 
         model.train()
