@@ -23,7 +23,12 @@ from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.select import no_memory
 from selfmem.select.candidates import line_mbr_scores, read_candidates, with_no_memory_opinion
-from selfmem.select.no_memory import candidate_log_probs, candidates_digest, no_memory_scores, score_without_memory
+from selfmem.select.no_memory import (
+    candidate_log_probs,
+    candidates_digest,
+    parse_no_memory_scores,
+    score_without_memory,
+)
 from selfmem.select.pick import top_b
 
 PRETRAINED = REPO / "data" / "demo" / "pretrained"
@@ -122,10 +127,10 @@ def test_scores_of_other_candidates_are_refused(scored_run):
     paths = RunPaths(scored_run["one"])
     record = json.loads(paths.no_memory_scores(1, "dev").read_text().splitlines()[0])
     with pytest.raises(DataError, match=r"f.jsonl:1: these no-memory scores are not of the candidates of c.jsonl:1"):
-        no_memory_scores("f.jsonl:1", record, [["another text"]], "c.jsonl:1")
+        parse_no_memory_scores("f.jsonl:1", record, [["another text"]], "c.jsonl:1")
     record["candidates_sha1"] = candidates_digest([["a", "b"]])
     with pytest.raises(DataError, match=r"\"scores\" must be shaped like the candidates of c.jsonl:1"):
-        no_memory_scores("f.jsonl:1", record, [["a", "b"]], "c.jsonl:1")
+        parse_no_memory_scores("f.jsonl:1", record, [["a", "b"]], "c.jsonl:1")
 
 
 def test_an_interrupted_scoring_keeps_the_lines_it_finished_that_still_match_their_candidates(

@@ -165,7 +165,8 @@ def test_the_upper_bound_waits_for_joints_generator_and_follows_it(driven, tmp_p
     shutil.copytree(runs, copy, symlinks=True)
     setup = translation.Setup(tmp_path / "runs", data, DEMO_CONFIG, tuple(SMALL[2:]), 1)
     decoded = []
-    monkeypatch.setattr(translation, "launch", lambda script, args, nproc: decoded.append(args[args.index("--split") + 1]))
+    monkeypatch.setattr(translation, "launch",
+                        lambda script, args, nproc: decoded.append(args[args.index("--split") + 1]))
     translation.run_upper_bound(setup, "tm")
     assert decoded == []  # both splits decoded already, with joint's generator as it is
     state = json.loads((copy / "joint" / "state.json").read_text())

@@ -15,7 +15,7 @@ from selfmem.common.data import Example
 from selfmem.common.records import DataError, describe, iter_aligned, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
 from selfmem.select.mbr import mbr_score_sets
-from selfmem.select.no_memory import no_memory_scores
+from selfmem.select.no_memory import parse_no_memory_scores
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class CandidateLine:
     no_memory_scores: list[float] | None = None
 
 
-def generator_scores(where: str, record: dict, candidates: list[list[str]]) -> list[float] | None:
+def parse_generator_scores(where: str, record: dict,
+                           candidates: list[list[str]]) -> list[float] | None:
     """The line's ``"scores"`` flattened like its candidates, checked to match them; None if absent."""
     if "scores" not in record:
         return None
@@ -110,8 +111,8 @@ def iter_candidates(path: Path, num_examples: int, split: str, samples_path: Pat
                                 f"one per memory input): decode the split again with launch/generate.py --mode samples")
         opinion = None
         if opinions is not None:
-            opinion = no_memory_scores(*next(opinions), candidates, where)
-        yield CandidateLine(where, record, pool, generator_scores(where, record, candidates), drawn,
+            opinion = parse_no_memory_scores(*next(opinions), candidates, where)
+        yield CandidateLine(where, record, pool, parse_generator_scores(where, record, candidates), drawn,
                             next(retrieved) if retrieved is not None else None, opinion)
     for aligned in (samples, retrieved, opinions):
         if aligned is not None:

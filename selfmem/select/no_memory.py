@@ -144,7 +144,8 @@ def ensure_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split
         score_without_memory(config, env, paths, split, candidates_path, output)
 
 
-def no_memory_scores(where: str, record: dict, candidates: list[list[str]], candidates_where: str) -> list[float]:
+def parse_no_memory_scores(where: str, record: dict, candidates: list[list[str]],
+                           candidates_where: str) -> list[float]:
     """A scores line's scores flattened like its candidates, refused if they are another file's."""
     if record.get("candidates_sha1") != candidates_digest(candidates):
         raise DataError(f"{where}: these no-memory scores are not of the candidates of {candidates_where} (another "
