@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -179,6 +180,75 @@ def test_early_stop_after_patience_epochs_without_a_better_metric(tmp_path):
     assert task.saved_at_eval == [1, 2]  # the model is saved only when dev improves
 
 
+def evaluation_records(run):
+    return [(r["step"], r["best"]) for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+            if "eval" in r]
+
+
+def test_a_run_cut_by_max_steps_and_continued_makes_an_uninterrupted_runs_decisions(tmp_path):
+    # 8 steps an epoch, patience 1. Uninterrupted: 30 at step 8, 31 at 16 (kept), 29 at 24 (stop).
+    # Cut at step 12, where dev reads 32: its model is kept until step 16 beats the epoch ends
+    # before it; before epoch ends were compared with epoch ends only, 31 < 32 stopped it at 16.
+    straight = fit(nn.Linear(1, 1), ToyTask(dev_metrics=[30.0, 31.0, 29.0]), toy_config(patience=1), ONE_PROCESS,
+                   tmp_path / "straight", seed=0, lr_schedule=lambda s: 1.0)
+    fit(nn.Linear(1, 1), ToyTask(dev_metrics=[30.0, 32.0]), toy_config(patience=1, max_steps=12), ONE_PROCESS,
+        tmp_path / "cut", seed=0, lr_schedule=lambda s: 1.0)
+    continued_task = ToyTask(dev_metrics=[31.0, 29.0])
+    continued = fit(nn.Linear(1, 1), continued_task, toy_config(patience=1), ONE_PROCESS, tmp_path / "cut", seed=0,
+                    lr_schedule=lambda s: 1.0)
+    assert asdict(continued) == asdict(straight)
+    assert straight.step == 24 and straight.best_metric == 31.0 and straight.bad_epochs == 1
+    assert continued_task.saved_at_eval == [1]  # step 16's model replaced the cut's
+    assert evaluation_records(tmp_path / "straight") == [(8, True), (16, True), (24, False)]
+    assert evaluation_records(tmp_path / "cut") == [(8, True), (12, True), (16, True), (24, False)]
+    # where no later epoch end improves, the cut's better model stays, and patience is the same
+    fit(nn.Linear(1, 1), ToyTask(dev_metrics=[30.0, 32.0]), toy_config(patience=1, max_steps=12), ONE_PROCESS,
+        tmp_path / "kept", seed=0, lr_schedule=lambda s: 1.0)
+    state = fit(nn.Linear(1, 1), ToyTask(dev_metrics=[29.0]), toy_config(patience=1), ONE_PROCESS,
+                tmp_path / "kept", seed=0, lr_schedule=lambda s: 1.0)
+    assert (state.step, state.best_metric, state.best_at_epoch_end, state.bad_epochs) == (16, 32.0, 30.0, 1)
+
+
+def test_a_rerun_without_a_checkpoint_starts_the_log_afresh(tmp_path):
+    for _ in range(2):  # the second run as after a kill before the first checkpoint
+        fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=3), ONE_PROCESS, tmp_path, seed=0,
+            lr_schedule=lambda s: 1.0)
+        (tmp_path / CHECKPOINT).unlink()
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], sorted(set(r) & {"loss", "eval", "params_sha256"})) for r in records] == [
+        (1, ["loss"]), (2, ["loss"]), (3, ["loss"]), (3, ["eval"]), (3, ["params_sha256"])]
+
+
+def test_an_evaluation_cut_off_by_a_kill_while_saving_after_it_is_logged_once(tmp_path, monkeypatch):
+    saving = loop._save_checkpoint
+    calls = []
+
+    def killed_at_the_second_save(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the epoch end's, after its evaluation was logged
+            raise KeyboardInterrupt
+        saving(*args)
+
+    monkeypatch.setattr(loop, "_save_checkpoint", killed_at_the_second_save)
+    with pytest.raises(KeyboardInterrupt):  # the step-8 checkpoint is written before the evaluation
+        fit(nn.Linear(1, 1), ToyTask(), toy_config(max_epochs=1, save_every=8), ONE_PROCESS, tmp_path, seed=0,
+            lr_schedule=lambda s: 1.0)
+    monkeypatch.setattr(loop, "_save_checkpoint", saving)
+    task = ToyTask()
+    fit(nn.Linear(1, 1), task, toy_config(max_epochs=1, save_every=8), ONE_PROCESS, tmp_path, seed=0,
+        lr_schedule=lambda s: 1.0)
+    assert task.evaluations == 1  # evaluated again on resuming
+    assert evaluation_records(tmp_path) == [(8, True)]
+
+
+def test_a_finished_run_called_again_keeps_its_log(tmp_path):
+    for _ in range(2):
+        fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=3), ONE_PROCESS, tmp_path, seed=0,
+            lr_schedule=lambda s: 1.0)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert sum("params_sha256" in r for r in records) == 1 and len(records) == 5
+
+
 def test_consecutive_non_finite_steps_stop_with_a_clear_message(tmp_path):
     model = nn.Linear(1, 1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -251,7 +321,9 @@ def test_a_checkpoint_from_before_fingerprints_is_resumed_with_a_warning(tmp_pat
 
 
 def test_too_few_batches_for_one_step_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="8 micro-batches, fewer than one step needs .* train.accumulate 16"):
+    with pytest.raises(ValueError, match="8 micro-batches, fewer than one step needs .* train.accumulate 16.*: lower the "
+                                         r"micro-batches' token budget \(train.max_tokens; selector.max_tokens for "
+                                         r"the selector\)"):
         fit(nn.Linear(1, 1), ToyTask(), toy_config(accumulate=16), ONE_PROCESS, tmp_path, seed=0,
             lr_schedule=lambda s: 1.0)
 

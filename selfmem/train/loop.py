@@ -30,11 +30,10 @@ from torch.fx.experimental import _config as fx_config
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from selfmem.common.batching import rank_share
 from selfmem.common.config import TrainConfig
 from selfmem.common.cpu_memory import release_freed_memory
 from selfmem.common.digest import fingerprint
-from selfmem.common.distributed import DistEnv, all_gather, on_main
+from selfmem.common.distributed import DistEnv, agreed, all_gather, on_main
 from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
 from selfmem.common.records import CheckpointError
 from selfmem.models.linear import weights_updated
@@ -88,7 +87,8 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
-    best_metric: float = -math.inf
+    best_metric: float = -math.inf  # the kept model's dev metric
+    best_at_epoch_end: float = -math.inf  # what the next epoch end must beat
     bad_epochs: int = 0
     nonfinite_steps: int = 0
     evaluated_step: int = -1
@@ -280,8 +280,9 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict:
                          f"({reason}); delete it to train from the start") from None
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log records past the resumed checkpoint, so the log reads as one uninterrupted run."""
+def _trim_log(path: Path, state: TrainState) -> None:
+    """Drop the log records that the training resumed from ``state`` (its checkpoint's, or a
+    fresh one's) writes again, so the log reads as one uninterrupted run."""
     if not path.exists():
         return
     kept = []
@@ -290,8 +291,10 @@ def _trim_log(path: Path, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the crash
             continue
-        # the closing parameter digest belongs to the run that ended, not to the continued one
-        if record.get("step", 0) <= step and "params_sha256" not in record:
+        # an evaluation the checkpoint does not hold (a crash while saving after it) comes
+        # again; the closing parameter digest belongs to the run that ended
+        again = record.get("step", 0) > state.step or ("eval" in record and record["step"] > state.evaluated_step)
+        if not again and "params_sha256" not in record:
             kept.append(line + "\n")
     with atomic_open(path) as f:
         f.writelines(kept)
@@ -345,16 +348,16 @@ def fit(
 
     state = TrainState()
     checkpoint_path, log_path = out_dir / CHECKPOINT, out_dir / TRAIN_LOG
-    if checkpoint_path.exists():
+    if agreed(checkpoint_path.exists):  # every rank resumes, or none
         saved = _load_checkpoint(checkpoint_path, device)
         check_resumable(checkpoint_path, saved, depends_on)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
-        state = TrainState(**saved["state"])
+        # a checkpoint from before best_at_epoch_end was kept apart: best_metric was it
+        state = TrainState(**{"best_at_epoch_end": saved["state"]["best_metric"], **saved["state"]})
         log.info("resumed from %s at step %d (epoch %d)", checkpoint_path, state.step, state.epoch)
-        on_main(lambda: _trim_log(log_path, state.step))
     max_steps = config.max_steps or math.inf
     guard = NonfiniteGuard(state.nonfinite_steps, config.max_nonfinite, device)
 
@@ -363,6 +366,7 @@ def fit(
 
     if not should_train() and state.evaluated_step == state.step:
         return state  # finished before, with these limits
+    on_main(lambda: _trim_log(log_path, state))
     # the epoch length varies by a batch or so with the shuffle: a close estimate for the bar
     total = config.max_steps or config.max_epochs * (len(task.epoch_batches(state.epoch)) // per_step)
     progress = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not env.is_main)
@@ -381,15 +385,21 @@ def fit(
         on_main(append)
 
     def evaluate_and_keep_best(epoch_end: bool) -> None:
-        """Keep the model if dev improved; only epoch ends count towards patience, so a run
-        stopped mid-epoch by max_steps and continued later evaluates as an uninterrupted one."""
+        """Keep the model if dev improved. Epoch ends are compared with epoch ends only (for the
+        model kept and for patience), so a run cut by max_steps mid-epoch and continued makes
+        an uninterrupted run's decisions: the cut's model is kept while it is the best so far,
+        until an epoch end beats the epoch ends before it."""
         figures = task.evaluate(model)
-        improved = figures["metric"] > state.best_metric
+        if epoch_end:
+            improved = figures["metric"] > state.best_at_epoch_end
+            if improved:
+                state.best_at_epoch_end = figures["metric"]
+            state.bad_epochs = 0 if improved else state.bad_epochs + 1
+        else:
+            improved = figures["metric"] > state.best_metric
         if improved:
             state.best_metric = figures["metric"]
             on_main(lambda: _save_model(task, model, out_dir))
-        if epoch_end:
-            state.bad_epochs = 0 if improved else state.bad_epochs + 1
         state.evaluated_step = state.step
         write_log({"step": state.step, "epoch": state.epoch, "eval": figures, "best": improved})
         log.info("epoch %d step %d: %s%s", state.epoch, state.step,
@@ -402,16 +412,17 @@ def fit(
             step_size = (f"train.global_batch {config.global_batch}" if config.global_batch is not None
                          else f"{env.world_size} ranks x train.accumulate {config.accumulate}")
             raise ValueError(f"an epoch has {len(batches)} micro-batches, fewer than one step needs "
-                             f"({step_size}): lower train.max_tokens")
+                             f"({step_size}): lower the micro-batches' token budget (train.max_tokens; "
+                             f"selector.max_tokens for the selector)")
         train_model.train()
         steps = [batches[s * per_step : (s + 1) * per_step] for s in range(steps_in_epoch)]
         # this rank's micro-batches of the rest of the epoch, in the order the steps take them
-        ahead = (batch for step in steps[state.step_in_epoch:] for batch in rank_share(step, env.rank, env.world_size))
+        ahead = (batch for step in steps[state.step_in_epoch:] for batch in env.share(step))
         with Prefetcher(ahead, task.collate, device, config.prefetch) as collated, compiled_steps(config.compile):
             while state.step_in_epoch < steps_in_epoch and state.step < max_steps:
                 # every rank knows the whole step, so the normaliser needs no communication
                 num_targets = sum(task.num_targets(b) for b in steps[state.step_in_epoch])
-                mine = rank_share(steps[state.step_in_epoch], env.rank, env.world_size)
+                mine = env.share(steps[state.step_in_epoch])
                 step_loss = torch.zeros((), device=device)
                 for i, batch in enumerate(mine):
                     last = i == len(mine) - 1
