@@ -59,7 +59,8 @@ from selfmem.common.io import read_jsonl  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.models import Seq2SeqModel  # noqa: E402
 from selfmem.models.build import is_native_checkpoint  # noqa: E402
-from selfmem.train.generator import load_memories, prepare_generator  # noqa: E402
+from selfmem.retrieve.memory import bm25_hits  # noqa: E402
+from selfmem.train.generator import prepare_generator  # noqa: E402
 
 MEMORY_BLEU_GROUPS = ((0, 20), (20, 50), (50, 101))  # sentence BLEU of the top memory against the reference
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
@@ -143,7 +144,7 @@ def example_losses(config, split: str, reference_as_memory: bool = False) -> lis
     _, task = prepare_generator(config, ONE_PROCESS, paths)
     data = load_split(config.data, split)
     memories = ([[example.target] for example in data] if reference_as_memory
-                else load_memories(paths.bm25_memory(split), split))
+                else list(bm25_hits(paths, split, len(data))))
     examples = encode_examples(data, memories, task.tokenizer, config.generator)
     model = Seq2SeqModel.load(paths.generator, ONE_PROCESS.device)
     losses = []

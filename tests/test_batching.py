@@ -4,7 +4,8 @@ from unittest import mock
 
 import torch
 
-from selfmem.common.batching import packing_key, rank_share, token_budget_batches
+from selfmem.common.batching import packing_key, token_budget_batches
+from selfmem.common.distributed import DistEnv
 from selfmem.common.config import GeneratorConfig
 from selfmem.common.data import Example
 from selfmem.common.generator_inputs import (
@@ -75,10 +76,11 @@ def test_batches_are_a_function_of_seed_and_epoch_only():
     assert token_budget_batches(sizes, 500, 3, 2) != token_budget_batches(sizes, 500, 4, 2)
 
 
-def test_rank_share_splits_a_step_like_accumulation_does():
+def test_a_ranks_share_splits_a_step_like_accumulation_does():
     step = [[1], [2], [3], [4]]
-    assert rank_share(step, 0, 2) == [[1], [3]] and rank_share(step, 1, 2) == [[2], [4]]
-    assert rank_share(step, 0, 1) == step
+    first, second = (DistEnv(rank=r, world_size=2, local_rank=r, local_world_size=2) for r in (0, 1))
+    assert first.share(step) == [[1], [3]] and second.share(step) == [[2], [4]]
+    assert DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1).share(step) == step
 
 
 class CharTokenizer:

@@ -17,7 +17,7 @@ from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.models import ModelConfig
 from selfmem.models.selector import GeneratorEncoderBackbone, Selector, pair_ids
-from selfmem.retrieve.memory import iter_retrieved
+from selfmem.retrieve.memory import bm25_hits, iter_retrieved
 from selfmem.select.candidates import candidate_features, read_candidates
 from selfmem.select.mbr import mbr_scores
 from selfmem.select.pick import augment, top_b
@@ -61,7 +61,7 @@ def run_root(tmp_path_factory):
     return root
 
 
-def bm25_hits(root):
+def dev_hits(root):
     return [json.loads(line)["memories"] for line in (root / "demo" / "memory" / "bm25" / "dev.jsonl").read_text().splitlines()]
 
 
@@ -155,12 +155,12 @@ def test_mbr_memories_are_the_consensus_picks_for_one_and_two_ranks(run_root, ut
         references = [ex.target for ex in load_split(load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL]).data,
                                                      "dev")]
         dev_bleu = {(t, w): BLEU().corpus_score([top_b(r["candidates"][0], expected(r, h, t, w)[1], 1)[0]
-                                                 for r, h in zip(records, bm25_hits(run_root))], [references]).score
+                                                 for r, h in zip(records, dev_hits(run_root))], [references]).score
                     for t in (None, 1.0, 0.3, 0.1, 0.05) for w in (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}
         temperature, weight = max(dev_bleu, key=dev_bleu.get)
         assert len(set(dev_bleu.values())) > 1  # the choice matters here
     changed = anchored = 0
-    for line, record, example_hits in zip(one.decode("utf-8").splitlines(), records, bm25_hits(run_root)):
+    for line, record, example_hits in zip(one.decode("utf-8").splitlines(), records, dev_hits(run_root)):
         pool = record["candidates"][0]
         consensus, scores = expected(record, example_hits, temperature, weight)
         assert json.loads(line)["memories"] == [[m] for m in top_b(pool, scores, 2)]
@@ -208,7 +208,7 @@ def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root
                             retrieved=iter_retrieved(config, RunPaths(config.run_dir), "dev", 20))
     selector = Selector.load(run / "selector")
     dev = load_split(config.data, "dev")
-    for memories, line, ex, hits in zip(one.decode("utf-8").splitlines(), lines, dev, bm25_hits(root)):
+    for memories, line, ex, hits in zip(one.decode("utf-8").splitlines(), lines, dev, dev_hits(root)):
         assert line.retrieved == hits  # at most two hits here (the default reads five)
         values = candidate_features(line, ["generator", "mbr"], config.selector, "13a")
         mbr = mbr_scores(line.pool, None, "chrf", None, anchors=hits, anchor_weight=8.0)
@@ -227,7 +227,7 @@ def test_a_selector_with_features_scores_each_candidate_with_its_values(run_root
 
 
 def test_the_retrieved_memory_is_the_top_bm25_hits_of_the_rows_asked(run_root):
-    hits = bm25_hits(run_root)
+    hits = dev_hits(run_root)
     for top in (1, 5):
         config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, f"selector.mbr_retrieved_hits={top}"])
         paths = RunPaths(config.run_dir)
@@ -238,6 +238,24 @@ def test_the_retrieved_memory_is_the_top_bm25_hits_of_the_rows_asked(run_root):
         list(iter_retrieved(config, paths, "dev", 21))
     with pytest.raises(ValueError, match="give them ascending, each once"):
         list(iter_retrieved(config, paths, "dev", 20, rows=[3, 3]))
+
+
+def test_a_bm25_memory_file_is_checked_line_by_line_for_every_reader(run_root, tmp_path):
+    # the generator's training reads the hits whole through the same reader as MBR's anchors
+    run = tmp_path / "demo"
+    shutil.copytree(run_root / "demo" / "tokenizer", run / "tokenizer")
+    paths = RunPaths(run)
+    with pytest.raises(DataError, match=r"dev.jsonl: no BM25 memory for dev; run launch/retrieve.py with this "
+                                        r"config first"):
+        list(bm25_hits(paths, "dev", 20))
+    lines = (run_root / "demo" / "memory" / "bm25" / "dev.jsonl").read_text().splitlines()
+    lines[2] = json.dumps({"memories": "a string, not a list"})
+    paths.bm25_memory("dev").parent.mkdir(parents=True)
+    paths.bm25_memory("dev").write_text("\n".join(lines) + "\n")
+    assert list(bm25_hits(paths, "dev", 20, rows=[0, 1])) == dev_hits(run_root)[:2]
+    with pytest.raises(DataError, match=r"dev.jsonl:3: \"memories\" must be a list of strings \(the ranked BM25 "
+                                        r"hits\), got a str"):
+        list(bm25_hits(paths, "dev", 20))
 
 
 def test_selector_settings_that_cannot_work_are_refused_up_front():

@@ -54,8 +54,3 @@ def token_budget_batches(sizes: list[tuple[int, ...]], max_tokens: int, seed: in
         batches.append(current)
     permutation = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[p] for p in permutation]
-
-
-def rank_share(step_batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
-    """This rank's micro-batches of one global step (every world_size-th, from ``rank``)."""
-    return step_batches[rank::world_size]

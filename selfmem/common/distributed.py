@@ -40,6 +40,11 @@ class DistEnv:
         world_size-th, from the rank's own."""
         return i % self.world_size == self.rank
 
+    def share(self, items: list[T]) -> list[T]:
+        """This rank's ``items``: those it ``owns``, in order (a step's micro-batches are split
+        as accumulation takes them)."""
+        return items[self.rank::self.world_size]
+
     def cpu_threads(self) -> int:
         """This process's fair share of the node's CPU cores."""
         return max(1, (os.cpu_count() or 1) // self.local_world_size)

@@ -243,7 +243,7 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     streaming = mode != "samples" and gcfg.engine == "native"  # the native beam search takes streams
     streams = decoding_streams(batches, sizes, config.candidates.stream_batches if streaming else 1)
 
-    mine = streams[env.rank::env.world_size]
+    mine = env.share(streams)
     mine_examples = {i for stream in mine for batch in stream for i in batch}
     kept = kept_lines(output, mine_examples.__contains__)
     lines: dict[int, str] = {}  # this rank's examples' output lines, until they are written in order

@@ -149,19 +149,28 @@ def initial_memory(config: Config, paths: RunPaths, split: str) -> Path:
     return output
 
 
-def iter_retrieved(config: Config, paths: RunPaths, split: str, num_examples: int,
-                   rows: list[int] | None = None) -> Iterator[list[str]]:
-    """The top ``selector.mbr_retrieved_hits`` BM25 hits of each example of ``split`` (of the
-    ascending ``rows`` only, where given; fewer where retrieval kept fewer, at most
-    ``retrieval.topk``), from the run's BM25 memory (one line per example, checked): the
-    retrieved memory, whatever memory a round decodes from."""
+def bm25_hits(paths: RunPaths, split: str, num_examples: int, rows: list[int] | None = None) -> Iterator[list[str]]:
+    """The ranked BM25 hits of each example of ``split`` (of the ascending ``rows`` only, where
+    given) from the run's BM25 memory, one line per example, each checked."""
     if rows is not None and any(a >= b for a, b in zip(rows, rows[1:])):
-        raise ValueError("iter_retrieved reads the rows of the BM25 file in order: give them ascending, each once")
+        raise ValueError("the rows of the BM25 file are read in order: give them ascending, each once")
+    path = paths.bm25_memory(split)
+    if not path.exists():
+        raise DataError(f"{path}: no BM25 memory for {split}; run launch/retrieve.py with this config first")
     kept = None if rows is None else set(rows)
-    for i, (where, record) in enumerate(iter_aligned(paths.bm25_memory(split), num_examples, split)):
+    for i, (where, record) in enumerate(iter_aligned(path, num_examples, split)):
         if kept is None or i in kept:
             hits = field(where, record, "memories")
             if not is_texts(hits):
                 raise DataError(f"{where}: \"memories\" must be a list of strings (the ranked BM25 hits), "
                                 f"got {describe(hits)}")
-            yield hits[:config.selector.mbr_retrieved_hits]
+            yield hits
+
+
+def iter_retrieved(config: Config, paths: RunPaths, split: str, num_examples: int,
+                   rows: list[int] | None = None) -> Iterator[list[str]]:
+    """The top ``selector.mbr_retrieved_hits`` BM25 hits of each example of ``split`` (see
+    ``bm25_hits``; fewer where retrieval kept fewer, at most ``retrieval.topk``): the
+    retrieved memory, whatever memory a round decodes from."""
+    for hits in bm25_hits(paths, split, num_examples, rows):
+        yield hits[:config.selector.mbr_retrieved_hits]

@@ -63,7 +63,7 @@ def score_pairs(selector: Selector, pairs: list[list[int]], pad_id: int, env: Di
     """The selector's score of every encoded pair (with its candidate's feature values, for a
     selector with features), in order: the same list on every rank."""
     batches = token_budget_batches([(len(p),) for p in pairs], max_tokens, seed=0, epoch=0)
-    mine = batches[env.rank::env.world_size]
+    mine = env.share(batches)
     scores: dict[int, float] = {}
     for batch in tqdm(mine, desc="select", unit="batch", disable=not env.is_main):
         width = max(len(pairs[i]) for i in batch)

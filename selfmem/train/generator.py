@@ -29,7 +29,6 @@ from selfmem.common.generator_inputs import (
     encode_examples,
     example_sizes,
 )
-from selfmem.common.io import read_jsonl
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
@@ -37,6 +36,7 @@ from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.models.budgets import check_length_budgets
 from selfmem.models.build import build_model
 from selfmem.models.hf_engine import HFSeq2Seq
+from selfmem.retrieve.memory import bm25_hits
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, inverse_sqrt_schedule
 from selfmem.train.prefetch import to_device
 
@@ -143,13 +143,6 @@ class GeneratorTask:
         model.save(directory)
 
 
-def load_memories(path: Path, split: str) -> list[list[str]]:
-    """The retrieved memories of every example of a split, in dataset order."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no BM25 memory for {split}; run launch/retrieve.py with this config first")
-    return [record["memories"] for record in read_jsonl(path)]
-
-
 def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indices: list[int] | None = None,
                       ) -> tuple[torch.nn.Module, GeneratorTask]:
     """The untrained generator and its training task, from the run's tokenizer, data and BM25
@@ -165,7 +158,7 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
     encoded = {}
     for split, examples in splits.items():
         memories = ([[] for _ in examples] if config.generator.memory == "none"
-                    else load_memories(paths.bm25_memory(split), split))
+                    else list(bm25_hits(paths, split, len(examples))))
         if split == "train" and train_indices is not None:
             examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)

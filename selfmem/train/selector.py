@@ -165,20 +165,26 @@ class SelectorTask:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        model.eval()
-        picks = []
-        for ex in self.dev:  # small dev sets: one example's candidates a batch
-            tensors = to_device(self._collate([ex], [list(range(len(ex.candidates)))]), self.env.device)
-            scores = self._scores(model, tensors)
-            picks.append(ex.candidates[int(scores[0].argmax())])
-        model.train()
+        """Rank 0's figures on every rank: the keep-best decision, which collectives follow,
+        must not hang on a near tie that float rounding breaks differently on another rank."""
 
         def corpus(texts: list[str]) -> float:
             return headline_score(self.metric, texts, self.dev_references, self.bleu_tokenize)
 
-        reference_picks = baseline_picks(self.dev)
-        return {"metric": corpus(picks), "top1": corpus(reference_picks["top1"]),
-                "oracle": corpus(reference_picks["oracle"])}
+        def figures() -> dict[str, float]:
+            picks = []
+            for ex in self.dev:  # small dev sets: one example's candidates a batch
+                tensors = to_device(self._collate([ex], [list(range(len(ex.candidates)))]), self.env.device)
+                scores = self._scores(model, tensors)
+                picks.append(ex.candidates[int(scores[0].argmax())])
+            reference_picks = baseline_picks(self.dev)
+            return {"metric": corpus(picks), "top1": corpus(reference_picks["top1"]),
+                    "oracle": corpus(reference_picks["oracle"])}
+
+        model.eval()
+        result = agreed(figures)
+        model.train()
+        return result
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
