@@ -1,5 +1,6 @@
 """Rank-0-only work and the process-group timeout (the 2-process runs are in test_retrieve_distributed.py)."""
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -75,6 +76,24 @@ def test_each_torchrun_restart_keeps_its_keys_apart_in_the_agents_store(monkeypa
         restart_store(env, timedelta(seconds=10)).set("rank_0", f"address of try {restart}")
     assert agent.get("selfmem/restart_0/rank_0") == b"address of try 0"
     assert agent.get("selfmem/restart_1/rank_0") == b"address of try 1"
+
+
+def test_several_nodes_on_the_agents_store_are_told_to_give_each_round_a_store(monkeypatch, caplog):
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent.port))
+    node_2 = DistEnv(rank=2, world_size=4, local_rank=0, local_world_size=2)
+    restart_store(node_2, timedelta(seconds=10))  # no --max-restarts: the counts stay 0
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    for env in (DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2),  # one node
+                DistEnv(rank=3, world_size=4, local_rank=1, local_world_size=2),  # not a node's first rank
+                node_2):
+        restart_store(env, timedelta(seconds=10))
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "several nodes share torchrun's agent store, whose restart counts each node keeps by itself: set "
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a store for each rendezvous round) so that the ranks meet again "
+        "after a restart or a change of nodes"]
 
 
 def test_a_timeout_that_is_not_positive_is_refused():

@@ -181,6 +181,11 @@ def test_copy_epochs_train_first_on_the_reference_as_memory(prepared):
     with pytest.raises(ValueError, match="copy_epochs = 4 leaves no epoch of train.max_epochs = 4"):
         prepare_generator(too_many, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
                           RunPaths(too_many.run_dir))
+    no_memory = load_config(DEMO_CONFIG, [f"run.root={prepared}", *TINY, "generator.copy_epochs=4",
+                                          "train.max_epochs=4", "generator.memory=none"])
+    _, task = prepare_generator(no_memory, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1),
+                                RunPaths(no_memory.run_dir))
+    assert sorted(i for batch in task.epoch_batches(0) for i in batch) == list(range(n))  # no copies
 
 
 def test_a_native_checkpoint_starts_a_run_and_zero_epochs_keep_it(prepared, tmp_path):

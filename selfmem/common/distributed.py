@@ -6,6 +6,7 @@ rank 0, collectives that return their input.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from selfmem.common.config import DistConfig
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,18 @@ def restart_store(env: DistEnv, timeout: timedelta) -> dist.Store | None:
     The agent keeps one store for the whole job, and torch's process group reuses its keys:
     after a ``torchrun --max-restarts`` restart the new ranks read the addresses the killed
     ones published and fail to connect, or wait until ``dist.timeout``. The restart count
-    is the same on every rank of a node (one agent starts them all). None elsewhere: torch
-    makes the store.
+    is the same on every rank of a node (one agent starts them all), but each node counts
+    its own, and none counts a change of members: on several nodes that restart the counts
+    can part, and every later group wait out ``dist.timeout``, hence a warning there. None
+    elsewhere: torch makes the store.
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
         return None
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if env.world_size > env.local_world_size and restarts > 0 and env.local_rank == 0:
+        log.warning("several nodes share torchrun's agent store, whose restart counts each node keeps "
+                    "by itself: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a store for each rendezvous "
+                    "round) so that the ranks meet again after a restart or a change of nodes")
     store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
     store.set_timeout(timeout)
     return dist.PrefixStore(f"selfmem/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

@@ -204,7 +204,8 @@ def crossfit_halves(config: Config, num_train: int) -> tuple[list[int], list[int
 
 
 def crossfit_candidates(config: Config, env: DistEnv, paths: RunPaths, subset: list[int]) -> None:
-    """Candidates for the train subset from generators that never saw them: one generator per
+    """Candidates for the train subset from generators never trained to write those examples'
+    targets (they may have read them, as BM25 memories of their own half): one generator per
     half of train (``crossfit/half{h}/generator``), each decoding the subset's examples of the
     other half; merged in subset order into ``selector_candidates/train.jsonl``."""
     halves = crossfit_halves(config, len(load_split(config.data, "train")))
