@@ -1,4 +1,4 @@
-"""Embedded BM25 that scores exactly as Elasticsearch (Lucene's BM25Similarity) does.
+"""Embedded BM25 that scores as Elasticsearch (Lucene's BM25Similarity) does, up to float rounding.
 
 The index is a ``bm25s`` index (its CSC score matrix, vocabulary and on-disk format)
 whose scores are computed with Lucene's formula, including the detail that makes
@@ -13,6 +13,12 @@ down to four significant bits before they enter the length normalisation.
 N counts documents with at least one token; avgdl is their mean length. Hits are
 ordered by score, ties by document id (Elasticsearch's order on a one-shard index);
 documents that share no token with the query are never returned.
+
+Rounding: each (token, document) term is computed in float64 and rounded to float32, and a
+query's terms are summed in float32 in query order; Lucene computes each term in float32
+(as ``w - w / (1 + tf * (1 / norm))``) and sums them in double. The scores agree to a few float32
+ulps, so documents whose scores tie or nearly tie may come in another order than
+Elasticsearch's.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ class LuceneBM25(bm25s.BM25):
 
 
 class BM25Retriever:
-    """Build, save, load and query an embedded Lucene-exact BM25 index."""
+    """Build, save, load and query an embedded BM25 index with Lucene's scoring."""
 
     def __init__(self, index: LuceneBM25, threads: int | None = None):
         self.index = index
