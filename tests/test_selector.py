@@ -14,6 +14,7 @@ from selfmem.common.config import Config, SelectorConfig, TrainConfig
 from selfmem.common.distributed import DistEnv
 from selfmem.common.tokenizer import HFTokenizer
 from selfmem.models import ModelConfig, Seq2SeqModel
+from selfmem.models.seq2seq import slotted_positions
 from selfmem.models.selector import (
     GeneratorEncoderBackbone,
     HFEncoderBackbone,
@@ -107,9 +108,11 @@ def test_a_slotted_generator_encoder_reads_the_candidate_in_the_memory_slot():
                                 eos_id=2, sep_id=4)
     encode = pair_encoder(selector, tokenizer, max_len=256)
     long = encode("10 11 12 13 14 15 16 17", "20 21 22 23 24 25 26")
-    assert long == [1, 10, 11, 12, 13, 14, 4, 20, 21, 22, 23, 4]  # source cut to 5 after cls, candidate to 4
+    assert long == [1, 10, 11, 12, 13, 4, 20, 21, 22, 4]  # cls, 4 source tokens and sep; 3 candidate tokens and sep
+    # the positions the generator gave its source and memory: the candidate starts the memory's slot
+    assert slotted_positions(torch.tensor([long]), 4, 6, 4).tolist() == [list(range(10))]
     assert encode("10 11", "20 21") == [1, 10, 11, 4, 20, 21, 4]
-    with torch.no_grad():  # the last separator sits at position 6 + 4 = 10, inside the table of 12
+    with torch.no_grad():
         assert torch.isfinite(selector(torch.tensor([long]))).all()
 
 

@@ -51,7 +51,8 @@ def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, 
     max_len = min(max_len, selector.backbone.max_positions)
     if isinstance(selector.backbone, GeneratorEncoderBackbone):
         # an encoder trained with slotted positions reads the candidate in the memory's slot, so
-        # each part must fit its slot, as the generator's source and memory did (cls takes a place)
+        # each part must fit its slot with its separator, as the generator's source and memory
+        # did (cls takes a place in the source's)
         source_len, candidate_len = selector.backbone.slots
         return lambda source, candidate: pair_ids(tokenizer.encode(source)[:source_len],
                                                   tokenizer.encode(candidate)[:candidate_len],
@@ -122,10 +123,11 @@ class GeneratorEncoderBackbone(nn.Module):
     @property
     def slots(self) -> tuple[int | None, int | None]:
         """The most source and candidate tokens a pair may hold with slotted positions (None: no
-        limit but ``max_positions``)."""
+        limit but ``max_positions``): ``cls source sep`` fill the source's slot, ``candidate sep``
+        the first memory's, as ``source sep memory eos`` did in the generator."""
         if not self.config.source_slot:
             return None, None
-        return self.config.source_slot - 1, self.config.memory_slot
+        return self.config.source_slot - 2, self.config.memory_slot - 1
 
     def forward(self, ids: Tensor) -> Tensor:
         states, _ = self.encoder(ids)
