@@ -214,6 +214,9 @@ def test_hf_pair_format_cuts_the_source_first(tmp_path):
     tokenizer = HFTokenizer(tmp_path)
     assert pair_encoder(selector, tokenizer, 16)("a b c d", "e f") == [2, 5, 6, 7, 8, 3, 9, 10, 3]
     assert pair_encoder(selector, tokenizer, 7)("a b c d", "e f") == [2, 5, 6, 3, 9, 10, 3]
+    assert pair_encoder(selector, tokenizer, 7)("a", "b c d e f") == [2, 3, 6, 7, 8, 9, 3]  # the candidate cut too
+    tokenizer.hf.model_max_length = 6  # a limit below the positions', as RoBERTa's 512 of 514
+    assert pair_encoder(selector, tokenizer, 16)("a b c d", "e f") == [2, 5, 3, 9, 10, 3]
 
 
 def test_a_selector_checkpoint_depends_on_its_training_settings_not_on_the_rounds():

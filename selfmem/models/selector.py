@@ -57,8 +57,19 @@ def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, 
         return lambda source, candidate: pair_ids(tokenizer.encode(source)[:source_len],
                                                   tokenizer.encode(candidate)[:candidate_len],
                                                   tokenizer.bos_id, tokenizer.sep_id, max_len)
-    return lambda source, candidate: tokenizer.hf(source, candidate, truncation="only_first",
-                                                  max_length=max_len)["input_ids"]
+    hf = tokenizer.hf
+    # the tokenizer's own limit too: RoBERTa-like models hold two positions more than they read
+    max_len = min(max_len, hf.model_max_length)
+    room = max_len - hf.num_special_tokens_to_add(pair=True)
+
+    def encode(source: str, candidate: str) -> list[int]:
+        if len(hf.encode(candidate, add_special_tokens=False)) >= room:
+            # the candidate fills the budget alone: no source, the candidate cut (HF's
+            # "only_first" truncation cannot empty the source, and refuses the pair)
+            return hf("", candidate, truncation="only_second", max_length=max_len)["input_ids"]
+        return hf(source, candidate, truncation="only_first", max_length=max_len)["input_ids"]
+
+    return encode
 
 
 def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
