@@ -19,13 +19,22 @@ its difference from the top-1 in BLEU. A trained variant trains its selector in
 launch/train_selector.py does, the best epoch kept by the dev metric of its pick.
 
 Choose on dev; read test once, for the chosen variants (``--splits test --variants ...``):
-the kept epoch of a trained variant is chosen on dev, so its dev figure is optimistic.
+the kept epoch of a trained variant and the settings a ``...dev`` variant chooses on the
+round's dev candidates (MBR's weights and temperature) are chosen on dev, so their dev
+figures are optimistic; test is the fair one.
+
+The candidates and samples files record the settings that made them (``*.made_with.json``
+beside them: the ``candidates`` keys that change what is decoded, and the digest of the
+generator); a file made under others is refused, not reused. Point ``run.root`` at a copy
+of a lift's run (its generator, tokenizer and BM25 memory): the lift's own round 1 holds
+its 50 candidates, and a missing file's making writes round 0's memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +44,9 @@ sys.path.insert(0, str(REPO))
 
 from selfmem.common.config import Config, load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
-from selfmem.common.distributed import agreed, close_distributed, init_distributed  # noqa: E402
+from selfmem.common.digest import config_values, path_digest  # noqa: E402
+from selfmem.common.distributed import agreed, close_distributed, init_distributed, on_main  # noqa: E402
+from selfmem.common.io import atomic_write_text  # noqa: E402
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
 from selfmem.common.run import RunPaths, start_run  # noqa: E402
 from selfmem.infer.generate import generate  # noqa: E402
@@ -95,6 +106,44 @@ def variant_paths(paths: RunPaths, config: Config, name: str) -> RunPaths:
     return dataclasses.replace(paths, selector_dir=f"selectors/{name}", selector_candidates_dir=candidates)
 
 
+def made_with(config: Config, paths: RunPaths, mode: str) -> dict:
+    """What a round-1 candidates (``mode`` "candidates") or samples file depends on besides
+    the run's BM25 memory: the decoding keys of its mode and the generator's digest."""
+    unread = ("max_tokens", "stream_batches", "hypothesis_beams",
+              *(("num_beams", "num_return", "early_stopping") if mode == "samples" else ("num_samples", "epsilon")))
+    return {**config_values(config, ("candidates",), [f"candidates.{key}" for key in unread]),
+            "generator": path_digest(paths.generator)}
+
+
+def ensure_decoded(config: Config, env, paths: RunPaths, split: str, mode: str) -> None:
+    """Round 1's ``mode`` file of ``split``, decoded from round 0's memory where missing; one
+    there is checked against the settings it records (or, from before they were recorded, its
+    candidate count)."""
+    path = paths.candidates(1, split) if mode == "candidates" else paths.samples(1, split)
+    record = path.with_name(f"{path.stem}.made_with.json")
+    settings = made_with(config, paths, mode)
+    if not agreed(path.exists):
+        generate(config, env, paths, split, mode, initial_memory(config, paths, split), 1)
+        on_main(lambda: atomic_write_text(record, json.dumps(settings, indent=1, sort_keys=True) + "\n"))
+        return
+
+    def verdict() -> str | None:
+        if record.exists():
+            made = json.loads(record.read_text(encoding="utf-8"))
+            changed = [f"{key} {made.get(key)!r} -> {settings.get(key)!r}" for key in sorted(made.keys() | settings.keys())
+                       if made.get(key) != settings.get(key)]
+            return f"made under other settings ({'; '.join(changed)})" if changed else None
+        with open(path, encoding="utf-8") as f:
+            count = len(json.loads(f.readline())["candidates"][0])
+        if mode == "candidates" and count != config.candidates.num_return:
+            return f"holds {count} candidates an example, not candidates.num_return = {config.candidates.num_return}"
+        return None
+
+    problem = agreed(verdict)
+    if problem:
+        raise SystemExit(f"error: {path} {problem}: delete it, or point run.root at a copy of the run")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -105,12 +154,10 @@ def main() -> None:
     env = init_distributed()
     paths = start_run(config, env)
     for split in ("dev", "test"):  # round 1's candidates, from round 0's memory (the BM25 memory)
-        if not agreed(paths.candidates(1, split).exists):
-            generate(config, env, paths, split, "candidates", initial_memory(config, paths, split), 1)
+        ensure_decoded(config, env, paths, split, "candidates")
     if any(SAMPLES in VARIANTS[name] for name in args.variants):
         for split in args.splits:  # and their samples, MBR's pseudo-references, from the same memory
-            if not agreed(paths.samples(1, split).exists):
-                generate(config, env, paths, split, "samples", initial_memory(config, paths, split), 1)
+            ensure_decoded(config, env, paths, split, "samples")
     picks: dict[str, dict[str, list[str]]] = {split: {} for split in args.splits}
     seconds = {}
     for name in args.variants:
@@ -140,7 +187,7 @@ def main() -> None:
     if env.is_main:
         c = config.candidates
         print(f"\nrun {paths.root}; {c.num_beams} beams, {c.num_return} candidates returned per example; "
-              f"command: python bench/selector_quality.py --config {args.config} {' '.join(overrides)}")
+              f"command: python bench/selector_quality.py {' '.join(sys.argv[1:])}")
         for split in args.splits:
             examples = load_split(config.data, split)
             references = [ex.target for ex in examples]
