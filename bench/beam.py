@@ -9,7 +9,9 @@ same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in
 process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned).
 Printed: examples per second (median of --repeats), the ratio (the median of the repeats'
 ratios), the peak memory of each (CUDA: allocated bytes; CPU: growth of the peak resident
-set during decoding, as the kernel counts it) and the share of examples whose best
+set during decoding, as the kernel counts it: for the engines in this process, during the
+first repeat, the heap trimmed before each, as the freed memory kept for reuse would hide
+what a later engine needs) and the share of examples whose best
 hypothesis is the same; then the native search's decoding steps, and how many of them
 decode a single example's beams (the rest of its batch done). ``selfmem, continuous`` is the
 native search given all the sources as one stream, in the same order, at most --batch at a
@@ -41,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from selfmem.common.cpu_memory import keep_freed_memory  # noqa: E402
+from selfmem.common.cpu_memory import keep_freed_memory, release_freed_memory  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search  # noqa: E402
 from selfmem.infer.hf_beam import hf_beam_search  # noqa: E402
@@ -261,6 +263,11 @@ def main() -> None:
         best: dict[str, list[list[int]]] = {}
         for repeat in range(args.repeats):
             for name, decode in engines.items():
+                in_process = getattr(decode, "pid", "self") == "self"
+                if in_process and repeat == 0 and device.type == "cpu":
+                    # the free heap the engines before kept would hide this one's growth; later
+                    # repeats reuse what it mapped (no page faults in their timings, nor a peak)
+                    release_freed_memory(limit=0)
                 with PeakMemory(device, getattr(decode, "pid", "self")) as memory:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
@@ -270,7 +277,8 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     speed[name].append(len(sources) / (time.perf_counter() - started))
-                peak[name] = max(peak.get(name, 0), memory.peak)
+                if repeat == 0 or not in_process or device.type == "cuda":
+                    peak[name] = max(peak.get(name, 0), memory.peak)
                 best[name] = outputs
         print(f"\nbeams {beams}, returned {returned}:")
         for name in engines:
