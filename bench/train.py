@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_intermixed_args()
+    if args.steps < 2 or args.steps % 2:
+        parser.error(f"--steps must be even and at least 2 (both loops time the second half), got {args.steps}")
     keep_freed_memory()  # as the launch scripts do, for every run of this process
     logging.getLogger("selfmem").setLevel(logging.WARNING)
     root = Path(args.run_root or tempfile.mkdtemp(prefix="bench-train-"))
