@@ -241,6 +241,14 @@ def test_an_evaluation_cut_off_by_a_kill_while_saving_after_it_is_logged_once(tm
     assert evaluation_records(tmp_path) == [(8, True)]
 
 
+def test_a_checkpoint_left_half_written_by_a_kill_is_removed_when_the_run_resumes(tmp_path):
+    fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=3), ONE_PROCESS, tmp_path, seed=0, lr_schedule=lambda s: 1.0)
+    partial = tmp_path / ".checkpoint.pt.k1ll3d.tmp"
+    partial.write_bytes(b"half a checkpoint")
+    fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=5), ONE_PROCESS, tmp_path, seed=0, lr_schedule=lambda s: 1.0)
+    assert not partial.exists() and (tmp_path / CHECKPOINT).exists()
+
+
 def test_a_finished_run_called_again_keeps_its_log(tmp_path):
     for _ in range(2):
         fit(nn.Linear(1, 1), ToyTask(), toy_config(max_steps=3), ONE_PROCESS, tmp_path, seed=0,

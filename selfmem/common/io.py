@@ -34,6 +34,14 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def discard_partial(path: str | Path) -> None:
+    """Remove the temporary files that a process killed inside ``atomic_open(path)`` left
+    (never renamed; a checkpoint's can be gigabytes)."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path) as f:

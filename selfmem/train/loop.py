@@ -34,7 +34,14 @@ from selfmem.common.config import TrainConfig
 from selfmem.common.cpu_memory import release_freed_memory
 from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, agreed, all_gather, on_main
-from selfmem.common.io import atomic_directory, atomic_open, json_line, one_line, recover_directory
+from selfmem.common.io import (
+    atomic_directory,
+    atomic_open,
+    discard_partial,
+    json_line,
+    one_line,
+    recover_directory,
+)
 from selfmem.common.records import CheckpointError
 from selfmem.models.linear import weights_updated
 from selfmem.train.prefetch import Prefetcher
@@ -326,6 +333,7 @@ def fit(
                   "train.global_batch": per_step}
     on_main(lambda: recover_directory(out_dir))  # a crash while saving the best model
     out_dir.mkdir(parents=True, exist_ok=True)
+    on_main(lambda: discard_partial(out_dir / CHECKPOINT))  # a kill while saving the checkpoint
     device = env.device
     model.to(device)
     # gradients as views into DDP's buckets: no copy into the buckets before the all-reduce
