@@ -263,12 +263,13 @@ def main() -> None:
         best: dict[str, list[list[int]]] = {}
         for repeat in range(args.repeats):
             for name, decode in engines.items():
-                in_process = getattr(decode, "pid", "self") == "self"
+                pid = getattr(decode, "pid", "self")  # CTranslate2's child process, or this one
+                in_process = pid == "self"
                 if in_process and repeat == 0 and device.type == "cpu":
                     # the free heap the engines before kept would hide this one's growth; later
                     # repeats reuse what it mapped (no page faults in their timings, nor a peak)
                     release_freed_memory(limit=0)
-                with PeakMemory(device, getattr(decode, "pid", "self")) as memory:
+                with PeakMemory(device, pid) as memory:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     started = time.perf_counter()

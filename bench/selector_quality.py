@@ -106,22 +106,22 @@ def variant_paths(paths: RunPaths, config: Config, name: str) -> RunPaths:
     return dataclasses.replace(paths, selector_dir=f"selectors/{name}", selector_candidates_dir=candidates)
 
 
-def made_with(config: Config, paths: RunPaths, mode: str) -> dict:
+def made_with(config: Config, generator: str, mode: str) -> dict:
     """What a round-1 candidates (``mode`` "candidates") or samples file depends on besides
-    the run's BM25 memory: the decoding keys of its mode and the generator's digest."""
+    the run's BM25 memory: the decoding keys of its mode and ``generator``, its digest."""
     unread = ("max_tokens", "stream_batches", "hypothesis_beams",
               *(("num_beams", "num_return", "early_stopping") if mode == "samples" else ("num_samples", "epsilon")))
     return {**config_values(config, ("candidates",), [f"candidates.{key}" for key in unread]),
-            "generator": path_digest(paths.generator)}
+            "generator": generator}
 
 
-def ensure_decoded(config: Config, env, paths: RunPaths, split: str, mode: str) -> None:
-    """Round 1's ``mode`` file of ``split``, decoded from round 0's memory where missing; one
-    there is checked against the settings it records (or, from before they were recorded, its
+def ensure_decoded(config: Config, env, paths: RunPaths, split: str, mode: str, generator: str) -> None:
+    """Round 1's ``mode`` file of ``split``, decoded from round 0's memory by the run's
+    generator (``generator``: its digest) where missing; one there is checked against the settings it records (or, from before they were recorded, its
     candidate count)."""
     path = paths.candidates(1, split) if mode == "candidates" else paths.samples(1, split)
     record = path.with_name(f"{path.stem}.made_with.json")
-    settings = made_with(config, paths, mode)
+    settings = made_with(config, generator, mode)
     if not agreed(path.exists):
         generate(config, env, paths, split, mode, initial_memory(config, paths, split), 1)
         on_main(lambda: atomic_write_text(record, json.dumps(settings, indent=1, sort_keys=True) + "\n"))
@@ -153,11 +153,12 @@ def main() -> None:
     config = load_config(args.config, overrides)
     env = init_distributed()
     paths = start_run(config, env)
+    generator = agreed(lambda: path_digest(paths.generator))  # hashed once, by rank 0
     for split in ("dev", "test"):  # round 1's candidates, from round 0's memory (the BM25 memory)
-        ensure_decoded(config, env, paths, split, "candidates")
+        ensure_decoded(config, env, paths, split, "candidates", generator)
     if any(SAMPLES in VARIANTS[name] for name in args.variants):
         for split in args.splits:  # and their samples, MBR's pseudo-references, from the same memory
-            ensure_decoded(config, env, paths, split, "samples")
+            ensure_decoded(config, env, paths, split, "samples", generator)
     picks: dict[str, dict[str, list[str]]] = {split: {} for split in args.splits}
     seconds = {}
     for name in args.variants:
