@@ -108,6 +108,26 @@ def test_augment_appends_the_pick(run_root):
         assert len(memories[0]) == 2
 
 
+def test_augment_drops_the_oldest_self_memory_of_an_example_without_a_bm25_hit(run_root, tmp_path):
+    # lists of two, full at max_memories 2: each pick pushes one out. Where BM25 found a hit the
+    # list's head is the retrieved memory and stays; example 6 has none, so its list holds
+    # self-memories only and its head, the oldest, goes
+    root = tmp_path / "root"
+    shutil.copytree(run_root, root)
+    path = root / "demo" / "round_0" / "candidates" / "dev.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, record in enumerate(records):
+        record["memories"] = [[f"head {i}", f"second {i}"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    lines = [json.loads(line)["memories"] for line in
+             select(root, "selector.mode=augment", "selector.max_memories=2").decode("utf-8").splitlines()]
+    hits = dev_hits(root)
+    assert not hits[6] and all(hits[i] for i in range(len(hits)) if i != 6)
+    for i, (memories, (_, pool, scores)) in enumerate(zip(lines, expected_scores(root))):
+        pick = top_b(pool, scores, 1)[0]
+        assert memories == [[f"second {i}", pick] if i == 6 else [f"head {i}", pick]]
+
+
 def test_a_split_scored_in_chunks_gets_the_memories_of_one_read_whole(run_root):
     whole = select(run_root, "selector.beam=2")
     config = load_config(DEMO_CONFIG, [f"run.root={run_root}", *SMALL, "selector.beam=2"])

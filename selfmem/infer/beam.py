@@ -194,7 +194,9 @@ def trimmed(cache: DecoderCache, encoder_out: EncoderOut, inputs_too: bool) -> t
 def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
                 start_id: int, eos_id: int, source_index: Tensor | None = None,
                 max_examples: int | None = None) -> list[list[Hypothesis]]:
-    """The ``settings.num_return`` best hypotheses of every input row, best first.
+    """The ``settings.num_return`` best hypotheses of every input row, best first (fewer, or
+    none, where every continuation is forbidden before enough finish: n-gram blocking that bans
+    every token while ``min_len`` still bans the end).
 
     ``model`` is a ``Seq2SeqModel``; ``memory`` its dual-memory input or None. With
     ``source_index`` (dual memory), the inputs are the rows of ``memory``, row i with

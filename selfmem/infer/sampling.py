@@ -7,8 +7,10 @@ references: unlike the beam's candidates, which share most of their prefixes, th
 from the generator's distribution (Freitag et al., 2023, "Epsilon sampling rocks").
 
 The randomness is a pure function of (row seed, sample, step, token), a hash rather than a
-stateful generator, so that a sample never depends on which other rows share its batch, on
-the batch size or on the number of ranks: the caller gives each row a seed from its example.
+stateful generator, so that a sample's noise never depends on which other rows share its
+batch or on the number of ranks (its log-probabilities only up to the float rounding that
+padding moves; across ranks bit for bit, since batches do not depend on them): the caller
+gives each row a seed from its example.
 The draw is the Gumbel-max trick: the argmax of log-probability plus Gumbel noise.
 """
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from itertools import accumulate, islice
+from itertools import accumulate, islice, repeat
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from selfmem.common.records import DataError, text_lists
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import merge_shards, shard_paths, write_shard
 from selfmem.models.selector import Selector, pair_encoder, selector_tokenizer
-from selfmem.retrieve.memory import iter_retrieved
+from selfmem.retrieve.memory import bm25_hits, iter_retrieved
 from selfmem.select.candidates import (
     FEATURES,
     CandidateLine,
@@ -382,6 +382,11 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
     score = trained_scorer(config, env, paths) if cfg.kind == "trained" else mbr_scorer(config)
     picks: dict[int, str] = {}  # this rank's examples' top picks
 
+    # augment keeps the retrieved memory at the head of a list, where there is one: an example
+    # without a BM25 hit started from an empty list, so its head is its oldest self-memory
+    retrieved_heads = (bool(hits) for hits in bm25_hits(paths, split, num_examples)) \
+        if cfg.mode == "augment" and cfg.keep_retrieved and paths.bm25_memory(split).exists() else repeat(True)
+
     def memory_lines() -> Iterator[tuple[int, str]]:
         """This rank's examples' memory lines, in order: a chunk of examples at a time (every
         world_size-th example each), whose candidates are scored together."""
@@ -391,12 +396,14 @@ def select_memories(config: Config, env: DistEnv, paths: RunPaths, split: str, r
             indices = range(first, first + len(chunk))
             # every example's candidates over all of its memory inputs compete together
             scores = score(chunk, [env.owns(i) for i in indices])
-            for i, (line, _), line_scores in zip(indices, chunk, scores):
+            heads = list(islice(retrieved_heads, len(chunk)))
+            for i, (line, _), line_scores, retrieved_head in zip(indices, chunk, scores, heads):
                 if not env.owns(i):
                     continue
                 best = top_b(line.pool, line_scores, cfg.beam)
                 picks[i] = best[0]
-                memories = ([augment(augmented_list(line), best[0], cfg.max_memories, cfg.keep_retrieved)]
+                keep = cfg.keep_retrieved and retrieved_head
+                memories = ([augment(augmented_list(line), best[0], cfg.max_memories, keep)]
                             if cfg.mode == "augment" else [[m] for m in best])
                 yield i, json_line({"memories": memories})
             first += len(chunk)
