@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,11 +219,18 @@ def scores(hyps: list[str], references: list[str], bleu_tokenize: str) -> tuple[
 
 def finished_rows(run: Path) -> list[dict]:
     """A run's metric rows whose stage is done: one being redone (its files removed, its rows
-    still in the run's ``metrics.jsonl`` until the stage ends) is left out; none without a run."""
+    still in the run's ``metrics.jsonl`` until the stage ends) is left out, and so are the
+    rounds after it, whose files are from before it; none without a run."""
     if not (run / "metrics.jsonl").exists():
         return []
+    paths = RunPaths(run)
+
+    def done(round_name) -> bool:
+        return (paths.round_dir(round_name) / "metrics.jsonl").exists()
+
+    first_undone = next(k for k in count() if not done(k))  # round k reads round k-1's memory
     return [r for r in read_jsonl(run / "metrics.jsonl")
-            if (RunPaths(run).round_dir(r["round"]) / "metrics.jsonl").exists()]
+            if (r["round"] < first_undone if isinstance(r["round"], int) else done(r["round"]))]
 
 
 def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
@@ -264,7 +272,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if name == "joint" and NO_MEMORY in dev:  # the others' baselines are copies of it, or trained alike
             row("Transformer (no memory)", root / corpus / name, NO_MEMORY, dev[NO_MEMORY])
-        if name in ("joint", "dual", "copy") and 0 in dev:  # a generator of its own
+        if (name == "joint" or BY_NAME[name].own_generator) and 0 in dev:  # a generator of its own
             row(f"Transformer-{labels[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
         self_rounds = [k for k in dev if isinstance(k, int) and k > 0]
         if self_rounds:

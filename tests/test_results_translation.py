@@ -125,6 +125,24 @@ def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
     assert f"| Selfmem Joint | 1 | {dev[1]:.2f} | " in text
     joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
     assert "| 1 | dev |" in joint and "| 2 | dev |" not in joint
+    # round 1 being redone: round 2's files, still there, are from before it and left out too
+    shutil.rmtree(copy)
+    shutil.copytree(runs, copy, symlinks=True)
+    shutil.rmtree(copy / "joint" / "round_1")
+    text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
+    joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
+    assert "| 0 | dev |" in joint and "| 1 | dev |" not in joint and "| 2 | dev |" not in joint
+    assert "| Selfmem Joint |" not in text and "| Selfmem Joint, Top-B (B = 4) |" in text
+
+
+def test_every_system_with_a_generator_of_its_own_reports_its_round_0(driven, tmp_path):
+    runs, data, _ = driven
+    copy = tmp_path / "runs" / "tm"
+    copy.mkdir(parents=True)
+    shutil.copytree(runs / "joint", copy / "augment", symlinks=True)  # a finished augment run, as it would look
+    text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
+    dev = {r["round"]: r["hyps"] for r in read_jsonl(runs / "joint" / "metrics.jsonl") if r["split"] == "dev"}
+    assert f"| Transformer-Joint, augmented memory (BM25 memory, round 0) | 0 | {dev[0]:.2f} | " in text
 
 
 def translation_module():
@@ -138,7 +156,8 @@ def translation_module():
 def test_a_system_with_a_generator_of_its_own_starts_from_the_stages_that_read_none(driven, tmp_path):
     """dual forks joint's tokenizer, BM25 memory and no-memory baseline only: joint's generator
     and round 0, copied, would stand in the report as dual's own until its lift retrained them.
-    The report leaves out a run's round 0 while it is being redone (the plot's BM25 line too)."""
+    The report leaves out a run's round 0 while it is being redone (the plot's BM25 line too),
+    and the rounds after it."""
     translation = translation_module()
     runs, data, _ = driven
     copy = tmp_path / "runs" / "tm"
@@ -151,7 +170,9 @@ def test_a_system_with_a_generator_of_its_own_starts_from_the_stages_that_read_n
                                      for name in ("tokenizer", "retrieval", "no_memory")}
     shutil.rmtree(copy / "joint" / "round_0")  # joint's round 0 being redone
     text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
-    assert "Dual" not in text and "BM25 memory, round 0" not in text and "| Selfmem Joint |" in text
+    # and joint's rounds after it, decoded from the round 0 being redone
+    assert "Dual" not in text and "BM25 memory, round 0" not in text and "| Selfmem Joint |" not in text
+    assert "| Selfmem Joint, Top-B (B = 4) |" in text
     # the augment system's own settings reach the config its report reads
     setup = translation.Setup(tmp_path / "runs", data, DEMO_CONFIG, (), 1)
     assert translation.run_config(setup, "tm", "augment", translation.BY_NAME["augment"].overrides) \

@@ -4,7 +4,8 @@ Each candidate of an example is scored by its expected utility against the examp
 candidates as pseudo-references, each weighted by the generator's probability of it (or
 all alike): ``score_i = sum_j w_j * utility(c_i, c_j)``. The utility is sentence BLEU or
 chrF++ exactly as sacrebleu computes them, but for all pairs at once: every candidate's
-n-grams are counted once, and the clipped matches of all pairs come from matrix products,
+n-grams are counted once, and the clipped matches of all pairs come from products of 0/1
+vectors, counted as the popcounts of bit sets ANDed together,
 ``sum_g min(a_g, b_g) = sum_t [a >= t] . [b >= t]`` over the few count levels t.
 """
 
