@@ -22,7 +22,7 @@ from selfmem.common.digest import file_digest, path_digest
 from selfmem.common.distributed import DistEnv
 from selfmem.common.generator_inputs import SpecialIds
 from selfmem.common.io import read_jsonl
-from selfmem.common.metrics import headline_score
+from selfmem.common.metrics import headline_score, sentence_rouge
 from selfmem.common.run import RunPaths
 from selfmem.common.tokenizer import load_tokenizer
 from selfmem.lift.pipeline import lift
@@ -504,3 +504,41 @@ def test_a_stage_killed_while_its_old_outputs_go_is_neither_skipped_nor_resumed(
     state_module.RunState(tmp_path / "state.json").run(
         "stage", ["new"], [output], lambda: seen.append(output.exists()) or work("new")())
     assert seen == [False] and (output / "checkpoint").read_text() == "new"
+
+
+def test_a_summarization_lift_scores_its_oracle_with_the_rouge_weights_and_reruns_when_they_change(tmp_path):
+    """MBR on a ROUGE corpus: the rounds' oracle column is each example's best candidate by
+    the weighted ROUGE-1/ROUGE-2 of ``selector.rouge_weights``, so changing them reruns the
+    rounds (and only them) and the column follows."""
+    data = REPO / "tests" / "fixtures" / "debian_sum"
+    args = ["--config", str(REPO / "configs" / "debian_sum.yaml"), f"data.dir={data}", f"run.root={tmp_path}",
+            *[a for a in TINY if not a.startswith(("lift.no_memory_init", "data.max_examples"))],
+            "tokenizer.vocab_size=600", "data.max_examples=40", "train.max_epochs=2", "candidates.num_beams=4",
+            "candidates.num_return=4", "candidates.hypothesis_beams=2", "candidates.max_len=16",
+            "selector.kind=mbr", "selector.mbr_retrieved_weight=0", "lift.max_rounds=1",
+            "lift.no_memory_baseline=false"]
+    run = tmp_path / "debian_sum"
+    config = load_config(REPO / "configs" / "debian_sum.yaml", args[2:])
+    references = {split: [ex.target for ex in load_split(config.data, split)] for split in ("dev", "test")}
+
+    def oracle(split, weights):  # the first of each example's best candidates, scored afresh
+        pools = [r["candidates"][0] for r in read_jsonl(run / "round_1" / "candidates" / f"{split}.jsonl")]
+        best = [max(pool, key=lambda c, ref=ref: sentence_rouge(c, ref, weights))
+                for pool, ref in zip(pools, references[split])]
+        return headline_score("rouge", best, references[split])
+
+    def stages():
+        return json.loads((run / "state.json").read_text())["stages"]
+
+    def rows():
+        return {r["split"]: r for r in read_jsonl(run / "metrics.jsonl") if r["round"] == 1}
+
+    run_single("launch/lift.py", [*args, "selector.rouge_weights=[1,0]"])
+    first = stages()
+    assert {split: rows()[split]["oracle"] for split in ("dev", "test")} == \
+        {split: oracle(split, (1.0, 0.0)) for split in ("dev", "test")}
+    run_single("launch/lift.py", [*args, "selector.rouge_weights=[0,1]"])
+    assert [s for s in stages() if stages()[s]["fingerprint"] != first[s]["fingerprint"]] == ["round_1"]
+    assert {split: rows()[split]["oracle"] for split in ("dev", "test")} == \
+        {split: oracle(split, (0.0, 1.0)) for split in ("dev", "test")}
+    assert oracle("dev", (0.0, 1.0)) != oracle("dev", (1.0, 0.0))  # the weights pick other candidates

@@ -234,6 +234,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
                                                                    *no_memory_keys(config.selector))}
     if reads_no_memory(config.selector):  # the baseline's opinion of the candidates
         selector_key[NO_MEMORY] = baseline_key
+    if config.data.metric != "bleu":  # the rounds' oracle column scores each candidate with them
+        selector_key["rouge_weights"] = config.selector.rouge_weights
     if config.lift.max_rounds > 0 and config.selector.kind == "trained":
         candidates_key = state.run(
             "selector_candidates", [previous_key, decoding, config.selector.train_from,
