@@ -129,7 +129,10 @@ def ours(config, model, task, initial: dict, steps: int, precision: str, new_pat
         fit(model, task, config.train, ONE_PROCESS, Path(out), config.run.seed,
             inverse_sqrt_schedule(config.train.warmup_steps))
         records = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
-    return [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]
+    timed = [r for r in records if "tokens_per_s" in r][-1]
+    if compile:
+        print(f"  compiled graphs so far (first compiles and recompiles): {timed['compiles']}", flush=True)
+    return timed["tokens_per_s"]
 
 
 @weight_packing(False)
@@ -166,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/libreoffice_ende.yaml")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each loop (0: only --profile)")
     parser.add_argument("--run-root", help="reuse the tokenizer and BM25 memory prepared under this root")
     parser.add_argument("--precisions", default="fp32", help="autocast dtypes for our loop, e.g. fp32,fp16,bf16")
     parser.add_argument("--no-baseline", action="store_true", help="time only our loop, old paths and new")
@@ -221,7 +224,7 @@ def main() -> None:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(profiler.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
-    medians = {name: statistics.median(values) for name, values in figures.items()}
+    medians = {name: statistics.median(values) for name, values in figures.items() if values}  # none: --repeats 0
     flops_per_token = training_flops_per_token(config, task, task.epoch_batches(0)[: args.steps])
     peak = next((tflops for name, tflops in PEAK_TFLOPS.items() if device.type == "cuda"
                  and name in torch.cuda.get_device_name()), None)
