@@ -15,8 +15,8 @@ with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
   costs nothing (operations run synchronously);
 - ours, no oneDNN (fp32 on a CPU): the new paths with PyTorch's own matrix products, to
   tell the oneDNN path's share (`selfmem.models.linear`);
-- ours, compiled (with --compile): the new paths with train.compile (torch.compile,
-  dynamic shapes, bucketed padded lengths);
+- ours, compiled (with --compile): the new paths with train.compile (the layers through
+  torch.compile, one graph per layer class, dynamic shapes, bucketed padded lengths);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
   example, fp32, with the batch size that holds as many real tokens per step on average.
 The process keeps freed CPU memory for reuse, as the launch scripts do

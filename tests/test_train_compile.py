@@ -1,6 +1,6 @@
 """train.compile on a tiny generator: bucketed padding changes no loss, compiled training gives the
-eager losses (on 2 ranks too), and a compiled run stopped and continued equals an uninterrupted one
-bit for bit."""
+eager losses (on 2 ranks too), a compiled run stopped and continued equals an uninterrupted one
+bit for bit, and the layers of a stack share one compiled graph per class."""
 
 import pytest
 import torch
@@ -11,7 +11,8 @@ from selfmem.common.config import load_config
 from selfmem.common.distributed import DistEnv
 from selfmem.common.run import RunPaths
 from selfmem.train.generator import prepare_generator, train_generator
-from selfmem.train.loop import compiled_graphs, compiled_steps
+from selfmem.train.loop import compiled_graphs, compiled_layers, compiled_steps
+from test_models import batch, small_model
 from test_train_generator import assert_same_weights, fresh_run, log_records, prepared, train_args  # noqa: F401
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
@@ -37,13 +38,15 @@ def test_bucketed_padding_gives_the_same_losses(prepared):
 def test_compiled_training_gives_the_eager_losses_and_resumes_exactly(prepared, tmp_path):
     # no dropout for the comparison: compiled code draws its masks otherwise than eager code does
     eager, compiled = fresh_run(prepared, tmp_path, "eager"), fresh_run(prepared, tmp_path, "compiled")
-    train_in_process(eager, "generator.dropout=0", "train.max_steps=6")
-    train_in_process(compiled, "generator.dropout=0", "train.max_steps=6", "train.compile=true")
+    two_layers = ["generator.encoder_layers=2", "generator.decoder_layers=2"]
+    train_in_process(eager, "generator.dropout=0", "train.max_steps=6", *two_layers)
+    train_in_process(compiled, "generator.dropout=0", "train.max_steps=6", "train.compile=true", *two_layers)
     records = [r for r in log_records(compiled) if "loss" in r]
     assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in log_records(eager) if "loss" in r],
                                                          rel=1e-5)
-    # one graph for batches of several shapes: no recompile after the first step
-    assert records[0]["compiles"] == records[-1]["compiles"] == 1
+    # one graph per layer class (the encoder layer's, the decoder layer's), shared by both layers
+    # of each, for batches of several shapes: no recompile after the first step
+    assert records[0]["compiles"] == records[-1]["compiles"] == 2
     # with dropout, stopped after 3 steps and continued: the masks are seeded per micro-batch as in eager code
     straight, resumed = fresh_run(prepared, tmp_path, "straight"), fresh_run(prepared, tmp_path, "resumed")
     train_in_process(straight, "train.max_steps=6", "train.compile=true")
@@ -53,7 +56,7 @@ def test_compiled_training_gives_the_eager_losses_and_resumes_exactly(prepared, 
 
 
 def test_compiled_training_on_two_ranks_follows_one_eager_process(prepared, tmp_path):
-    # torch.compile over DDP compiles the model's forward (DDP's own frames hold no graph)
+    # the layers compiled inside the model DDP wraps
     one, two = fresh_run(prepared, tmp_path, "one"), fresh_run(prepared, tmp_path, "two")
     run_single("launch/train_generator.py", train_args(one, "generator.dropout=0", "train.accumulate=2",
                                                        "train.max_steps=4"))
@@ -62,9 +65,25 @@ def test_compiled_training_on_two_ranks_follows_one_eager_process(prepared, tmp_
     records = [r for r in log_records(two) if "loss" in r]
     assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in log_records(one) if "loss" in r],
                                                          rel=1e-5)
-    assert records[0]["compiles"] == records[-1]["compiles"] == 1
+    assert records[0]["compiles"] == records[-1]["compiles"] == 2
     [final] = [r for r in log_records(two) if "params_sha256" in r]
     assert len(set(final["params_sha256"])) == 1
+
+
+@torch.no_grad()
+def test_compiled_layers_give_the_eager_logits_with_one_graph_per_layer_class_and_are_undone_after():
+    model = small_model("dual", encoder_layers=3, decoder_layers=3, pre_norm=True)  # the memory attention too
+    src, dec, memory = batch("dual")
+    eager, names = model(src, dec, memory), list(model.state_dict())
+    before = compiled_graphs()
+    with compiled_steps(True), compiled_layers(model, True):
+        compiled = model(src, dec, memory)
+    assert compiled_graphs() - before == 2  # not 6: the three layers of each stack share theirs
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert not any("forward" in vars(module) for module in model.modules())
+    assert list(model.state_dict()) == names
+    with compiled_layers(model, False):
+        assert not any("forward" in vars(module) for module in model.modules())
 
 
 def test_the_settings_of_compiled_steps_are_undone_after_them():

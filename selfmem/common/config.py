@@ -133,8 +133,9 @@ class TrainConfig:
     # micro-batches collated ahead of the step in a background thread (into pinned memory on
     # GPUs); 0 collates each on the main thread when the step needs it. Changes no result
     prefetch: int = 2
-    # torch.compile the generator's training forward, its padded lengths rounded up to a few
-    # buckets so that recompiles stay few (the training log counts them)
+    # torch.compile the generator's layers for training (one graph per layer class, shared by
+    # the layers of a stack), its padded lengths rounded up to a few buckets so that
+    # recompiles stay few (the training log counts them)
     compile: bool = False
 
 
