@@ -17,6 +17,8 @@ Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
   retrieved one (``selector.mode=augment``).
 - ``copy``: a joint generator trained with the copy recipe (``generator.copy_epochs=4``), its
   round 0 and self memory: does a generator that follows its memory further gain more?
+- ``slots``: a joint generator with slotted positions (``generator.joint_positions=slots``),
+  its round 0 and self memory, the same question.
 - ``upper``: the joint generator with each example's reference as its memory, the paper's
   upper bound (decoded with launch/generate.py, no lift).
 
@@ -104,6 +106,11 @@ SYSTEMS = [
     # reference as its memory): does a G that follows its memory further turn a better pick
     # into a better output? Chosen against `joint` on dev (docs/results.md)
     System("copy", ("generator.copy_epochs=4",), ("tm",), forks="joint"),
+    # the joint generator with slotted positions (the memory's positions start at a fixed
+    # slot whatever the source's length): where G does not copy its pick it writes what it
+    # wrote with the BM25 memory; does a memory at a constant distance get followed further?
+    # Chosen against `joint` on dev (docs/results.md)
+    System("slots", ("generator.joint_positions=slots",), ("tm",), forks="joint"),
 ]
 BY_NAME = {s.name: s for s in SYSTEMS}
 UPPER = "upper"  # the joint generator decoding with the reference as memory
@@ -267,7 +274,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
 
     labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory",
-              "copy": "Joint, copy epochs (4)"}
+              "copy": "Joint, copy epochs (4)", "slots": "Joint, slotted positions"}
     for name, rows in runs.items():
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if name == "joint" and NO_MEMORY in dev:  # the others' baselines are copies of it, or trained alike

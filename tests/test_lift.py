@@ -107,12 +107,13 @@ def test_the_no_memory_baseline_is_trained_and_reported(uninterrupted, tmp_path)
     assert baseline[0]["hyps"] == pytest.approx(headline_score("bleu", hyps, dev))
     assert "| no memory |" in (run / "report.md").read_text()
 
-    # a generator that differs only in what its memory reads (here the copy recipe) keeps the
-    # baseline: a model without memory would be trained the same
+    # a generator that differs only in what its memory reads (here the copy recipe and the
+    # memory's positions) keeps the baseline: a model without memory would be trained the same
     weights = run / "no_memory" / "generator" / "model.safetensors"
     trained = weights.stat().st_mtime_ns
     run_single("launch/lift.py", lift_args(root, ONE_PROCESS, "lift.no_memory_baseline=true",
-                                           "generator.copy_epochs=1", "lift.max_rounds=0"))
+                                           "generator.copy_epochs=1", "generator.joint_positions=slots",
+                                           "lift.max_rounds=0"))
     again = state(root)
     assert again["generator"]["fingerprint"] != after["generator"]["fingerprint"]
     assert again["no_memory"] == after["no_memory"] and weights.stat().st_mtime_ns == trained

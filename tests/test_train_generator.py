@@ -1,6 +1,7 @@
 """The generator training loop for real: torchrun with gloo, 2 ranks against 1, and SIGKILL resumes
 (on the same number of processes, and with train.global_batch on another)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -208,6 +209,23 @@ def test_a_native_checkpoint_starts_a_run_and_zero_epochs_keep_it(prepared, tmp_
     with pytest.raises(ValueError, match=r"holds a native generator other than the one this config describes: "
                                          r"d_model 32 \(the config builds 64\); heads 2 \(the config builds 4\)\."):
         build_model(wider, tokenizer)
+
+    # slotted positions: a joint model reads them, so a checkpoint without them is refused ...
+    slotted = load_config(DEMO_CONFIG, [f"run.root={started}", *TINY, f"generator.init={shipped}",
+                                        "generator.joint_positions=slots"])
+    with pytest.raises(ValueError, match=r": source_slot 0 \(the config builds 32\); memory_slot 0 \(the config "
+                                         r"builds 32\)\."):
+        build_model(slotted, tokenizer)
+    # ... and a model without memory reads none: one saved with them (a demo's no-memory twin) loads
+    no_memory = tmp_path / "no_memory"
+    twin = Seq2SeqModel(dataclasses.replace(Seq2SeqModel.load(shipped).config, memory="none", source_slot=32,
+                                            memory_slot=32))
+    twin.save(no_memory)
+    plain = load_config(DEMO_CONFIG, [f"run.root={started}", *TINY, f"generator.init={no_memory}",
+                                      "generator.memory=none"])
+    loaded = build_model(plain, tokenizer)
+    assert loaded.config.source_slot == 0
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in twin.state_dict().items())
 
 
 def test_the_loss_over_real_target_positions_equals_the_loss_over_all_with_pads_ignored(prepared):

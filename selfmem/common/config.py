@@ -256,13 +256,14 @@ class Config:
 
 
 # the generator keys that only a memory reads (a generator without one ignores them)
-MEMORY_ONLY = ("memory", "copy_epochs", "num_memories")
+MEMORY_ONLY = ("memory", "copy_epochs", "num_memories", "joint_positions")
 
 
 def baseline_generator(generator: GeneratorConfig) -> GeneratorConfig:
     """The run's generator settings as its no-memory baseline reads them: the keys that only a
     memory reads at their defaults, so that generators differing only there (joint or dual,
-    their memories, the copy recipe) share one baseline, and its stage's fingerprint."""
+    their memories and the memories' positions, the copy recipe) share one baseline, and its
+    stage's fingerprint."""
     return dataclasses.replace(generator, **{key: getattr(GeneratorConfig, key) for key in MEMORY_ONLY})
 
 
