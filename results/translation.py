@@ -19,6 +19,8 @@ Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
   round 0 and self memory: does a generator that follows its memory further gain more?
 - ``slots``: a joint generator with slotted positions (``generator.joint_positions=slots``),
   its round 0 and self memory, the same question.
+- ``close``: a joint generator trained with close BM25 memories only
+  (``retrieval.min_fuzzy_match=0.5``; an example without one has none), the same question.
 - ``upper``: the joint generator with each example's reference as its memory, the paper's
   upper bound (decoded with launch/generate.py, no lift).
 
@@ -90,8 +92,9 @@ class System:
 
     @property
     def own_generator(self) -> bool:
-        """Whether it trains a generator of its own (sets a ``generator.*`` key)."""
-        return any(o.startswith("generator.") for o in self.overrides)
+        """Whether it trains a generator of its own (sets a ``generator.*`` key, or a
+        ``retrieval.*`` one: the memories it trains with)."""
+        return any(o.startswith(("generator.", "retrieval.")) for o in self.overrides)
 
 
 # every fork keeps joint's no-memory baseline: a generator without memory does not depend on
@@ -111,6 +114,11 @@ SYSTEMS = [
     # wrote with the BM25 memory; does a memory at a constant distance get followed further?
     # Chosen against `joint` on dev (docs/results.md)
     System("slots", ("generator.joint_positions=slots",), ("tm",), forks="joint"),
+    # the joint generator trained (and decoding round 0) with close BM25 memories only, the
+    # others none (hits whose source's word fuzzy match is under 0.5 dropped): a generator
+    # that met only memories worth following, does it follow a self memory further? Chosen
+    # against `joint` on dev
+    System("close", ("retrieval.min_fuzzy_match=0.5",), ("tm",), forks="joint"),
 ]
 BY_NAME = {s.name: s for s in SYSTEMS}
 UPPER = "upper"  # the joint generator decoding with the reference as memory
@@ -274,7 +282,8 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
 
     labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory",
-              "copy": "Joint, copy epochs (4)", "slots": "Joint, slotted positions"}
+              "copy": "Joint, copy epochs (4)", "slots": "Joint, slotted positions",
+              "close": "Joint, close memories only (fuzzy match 0.5)"}
     for name, rows in runs.items():
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if name == "joint" and NO_MEMORY in dev:  # the others' baselines are copies of it, or trained alike

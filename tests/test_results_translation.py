@@ -163,6 +163,7 @@ def test_a_system_with_a_generator_of_its_own_starts_from_the_stages_that_read_n
     copy = tmp_path / "runs" / "tm"
     shutil.copytree(runs, copy, symlinks=True)
     assert translation.BY_NAME["dual"].own_generator and not translation.BY_NAME["topb4"].own_generator
+    assert translation.BY_NAME["close"].own_generator  # its memories are others: so is its generator
     translation.fork(copy / "joint", copy / "dual", own_generator=True)
     assert sorted(p.name for p in (copy / "dual").iterdir()) == ["memory", "no_memory", "state.json", "tokenizer"]
     joint = stages(copy / "joint")
