@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time our loop with train.compile (its first run compiles, minutes on a CPU)")
     parser.add_argument("--profile", metavar="PRECISION", help="also profile our loop's steps in this precision")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="prepare the tokenizer and BM25 memory under --run-root, then stop (for a GPU run)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_intermixed_args()
     if args.steps < 2 or args.steps % 2:
@@ -191,6 +193,9 @@ def main() -> None:
     if not (paths.tokenizer.exists() and paths.bm25_memory("dev").exists()):
         prepare_run_tokenizer(config, paths.tokenizer)
         build_bm25_memory(config, ONE_PROCESS, paths)
+    if args.prepare_only:
+        print(f"prepared: {paths.tokenizer} and the BM25 memory under {config.run_dir}")
+        return
 
     device = ONE_PROCESS.device
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}")
