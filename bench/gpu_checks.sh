@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Every GPU figure issue 20 asks for, in one run of about 8 minutes on one GPU, for a session
+# Every GPU figure issue 20 asks for, in one run of about 8 minutes on one GPU (496 s on an H200;
+# at most 12 if every check ran to its time limit), for a session
 # lent a device machine for a few minutes only: the training loop's tokens/s and MFU in
 # fp32, fp16 and bf16 against a plain loop (bench/gpu_train.sh), the same compiled in bf16,
 # beam search against HF generate at 5 and 50 beams (bench/gpu_beam.sh), and last a profile
 # of the eager bf16 step (where its time goes). The beam checks decode MODEL with TOKENIZER
 # (a trained Marian checkpoint and its run's tokenizer); without them the script first trains
 # docs/benchmarks.md's Marian recipe on this GPU (3 epochs, about a minute) under
-# $ROOT/beam_root. TRAIN_ROOT, where set, holds the training check's tokenizer and BM25 memory
-# prepared beforehand (bench/train.py --run-root), so that the GPU does not wait on them. Each
+# $ROOT/beam_root. TRAIN_ROOT (default $ROOT/train_root) holds the training checks' tokenizer and
+# BM25 memory, prepared there by the first check or beforehand on a CPU (bench/train.py
+# --prepare-only), so that the GPU does not wait on them. Each
 # check has a time limit of its own, so that one that hangs costs only its share; each one's
 # log goes to $OUT (or /tmp/gpu_checks) as it runs.
 #   DATA=path/to/libreoffice_ende [MODEL=dir TOKENIZER=dir] [TRAIN_ROOT=dir] [ROOT=dir] bash bench/gpu_checks.sh
 source "$(dirname "$0")/help.sh"
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [[ -n ${MODEL-} && -z ${TOKENIZER-} || -z ${MODEL-} && -n ${TOKENIZER-} ]]; then
+  echo "error: set MODEL and TOKENIZER together (a Marian checkpoint and its run's tokenizer), or neither" >&2
+  exit 2
+fi
 LOGS=${OUT:-/tmp/gpu_checks}
 ROOT=${ROOT:-runs/gpu}
 export DATA=${DATA:-../shared/data/libreoffice_ende}
@@ -29,11 +35,11 @@ check() {  # check NAME SECONDS COMMAND...: run COMMAND under a time limit, its 
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
-prepared=(${TRAIN_ROOT:+--run-root "$TRAIN_ROOT"})
+prepared=(--run-root "${TRAIN_ROOT:-$ROOT/train_root}")
 check train 200 bash bench/gpu_train.sh "${prepared[@]}"
 check train_compiled 180 bash bench/gpu_train.sh --compile --no-baseline --precisions bf16 "${prepared[@]}"
 
-if [[ -z ${MODEL-} || -z ${TOKENIZER-} ]]; then
+if [[ -z ${MODEL-} ]]; then
   export ROOT beam_run=$ROOT/beam_root/libreoffice_ende
   train_marian() {  # docs/benchmarks.md's Marian recipe: its tokenizer, a random Marian model, 3 epochs
     local where=(--config configs/libreoffice_ende.yaml "data.dir=$DATA" "run.root=$ROOT/beam_root")

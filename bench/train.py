@@ -180,6 +180,8 @@ def main() -> None:
                         help="prepare the tokenizer and BM25 memory under --run-root, then stop (for a GPU run)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_intermixed_args()
+    if args.prepare_only and not args.run_root:
+        parser.error("--prepare-only prepares under --run-root: name one, for the runs that reuse it")
     if args.steps < 2 or args.steps % 2:
         parser.error(f"--steps must be even and at least 2 (both loops time the second half), got {args.steps}")
     keep_freed_memory()  # as the launch scripts do, for every run of this process

@@ -10,7 +10,7 @@
 # (or $ROOT). An estimate from the training bench's throughput, not yet a measurement: about
 # 3 minutes for each generator on an H200 and a few for the rounds. k=v arguments go to every
 # run after these (e.g. train.max_epochs=6 to halve the training).
-#   DATA=dir/holding/libreoffice_ende_tm bash results/gpu_translation.sh [k=v ...]
+#   CORPORA=dir/holding/libreoffice_ende_tm bash results/gpu_translation.sh [k=v ...]
 source "$(dirname "$0")/../bench/help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,6 @@ ROOT=${ROOT:-runs/gpu_translation}
 REPORTS=${OUT:-$ROOT}
 mkdir -p "$REPORTS"
 python3 results/translation.py --corpora tm --systems joint upper --nproc 1 \
-  --data "${DATA:-../shared/data}" --root "$ROOT" --report "$REPORTS/results_translation_gpu.md" \
+  --data "${CORPORA:-../shared/data}" --root "$ROOT" --report "$REPORTS/results_translation_gpu.md" \
   generator.encoder_layers=6 generator.decoder_layers=6 generator.d_model=512 generator.heads=8 \
   generator.ffn_dim=2048 train.max_tokens=16384 train.lr=7e-4 "$@"

@@ -29,6 +29,7 @@ from selfmem.models import ModelConfig, Seq2SeqModel
 from selfmem.models.build import build_model
 from selfmem.models.hf_import import import_hf
 from selfmem.models.linear import weight_packing
+from selfmem.models.selector import GeneratorEncoderBackbone
 from selfmem.models.seq2seq import MultiheadAttention, slotted_positions
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -245,6 +246,15 @@ def test_one_source_row_serves_every_decoder_row(variant):
     positions = torch.tensor([0, 4, 7, 15, 17])
     shared = model(src[:1], dec, None if mem is None else mem[:1], target_rows=positions)
     assert (shared - expected.flatten(0, 1)[positions]).abs().max() < 1e-5
+
+
+def test_only_a_joint_model_reads_its_slots():
+    # a model without joint memory numbers its positions straight through: a selector built on
+    # its encoder cuts no input to a slot (a demo's no-memory twin is saved with the joint's slots)
+    assert GeneratorEncoderBackbone.from_generator(small_model("none", source_slot=12, memory_slot=8)).slots \
+        == (None, None)
+    assert GeneratorEncoderBackbone.from_generator(small_model("joint", source_slot=12, memory_slot=8)).slots \
+        == (10, 7)
 
 
 def test_slotted_positions_pad_the_source_and_each_memory_to_its_slot():

@@ -2,6 +2,8 @@
 eager losses (on 2 ranks too), a compiled run stopped and continued equals an uninterrupted one
 bit for bit, and the layers of a stack share one compiled graph per class."""
 
+import functools
+
 import pytest
 import torch
 from torch.fx.experimental import _config as fx_config
@@ -72,6 +74,7 @@ def test_compiled_training_on_two_ranks_follows_one_eager_process(prepared, tmp_
 
 @torch.no_grad()
 def test_compiled_layers_give_the_eager_logits_with_one_graph_per_layer_class_and_are_undone_after():
+    torch._dynamo.reset()  # no graph of another test's model to reuse
     model = small_model("dual", encoder_layers=3, decoder_layers=3, pre_norm=True)  # the memory attention too
     src, dec, memory = batch("dual")
     eager, names = model(src, dec, memory), list(model.state_dict())
@@ -84,6 +87,19 @@ def test_compiled_layers_give_the_eager_logits_with_one_graph_per_layer_class_an
     assert list(model.state_dict()) == names
     with compiled_layers(model, False):
         assert not any("forward" in vars(module) for module in model.modules())
+
+
+def test_compiled_layers_leave_a_hooked_forward_and_a_layer_in_two_lists_as_they_were():
+    model = torch.nn.Module()
+    shared, hooked = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    hook = hooked.forward = lambda x: x  # another library's instance forward
+    model.first, model.second = torch.nn.ModuleList([shared, hooked]), torch.nn.ModuleList([shared])
+    with compiled_layers(model, True):
+        assert isinstance(vars(shared)["forward"], functools.partial) and vars(hooked)["forward"] is hook
+    assert "forward" not in vars(shared) and vars(hooked)["forward"] is hook
+    with pytest.raises(RuntimeError, match="inside"), compiled_layers(model, True):
+        raise RuntimeError("inside")
+    assert "forward" not in vars(shared) and vars(hooked)["forward"] is hook
 
 
 def test_the_settings_of_compiled_steps_are_undone_after_them():

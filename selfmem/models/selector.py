@@ -136,7 +136,7 @@ class GeneratorEncoderBackbone(nn.Module):
         """The most source and candidate tokens a pair may hold with slotted positions (None: no
         limit but ``max_positions``): ``cls source sep`` fill the source's slot, ``candidate sep``
         the first memory's, as ``source sep memory eos`` did in the generator."""
-        if not self.config.source_slot:
+        if not self.config.source_slot or self.config.memory != "joint":  # the encoder reads no slots
             return None, None
         return self.config.source_slot - 2, self.config.memory_slot - 1
 

@@ -164,25 +164,35 @@ def compiled_layers(model: nn.Module, enabled: bool) -> Iterator[None]:
     context, eager again after it (nothing changes unless ``enabled``).
 
     One compiled forward per layer class, with dynamic shapes, serves every layer of that
-    class (their weights are the graph's inputs), so compiling costs about one encoder and one
-    decoder layer whatever the depth: on a CPU, 54 s for a 6+6-layer model where the whole
-    model took 100 s, and the whole transformer-base had not compiled after three minutes on
-    a 16-core GPU machine. The embeddings, the output projection and the loss run eager. Each
-    layer's ``forward`` is shadowed by an instance attribute, deleted on the way out, so the
-    weights' names and what evaluation runs stay those of the eager model.
+    class (PyTorch >= 2.5 makes their weights the graph's inputs), so compiling costs about
+    one encoder and one decoder layer whatever the depth: on a CPU, 17 s for transformer-base
+    where the whole model took 47 s (`bench/compile_time.py`), and the whole transformer-base
+    had not compiled after three minutes on a 16-core GPU machine. The embeddings, the output
+    projection and the loss run eager. Each layer's ``forward`` is shadowed by an instance
+    attribute, deleted on the way out, so the weights' names and what evaluation runs stay
+    those of the eager model; a layer that already has an instance ``forward`` (another
+    library's hook) is left as it is.
     """
     if not enabled:
         yield
         return
-    compiled = {}
-    layers = [layer for stack in model.modules() if isinstance(stack, nn.ModuleList) for layer in stack]
-    for layer in layers:
-        forward = compiled.setdefault(type(layer), torch.compile(type(layer).forward, dynamic=True))
-        layer.forward = functools.partial(forward, layer)
+    compiled: dict[type, Callable] = {}
+    patched: list[nn.Module] = []
     try:
+        for stack in model.modules():
+            if not isinstance(stack, nn.ModuleList):
+                continue
+            for layer in stack:
+                if "forward" in vars(layer):  # patched already (a layer in two lists), or hooked
+                    continue
+                kind = type(layer)
+                if kind not in compiled:
+                    compiled[kind] = torch.compile(kind.forward, dynamic=True)
+                layer.forward = functools.partial(compiled[kind], layer)
+                patched.append(layer)
         yield
     finally:
-        for layer in layers:
+        for layer in patched:
             del layer.forward
 
 
