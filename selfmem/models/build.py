@@ -18,8 +18,6 @@ from selfmem.models.seq2seq import WEIGHTS_NAME, Seq2SeqModel, load_weights
 # ModelConfig fields that only training reads: a native checkpoint may differ in them, and the
 # config's values are used
 TRAINING_ONLY = ("dropout", "attention_dropout", "activation_dropout", "init_std")
-# the slots number a joint input's parts: a model without joint memory never reads them
-JOINT_ONLY = ("source_slot", "memory_slot")
 
 
 def is_native_checkpoint(path: str | Path) -> bool:
@@ -57,10 +55,11 @@ def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
 
 
 def _check_same_architecture(saved: ModelConfig, expected: ModelConfig, path: str) -> None:
-    unread = TRAINING_ONLY + (JOINT_ONLY if expected.memory != "joint" else ())
+    # the slots as the model reads them (ModelConfig.joint_slots): a no-memory twin ignores its own
     differ = [f"{f.name} {getattr(saved, f.name)!r} (the config builds {getattr(expected, f.name)!r})"
               for f in dataclasses.fields(ModelConfig)
-              if f.name not in unread and getattr(saved, f.name) != getattr(expected, f.name)]
+              if f.name not in TRAINING_ONLY and getattr(saved, f.name) != getattr(expected, f.name)
+              and not (f.name in ("source_slot", "memory_slot") and saved.joint_slots == expected.joint_slots)]
     if differ:
         raise ValueError(f"generator.init {path} holds a native generator other than the one this config "
                          f"describes: {'; '.join(differ)}. Set the generator section (and the tokenizer) to "

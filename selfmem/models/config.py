@@ -54,6 +54,12 @@ class ModelConfig:
     decoder_start_id: int = 1
     init_std: float = 0.02
 
+    @property
+    def joint_slots(self) -> tuple[int, int]:
+        """(source_slot, memory_slot) as the model reads them: (0, 0), positions straight
+        through, unless its memory is joint (a no-memory twin may be saved with the joint's)."""
+        return (self.source_slot, self.memory_slot) if self.memory == "joint" else (0, 0)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _HINTS[f.name])

@@ -136,9 +136,10 @@ class GeneratorEncoderBackbone(nn.Module):
         """The most source and candidate tokens a pair may hold with slotted positions (None: no
         limit but ``max_positions``): ``cls source sep`` fill the source's slot, ``candidate sep``
         the first memory's, as ``source sep memory eos`` did in the generator."""
-        if not self.config.source_slot or self.config.memory != "joint":  # the encoder reads no slots
+        source_slot, memory_slot = self.config.joint_slots
+        if not source_slot:
             return None, None
-        return self.config.source_slot - 2, self.config.memory_slot - 1
+        return source_slot - 2, memory_slot - 1
 
     def forward(self, ids: Tensor) -> Tensor:
         states, _ = self.encoder(ids)

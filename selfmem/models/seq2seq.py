@@ -454,7 +454,7 @@ class Encoder(TransformerStack):
     def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__(config, embed_tokens, [EncoderLayer(config) for _ in range(config.encoder_layers)])
         self.pad_id = config.pad_id
-        self.slots = (config.source_slot, config.memory_slot) if config.memory == "joint" else (0, 0)
+        self.slots = config.joint_slots
         self.sep_id = config.sep_id
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
