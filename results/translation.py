@@ -3,7 +3,7 @@ launch/lift.py, each resumed where it stopped, then the tables and plots from th
 
     python results/translation.py [--corpora tm page] [--systems NAME ...] [--root DIR]
         [--data DIR] [--config configs/libreoffice_ende.yaml] [--nproc 2] [--report-only]
-        [--report PATH] [k=v ...]
+        [--prepare-only] [--report PATH] [k=v ...]
 
 Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
 
@@ -214,16 +214,23 @@ def run_upper_bound(setup: Setup, corpus: str) -> None:
                                       "--memory", str(memory), "--round", "0"], setup.nproc)
 
 
-def run_all(setup: Setup, corpora: list[str], names: list[str]) -> None:
-    """Every chosen system on every chosen corpus, in ``SYSTEMS`` order, each resumed."""
+def run_all(setup: Setup, corpora: list[str], names: list[str], prepare_only: bool = False) -> None:
+    """Every chosen system on every chosen corpus, in ``SYSTEMS`` order, each resumed; with
+    ``prepare_only``, the tokenizer and BM25 memory of those that fork from none (a fork
+    copies them, and the no-memory baseline, from its source once that has them)."""
     for corpus in corpora:
         for system in SYSTEMS:
             if system.name not in names or corpus not in system.corpora:
                 continue
+            if prepare_only:
+                if system.forks is None:
+                    args = run_args(setup, corpus, system.name, system.overrides)
+                    launch("launch/lift.py", [*args, "--prepare-only"], setup.nproc)
+                continue
             if system.forks is not None:
                 fork(setup.root / corpus / system.forks, setup.root / corpus / system.name, system.own_generator)
             launch("launch/lift.py", run_args(setup, corpus, system.name, system.overrides), setup.nproc)
-        if UPPER in names:
+        if UPPER in names and not prepare_only:
             run_upper_bound(setup, corpus)
 
 
@@ -233,19 +240,19 @@ def scores(hyps: list[str], references: list[str], bleu_tokenize: str) -> tuple[
 
 
 def finished_rows(run: Path) -> list[dict]:
-    """A run's metric rows whose stage is done: one being redone (its files removed, its rows
-    still in the run's ``metrics.jsonl`` until the stage ends) is left out, and so are the
-    rounds after it, whose files are from before it; none without a run."""
-    if not (run / "metrics.jsonl").exists():
-        return []
+    """A run's metric rows of the stages that are done, each read from the stage's own
+    ``metrics.jsonl`` (the run's own is written only once a round of self memory ends): the
+    no-memory baseline's, then rounds 0, 1, ... up to the first not done. A round being redone
+    has its files removed, and the rounds after it, whose files are from before it, are left
+    out too; none without a run."""
     paths = RunPaths(run)
-
-    def done(round_name) -> bool:
-        return (paths.round_dir(round_name) / "metrics.jsonl").exists()
-
-    first_undone = next(k for k in count() if not done(k))  # round k reads round k-1's memory
-    return [r for r in read_jsonl(run / "metrics.jsonl")
-            if (r["round"] < first_undone if isinstance(r["round"], int) else done(r["round"]))]
+    baseline = paths.round_dir(NO_MEMORY) / "metrics.jsonl"
+    rows = read_jsonl(baseline) if baseline.exists() else []
+    for k in count():  # round k reads round k-1's memory
+        done = paths.round_dir(k) / "metrics.jsonl"
+        if not done.exists():
+            return rows
+        rows += read_jsonl(done)
 
 
 def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
@@ -272,7 +279,9 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
     root, config = setup.root, run_config(setup, corpus, "report")
     tokenize = config.data.bleu_tokenize
     references = {split: [ex.target for ex in load_split(config.data, split)] for split in ("dev", "test")}
-    runs = {s.name: rows for s in SYSTEMS if corpus in s.corpora and (rows := finished_rows(root / corpus / s.name))}
+    # a fork's no-memory rows are joint's, copied: left out, and with them a fork that has no other yet
+    runs = {s.name: rows for s in SYSTEMS if corpus in s.corpora
+            and (rows := [r for r in finished_rows(root / corpus / s.name) if s.name == "joint" or r["round"] != NO_MEMORY])}
     lines = [f"### {CORPORA[corpus]}", "",
              "| system | round (best on dev) | dev BLEU | test BLEU | test chrF++ |", "|---|---:|---:|---:|---:|"]
 
@@ -301,9 +310,9 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         lines.append(f"| upper bound (the reference as memory) | - | {dev_bleu:.2f} | {test_bleu:.2f} | "
                      f"{test_chrf:.2f} |")
     for name, rows in runs.items():
-        rounds = any(isinstance(r["round"], int) for r in rows)
-        lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: "
-                      f"{best_round(rows) if rounds else '-'}):", "",
+        if not any(isinstance(r["round"], int) for r in rows):  # joint's no-memory twin only, so far
+            continue
+        lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: {best_round(rows)}):", "",
                   "| round | split | hypotheses | memory | outputs that are their memory | selector's pick vs beam top-1 "
                   "| oracle | memories changed | BM25 hits' weight | temperature | no-memory opinion's weight |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -377,9 +386,14 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "libreoffice_ende.yaml")
     parser.add_argument("--nproc", type=int, default=min(2, os.cpu_count() or 1), help="processes per run")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the runs as they are")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="only the tokenizer and BM25 memory (results/gpu_translation.sh's preparation on a CPU)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "results_translation.md")
     args, overrides = parser.parse_known_args()
     setup = Setup(args.root, args.data, args.config, tuple(overrides), args.nproc)
+    if args.prepare_only:
+        run_all(setup, args.corpora, args.systems, prepare_only=True)
+        return
     if not args.report_only:
         run_all(setup, args.corpora, args.systems)
     print(write_report(setup, args.corpora, args.report))

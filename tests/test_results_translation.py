@@ -114,6 +114,23 @@ def test_the_report_holds_each_systems_test_scores_at_its_best_dev_round(driven)
     assert (report.parent / "report_tm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_prepare_only_runs_the_stages_that_read_no_generator(driven, tmp_path):
+    """--prepare-only (a CPU's share before a GPU run): joint's tokenizer and BM25 memory, as the
+    full run makes them, and nothing else; the forks copy them later, with the no-memory
+    baseline, which comes before the generator so that they can."""
+    runs, data, _ = driven
+    prepared = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm",
+                               "--root", str(tmp_path / "runs"), "--data", str(data), "--nproc", "1",
+                               "--prepare-only", *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
+                              timeout=600)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert [run.name for run in (tmp_path / "runs" / "tm").iterdir()] == ["joint"]
+    joint = stages(runs / "joint")
+    assert {stage: record["fingerprint"] for stage, record in stages(tmp_path / "runs" / "tm" / "joint").items()} \
+        == {stage: joint[stage]["fingerprint"] for stage in ("tokenizer", "retrieval")}
+    assert list(joint)[:5] == ["tokenizer", "retrieval", "no_memory", "generator", "round_0"]
+
+
 def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
     runs, data, _ = driven
     copy = tmp_path / "runs" / "tm"
@@ -133,6 +150,23 @@ def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
     joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
     assert "| 0 | dev |" in joint and "| 1 | dev |" not in joint and "| 2 | dev |" not in joint
     assert "| Selfmem Joint |" not in text and "| Selfmem Joint, Top-B (B = 4) |" in text
+
+
+def test_a_run_before_its_first_round_of_self_memory_reports_its_finished_stages(driven, tmp_path):
+    """A run's own metrics.jsonl is written once a round of self memory ends: until then the
+    report reads the no-memory baseline's and round 0's rows from their stages' own files
+    (a run stopped at a deadline in round 1 still shows them)."""
+    runs, data, _ = driven
+    copy = tmp_path / "runs" / "tm" / "joint"
+    shutil.copytree(runs / "joint", copy, symlinks=True)
+    (copy / "metrics.jsonl").unlink()
+    for round_dir in ("round_1", "round_2"):
+        shutil.rmtree(copy / round_dir)
+    text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
+    dev = {r["round"]: r["hyps"] for r in read_jsonl(runs / "joint" / "metrics.jsonl") if r["split"] == "dev"}
+    assert f"| Transformer (no memory) | - | {dev['no_memory']:.2f} | " in text
+    assert f"| Transformer-Joint (BM25 memory, round 0) | 0 | {dev[0]:.2f} | " in text
+    assert "| Selfmem Joint |" not in text and "| 0 | dev |" in text
 
 
 def test_every_system_with_a_generator_of_its_own_reports_its_round_0(driven, tmp_path):

@@ -1,7 +1,7 @@
 """The lift loop: every stage of Selfmem in one torchrun job, resumable (see docs/internals.md).
 
-Stages, in order, with a barrier after each: tokenizer -> BM25 memory -> generator [->
-no-memory baseline] -> round 0 (hypotheses with the retrieved memory) -> the selector's
+Stages, in order, with a barrier after each: tokenizer -> BM25 memory [-> no-memory
+baseline] -> generator -> round 0 (hypotheses with the retrieved memory) -> the selector's
 candidates -> the selector -> rounds 1..R. Round k, on dev and test: candidates from the
 memories of round k-1 -> the selector's top-B (or augmented list) as round k's memories ->
 hypotheses with them -> metrics. The train split only feeds the selector: G is trained
@@ -185,8 +185,10 @@ def check_lift_config(config: Config) -> None:
         check_length_budgets(baseline_config(config))  # against its init, where it has one
 
 
-def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
-    """Run (or resume) every stage; returns the report's rows (also in ``metrics.jsonl``)."""
+def lift(config: Config, env: DistEnv, paths: RunPaths, prepare_only: bool = False) -> list[dict]:
+    """Run (or resume) every stage; returns the report's rows (also in ``metrics.jsonl``).
+    ``prepare_only``: the tokenizer and the BM25 memory only (on a CPU, for a run that goes on
+    where a GPU is lent for minutes); returns no rows."""
     check_lift_config(config)
     micro_batches_per_step(config.train, env.world_size)  # a global batch these processes cannot share
     for split in SPLITS:  # a bad line in test.jsonl is refused now, not after hours of training at round 0
@@ -209,9 +211,10 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
                               lambda: prepare_run_tokenizer(config, paths.tokenizer))
     memory_key = state.run("retrieval", [*data, _without(config.retrieval, BOOKKEEPING)], [paths.root / "memory"],
                            lambda: build_bm25_memory(config, env, paths))
-    generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator,
-                                            init, train, seed],
-                              [paths.generator], lambda: train_generator(config, env, paths))
+    if prepare_only:
+        return []
+    # the no-memory baseline first: it reads neither the memory nor the generator, and a run
+    # forked from this one (results/translation.py) shares it once it is done
     baselines, baseline_key = [], None
     if config.lift.no_memory_baseline:
         baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
@@ -219,6 +222,9 @@ def lift(config: Config, env: DistEnv, paths: RunPaths) -> list[dict]:
                                                baseline_init, train, decoding, seed],
                                  [paths.round_dir(NO_MEMORY)], lambda: _no_memory_baseline(config, env, paths))
         baselines = read_jsonl(paths.round_dir(NO_MEMORY) / "metrics.jsonl")
+    generator_key = state.run("generator", [tokenizer_key, memory_key, config.data, config.generator,
+                                            init, train, seed],
+                              [paths.generator], lambda: train_generator(config, env, paths))
     selection = {key: getattr(config.selector, key) for key in SELECTION}
     initial = {key: selection[key] for key in ("mode", "beam")}  # what round 0's memory files depend on
     previous_key = state.run("round_0", [generator_key, memory_key, config.data, decoding, initial],
