@@ -1,23 +1,69 @@
 #!/usr/bin/env bash
-# The translation experiment at the paper's model size on one GPU, for a session lent one for
-# minutes: transformer-base (configs/jrc_ende.yaml's architecture: 6+6 layers, d 512, 8 heads,
-# FFN 2048) as the joint generator and its no-memory twin on libreoffice_ende_tm, round 0 with
-# the BM25 memory, rounds of self memory (B = 1) and the upper bound, through
-# results/translation.py with configs/libreoffice_ende.yaml's other settings (its vocabulary,
-# its default selector, the driver's 12 epochs and at most 4 rounds), in bf16 where the GPU
-# has it, 16k-token batches, lr 7e-4 (the post-norm base model's, for stability). The runs go
-# to $ROOT (default runs/gpu_translation; rerun to resume), the report and its plot to $OUT
-# (or $ROOT). An estimate from the training bench's throughput, not yet a measurement: about
-# 3 minutes for each generator on an H200 and a few for the rounds. k=v arguments go to every
-# run after these (e.g. train.max_epochs=6 to halve the training).
-#   CORPORA=dir/holding/libreoffice_ende_tm bash results/gpu_translation.sh [k=v ...]
+# The libreoffice_ende_tm experiment on one GPU, for a session lent one for minutes: every
+# `_tm` system of results/translation.py (joint with its no-memory twin, Top-B, dual, augment,
+# slots, close, and the upper bound) at configs/libreoffice_ende.yaml's size with the driver's
+# settings, each system's lift in a process of its own, side by side on the one GPU. fp32 (a
+# 7.6M model's step is bound by the host, and autocast's casts add kernel launches) and
+# 12,000-token batches, one a step: the tokens a step of the CPU runs' 2 processes x 6,000.
+#
+# Order: joint's lift first (the no-memory twin is its first stage); once the twin is done,
+# dual, augment, slots and close fork from joint (sharing its tokenizer, BM25 memory and twin)
+# and train their generators beside joint's; once joint's round 0 is done, Top-B (which shares
+# joint's generator) and the upper bound. At DEADLINE seconds (default: none) whatever is
+# unfinished is stopped; the report is written from the stages that finished. The runs go to
+# ROOT (rerun to resume); the report, its plot, the driver's log and a tarball of the runs'
+# small files (states, metrics, hypotheses, memories, logs; no checkpoints or candidates) to
+# OUT (default ROOT). k=v arguments go to every run. Prepare on a CPU first (docs/results.md,
+# "On a GPU"): the corpus under CORPORA, joint's tokenizer and BM25 memory under ROOT.
+#   CORPORA=dir/holding/libreoffice_ende_tm [ROOT=dir] [DEADLINE=s] bash results/gpu_translation.sh [k=v ...]
 source "$(dirname "$0")/../bench/help.sh"
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
-ROOT=${ROOT:-runs/gpu_translation}
+export ROOT=${ROOT:-runs/gpu_translation} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 REPORTS=${OUT:-$ROOT}
-mkdir -p "$REPORTS"
-python3 results/translation.py --corpora tm --systems joint upper --nproc 1 \
-  --data "${CORPORA:-../shared/data}" --root "$ROOT" --report "$REPORTS/results_translation_gpu.md" \
-  generator.encoder_layers=6 generator.decoder_layers=6 generator.d_model=512 generator.heads=8 \
-  generator.ffn_dim=2048 train.max_tokens=16384 train.lr=7e-4 "$@"
+mkdir -p "$REPORTS" "$ROOT/logs"
+export SETTINGS="--corpora tm --nproc 1 --data ${CORPORA:-../shared/data} --root $ROOT train.precision=fp32
+  train.max_tokens=12000 $*"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+drive() {  # drive SYSTEM: the driver for one system, its log and its own report under $ROOT/logs
+  local start=$SECONDS
+  echo "[$(date +%T)] $1: started"
+  # shellcheck disable=SC2086  # SETTINGS is a list of words
+  python3 results/translation.py --systems "$1" $SETTINGS --report "$ROOT/logs/$1.md" > "$ROOT/logs/$1.log" 2>&1
+  echo "[$(date +%T)] $1: exit $? after $((SECONDS - start)) s"
+}
+stage_done() {  # stage_done RUN STAGE: whether joint's (or another run's) stage is done
+  python3 -c 'import json, sys; s = json.load(open(sys.argv[1]))["stages"]; sys.exit(not s.get(sys.argv[2], {}).get("done"))' \
+    "$ROOT/tm/$1/state.json" "$2" 2> /dev/null
+}
+await() {  # await STAGE: until joint's STAGE is done; fails once joint's driver has ended without it
+  until stage_done joint "$1"; do
+    kill -0 "$joint" 2> /dev/null || stage_done joint "$1" || return 1
+    sleep 5
+  done
+}
+experiment() {
+  drive joint & joint=$!
+  if await no_memory; then
+    for system in dual augment slots close; do drive "$system" & done
+  fi
+  if await round_0; then
+    drive topb4 & drive upper &
+  fi
+  wait
+}
+export -f drive stage_done await experiment
+
+start=$SECONDS
+if [[ ${DEADLINE:-0} -gt 0 ]]; then
+  timeout --kill-after 10 "$DEADLINE" bash -c experiment || echo "stopped at the deadline ($DEADLINE s) or failed: exit $?"
+else
+  experiment
+fi
+echo "experiment: $((SECONDS - start)) s"
+# shellcheck disable=SC2086
+python3 results/translation.py --report-only $SETTINGS --report "$REPORTS/results_translation_gpu.md" > /dev/null
+cd "$ROOT" && find . -path ./logs -prune -o \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' -o -name '*.md' \) \
+  -not -path '*/candidates/*' -not -path '*/index/*' -not -name 'train.jsonl' -print |
+  tar czf "$REPORTS/gpu_translation_runs.tgz" -T - logs
