@@ -16,11 +16,12 @@
 # five generators side by side 161-242 s, each round 0 29-64 s, then a round of self memory 4-5
 # minutes for each of the seven processes side by side (the 50-beam candidates of dev alone
 # 133 s): a 10-minute call reaches every round 0, not the rounds; with fewer systems
-# (e.g. FORKS="dual augment" LATER="" and lift.max_rounds=1) it reaches round 1. The runs go to
-# ROOT (rerun to resume); the report, its plot, the driver's log and a tarball of the runs'
-# small files (states, metrics, hypotheses, memories, logs; no checkpoints or candidates) to
-# OUT (default ROOT). k=v arguments go to every run. Prepare on a CPU first (docs/results.md,
-# "On a GPU"): the corpus under CORPORA, joint's tokenizer and BM25 memory under ROOT.
+# (e.g. FORKS="dual augment" LATER="" and lift.max_rounds=1) it should reach round 1 (an
+# estimate: 8-9 minutes). The runs go to ROOT (rerun to resume); the report, its plot, the
+# driver's log and a tarball of the runs' small files (states, metrics, hypotheses, memories,
+# logs; no checkpoints or candidates) to OUT (default ROOT). k=v arguments go to every run.
+# Prepare on a CPU first (docs/results.md, "On a GPU"): the corpus under CORPORA, joint's
+# tokenizer and BM25 memory under ROOT.
 #   CORPORA=dir/holding/libreoffice_ende_tm [ROOT=dir] [DEADLINE=s] [FORKS=...] [LATER=...] \
 #     bash results/gpu_translation.sh [k=v ...]
 source "$(dirname "$0")/../bench/help.sh"
@@ -28,32 +29,40 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export ROOT=${ROOT:-runs/gpu_translation} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 export FORKS=${FORKS-dual augment slots close} LATER=${LATER-topb4 upper}
-REPORTS=${OUT:-$ROOT}
-mkdir -p "$REPORTS" "$ROOT/logs"
+DEADLINE=${DEADLINE:-0}
+for system in $FORKS; do  # a system that shares joint's generator would copy it while it trains
+  [[ $system =~ ^(dual|augment|copy|slots|close)$ ]] ||
+    { echo "error: FORKS takes systems with generators of their own (dual augment copy slots close), not '$system'" >&2; exit 2; }
+done
+for system in $LATER; do
+  [[ $system =~ ^(topb4|upper)$ ]] || { echo "error: LATER takes topb4 and upper, not '$system'" >&2; exit 2; }
+done
+[[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "error: DEADLINE is in whole seconds, got '$DEADLINE'" >&2; exit 2; }
+mkdir -p "${OUT:-$ROOT}" "$ROOT/logs"
+REPORTS=$(realpath "${OUT:-$ROOT}")
 export SETTINGS="--corpora tm --nproc 1 --data ${CORPORA:-../shared/data} --root $ROOT train.precision=fp32
   train.max_tokens=12000 $*"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-drive() {  # drive SYSTEM: the driver for one system, its log and its own report under $ROOT/logs
-  local start=$SECONDS
+drive() {  # drive SYSTEM: the driver for one system, its log (this call's) and its own report under $ROOT/logs
+  local start=$SECONDS status
   echo "[$(date +%T)] $1: started"
-  # shellcheck disable=SC2086  # SETTINGS is a list of words
+  set -f  # SETTINGS is a list of words, none a pattern
+  # shellcheck disable=SC2086
   python3 results/translation.py --systems "$1" $SETTINGS --report "$ROOT/logs/$1.md" > "$ROOT/logs/$1.log" 2>&1
-  echo "[$(date +%T)] $1: exit $? after $((SECONDS - start)) s"
+  status=$?
+  echo "[$(date +%T)] $1: exit $status after $((SECONDS - start)) s"
 }
-stage_done() {  # stage_done RUN STAGE: whether joint's (or another run's) stage is done
-  python3 -c 'import json, sys; s = json.load(open(sys.argv[1]))["stages"]; sys.exit(not s.get(sys.argv[2], {}).get("done"))' \
-    "$ROOT/tm/$1/state.json" "$2" 2> /dev/null
-}
-await() {  # await STAGE: until joint's STAGE is done; fails once joint's driver has ended without it
-  until stage_done joint "$1"; do
-    kill -0 "$joint" 2> /dev/null || stage_done joint "$1" || return 1
+await() {  # await STAGE: until joint's lift says, in this call's log, that its STAGE is done
+  # (not its state.json: a stage an earlier call finished may be redone under other settings)
+  until grep -q "stage $1: done" "$ROOT/logs/joint.log" 2> /dev/null; do
+    kill -0 "$joint" 2> /dev/null || grep -q "stage $1: done" "$ROOT/logs/joint.log" || return 1
     sleep 5
   done
 }
 experiment() {
   drive joint & joint=$!
-  if await no_memory; then
+  if await no_memory; then  # the forks share joint's twin (lift.no_memory_baseline stays on)
     for system in $FORKS; do drive "$system" & done
   fi
   if await round_0; then
@@ -61,17 +70,24 @@ experiment() {
   fi
   wait
 }
-export -f drive stage_done await experiment
+export -f drive await experiment
 
 start=$SECONDS
-if [[ ${DEADLINE:-0} -gt 0 ]]; then
-  timeout --kill-after 10 "$DEADLINE" bash -c experiment || echo "stopped at the deadline ($DEADLINE s) or failed: exit $?"
-else
-  experiment
-fi
+# timeout (0: none) stops the drivers at the deadline, and passes on a signal this script gets
+timeout --kill-after 10 "$DEADLINE" bash -c experiment &
+experiment=$!
+trap 'kill "$experiment" 2> /dev/null' INT TERM
+wait "$experiment"
+status=$?
+while kill -0 "$experiment" 2> /dev/null; do  # a signal ended the wait, not the experiment
+  wait "$experiment"
+  status=$?
+done
+[[ $status -eq 0 ]] || echo "stopped: exit $status (124: the deadline, $DEADLINE s)"
 echo "experiment: $((SECONDS - start)) s"
+set -f
 # shellcheck disable=SC2086
 python3 results/translation.py --report-only $SETTINGS --report "$REPORTS/results_translation_gpu.md" > /dev/null
-cd "$ROOT" && find . -path ./logs -prune -o \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' -o -name '*.md' \) \
-  -not -path '*/candidates/*' -not -path '*/index/*' -not -name 'train.jsonl' -print |
-  tar czf "$REPORTS/gpu_translation_runs.tgz" -T - logs
+(cd "$ROOT" && find . -path ./logs -prune -o \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' -o -name '*.md' \) \
+  -not -path '*/candidates/*' -not -path '*/index/*' -not -name 'train.jsonl' -print) |
+  tar czf "$REPORTS/gpu_translation_runs.tgz" -C "$ROOT" -T - logs

@@ -32,7 +32,7 @@ and again whenever that one is trained anew. The k=v overrides go to every run (
 ``train.max_epochs=12``); the runs' own settings are ``BASE``.
 
 The report (default docs/results_translation.md, with a plot per corpus beside it) is
-rebuilt from each run's ``metrics.jsonl`` and ``state.json``: per corpus, each system on
+rebuilt from each run's stages (their own ``metrics.jsonl``) and ``state.json``: per corpus, each system on
 test at the round that was best on dev (dev only decides), the memory's BLEU per round, the
 share of outputs that are their memory (does G copy?), the selector's pick against the beam
 top-1 and the oracle, and each stage's wall time.
@@ -214,6 +214,16 @@ def run_upper_bound(setup: Setup, corpus: str) -> None:
                                       "--memory", str(memory), "--round", "0"], setup.nproc)
 
 
+def upper_is_current(runs: Path) -> bool:
+    """Whether the upper bound under ``runs`` was decoded with ``joint``'s generator as it is
+    now (trained and not being trained anew)."""
+    source = runs / UPPER / "generator_fingerprint"
+    if not (source.exists() and RunPaths(runs / "joint").state.exists()):
+        return False
+    generator = stages_of(runs / "joint", "the upper bound").get("generator", {})
+    return bool(generator.get("done")) and source.read_text(encoding="utf-8") == generator["fingerprint"]
+
+
 def run_all(setup: Setup, corpora: list[str], names: list[str], prepare_only: bool = False) -> None:
     """Every chosen system on every chosen corpus, in ``SYSTEMS`` order, each resumed; with
     ``prepare_only``, the tokenizer and BM25 memory of those that fork from none (a fork
@@ -304,7 +314,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
             best = max(self_rounds, key=lambda k: (dev[k], -k))
             row(f"Selfmem {labels[name]}", root / corpus / name, best, dev[best])
     upper = root / corpus / UPPER / "round_0" / "hyps"
-    if (upper / "test.txt").exists():
+    if (upper / "test.txt").exists() and upper_is_current(root / corpus):
         dev_bleu, _ = scores(read_lines(upper / "dev.txt"), references["dev"], tokenize)
         test_bleu, test_chrf = scores(read_lines(upper / "test.txt"), references["test"], tokenize)
         lines.append(f"| upper bound (the reference as memory) | - | {dev_bleu:.2f} | {test_bleu:.2f} | "

@@ -455,6 +455,16 @@ def test_lift_refuses_a_global_batch_its_processes_cannot_share_before_any_stage
     assert not (tmp_path / "demo").exists()
 
 
+def test_lift_refuses_copy_epochs_that_leave_none_for_the_memory_before_any_stage(tmp_path):
+    """Refused before the no-memory baseline, the lift's first training, not hours after it."""
+    config = load_config(DEMO_CONFIG, lift_args(tmp_path, "generator.copy_epochs=4", "train.max_epochs=4",
+                                                "lift.no_memory_baseline=true")[2:])
+    with pytest.raises(ValueError, match=r"^generator.copy_epochs = 4 leaves no epoch of train.max_epochs = 4 "
+                                         r"for the retrieved memory$"):
+        lift(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1), RunPaths(config.run_dir))
+    assert not (tmp_path / "demo").exists()
+
+
 def test_path_digest_follows_the_files_behind_a_path(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     (checkpoint / "sub").mkdir(parents=True)

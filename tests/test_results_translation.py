@@ -225,6 +225,12 @@ def test_the_upper_bound_waits_for_joints_generator_and_follows_it(driven, tmp_p
                         lambda script, args, nproc: decoded.append(args[args.index("--split") + 1]))
     translation.run_upper_bound(setup, "tm")
     assert decoded == []  # both splits decoded already, with joint's generator as it is
+    # the report shows an upper bound decoded with joint's generator as it is now only
+    assert "| upper bound" in report_only(tmp_path / "runs", data, tmp_path / "report.md")
+    decoded_with = (copy / "upper" / "generator_fingerprint").read_text()
+    (copy / "upper" / "generator_fingerprint").write_text("an older generator")
+    assert "| upper bound" not in report_only(tmp_path / "runs", data, tmp_path / "report.md")
+    (copy / "upper" / "generator_fingerprint").write_text(decoded_with)
     state = json.loads((copy / "joint" / "state.json").read_text())
     state["stages"]["generator"]["fingerprint"] = "retrained"
     (copy / "joint" / "state.json").write_text(json.dumps(state))

@@ -41,7 +41,7 @@ from selfmem.select.stage import (
     select_memories,
     temperature_keys,
 )
-from selfmem.train.generator import train_generator
+from selfmem.train.generator import check_copy_epochs, train_generator
 from selfmem.train.loop import micro_batches_per_step
 from selfmem.train.selector import (
     MBR_ONLY,
@@ -177,6 +177,7 @@ def check_lift_config(config: Config) -> None:
         raise ValueError(f"retrieval.topk ({config.retrieval.topk}) must cover generator.num_memories "
                          f"({config.generator.num_memories}) and selector.beam ({selector.beam})")
     check_length_budgets(config)
+    check_copy_epochs(config)  # now, not after the no-memory baseline's hours of training
     if reads_no_memory(selector) and not config.lift.no_memory_baseline:
         raise ValueError("selector.no_memory_weight weighs the no-memory baseline's opinion of the candidates, "
                          "which the lift trains with lift.no_memory_baseline=true: set it, or "

@@ -143,6 +143,15 @@ class GeneratorTask:
         model.save(directory)
 
 
+def check_copy_epochs(config: Config) -> None:
+    """Refuse copy epochs that leave no epoch for the retrieved memory. ``train.max_epochs`` 0
+    trains nothing (``generator.init`` is kept as it is), and a generator without memory has
+    no copy epochs, so neither is refused."""
+    if config.generator.memory != "none" and 0 < config.train.max_epochs <= config.generator.copy_epochs:
+        raise ValueError(f"generator.copy_epochs = {config.generator.copy_epochs} leaves no epoch of "
+                         f"train.max_epochs = {config.train.max_epochs} for the retrieved memory")
+
+
 def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indices: list[int] | None = None,
                       ) -> tuple[torch.nn.Module, GeneratorTask]:
     """The untrained generator and its training task, from the run's tokenizer, data and BM25
@@ -162,11 +171,7 @@ def prepare_generator(config: Config, env: DistEnv, paths: RunPaths, train_indic
         if split == "train" and train_indices is not None:
             examples, memories = [examples[i] for i in train_indices], [memories[i] for i in train_indices]
         encoded[split] = encode_examples(examples, memories, tokenizer, config.generator)
-    # train.max_epochs 0 trains nothing (generator.init is kept as it is), and a generator without
-    # memory has no copy epochs, so neither is refused
-    if config.generator.memory != "none" and 0 < config.train.max_epochs <= config.generator.copy_epochs:
-        raise ValueError(f"generator.copy_epochs = {config.generator.copy_epochs} leaves no epoch of "
-                         f"train.max_epochs = {config.train.max_epochs} for the retrieved memory")
+    check_copy_epochs(config)
     task = GeneratorTask(config, env, ids, tokenizer, encoded["train"], encoded["dev"],
                          [ex.target for ex in splits["dev"]])
     if env.is_main:
