@@ -254,10 +254,15 @@ def finished_rows(run: Path) -> list[dict]:
     ``metrics.jsonl`` (the run's own is written only once a round of self memory ends): the
     no-memory baseline's, then rounds 0, 1, ... up to the first not done. A round being redone
     has its files removed, and the rounds after it, whose files are from before it, are left
-    out too; none without a run."""
+    out too, and so is every round while the generator is being trained anew (their files are
+    the old generator's until the lift redoes them); none without a run."""
     paths = RunPaths(run)
+    if not paths.state.exists():
+        return []
     baseline = paths.round_dir(NO_MEMORY) / "metrics.jsonl"
     rows = read_jsonl(baseline) if baseline.exists() else []
+    if not stages_of(run, "the report").get("generator", {}).get("done"):
+        return rows
     for k in count():  # round k reads round k-1's memory
         done = paths.round_dir(k) / "metrics.jsonl"
         if not done.exists():

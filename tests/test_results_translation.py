@@ -150,6 +150,15 @@ def test_a_round_being_redone_is_left_out_of_the_report(driven, tmp_path):
     joint = text[text.index("Joint, per round"):text.index("Joint, Top-B (B = 4), per round")]
     assert "| 0 | dev |" in joint and "| 1 | dev |" not in joint and "| 2 | dev |" not in joint
     assert "| Selfmem Joint |" not in text and "| Selfmem Joint, Top-B (B = 4) |" in text
+    # joint's generator being trained anew: its rounds' files are the old generator's, left out
+    shutil.rmtree(copy)
+    shutil.copytree(runs, copy, symlinks=True)
+    state = json.loads((copy / "joint" / "state.json").read_text())
+    state["stages"]["generator"]["done"] = False
+    (copy / "joint" / "state.json").write_text(json.dumps(state))
+    text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
+    assert "| Transformer (no memory) |" in text and "Transformer-Joint (BM25 memory" not in text
+    assert "Joint, per round" not in text and "| Selfmem Joint, Top-B (B = 4) |" in text
 
 
 def test_a_run_before_its_first_round_of_self_memory_reports_its_finished_stages(driven, tmp_path):
