@@ -1,0 +1,73 @@
+"""results/gpu_translation.sh on a CPU, on the demo data from its shipped generators: joint's
+lift first, the systems that share its generator once its round 0 is done, every driver's
+exit status logged, the report written from the stages that finished, a deadline that stops
+the drivers and still leaves the report and the tarball of the runs' small files."""
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+from conftest import DEMO_CONFIG, DEMO_DATA, REPO, _env
+
+# the demo's shipped generators (not trained further), 60 examples a split, one round
+SMALL = ["--config", str(DEMO_CONFIG), "train.max_epochs=0", "data.max_examples=60", "candidates.num_beams=4",
+         "candidates.num_return=4", "candidates.hypothesis_beams=2", "lift.max_rounds=1"]
+
+
+def run_script(tmp_path, **variables):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    if not (data / "libreoffice_ende_tm").exists():
+        (data / "libreoffice_ende_tm").symlink_to(DEMO_DATA)
+    env = dict(_env(), CORPORA=str(data), ROOT=str(tmp_path / "runs"), OUT=str(tmp_path / "out"), **variables)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]])  # its python3: this one
+    return subprocess.run(["bash", str(REPO / "results" / "gpu_translation.sh"), *SMALL], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_systems_run_in_order_and_the_report_and_runs_come_back(tmp_path):
+    done = run_script(tmp_path, FORKS="", LATER="topb4 upper")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    started = [line.split("] ")[1] for line in lines if line.endswith(": started")]
+    assert started[0] == "joint: started" and sorted(started[1:]) == ["topb4: started", "upper: started"]
+    assert sorted(line.split("] ")[1].split(" after ")[0] for line in lines if ": exit " in line) == \
+        ["joint: exit 0", "topb4: exit 0", "upper: exit 0"]
+    report = (tmp_path / "out" / "results_translation_gpu.md").read_text()
+    for row in ("| Transformer (no memory) |", "| Transformer-Joint (BM25 memory, round 0) | 0 |",
+                "| Selfmem Joint | 1 |", "| Selfmem Joint, Top-B (B = 4) | 1 |", "| upper bound"):
+        assert row in report
+    with tarfile.open(tmp_path / "out" / "gpu_translation_runs.tgz") as runs:
+        names = set(runs.getnames())
+    assert {"./tm/joint/state.json", "./tm/joint/round_1/hyps/test.txt", "./tm/topb4/round_1/memory/dev.jsonl",
+            "./tm/upper/round_0/hyps/test.txt", "logs/joint.log", "logs/topb4.log"} <= names
+    assert not [n for n in names if "/candidates/" in n or n.endswith((".safetensors", ".pt", ".model"))]
+
+
+def test_the_deadline_stops_the_drivers_and_the_report_is_still_written(tmp_path):
+    stopped = run_script(tmp_path, DEADLINE="3", FORKS="dual", LATER="upper")
+    assert stopped.returncode == 0, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "stopped: exit 124 (124: the deadline, 3 s)" in stopped.stdout
+    assert (tmp_path / "out" / "results_translation_gpu.md").read_text().startswith("# Translation results")
+    with tarfile.open(tmp_path / "out" / "gpu_translation_runs.tgz") as runs:
+        assert "logs/joint.log" in runs.getnames()
+    for _ in range(40):  # no driver outlives the deadline (a killed one may take a moment to go)
+        left = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True, text=True).stdout
+        if not left:
+            break
+        time.sleep(0.25)
+    assert left == ""
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("FORKS", "topb4", "error: FORKS takes systems with generators of their own (dual augment copy slots close), "
+                       "not 'topb4'"),
+    ("LATER", "dual", "error: LATER takes topb4 and upper, not 'dual'"),
+    ("DEADLINE", "10m", "error: DEADLINE is in whole seconds, got '10m'"),
+])
+def test_bad_variables_are_refused(tmp_path, variable, value, message):
+    refused = run_script(tmp_path, **{variable: value})
+    assert refused.returncode == 2 and refused.stderr.strip() == message
