@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure issue 20 asks for, in one run of about 8 minutes on one GPU (496 s on an H200;
 # at most 12 if every check ran to its time limit), for a session
-# lent a device machine for a few minutes only: the training loop's tokens/s and MFU in
+# lent a device machine for a few minutes only: first the native model's logits and gradients
+# on the GPU against the CPU (bench/gpu_parity.py, seconds), then the training loop's tokens/s and MFU in
 # fp32, fp16 and bf16 against a plain loop (bench/gpu_train.sh), the same compiled in bf16,
 # beam search against HF generate at 5 and 50 beams (bench/gpu_beam.sh), and last a profile
 # of the eager bf16 step (where its time goes). The beam checks decode MODEL with TOKENIZER
@@ -35,6 +36,7 @@ check() {  # check NAME SECONDS COMMAND...: run COMMAND under a time limit, its 
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
+check parity 60 python3 bench/gpu_parity.py  # the native model on the GPU against the CPU
 prepared=(--run-root "${TRAIN_ROOT:-$ROOT/train_root}")
 check train 200 bash bench/gpu_train.sh "${prepared[@]}"
 check train_compiled 180 bash bench/gpu_train.sh --compile --no-baseline --precisions bf16 "${prepared[@]}"

@@ -4,8 +4,8 @@
 # augment, slots, close, Top-B and the upper bound) at configs/libreoffice_ende.yaml's size with
 # the driver's settings, each system's lift in a process of its own, side by side on the one
 # GPU. fp32 (a 7.6M model's step is bound by the host, and autocast's casts add kernel
-# launches) and 12,000-token batches, one a step (the CPU runs' 2 processes take 2 x 6,000,
-# which pack less tightly: 248 steps an epoch against 199 here).
+# launches) and 12,000-token batches, one a step (the CPU runs' 2 processes take 2 x 6,000: about
+# as many steps, 195 an epoch for joint there against 199 here).
 #
 # Order: joint's lift first (the no-memory twin is its first stage); once the twin is done, the
 # systems in FORKS (default: dual augment slots close) fork from joint (sharing its tokenizer,
