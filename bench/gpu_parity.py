@@ -6,7 +6,8 @@ one attention kernel, a path that only CUDA takes) shows as a difference far abo
 precision's rounding (relative L2 differences of the logits, of the whole gradient and of
 its worst parameter): fp32 without TF32 should agree to about 1e-5; bf16 autocast, set
 against fp32 on a CPU, differs by 3e-3 (logits) and 1e-2 (gradient), where the source's
-padding attended as if it were text gives 6e-2 and 9e-2. Added 2026-12-04,
+padding attended as if it were text gives 6e-2 and 9e-2. Last, 5-beam search with the
+model on both: the share of inputs with the same best hypothesis (all, but for near-ties). Added 2026-12-04,
 when the H200's generators came out weaker than the CPU's at the same steps (docs/results.md).
 
     python bench/gpu_parity.py [--memory joint] [--rows 32] [--seed 0]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selfmem.common.entry import use_tf32  # noqa: E402
+from selfmem.infer.beam import BeamSettings, beam_search  # noqa: E402
 from selfmem.models.config import ModelConfig  # noqa: E402
 from selfmem.models.seq2seq import Seq2SeqModel  # noqa: E402
 
@@ -68,6 +71,17 @@ def gradient_differences(grads: dict[str, torch.Tensor], reference: dict[str, to
     return whole, worst, relative(grads[worst], reference[worst], floor)
 
 
+def beam_agreement(model: Seq2SeqModel, src: torch.Tensor, memory: torch.Tensor | None) -> tuple[float, float]:
+    """5-beam search with ``model`` on the CPU and on the GPU: the share of inputs whose best
+    hypotheses are the same tokens, and the largest difference of their scores."""
+    settings = BeamSettings(num_beams=5, num_return=1, max_len=24)
+    eos = model.config.eos_id
+    cpu = beam_search(model.cpu(), src, memory, settings, START, eos)
+    gpu = beam_search(model.cuda(), src.cuda(), None if memory is None else memory.cuda(), settings, START, eos)
+    same = sum(a[0].tokens == b[0].tokens for a, b in zip(cpu, gpu)) / len(cpu)
+    return same, max(abs(a[0].score - b[0].score) for a, b in zip(cpu, gpu))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory", choices=["none", "joint", "dual"], default="none")
@@ -100,6 +114,13 @@ def main() -> None:
         whole, worst, worst_difference = gradient_differences(grads, cpu_grads)
         print(f"{name:20s} logits {relative(logits, cpu_logits):.1e}   gradient {whole:.1e}, "
               f"its worst parameter {worst_difference:.1e} ({worst})")
+    # decoding: the incremental decoder, its caches and the beams' shared cross-attention, with
+    # weights that give sharp distributions (few near-ties for rounding to break otherwise)
+    use_tf32(False)
+    torch.manual_seed(args.seed)
+    sharp = Seq2SeqModel(dataclasses.replace(config, init_std=0.5)).eval()
+    same, score = beam_agreement(sharp, batch["src"], batch.get("memory"))
+    print(f"5-beam search, fp32: the same best hypothesis for {same:.0%} of the inputs, scores within {score:.1e}")
 
 
 if __name__ == "__main__":
