@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU figure issue 20 asks for, in one run of about 8 minutes on one GPU (496 s on an H200;
-# at most 12 if every check ran to its time limit), for a session
-# lent a device machine for a few minutes only: first the native model's logits and gradients
-# on the GPU against the CPU (bench/gpu_parity.py, seconds), then the training loop's tokens/s and MFU in
-# fp32, fp16 and bf16 against a plain loop (bench/gpu_train.sh), the same compiled in bf16,
+# Every GPU figure issue 20 asks for, in one run of about 8 minutes on one GPU (496 s on an
+# H200; at most 14 if every check ran to its time limit), for a session lent a device machine
+# for a few minutes only: first the native model's logits, gradients and beam search on the
+# GPU against the CPU (bench/gpu_parity.py, seconds), then the training loop's tokens/s and
+# MFU in fp32, fp16 and bf16 against a plain loop (bench/gpu_train.sh), the same compiled in bf16,
 # beam search against HF generate at 5 and 50 beams (bench/gpu_beam.sh), and last a profile
 # of the eager bf16 step (where its time goes). The beam checks decode MODEL with TOKENIZER
 # (a trained Marian checkpoint and its run's tokenizer); without them the script first trains

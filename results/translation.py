@@ -32,10 +32,10 @@ and again whenever that one is trained anew. The k=v overrides go to every run (
 ``train.max_epochs=12``); the runs' own settings are ``BASE``.
 
 The report (default docs/results_translation.md, with a plot per corpus beside it) is
-rebuilt from each run's stages (their own ``metrics.jsonl``) and ``state.json``: per corpus, each system on
-test at the round that was best on dev (dev only decides), the memory's BLEU per round, the
-share of outputs that are their memory (does G copy?), the selector's pick against the beam
-top-1 and the oracle, and each stage's wall time.
+rebuilt from each run's stages (their own ``metrics.jsonl``) and ``state.json``: per corpus,
+each system on test at the round that was best on dev (dev only decides), the memory's BLEU
+per round, the share of outputs that are their memory (does G copy?), the selector's pick
+against the beam top-1 and the oracle, and each stage's wall time.
 """
 
 from __future__ import annotations
@@ -189,6 +189,16 @@ def reference_memory(config, split: str, path: Path) -> None:
     atomic_write_jsonl(path, [{"memories": [ex.target]} for ex in load_split(config.data, split)])
 
 
+def upper_is_current(runs: Path) -> bool:
+    """Whether the upper bound under ``runs`` was decoded with ``joint``'s generator as it is
+    now (trained and not being trained anew)."""
+    source = runs / UPPER / "generator_fingerprint"
+    if not (source.exists() and RunPaths(runs / "joint").state.exists()):
+        return False
+    generator = stages_of(runs / "joint", "the upper bound").get("generator", {})
+    return bool(generator.get("done")) and source.read_text(encoding="utf-8") == generator["fingerprint"]
+
+
 def run_upper_bound(setup: Setup, corpus: str) -> None:
     """The joint generator's dev and test hypotheses with the reference as memory: decoded
     once joint's generator is trained, and again with a generator trained anew."""
@@ -198,7 +208,7 @@ def run_upper_bound(setup: Setup, corpus: str) -> None:
         raise SystemExit(f"{joint}: its generator is not trained yet, which the upper bound decodes with: "
                          f"run --systems joint first")
     source = upper / "generator_fingerprint"
-    if source.exists() and source.read_text(encoding="utf-8") != generator["fingerprint"]:
+    if not upper_is_current(setup.root / corpus):  # decoded with an older generator, or never
         for part in ("tokenizer", "generator", "round_0"):
             shutil.rmtree(upper / part, ignore_errors=True)
     for split in ("dev", "test"):
@@ -214,33 +224,26 @@ def run_upper_bound(setup: Setup, corpus: str) -> None:
                                       "--memory", str(memory), "--round", "0"], setup.nproc)
 
 
-def upper_is_current(runs: Path) -> bool:
-    """Whether the upper bound under ``runs`` was decoded with ``joint``'s generator as it is
-    now (trained and not being trained anew)."""
-    source = runs / UPPER / "generator_fingerprint"
-    if not (source.exists() and RunPaths(runs / "joint").state.exists()):
-        return False
-    generator = stages_of(runs / "joint", "the upper bound").get("generator", {})
-    return bool(generator.get("done")) and source.read_text(encoding="utf-8") == generator["fingerprint"]
+def prepare_all(setup: Setup, corpora: list[str], names: list[str]) -> None:
+    """The tokenizer and BM25 memory of each chosen system that forks from none (a fork copies
+    them, and the no-memory baseline, from its source once that has them)."""
+    for corpus in corpora:
+        for system in SYSTEMS:
+            if system.name in names and corpus in system.corpora and system.forks is None:
+                args = run_args(setup, corpus, system.name, system.overrides)
+                launch("launch/lift.py", [*args, "--prepare-only"], setup.nproc)
 
 
-def run_all(setup: Setup, corpora: list[str], names: list[str], prepare_only: bool = False) -> None:
-    """Every chosen system on every chosen corpus, in ``SYSTEMS`` order, each resumed; with
-    ``prepare_only``, the tokenizer and BM25 memory of those that fork from none (a fork
-    copies them, and the no-memory baseline, from its source once that has them)."""
+def run_all(setup: Setup, corpora: list[str], names: list[str]) -> None:
+    """Every chosen system on every chosen corpus, in ``SYSTEMS`` order, each resumed."""
     for corpus in corpora:
         for system in SYSTEMS:
             if system.name not in names or corpus not in system.corpora:
                 continue
-            if prepare_only:
-                if system.forks is None:
-                    args = run_args(setup, corpus, system.name, system.overrides)
-                    launch("launch/lift.py", [*args, "--prepare-only"], setup.nproc)
-                continue
             if system.forks is not None:
                 fork(setup.root / corpus / system.forks, setup.root / corpus / system.name, system.own_generator)
             launch("launch/lift.py", run_args(setup, corpus, system.name, system.overrides), setup.nproc)
-        if UPPER in names and not prepare_only:
+        if UPPER in names:
             run_upper_bound(setup, corpus)
 
 
@@ -296,7 +299,8 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
     references = {split: [ex.target for ex in load_split(config.data, split)] for split in ("dev", "test")}
     # a fork's no-memory rows are joint's, copied: left out, and with them a fork that has no other yet
     runs = {s.name: rows for s in SYSTEMS if corpus in s.corpora
-            and (rows := [r for r in finished_rows(root / corpus / s.name) if s.name == "joint" or r["round"] != NO_MEMORY])}
+            and (rows := [r for r in finished_rows(root / corpus / s.name)
+                          if s.name == "joint" or r["round"] != NO_MEMORY])}
     lines = [f"### {CORPORA[corpus]}", "",
              "| system | round (best on dev) | dev BLEU | test BLEU | test chrF++ |", "|---|---:|---:|---:|---:|"]
 
@@ -407,7 +411,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     setup = Setup(args.root, args.data, args.config, tuple(overrides), args.nproc)
     if args.prepare_only:
-        run_all(setup, args.corpora, args.systems, prepare_only=True)
+        prepare_all(setup, args.corpora, args.systems)
         return
     if not args.report_only:
         run_all(setup, args.corpora, args.systems)
