@@ -43,7 +43,9 @@ def padded(rows: int, longest: int, vocab: int, generator: torch.Generator) -> t
 
 def logits_and_grads(model: Seq2SeqModel, batch: dict[str, torch.Tensor], device: torch.device,
                      autocast: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The logits and every parameter's gradient of the batch's token cross-entropy, on the CPU."""
+    """The logits and every parameter's gradient of the batch's token cross-entropy, copied to
+    the CPU (copies: a CPU gradient is otherwise the parameter's own ``.grad``, which moving the
+    model to the GPU moves too)."""
     model.zero_grad(set_to_none=True)
     on = {name: tensor.to(device) for name, tensor in batch.items()}
     context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
@@ -51,8 +53,9 @@ def logits_and_grads(model: Seq2SeqModel, batch: dict[str, torch.Tensor], device
         logits = model(on["src"], on["decoder_input"], on.get("memory"))
     loss = F.cross_entropy(logits.float().flatten(0, 1), on["labels"].flatten(), ignore_index=PAD)
     loss.backward()
-    return logits.detach().float().cpu(), {name: p.grad.float().cpu() for name, p in model.named_parameters()
-                                           if p.grad is not None}
+    cpu = torch.device("cpu")
+    return logits.detach().to(cpu, torch.float32, copy=True), {
+        name: p.grad.to(cpu, torch.float32, copy=True) for name, p in model.named_parameters() if p.grad is not None}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
