@@ -20,9 +20,13 @@
 # estimate: 8-9 minutes). The runs go to ROOT (rerun to resume); the report, its plot, the
 # driver's log and a tarball of the runs' small files (states, metrics, hypotheses, memories,
 # logs; no checkpoints or candidates) to OUT (default ROOT). k=v arguments go to every run.
-# Prepare on a CPU first (docs/results.md, "On a GPU"): the corpus under CORPORA, joint's
-# tokenizer and BM25 memory under ROOT.
-#   CORPORA=dir/holding/libreoffice_ende_tm [ROOT=dir] [DEADLINE=s] [FORKS=...] [LATER=...] \
+# SEEDS (e.g. "1234 2 3"; default none: one run at the config's seed) runs the whole experiment
+# once per seed, side by side, each with run.seed=N under ROOT/seedN (started from ROOT's prepared
+# tokenizer and BM25 memory; the tokenizer is trained again for its seed), its report and tarball
+# under OUT/seedN, then one report of every system across the seeds: one run's gain of about a
+# BLEU is within the GPU's run-to-run noise (docs/results.md). Prepare on a CPU first
+# (docs/results.md, "On a GPU"): the corpus under CORPORA, joint's tokenizer and BM25 memory under ROOT.
+#   CORPORA=dir/holding/libreoffice_ende_tm [ROOT=dir] [DEADLINE=s] [FORKS=...] [LATER=...] [SEEDS=...] \
 #     bash results/gpu_translation.sh [k=v ...]
 source "$(dirname "$0")/../bench/help.sh"
 set -uo pipefail
@@ -38,11 +42,34 @@ for system in $LATER; do
   [[ $system =~ ^(topb4|upper)$ ]] || { echo "error: LATER takes topb4 and upper, not '$system'" >&2; exit 2; }
 done
 [[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "error: DEADLINE is in whole seconds, got '$DEADLINE'" >&2; exit 2; }
+SEEDS=${SEEDS-}
+for seed in $SEEDS; do
+  [[ $seed =~ ^[0-9]+$ ]] || { echo "error: SEEDS takes whole numbers, not '$seed'" >&2; exit 2; }
+done
 mkdir -p "${OUT:-$ROOT}" "$ROOT/logs"
 REPORTS=$(realpath "${OUT:-$ROOT}")
 export SETTINGS="--corpora tm --nproc 1 --data ${CORPORA:-../shared/data} --root $ROOT train.precision=fp32
   train.max_tokens=12000 $*"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+if [[ -n $SEEDS ]]; then  # this script once per seed, side by side, then the report across them
+  roots=()
+  for seed in $SEEDS; do
+    run=$ROOT/seed$seed
+    [[ -d $run/tm ]] || { mkdir -p "$run" && cp -r "$ROOT/tm" "$run/"; }
+    ROOT=$run OUT=$REPORTS/seed$seed SEEDS="" bash results/gpu_translation.sh "run.seed=$seed" "$@" \
+      > "$ROOT/logs/seed$seed.log" 2>&1 &
+    roots+=("$run")
+  done
+  trap 'kill $(jobs -p) 2> /dev/null' INT TERM
+  wait
+  grep -h -E "^\[|^stopped|^experiment" "$ROOT"/logs/seed*.log
+  set -f
+  # shellcheck disable=SC2086
+  (( ${#roots[@]} < 2 )) || python3 results/translation.py --report-only $SETTINGS --root "${roots[0]}" \
+    --across "${roots[@]:1}" --report "$REPORTS/results_translation_gpu_seeds.md" > /dev/null
+  exit
+fi
 
 drive() {  # drive SYSTEM: the driver for one system, its log (this call's) and its own report under $ROOT/logs
   local start=$SECONDS status

@@ -3,7 +3,7 @@ launch/lift.py, each resumed where it stopped, then the tables and plots from th
 
     python results/translation.py [--corpora tm page] [--systems NAME ...] [--root DIR]
         [--data DIR] [--config configs/libreoffice_ende.yaml] [--nproc 2] [--report-only]
-        [--prepare-only] [--report PATH] [k=v ...]
+        [--prepare-only] [--report PATH] [--across ROOT ...] [k=v ...]
 
 Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
 
@@ -35,7 +35,11 @@ The report (default docs/results_translation.md, with a plot per corpus beside i
 rebuilt from each run's stages (their own ``metrics.jsonl``) and ``state.json``: per corpus,
 each system on test at the round that was best on dev (dev only decides), the memory's BLEU
 per round, the share of outputs that are their memory (does G copy?), the selector's pick
-against the beam top-1 and the oracle, and each stage's wall time.
+against the beam top-1 and the oracle, and each stage's wall time. With ``--across``, the
+roots of other runs of the same experiment (other seeds: ``run.seed=N`` under a root of its
+own; other machines), it adds each system's round 0 and best round of self memory in every
+run, and the mean and standard deviation of the gain: one run's gain of a BLEU point can be
+run-to-run noise (docs/results.md).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -121,6 +126,9 @@ SYSTEMS = [
     System("close", ("retrieval.min_fuzzy_match=0.5",), ("tm",), forks="joint"),
 ]
 BY_NAME = {s.name: s for s in SYSTEMS}
+LABELS = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory",
+          "copy": "Joint, copy epochs (4)", "slots": "Joint, slotted positions",
+          "close": "Joint, close memories only (fuzzy match 0.5)"}
 UPPER = "upper"  # the joint generator decoding with the reference as memory
 # the stages that read no generator, with their directories: what a fork that trains a
 # generator of its own keeps of the run it starts from
@@ -273,6 +281,13 @@ def finished_rows(run: Path) -> list[dict]:
         rows += read_jsonl(done)
 
 
+def best_self_round(dev: dict) -> int | None:
+    """The round of self memory (1 on) with the best dev metric, the earliest of equals; None
+    before the first ends. ``dev``: round -> dev metric."""
+    rounds = [k for k in dev if isinstance(k, int) and k > 0]
+    return max(rounds, key=lambda k: (dev[k], -k)) if rounds else None
+
+
 def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
     """The share of round ``round_k``'s outputs of ``split`` that are a text of the memory
     input they were decoded with (does G copy its memory?)."""
@@ -309,19 +324,15 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         shown = "-" if round_name == NO_MEMORY else round_name
         lines.append(f"| {label} | {shown} | {dev_bleu:.2f} | {test_bleu:.2f} | {test_chrf:.2f} |")
 
-    labels = {"joint": "Joint", "topb4": "Joint, Top-B (B = 4)", "dual": "Dual", "augment": "Joint, augmented memory",
-              "copy": "Joint, copy epochs (4)", "slots": "Joint, slotted positions",
-              "close": "Joint, close memories only (fuzzy match 0.5)"}
     for name, rows in runs.items():
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if name == "joint" and NO_MEMORY in dev:  # the others' baselines are copies of it, or trained alike
             row("Transformer (no memory)", root / corpus / name, NO_MEMORY, dev[NO_MEMORY])
         if (name == "joint" or BY_NAME[name].own_generator) and 0 in dev:  # a generator of its own
-            row(f"Transformer-{labels[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
-        self_rounds = [k for k in dev if isinstance(k, int) and k > 0]
-        if self_rounds:
-            best = max(self_rounds, key=lambda k: (dev[k], -k))
-            row(f"Selfmem {labels[name]}", root / corpus / name, best, dev[best])
+            row(f"Transformer-{LABELS[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
+        best = best_self_round(dev)
+        if best is not None:
+            row(f"Selfmem {LABELS[name]}", root / corpus / name, best, dev[best])
     upper = root / corpus / UPPER / "round_0" / "hyps"
     if (upper / "test.txt").exists() and upper_is_current(root / corpus):
         dev_bleu, _ = scores(read_lines(upper / "dev.txt"), references["dev"], tokenize)
@@ -331,7 +342,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
     for name, rows in runs.items():
         if not any(isinstance(r["round"], int) for r in rows):  # joint's no-memory twin only, so far
             continue
-        lines += ["", f"{labels[name]}, per round (BLEU; the lift's best round on dev: {best_round(rows)}):", "",
+        lines += ["", f"{LABELS[name]}, per round (BLEU; the lift's best round on dev: {best_round(rows)}):", "",
                   "| round | split | hypotheses | memory | outputs that are their memory | selector's pick vs beam top-1 "
                   "| oracle | memories changed | BM25 hits' weight | temperature | no-memory opinion's weight |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -349,6 +360,43 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
                          f"{oracle} | {changed} | {weight} | {temperature} | {opinion} |")
         lines += ["", "wall seconds per stage: " + stage_times(root / corpus / name)]
     return lines + [""], runs
+
+
+def across_runs(setup: Setup, roots: list[Path], corpus: str) -> list[str]:
+    """Markdown lines: each system with a generator of its own in every run of the experiment
+    under ``roots`` (the same systems with other seeds, or on other machines): round 0 and the
+    best round of self memory on dev, test at each, the gain of self memory over round 0 within
+    the run, and the mean and standard deviation over the runs that reached a round of self memory."""
+    config = run_config(setup, corpus, "report")
+    references = [ex.target for ex in load_split(config.data, "test")]
+    lines = [f"### {CORPORA[corpus]}, across runs", "",
+             "| system | run | round 0 dev | round 0 test | best round | dev | test | gain dev | gain test |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for system in SYSTEMS:
+        if corpus not in system.corpora or not (system.name == "joint" or system.own_generator):
+            continue
+        measured = []
+        for root in roots:
+            run = root / corpus / system.name
+            dev = {r["round"]: r["hyps"] for r in finished_rows(run) if r["split"] == "dev"}
+            if 0 not in dev:
+                continue
+            best = best_self_round(dev)
+            test = {k: scores(read_lines(RunPaths(run).hyps(k, "test")), references, config.data.bleu_tokenize)[0]
+                    for k in (0, best) if k is not None}
+            cells = [dev[0], test[0]]
+            if best is None:
+                lines.append(f"| {LABELS[system.name]} | `{root}` | {dev[0]:.2f} | {test[0]:.2f} | - | - | - | - | - |")
+                continue
+            cells += [dev[best], test[best], dev[best] - dev[0], test[best] - test[0]]
+            measured.append(cells)
+            lines.append(f"| {LABELS[system.name]} | `{root}` | {cells[0]:.2f} | {cells[1]:.2f} | {best} | "
+                         f"{cells[2]:.2f} | {cells[3]:.2f} | {cells[4]:+.2f} | {cells[5]:+.2f} |")
+        if len(measured) > 1:
+            spread = [f"{statistics.mean(c):.2f} ({statistics.stdev(c):.2f})" for c in zip(*measured)]
+            lines.append(f"| {LABELS[system.name]} | mean (sd) of {len(measured)} runs | {spread[0]} | {spread[1]} | - | "
+                         f"{spread[2]} | {spread[3]} | {spread[4]} | {spread[5]} |")
+    return lines + [""]
 
 
 def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
@@ -379,8 +427,9 @@ def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
     return True
 
 
-def write_report(setup: Setup, corpora: list[str], report: Path) -> str:
-    """The report and a plot per corpus beside it; returns the report's text."""
+def write_report(setup: Setup, corpora: list[str], report: Path, across: tuple[Path, ...] = ()) -> str:
+    """The report and a plot per corpus beside it, then, with ``across`` (the roots of other
+    runs of the experiment), each system across the runs; returns the report's text."""
     lines = ["# Translation results (generated by results/translation.py)", "",
              f"Runs under `{setup.root}`; test read only at the round that was best on dev.", ""]
     for corpus in corpora:
@@ -389,6 +438,8 @@ def write_report(setup: Setup, corpora: list[str], report: Path) -> str:
         image = report.with_name(f"{report.stem}_{corpus}.png")
         if runs and plot(image, corpus, runs):
             lines += [f"![{CORPORA[corpus]}, dev BLEU per round]({image.name})", ""]
+    for corpus in corpora if across else ():
+        lines += across_runs(setup, [setup.root, *across], corpus)
     text = "\n".join(lines)
     atomic_write_text(report, text)
     return text
@@ -408,6 +459,9 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true",
                         help="only the tokenizer and BM25 memory (results/gpu_translation.sh's preparation on a CPU)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "results_translation.md")
+    parser.add_argument("--across", type=Path, nargs="+", default=[], metavar="ROOT",
+                        help="the roots of other runs of the experiment (other seeds, other machines): the "
+                             "report adds each system across them and --root, with the mean and spread")
     args, overrides = parser.parse_known_args()
     setup = Setup(args.root, args.data, args.config, tuple(overrides), args.nproc)
     if args.prepare_only:
@@ -415,7 +469,7 @@ def main() -> None:
         return
     if not args.report_only:
         run_all(setup, args.corpora, args.systems)
-    print(write_report(setup, args.corpora, args.report))
+    print(write_report(setup, args.corpora, args.report, tuple(args.across)))
 
 
 if __name__ == "__main__":

@@ -12,19 +12,21 @@ import time
 import pytest
 from conftest import DEMO_CONFIG, DEMO_DATA, REPO, _env
 
+from selfmem.common.io import read_jsonl
+
 # the demo's shipped generators (not trained further), 60 examples a split, one round
 SMALL = ["--config", str(DEMO_CONFIG), "train.max_epochs=0", "data.max_examples=60", "candidates.num_beams=4",
          "candidates.num_return=4", "candidates.hypothesis_beams=2", "lift.max_rounds=1"]
 
 
-def run_script(tmp_path, **variables):
+def run_script(tmp_path, *extra, **variables):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     if not (data / "libreoffice_ende_tm").exists():
         (data / "libreoffice_ende_tm").symlink_to(DEMO_DATA)
     env = dict(_env(), CORPORA=str(data), ROOT=str(tmp_path / "runs"), OUT=str(tmp_path / "out"), **variables)
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]])  # its python3: this one
-    return subprocess.run(["bash", str(REPO / "results" / "gpu_translation.sh"), *SMALL], cwd=tmp_path, env=env,
+    return subprocess.run(["bash", str(REPO / "results" / "gpu_translation.sh"), *SMALL, *extra], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -67,7 +69,35 @@ def test_the_deadline_stops_the_drivers_and_the_report_is_still_written(tmp_path
                        "not 'topb4'"),
     ("LATER", "dual", "error: LATER takes topb4 and upper, not 'dual'"),
     ("DEADLINE", "10m", "error: DEADLINE is in whole seconds, got '10m'"),
+    ("SEEDS", "1 two", "error: SEEDS takes whole numbers, not 'two'"),
 ])
 def test_bad_variables_are_refused(tmp_path, variable, value, message):
     refused = run_script(tmp_path, **{variable: value})
     assert refused.returncode == 2 and refused.stderr.strip() == message
+
+
+def round_0_dev(root):
+    rows = read_jsonl(root / "tm" / "joint" / "round_0" / "metrics.jsonl")
+    return next(r["hyps"] for r in rows if r["split"] == "dev")
+
+
+def test_seeds_run_the_experiment_once_each_and_report_across_them(tmp_path):
+    prepared = tmp_path / "runs" / "tm" / "joint"  # as a CPU prepares it: here, nothing yet
+    prepared.mkdir(parents=True)
+    done = run_script(tmp_path, "lift.max_rounds=0", SEEDS="1 2", FORKS="", LATER="")  # round 0 only: quicker
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "out"
+    for seed in (1, 2):
+        run = tmp_path / "runs" / f"seed{seed}" / "tm" / "joint"
+        assert f"seed: {seed}\n" in (run / "config.yaml").read_text()
+        assert (out / f"seed{seed}" / "results_translation_gpu.md").read_text().startswith("# Translation results")
+        with tarfile.open(out / f"seed{seed}" / "gpu_translation_runs.tgz") as runs:
+            assert "./tm/joint/round_0/hyps/test.txt" in runs.getnames()
+    across = (out / "results_translation_gpu_seeds.md").read_text().split("across runs")[1]
+    # no round of self memory: each seed's round 0 on dev (from its run), no best round, no mean of gains
+    rows = [line.split(" | ") for line in across.splitlines() if line.startswith("| Joint |")]
+    assert [(row[1], row[2], row[4]) for row in rows] == [
+        (f"`{tmp_path / 'runs' / f'seed{seed}'}`", f"{round_0_dev(tmp_path / 'runs' / f'seed{seed}'):.2f}", "-")
+        for seed in (1, 2)]
+    assert sorted(line for line in done.stdout.splitlines() if ": exit " in line and "joint" in line)[0] \
+        .split("] ")[1].startswith("joint: exit 0")

@@ -4,6 +4,7 @@ once, a second call resumes (redoes nothing), and the report's figures are the r
 import importlib.util
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -254,3 +255,38 @@ def test_the_upper_bound_waits_for_joints_generator_and_follows_it(driven, tmp_p
     with pytest.raises(SystemExit, match=r"tm/none: no run there, which dual starts from: run it first "
                                          r"\(--systems none\)"):
         translation.fork(copy / "none", copy / "dual", own_generator=True)
+
+
+def test_across_runs_lists_each_runs_gain_and_their_mean(driven, tmp_path):
+    runs, data, _ = driven
+    other = tmp_path / "other"  # another run of the experiment: here a copy whose round 0 read the references
+    shutil.copytree(runs, other / "tm", ignore=shutil.ignore_patterns("*.safetensors", "*.pt"))
+    references = [json.loads(line)["trg"] for line in (DEMO_DATA / "test.jsonl").read_text().splitlines()][:60]
+    (other / "tm" / "joint" / "round_0" / "hyps" / "test.txt").write_text("\n".join(references) + "\n")
+    report = tmp_path / "report.md"
+    done = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm", "--root",
+                           str(runs.parent), "--data", str(data), "--report", str(report), "--report-only",
+                           "--across", str(other), *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = report.read_text().split("### libreoffice_ende_tm, across runs")[1]
+
+    def test_bleu(run, k):
+        return corpus_bleu(read_lines(run / f"round_{k}" / "hyps" / "test.txt"), references, "13a").value
+
+    rows = read_jsonl(runs / "joint" / "metrics.jsonl")
+    dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
+    best = max((1, 2), key=lambda k: (dev[k], -k))
+    cells = []
+    for root in (runs.parent, other):
+        run = root / "tm" / "joint"
+        cells.append([dev[0], test_bleu(run, 0), dev[best], test_bleu(run, best), dev[best] - dev[0],
+                      test_bleu(run, best) - test_bleu(run, 0)])
+        c = cells[-1]
+        assert f"| Joint | `{root}` | {c[0]:.2f} | {c[1]:.2f} | {best} | {c[2]:.2f} | {c[3]:.2f} | " \
+               f"{c[4]:+.2f} | {c[5]:+.2f} |" in table
+    assert abs(cells[1][1] - 100) < 1e-9  # the copy's round 0 is the references
+    spread = [f"{statistics.mean(c):.2f} ({statistics.stdev(c):.2f})" for c in zip(*cells)]
+    assert f"| Joint | mean (sd) of 2 runs | {spread[0]} | {spread[1]} | - | {spread[2]} | {spread[3]} | " \
+           f"{spread[4]} | {spread[5]} |" in table
+    assert "| Joint, Top-B" not in table  # Top-B shares joint's generator: its round 0 is joint's
