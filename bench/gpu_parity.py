@@ -41,6 +41,14 @@ def padded(rows: int, longest: int, vocab: int, generator: torch.Generator) -> t
     return ids.masked_fill(torch.arange(longest) >= lengths[:, None], PAD)
 
 
+def random_batch(rows: int, source_len: int, target_len: int, vocab: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A padded teacher-forcing batch of random tokens: sources, labels and decoder inputs."""
+    labels = padded(rows, target_len, vocab, generator)
+    return {"src": padded(rows, source_len, vocab, generator), "labels": labels,
+            "decoder_input": torch.cat([torch.full((rows, 1), START), labels[:, :-1]], dim=1)}
+
+
 def logits_and_grads(model: Seq2SeqModel, batch: dict[str, torch.Tensor], device: torch.device,
                      autocast: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The logits and every parameter's gradient of the batch's token cross-entropy, copied to
@@ -99,9 +107,7 @@ def main() -> None:
                          dropout=0.0, memory=args.memory, pad_id=PAD, decoder_start_id=START)
     model = Seq2SeqModel(config).train()
     generator = torch.Generator().manual_seed(args.seed)
-    labels = padded(args.rows, 48, config.vocab_size, generator)
-    batch = {"src": padded(args.rows, 64, config.vocab_size, generator), "labels": labels,
-             "decoder_input": torch.cat([torch.full((args.rows, 1), START), labels[:, :-1]], dim=1)}
+    batch = random_batch(args.rows, 64, 48, config.vocab_size, generator)
     if args.memory == "dual":
         batch["memory"] = padded(args.rows * 2, 64, config.vocab_size, generator).view(args.rows, 2, 64)
     cpu_logits, cpu_grads = logits_and_grads(model, batch, torch.device("cpu"), None)

@@ -21,10 +21,11 @@
 # driver's log and a tarball of the runs' small files (states, metrics, hypotheses, memories,
 # logs; no checkpoints or candidates) to OUT (default ROOT). k=v arguments go to every run.
 # SEEDS (e.g. "1234 2 3"; default none: one run at the config's seed) runs the whole experiment
-# once per seed, side by side, each with run.seed=N under ROOT/seedN (started from ROOT's prepared
-# tokenizer and BM25 memory; the tokenizer is trained again for its seed), its report and tarball
-# under OUT/seedN, then one report of every system across the seeds: one run's gain of about a
-# BLEU is within the GPU's run-to-run noise (docs/results.md). Prepare on a CPU first
+# once per seed, side by side, each with run.seed=N under ROOT/seedN (started from a copy of
+# joint's prepared run under ROOT; the tokenizer is trained again for its seed), its report,
+# tarball and driver log under OUT/seedN, then results_translation_gpu_seeds.md: each system that
+# trains a generator of its own across the seeds, its gain in each, their mean and spread (one
+# run's gain of about a BLEU is within the GPU's run-to-run noise, docs/results.md). Prepare on a CPU first
 # (docs/results.md, "On a GPU"): the corpus under CORPORA, joint's tokenizer and BM25 memory under ROOT.
 #   CORPORA=dir/holding/libreoffice_ende_tm [ROOT=dir] [DEADLINE=s] [FORKS=...] [LATER=...] [SEEDS=...] \
 #     bash results/gpu_translation.sh [k=v ...]
@@ -42,32 +43,41 @@ for system in $LATER; do
   [[ $system =~ ^(topb4|upper)$ ]] || { echo "error: LATER takes topb4 and upper, not '$system'" >&2; exit 2; }
 done
 [[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "error: DEADLINE is in whole seconds, got '$DEADLINE'" >&2; exit 2; }
-SEEDS=${SEEDS-}
-for seed in $SEEDS; do
-  [[ $seed =~ ^[0-9]+$ ]] || { echo "error: SEEDS takes whole numbers, not '$seed'" >&2; exit 2; }
+read -ra seeds <<< "${SEEDS-}"
+for seed in "${seeds[@]}"; do
+  [[ $seed =~ ^(0|[1-9][0-9]*)$ ]] || { echo "error: SEEDS takes whole numbers, not '$seed'" >&2; exit 2; }
 done
+[[ $(printf '%s\n' "${seeds[@]}" | sort | uniq -d) == "" ]] ||
+  { echo "error: SEEDS names a seed twice: '$SEEDS'" >&2; exit 2; }
 mkdir -p "${OUT:-$ROOT}" "$ROOT/logs"
 REPORTS=$(realpath "${OUT:-$ROOT}")
 export SETTINGS="--corpora tm --nproc 1 --data ${CORPORA:-../shared/data} --root $ROOT train.precision=fp32
   train.max_tokens=12000 $*"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-if [[ -n $SEEDS ]]; then  # this script once per seed, side by side, then the report across them
+if (( ${#seeds[@]} )); then  # this script once per seed, side by side, then the report across them
+  trap 'kill $(jobs -p) 2> /dev/null' INT TERM
   roots=()
-  for seed in $SEEDS; do
+  for seed in "${seeds[@]}"; do
     run=$ROOT/seed$seed
-    [[ -d $run/tm ]] || { mkdir -p "$run" && cp -r "$ROOT/tm" "$run/"; }
-    ROOT=$run OUT=$REPORTS/seed$seed SEEDS="" bash results/gpu_translation.sh "run.seed=$seed" "$@" \
-      > "$ROOT/logs/seed$seed.log" 2>&1 &
+    if [[ ! -d $run/tm/joint ]]; then  # joint's prepared tokenizer and BM25 memory (its forks fork again)
+      rm -rf "$run.partial" && mkdir -p "$run.partial/tm" && cp -r "$ROOT/tm/joint" "$run.partial/tm/" &&
+        mkdir -p "$run" && mv "$run.partial/tm" "$run/" && rmdir "$run.partial"
+    fi
+    mkdir -p "$REPORTS/seed$seed"
+    # the seed after the k=v arguments: the last setting of a key wins
+    ROOT=$run OUT=$REPORTS/seed$seed SEEDS="" bash results/gpu_translation.sh "$@" "run.seed=$seed" \
+      > "$REPORTS/seed$seed/driver.log" 2>&1 &
     roots+=("$run")
   done
-  trap 'kill $(jobs -p) 2> /dev/null' INT TERM
-  wait
-  grep -h -E "^\[|^stopped|^experiment" "$ROOT"/logs/seed*.log
+  while [[ -n $(jobs -rp) ]]; do wait; done  # a signal ends a wait, not the runs: on until they stop
+  for seed in "${seeds[@]}"; do
+    echo "seed $seed:" && grep -E "^\[|^stopped|^experiment" "$REPORTS/seed$seed/driver.log" | sed 's/^/  /'
+  done
   set -f
   # shellcheck disable=SC2086
-  (( ${#roots[@]} < 2 )) || python3 results/translation.py --report-only $SETTINGS --root "${roots[0]}" \
-    --across "${roots[@]:1}" --report "$REPORTS/results_translation_gpu_seeds.md" > /dev/null
+  python3 results/translation.py $SETTINGS --report "$REPORTS/results_translation_gpu_seeds.md" \
+    --across "${roots[@]}" > /dev/null
   exit
 fi
 

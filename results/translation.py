@@ -3,7 +3,7 @@ launch/lift.py, each resumed where it stopped, then the tables and plots from th
 
     python results/translation.py [--corpora tm page] [--systems NAME ...] [--root DIR]
         [--data DIR] [--config configs/libreoffice_ende.yaml] [--nproc 2] [--report-only]
-        [--prepare-only] [--report PATH] [--across ROOT ...] [k=v ...]
+        [--prepare-only] [--report PATH] [k=v ...] [--across ROOT ...]
 
 Systems (``SYSTEMS``), one lift run each under ``--root/CORPUS/NAME``:
 
@@ -35,11 +35,11 @@ The report (default docs/results_translation.md, with a plot per corpus beside i
 rebuilt from each run's stages (their own ``metrics.jsonl``) and ``state.json``: per corpus,
 each system on test at the round that was best on dev (dev only decides), the memory's BLEU
 per round, the share of outputs that are their memory (does G copy?), the selector's pick
-against the beam top-1 and the oracle, and each stage's wall time. With ``--across``, the
-roots of other runs of the same experiment (other seeds: ``run.seed=N`` under a root of its
-own; other machines), it adds each system's round 0 and best round of self memory in every
-run, and the mean and standard deviation of the gain: one run's gain of a BLEU point can be
-run-to-run noise (docs/results.md).
+against the beam top-1 and the oracle, and each stage's wall time. ``--across ROOT ...``
+(the roots of several runs of the experiment: seeds, ``run.seed=N`` under a root each, or other
+machines) writes instead each system that trains a generator of its own in every run: round 0,
+the best round of self memory, the gain within the run, and the gains' mean and standard
+deviation: one run's gain of a BLEU point can be run-to-run noise (docs/results.md).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ import sys
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -100,6 +101,11 @@ class System:
         """Whether it trains a generator of its own (sets a ``generator.*`` key, or a
         ``retrieval.*`` one: the memories it trains with)."""
         return any(o.startswith(("generator.", "retrieval.")) for o in self.overrides)
+
+    @property
+    def trains_generator(self) -> bool:
+        """Whether its round 0 is its own: it forks from none, or trains a generator of its own."""
+        return self.forks is None or self.own_generator
 
 
 # every fork keeps joint's no-memory baseline: a generator without memory does not depend on
@@ -328,7 +334,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
         dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
         if name == "joint" and NO_MEMORY in dev:  # the others' baselines are copies of it, or trained alike
             row("Transformer (no memory)", root / corpus / name, NO_MEMORY, dev[NO_MEMORY])
-        if (name == "joint" or BY_NAME[name].own_generator) and 0 in dev:  # a generator of its own
+        if BY_NAME[name].trains_generator and 0 in dev:
             row(f"Transformer-{LABELS[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
         best = best_self_round(dev)
         if best is not None:
@@ -362,39 +368,66 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
     return lines + [""], runs
 
 
+class RunGain(NamedTuple):
+    """One run's round 0 and its best round of self memory (BLEU): dev, test at each, gains."""
+
+    round_0_dev: float
+    round_0_test: float
+    best_round: int | None
+    best_dev: float | None
+    best_test: float | None
+
+    def gains(self) -> tuple[float, float] | None:
+        """Self memory over round 0 within the run, dev and test; None before a round of it."""
+        return None if self.best_round is None else (self.best_dev - self.round_0_dev,
+                                                     self.best_test - self.round_0_test)
+
+
+def run_gain(run: Path, references: list[str], bleu_tokenize: str) -> RunGain | None:
+    """A run's round 0 and best round of self memory on dev, test scored at each; None before
+    its round 0 ends."""
+    dev = {r["round"]: r["hyps"] for r in finished_rows(run) if r["split"] == "dev"}
+    if 0 not in dev:
+        return None
+
+    def test(k: int) -> float:
+        return scores(read_lines(RunPaths(run).hyps(k, "test")), references, bleu_tokenize)[0]
+
+    best = best_self_round(dev)
+    if best is None:
+        return RunGain(dev[0], test(0), None, None, None)
+    return RunGain(dev[0], test(0), best, dev[best], test(best))
+
+
 def across_runs(setup: Setup, roots: list[Path], corpus: str) -> list[str]:
-    """Markdown lines: each system with a generator of its own in every run of the experiment
-    under ``roots`` (the same systems with other seeds, or on other machines): round 0 and the
-    best round of self memory on dev, test at each, the gain of self memory over round 0 within
-    the run, and the mean and standard deviation over the runs that reached a round of self memory."""
+    """Markdown lines: each system that trains a generator of its own, in every run of the
+    experiment under ``roots`` (other seeds, other machines): round 0 and the best round of self
+    memory on dev, test at each, the gain of self memory within the run, and the mean and
+    standard deviation over the runs that reached a round of self memory."""
     config = run_config(setup, corpus, "report")
     references = [ex.target for ex in load_split(config.data, "test")]
     lines = [f"### {CORPORA[corpus]}, across runs", "",
              "| system | run | round 0 dev | round 0 test | best round | dev | test | gain dev | gain test |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for system in SYSTEMS:
-        if corpus not in system.corpora or not (system.name == "joint" or system.own_generator):
+        if corpus not in system.corpora or not system.trains_generator:
             continue
-        measured = []
+        label, with_rounds = LABELS[system.name], []
         for root in roots:
-            run = root / corpus / system.name
-            dev = {r["round"]: r["hyps"] for r in finished_rows(run) if r["split"] == "dev"}
-            if 0 not in dev:
+            run = run_gain(root / corpus / system.name, references, config.data.bleu_tokenize)
+            if run is None:
                 continue
-            best = best_self_round(dev)
-            test = {k: scores(read_lines(RunPaths(run).hyps(k, "test")), references, config.data.bleu_tokenize)[0]
-                    for k in (0, best) if k is not None}
-            cells = [dev[0], test[0]]
-            if best is None:
-                lines.append(f"| {LABELS[system.name]} | `{root}` | {dev[0]:.2f} | {test[0]:.2f} | - | - | - | - | - |")
+            if run.best_round is None:
+                lines.append(f"| {label} | `{root}` | {run.round_0_dev:.2f} | {run.round_0_test:.2f} | "
+                             "- | - | - | - | - |")
                 continue
-            cells += [dev[best], test[best], dev[best] - dev[0], test[best] - test[0]]
-            measured.append(cells)
-            lines.append(f"| {LABELS[system.name]} | `{root}` | {cells[0]:.2f} | {cells[1]:.2f} | {best} | "
-                         f"{cells[2]:.2f} | {cells[3]:.2f} | {cells[4]:+.2f} | {cells[5]:+.2f} |")
-        if len(measured) > 1:
-            spread = [f"{statistics.mean(c):.2f} ({statistics.stdev(c):.2f})" for c in zip(*measured)]
-            lines.append(f"| {LABELS[system.name]} | mean (sd) of {len(measured)} runs | {spread[0]} | {spread[1]} | - | "
+            figures = (run.round_0_dev, run.round_0_test, run.best_dev, run.best_test, *run.gains())
+            with_rounds.append(figures)
+            lines.append(f"| {label} | `{root}` | {figures[0]:.2f} | {figures[1]:.2f} | {run.best_round} | "
+                         f"{figures[2]:.2f} | {figures[3]:.2f} | {figures[4]:+.2f} | {figures[5]:+.2f} |")
+        if len(with_rounds) > 1:
+            spread = [f"{statistics.mean(column):.2f} ({statistics.stdev(column):.2f})" for column in zip(*with_rounds)]
+            lines.append(f"| {label} | mean (sd) of {len(with_rounds)} runs | {spread[0]} | {spread[1]} | - | "
                          f"{spread[2]} | {spread[3]} | {spread[4]} | {spread[5]} |")
     return lines + [""]
 
@@ -427,9 +460,8 @@ def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
     return True
 
 
-def write_report(setup: Setup, corpora: list[str], report: Path, across: tuple[Path, ...] = ()) -> str:
-    """The report and a plot per corpus beside it, then, with ``across`` (the roots of other
-    runs of the experiment), each system across the runs; returns the report's text."""
+def write_report(setup: Setup, corpora: list[str], report: Path) -> str:
+    """The report and a plot per corpus beside it; returns the report's text."""
     lines = ["# Translation results (generated by results/translation.py)", "",
              f"Runs under `{setup.root}`; test read only at the round that was best on dev.", ""]
     for corpus in corpora:
@@ -438,8 +470,18 @@ def write_report(setup: Setup, corpora: list[str], report: Path, across: tuple[P
         image = report.with_name(f"{report.stem}_{corpus}.png")
         if runs and plot(image, corpus, runs):
             lines += [f"![{CORPORA[corpus]}, dev BLEU per round]({image.name})", ""]
-    for corpus in corpora if across else ():
-        lines += across_runs(setup, [setup.root, *across], corpus)
+    text = "\n".join(lines)
+    atomic_write_text(report, text)
+    return text
+
+
+def write_across_report(setup: Setup, corpora: list[str], roots: list[Path], report: Path) -> str:
+    """The report of several runs of the experiment side by side (``across_runs``); returns its text."""
+    lines = ["# Translation results across runs (generated by results/translation.py --across)", "",
+             "Test read only at each run's round that was best on dev; the mean and standard deviation "
+             "over the runs that reached a round of self memory.", ""]
+    for corpus in corpora:
+        lines += across_runs(setup, roots, corpus)
     text = "\n".join(lines)
     atomic_write_text(report, text)
     return text
@@ -459,17 +501,24 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true",
                         help="only the tokenizer and BM25 memory (results/gpu_translation.sh's preparation on a CPU)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "results_translation.md")
-    parser.add_argument("--across", type=Path, nargs="+", default=[], metavar="ROOT",
-                        help="the roots of other runs of the experiment (other seeds, other machines): the "
-                             "report adds each system across them and --root, with the mean and spread")
+    parser.add_argument("--across", type=Path, nargs="+", metavar="ROOT",
+                        help="run nothing; report each system that trains a generator of its own across the "
+                             "runs of the experiment under these roots (other seeds, other machines): its gain "
+                             "in each, their mean and spread")
     args, overrides = parser.parse_known_args()
+    for root in args.across or ():  # a k=v after --across would be taken for a root
+        if not root.is_dir():
+            parser.error(f"--across: {root} is no directory of runs (k=v settings go before --across)")
     setup = Setup(args.root, args.data, args.config, tuple(overrides), args.nproc)
     if args.prepare_only:
         prepare_all(setup, args.corpora, args.systems)
         return
+    if args.across:  # reads runs, runs none
+        print(write_across_report(setup, args.corpora, args.across, args.report))
+        return
     if not args.report_only:
         run_all(setup, args.corpora, args.systems)
-    print(write_report(setup, args.corpora, args.report, tuple(args.across)))
+    print(write_report(setup, args.corpora, args.report))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def test_the_deadline_stops_the_drivers_and_the_report_is_still_written(tmp_path
     ("LATER", "dual", "error: LATER takes topb4 and upper, not 'dual'"),
     ("DEADLINE", "10m", "error: DEADLINE is in whole seconds, got '10m'"),
     ("SEEDS", "1 two", "error: SEEDS takes whole numbers, not 'two'"),
+    ("SEEDS", "3 1 3", "error: SEEDS names a seed twice: '3 1 3'"),
 ])
 def test_bad_variables_are_refused(tmp_path, variable, value, message):
     refused = run_script(tmp_path, **{variable: value})
@@ -93,11 +94,13 @@ def test_seeds_run_the_experiment_once_each_and_report_across_them(tmp_path):
         assert (out / f"seed{seed}" / "results_translation_gpu.md").read_text().startswith("# Translation results")
         with tarfile.open(out / f"seed{seed}" / "gpu_translation_runs.tgz") as runs:
             assert "./tm/joint/round_0/hyps/test.txt" in runs.getnames()
-    across = (out / "results_translation_gpu_seeds.md").read_text().split("across runs")[1]
+    across = (out / "results_translation_gpu_seeds.md").read_text().split("### libreoffice_ende_tm, across runs")[1]
     # no round of self memory: each seed's round 0 on dev (from its run), no best round, no mean of gains
     rows = [line.split(" | ") for line in across.splitlines() if line.startswith("| Joint |")]
     assert [(row[1], row[2], row[4]) for row in rows] == [
         (f"`{tmp_path / 'runs' / f'seed{seed}'}`", f"{round_0_dev(tmp_path / 'runs' / f'seed{seed}'):.2f}", "-")
         for seed in (1, 2)]
-    assert sorted(line for line in done.stdout.splitlines() if ": exit " in line and "joint" in line)[0] \
-        .split("] ")[1].startswith("joint: exit 0")
+    exits = [line.split("] ")[1].split(" after ")[0] for line in done.stdout.splitlines() if ": exit " in line]
+    assert exits == ["joint: exit 0", "joint: exit 0"]  # one a seed, each listed under its seed
+    assert [line for line in done.stdout.splitlines() if line.startswith("seed ")] == ["seed 1:", "seed 2:"]
+    assert (out / "seed2" / "driver.log").read_text().count("joint: started") == 1

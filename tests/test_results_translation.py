@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import DEMO_CONFIG, DEMO_DATA, REPO, _env
 
-from selfmem.common.io import read_jsonl, read_lines
+from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import corpus_bleu, corpus_chrf
 
 # the demo's shipped generators (not trained further), 60 examples a split, 2 rounds
@@ -259,34 +259,54 @@ def test_the_upper_bound_waits_for_joints_generator_and_follows_it(driven, tmp_p
 
 def test_across_runs_lists_each_runs_gain_and_their_mean(driven, tmp_path):
     runs, data, _ = driven
-    other = tmp_path / "other"  # another run of the experiment: here a copy whose round 0 read the references
-    shutil.copytree(runs, other / "tm", ignore=shutil.ignore_patterns("*.safetensors", "*.pt"))
     references = [json.loads(line)["trg"] for line in (DEMO_DATA / "test.jsonl").read_text().splitlines()][:60]
-    (other / "tm" / "joint" / "round_0" / "hyps" / "test.txt").write_text("\n".join(references) + "\n")
+    # two other runs of the experiment, copies of this one: in the second every dev figure is 5
+    # higher but round 2's, which is 5 lower (its best round on dev: 1), and its test hypotheses of
+    # round 0 are the references; the third stopped after its round 0
+    second, third = tmp_path / "second", tmp_path / "third"
+    for other in (second, third):
+        shutil.copytree(runs, other / "tm", ignore=shutil.ignore_patterns("*.safetensors", "*.pt"))
+    joint = second / "tm" / "joint"
+    for k, shift in ((0, 5), (1, 5), (2, -5)):
+        rows = read_jsonl(joint / f"round_{k}" / "metrics.jsonl")
+        atomic_write_jsonl(joint / f"round_{k}" / "metrics.jsonl",
+                           [{**r, "hyps": r["hyps"] + shift} if r["split"] == "dev" else r for r in rows])
+    (joint / "round_0" / "hyps" / "test.txt").write_text("\n".join(references) + "\n")
+    for k in (1, 2):
+        shutil.rmtree(third / "tm" / "joint" / f"round_{k}")
     report = tmp_path / "report.md"
-    done = subprocess.run([sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm", "--root",
-                           str(runs.parent), "--data", str(data), "--report", str(report), "--report-only",
-                           "--across", str(other), *SMALL], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    command = [sys.executable, str(REPO / "results" / "translation.py"), "--corpora", "tm", "--data", str(data),
+               "--report", str(report), *SMALL, "--across"]
+    done = subprocess.run([*command, str(runs.parent), str(second), str(third)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = report.read_text().split("### libreoffice_ende_tm, across runs")[1]
 
     def test_bleu(run, k):
         return corpus_bleu(read_lines(run / f"round_{k}" / "hyps" / "test.txt"), references, "13a").value
 
-    rows = read_jsonl(runs / "joint" / "metrics.jsonl")
-    dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
-    best = max((1, 2), key=lambda k: (dev[k], -k))
-    cells = []
-    for root in (runs.parent, other):
+    def dev_bleu(run, k):
+        return next(r["hyps"] for r in read_jsonl(run / f"round_{k}" / "metrics.jsonl") if r["split"] == "dev")
+
+    figures = []
+    for root in (runs.parent, second):
         run = root / "tm" / "joint"
-        cells.append([dev[0], test_bleu(run, 0), dev[best], test_bleu(run, best), dev[best] - dev[0],
-                      test_bleu(run, best) - test_bleu(run, 0)])
-        c = cells[-1]
-        assert f"| Joint | `{root}` | {c[0]:.2f} | {c[1]:.2f} | {best} | {c[2]:.2f} | {c[3]:.2f} | " \
-               f"{c[4]:+.2f} | {c[5]:+.2f} |" in table
-    assert abs(cells[1][1] - 100) < 1e-9  # the copy's round 0 is the references
-    spread = [f"{statistics.mean(c):.2f} ({statistics.stdev(c):.2f})" for c in zip(*cells)]
+        best = max((1, 2), key=lambda k: (dev_bleu(run, k), -k))
+        figures.append([dev_bleu(run, 0), test_bleu(run, 0), dev_bleu(run, best), test_bleu(run, best),
+                        dev_bleu(run, best) - dev_bleu(run, 0), test_bleu(run, best) - test_bleu(run, 0)])
+        f = figures[-1]
+        assert f"| Joint | `{root}` | {f[0]:.2f} | {f[1]:.2f} | {best} | {f[2]:.2f} | {f[3]:.2f} | " \
+               f"{f[4]:+.2f} | {f[5]:+.2f} |" in table
+    assert abs(figures[1][1] - 100) < 1e-9  # the second's round 0 test hypotheses are the references
+    third_joint = third / "tm" / "joint"
+    assert f"| Joint | `{third}` | {dev_bleu(third_joint, 0):.2f} | {test_bleu(third_joint, 0):.2f} | " \
+           "- | - | - | - | - |" in table
+    spread = [f"{statistics.mean(c):.2f} ({statistics.stdev(c):.2f})" for c in zip(*figures)]
     assert f"| Joint | mean (sd) of 2 runs | {spread[0]} | {spread[1]} | - | {spread[2]} | {spread[3]} | " \
-           f"{spread[4]} | {spread[5]} |" in table
+           f"{spread[4]} | {spread[5]} |" in table  # the third, without a round of self memory, left out
     assert "| Joint, Top-B" not in table  # Top-B shares joint's generator: its round 0 is joint's
+    # a k=v setting after --across would be read as a root: refused
+    refused = subprocess.run([*command, str(second), "lift.max_rounds=1"], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert "--across: lift.max_rounds=1 is no directory of runs (k=v settings go before --across)" in refused.stderr
