@@ -4,20 +4,23 @@
 # augment, slots, close, Top-B and the upper bound) at configs/libreoffice_ende.yaml's size with
 # the driver's settings, each system's lift in a process of its own, side by side on the one
 # GPU. fp32 (a 7.6M model's step is bound by the host, and autocast's casts add kernel
-# launches) and 12,000-token batches, one a step (the CPU runs' 2 processes take 2 x 6,000: about
-# as many steps, 195 an epoch for joint there against 199 here).
+# launches) and the CPU runs' steps: two 6,000-token micro-batches a step (train.accumulate=2, as
+# their 2 processes take them: the same batches and dropout seeds). One 12,000-token batch a step,
+# the default before 2026-12-04, trains worse generators (each step one length band: the batcher
+# packs by length): the no-memory twin 31.96 dev BLEU against 34.91, and on a CPU the same
+# single batches follow the GPU's dev losses, not the CPU runs' (docs/results.md).
 #
 # Order: joint's lift first (the no-memory twin is its first stage); once the twin is done, the
 # systems in FORKS (default: dual augment slots close) fork from joint (sharing its tokenizer,
 # BM25 memory and twin) and train their generators beside joint's; once joint's round 0 is done,
 # those in LATER (default: topb4 upper), which decode with joint's generator. At DEADLINE
 # seconds (default: none) whatever is unfinished is stopped; the report is written from the
-# stages that finished. Measured on an H200 (2026-12-04, docs/results.md): the twin 69 s, the
-# five generators side by side 161-242 s, each round 0 29-64 s, then a round of self memory 4-5
-# minutes for each of the seven processes side by side (the 50-beam candidates of dev alone
-# 133 s): a 10-minute call reaches every round 0, not the rounds; with fewer systems
-# (e.g. FORKS="dual augment" LATER="" and lift.max_rounds=1) it should reach round 1 (an
-# estimate: 8-9 minutes). The runs go to ROOT (rerun to resume); the report, its plot, the
+# stages that finished. Measured on an H200 (2026-12-04, docs/results.md; one 12,000-token batch
+# a step, so training was faster than it is now, by up to half): the twin 69 s, the five
+# generators side by side 161-242 s, each round 0 29-64 s, then a round of self memory 4-5 minutes
+# for each of the seven processes side by side (the 50-beam candidates of dev alone 133 s): a
+# 10-minute call reached every round 0, not the rounds; with three systems (FORKS="dual augment"
+# LATER="" and lift.max_rounds=1) two calls on a warm machine, 535 and 250 s, reached round 1. The runs go to ROOT (rerun to resume); the report, its plot, the
 # driver's log and a tarball of the runs' small files (states, metrics, hypotheses, memories,
 # logs; no checkpoints or candidates) to OUT (default ROOT). k=v arguments go to every run.
 # SEEDS (e.g. "1234 2 3"; default none: one run at the config's seed) runs the whole experiment
@@ -52,7 +55,7 @@ done
 mkdir -p "${OUT:-$ROOT}" "$ROOT/logs"
 REPORTS=$(realpath "${OUT:-$ROOT}")
 export SETTINGS="--corpora tm --nproc 1 --data ${CORPORA:-../shared/data} --root $ROOT train.precision=fp32
-  train.max_tokens=12000 $*"
+  train.max_tokens=6000 train.accumulate=2 $*"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 if (( ${#seeds[@]} )); then  # this script once per seed, side by side, then the report across them
