@@ -85,7 +85,8 @@ def round_0_dev(root):
 def test_seeds_run_the_experiment_once_each_and_report_across_them(tmp_path):
     prepared = tmp_path / "runs" / "tm" / "joint"  # as a CPU prepares it: here, nothing yet
     prepared.mkdir(parents=True)
-    done = run_script(tmp_path, "lift.max_rounds=0", SEEDS="1 2", FORKS="", LATER="")  # round 0 only: quicker
+    # round 0 only, on 16 examples a split: quicker
+    done = run_script(tmp_path, "lift.max_rounds=0", "data.max_examples=16", SEEDS="1 2", FORKS="", LATER="")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "out"
     for seed in (1, 2):
