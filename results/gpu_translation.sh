@@ -20,16 +20,18 @@
 # generators side by side 161-242 s, each round 0 29-64 s, then a round of self memory 4-5 minutes
 # for each of the seven processes side by side (the 50-beam candidates of dev alone 133 s): a
 # 10-minute call reached every round 0, not the rounds; with three systems (FORKS="dual augment"
-# LATER="" and lift.max_rounds=1) two calls on a warm machine, 535 and 250 s, reached round 1. The runs go to ROOT (rerun to resume); the report, its plot, the
-# driver's log and a tarball of the runs' small files (states, metrics, hypotheses, memories,
-# logs; no checkpoints or candidates) to OUT (default ROOT). k=v arguments go to every run.
+# LATER="" and lift.max_rounds=1) two calls on a warm machine, 535 and 250 s, reached round 1.
+# The runs go to ROOT (rerun to resume); the report, its plot, the driver's log and a tarball of
+# the runs' small files (states, metrics, hypotheses, memories, logs; no checkpoints or
+# candidates) to OUT (default ROOT). k=v arguments go to every run.
 # SEEDS (e.g. "1234 2 3"; default none: one run at the config's seed) runs the whole experiment
 # once per seed, side by side, each with run.seed=N under ROOT/seedN (started from a copy of
 # joint's prepared run under ROOT; the tokenizer is trained again for its seed), its report,
 # tarball and driver log under OUT/seedN, then results_translation_gpu_seeds.md: each system that
 # trains a generator of its own across the seeds, its gain in each, their mean and spread (one
-# run's gain of about a BLEU is within the GPU's run-to-run noise, docs/results.md). Prepare on a CPU first
-# (docs/results.md, "On a GPU"): the corpus under CORPORA, joint's tokenizer and BM25 memory under ROOT.
+# run's gain of about a BLEU is within the GPU's run-to-run noise, docs/results.md). Prepare on
+# a CPU first (docs/results.md, "On a GPU"): the corpus under CORPORA, joint's tokenizer and BM25
+# memory under ROOT.
 #   CORPORA=dir/holding/libreoffice_ende_tm [ROOT=dir] [DEADLINE=s] [FORKS=...] [LATER=...] [SEEDS=...] \
 #     bash results/gpu_translation.sh [k=v ...]
 source "$(dirname "$0")/../bench/help.sh"
