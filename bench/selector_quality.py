@@ -48,7 +48,8 @@ from selfmem.common.digest import config_values, path_digest  # noqa: E402
 from selfmem.common.distributed import agreed, close_distributed, init_distributed, on_main  # noqa: E402
 from selfmem.common.io import atomic_write_text  # noqa: E402
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
-from selfmem.common.run import RunPaths, start_run  # noqa: E402
+from selfmem.common.entry import start_run  # noqa: E402
+from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.infer.generate import generate  # noqa: E402
 from selfmem.retrieve.memory import initial_memory, iter_retrieved  # noqa: E402
 from selfmem.select.candidates import baseline_picks, read_candidates, selector_examples, sentence_metric  # noqa: E402

@@ -63,8 +63,8 @@ from selfmem.common.config import load_config  # noqa: E402
 from selfmem.common.data import load_split  # noqa: E402
 from selfmem.common.io import atomic_write_jsonl, atomic_write_text, read_jsonl, read_lines  # noqa: E402
 from selfmem.common.metrics import corpus_bleu, corpus_chrf  # noqa: E402
+from selfmem.common.records import memory_sets  # noqa: E402
 from selfmem.common.run import NO_MEMORY, RunPaths  # noqa: E402
-from selfmem.infer.generate import memory_sets  # noqa: E402
 from selfmem.lift.report import best_round, save_figure  # noqa: E402
 
 CORPORA = {"tm": "libreoffice_ende_tm", "page": "libreoffice_ende"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -18,13 +19,13 @@ from collections.abc import Callable
 import torch
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
 
-from selfmem.common.config import Config, ConfigError, parse_args
+from selfmem.common.config import Config, ConfigError, parse_args, save_config
 from selfmem.common.cpu_memory import keep_freed_memory
 from selfmem.common.data import DataError
 from selfmem.common.distributed import (DistEnv, RankFailed, barrier, close_distributed, init_distributed,
-                                        raised_on_every_rank)
+                                        on_main, raised_on_every_rank)
 from selfmem.common.io import one_line
-from selfmem.common.run import RunPaths, start_run
+from selfmem.common.run import RunPaths
 
 # the message says all there is to say: a bad config or data file, or another rank's
 # failure (that rank prints its own traceback)
@@ -86,6 +87,23 @@ def end_finished_rank() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def start_run(config: Config, env: DistEnv) -> RunPaths:
+    """Create the run directory and record the resolved config (rank 0); set up logging."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [selfmem rank {env.rank}] %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("selfmem")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if env.is_main else logging.WARNING)
+    paths = RunPaths(config.run_dir)
+
+    def create() -> None:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        save_config(config, paths.root)
+
+    on_main(create)
+    return paths
 
 
 def use_tf32(enabled: bool) -> None:

@@ -94,3 +94,16 @@ def describe(value: Any) -> str:
         return f"a list of {' and '.join(kinds)}" if kinds else "an empty list"
     return {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(
         type(value), f"a {type(value).__name__}")
+
+
+def memory_sets(where: str, record: dict, num_memories: int) -> list[list[str]]:
+    """The memory inputs of one memory-file line: its ``"memories"`` is either a ranked list of
+    strings (retrieval: the first ``num_memories`` form the one memory input, as in training) or
+    a list of memory inputs, each a list of strings; ``where`` is its ``FILE:LINE``, for errors."""
+    memories = field(where, record, "memories")
+    if is_texts(memories):
+        return [memories[:num_memories]]
+    if isinstance(memories, list) and all(is_texts(m) for m in memories):
+        return [list(m) for m in memories]
+    raise DataError(f"{where}: \"memories\" must be a list of strings (ranked retrieved memories) or a list "
+                    f"of memory inputs, each a list of strings; got {describe(memories)}")

@@ -1,14 +1,10 @@
-"""The run directory: where each artifact of a run lives, and its set-up (see docs/internals.md)."""
+"""The run directory: where each artifact of a run lives (see docs/internals.md). Free of torch,
+so that tools that only read runs (results/translation.py) start in a moment."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from selfmem.common.config import Config, save_config
-from selfmem.common.distributed import DistEnv, on_main
-
 
 NO_MEMORY = "no_memory"  # the no-memory baseline's round in the metrics rows, and its stage
 
@@ -79,19 +75,3 @@ class RunPaths:
     def round_memory(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "memory" / f"{split}.jsonl"
 
-
-def start_run(config: Config, env: DistEnv) -> RunPaths:
-    """Create the run directory and record the resolved config (rank 0); set up logging."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [selfmem rank {env.rank}] %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("selfmem")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO if env.is_main else logging.WARNING)
-    paths = RunPaths(config.run_dir)
-
-    def create() -> None:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        save_config(config, paths.root)
-
-    on_main(create)
-    return paths

@@ -39,7 +39,7 @@ from selfmem.common.generator_inputs import (
 )
 from selfmem.common.io import json_line, one_line, read_lines
 from selfmem.common.metrics import headline_score
-from selfmem.common.records import CheckpointError, DataError, describe, field, is_texts, read_aligned
+from selfmem.common.records import CheckpointError, memory_sets, read_aligned
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import drop_parts, kept_lines, merge_shards, progress_log, shard_paths, write_shard
 from selfmem.common.tokenizer import Tokenizer, load_tokenizer
@@ -68,18 +68,6 @@ def decode_settings(config: Config, mode: str) -> BeamSettings | SampleSettings:
     return BeamSettings(num_beams=beams, num_return=returned, length_penalty=c.length_penalty, min_len=c.min_len,
                         max_len=max_len, no_repeat_ngram=c.no_repeat_ngram,
                         early_stopping=c.early_stopping)
-
-
-def memory_sets(where: str, record: dict, num_memories: int) -> list[list[str]]:
-    """The memory inputs of one memory-file line (see the module docstring); ``where`` is its
-    ``FILE:LINE``, for errors."""
-    memories = field(where, record, "memories")
-    if is_texts(memories):
-        return [memories[:num_memories]]
-    if isinstance(memories, list) and all(is_texts(m) for m in memories):
-        return [list(m) for m in memories]
-    raise DataError(f"{where}: \"memories\" must be a list of strings (ranked retrieved memories) or a list "
-                    f"of memory inputs, each a list of strings; got {describe(memories)}")
 
 
 def load_generator(config: Config, paths: RunPaths, device: torch.device, tokenizer: Tokenizer) -> torch.nn.Module:
