@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import runpy
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "data" / "demo"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+# the slowest test files (2026-12-04: 50-110 s each on 2 workers), slowest first: pytest-xdist
+# hands out whole files (--dist loadfile) in collection order, and a long file begun last would
+# run on while the other worker idles (the Makefile turns off xdist's ordering by test count)
+SLOWEST_FIRST = ["test_lift.py", "test_train_generator.py", "test_results_translation.py", "test_train_compile.py",
+                 "test_select.py", "test_selector_minilm.py", "test_gpu_translation_script.py"]
+
+
+def pytest_collection_modifyitems(items):
+    """The files of ``SLOWEST_FIRST`` first, in its order; the rest after, in collection order."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FIRST)))
+
+
+# one torch thread in each test process, as the subprocesses' OMP_NUM_THREADS=1: the workers
+# share the machine's cores, and a thread waiting on a busy core wastes its time slice
+torch.set_num_threads(1)
 
 # demo.yaml overrides for a run that trains from scratch, as the demo's shipped checkpoints were
 FROM_SCRATCH = ["tokenizer.path=null", "generator.init=null", "lift.no_memory_init=null",
@@ -64,11 +87,37 @@ def _check(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     return outputs
 
 
-def run_single(script: str, args: list[str], timeout: float = 300) -> str:
-    """Run a launch script as one plain process (no torchrun); returns its output."""
-    proc = subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return _check([proc], timeout)[0]
+def run_in_process(script: str, args: list[str]) -> tuple[int, str]:
+    """Run a launch script as one plain process would (no torchrun), inside this test process:
+    a new interpreter spends seconds importing torch, most of a small run's time. The script
+    runs as ``__main__`` with its arguments, from the repository; returns its exit status and
+    what it printed and logged."""
+    output = io.StringIO()
+    logger = logging.getLogger("selfmem")
+    argv, handlers, level = sys.argv, logger.handlers[:], logger.level
+    sys.argv = [str(REPO / script), *map(str, args)]
+    try:
+        with contextlib.chdir(REPO), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), \
+                warnings.catch_warnings():
+            # torch elastic's record() enables faulthandler on stderr, here a buffer without a file descriptor
+            warnings.filterwarnings("ignore", "Unable to enable fault handler")
+            runpy.run_path(str(REPO / script), run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = argv
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+    return code, output.getvalue()
+
+
+def run_single(script: str, args: list[str]) -> str:
+    """``run_in_process``, failing the test if the script exits non-zero; returns its output."""
+    code, output = run_in_process(script, args)
+    if code:
+        pytest.fail(f"{script} {' '.join(map(str, args))} exited {code}:\n{output[-6000:]}")
+    return output
 
 
 def start_torchrun(script: str, args: list[str], nproc: int = 2, nnodes: int = 1,

@@ -15,8 +15,6 @@ from selfmem.infer.hf_beam import hf_beam_search
 from selfmem.models import LayerCache, ModelConfig, Seq2SeqModel
 from selfmem.models.hf_import import import_hf
 
-torch.set_num_threads(1)
-
 PAD, START, EOS, SEP = 0, 1, 2, 3
 
 

@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from selfmem.models import linear as linear_module
 from selfmem.models.linear import frozen_weights, linear, weight_packing, weights_updated
 
-torch.set_num_threads(1)
-
 pytestmark = pytest.mark.skipif(not linear_module._ONEDNN, reason="this PyTorch build has no oneDNN linear")
 
 

@@ -34,8 +34,6 @@ from selfmem.models.seq2seq import MultiheadAttention, slotted_positions
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-torch.set_num_threads(1)  # the test machine is small and shared
-
 TINY_HF = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
                init_std=0.1, vocab_size=96)

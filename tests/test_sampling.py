@@ -13,8 +13,6 @@ from test_beam import EOS, PAD, START, random_sources, tiny_model
 from selfmem.infer.beam import BeamSettings, beam_search
 from selfmem.infer.sampling import SampleSettings, epsilon_sample, uniform_noise
 
-torch.set_num_threads(1)
-
 
 @torch.no_grad()
 def teacher_forced(model, src: torch.Tensor, memory, tokens: list[int], ends: bool) -> list[torch.Tensor]:

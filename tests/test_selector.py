@@ -27,8 +27,6 @@ from selfmem.select.pick import augment, top_b
 from selfmem.train.loop import fit
 from selfmem.train.selector import SelectorTask, linear_schedule, listwise_kl, metric_targets, selector_depends_on
 
-torch.set_num_threads(1)
-
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
 
