@@ -1,11 +1,15 @@
-"""The bad-input matrix: each bad input, given to its real launcher under torchrun with 2
-processes, ends every rank within seconds, non-zero, with one line ``error: <what is wrong>``
-that names the file and line (for a config, the file and the key) and no traceback; a bad
-data file given to the lift leaves no stage recorded as done in ``state.json``.
+"""The bad-input matrix: each bad input, given to its real launcher, ends the run within
+seconds, non-zero, with one line ``error: <what is wrong>`` that names the file and line (for
+a config, the file and the key) and no traceback; a bad data file given to the lift leaves no
+stage recorded as done in ``state.json``.
 
-The rows share one tiny prepared run (tokenizer, BM25 memory, generator, selector, round 1)
-and are launched a few at a time. ``bench/bad_inputs.py`` runs the same rows and prints the
-table of docs/reliability.md.
+One input of each kind (a dataset line, a memory file, a candidates file, a damaged run, a
+config, an unreachable server) runs under torchrun with 2 processes: every rank ends with its
+line. The other inputs of a kind fail at the same place; they run in the test process (the
+same entry point, one rank), which spares a torchrun launch each. The rows share one tiny
+prepared run (tokenizer, BM25 memory, generator, selector, round 1) and are launched a few at
+a time. ``bench/bad_inputs.py`` runs every row under torchrun and prints the table of
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_CONFIG, DEMO_DATA, TINY, run_single, start_torchrun
+from conftest import DEMO_CONFIG, DEMO_DATA, TINY, run_in_process, run_single, start_torchrun
 
 # the shared run: 20 examples a split, a generator trained 4 steps, 2 candidates an example,
 # a selector trained 1 epoch on 8 train examples, one round (seconds, one process)
@@ -58,17 +62,18 @@ class Row:
     relayed_as: str | None = None
     env: dict[str, str] = field(default_factory=dict)
 
-    def lines(self, row_dir: Path) -> dict[int, str]:
-        """Each rank's error line."""
+    def lines(self, row_dir: Path, ranks: int = 2) -> dict[int, str]:
+        """Each rank's error line, of ``ranks`` ranks."""
         message = self.message.format(row=row_dir)
         other = message if self.relayed_as is None else f"rank 0 failed: {self.relayed_as}: {message}"
-        return {0: f"error: {message}", 1: f"error: {other}"}
+        return {rank: f"error: {message if rank == 0 else other}" for rank in range(ranks)}
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a launch printed, its exit code, how long it ran, and each rank's exit code and
-    error line as torchrun's closing summary reports them."""
+    error line as torchrun's closing summary reports them (run in the test process: its one
+    rank's)."""
 
     output: str
     returncode: int
@@ -100,20 +105,35 @@ def launch(row: Row, row_dir: Path, prepared: Path) -> Outcome:
     return Outcome(output, proc.returncode, time.monotonic() - started, ranks)
 
 
+def launch_in_process(row: Row, row_dir: Path, prepared: Path) -> Outcome:
+    """Prepare ``row`` in ``row_dir`` and run its launcher in this process, as one rank."""
+    assert not row.env, f"{row.name}: its environment is for a launch under torchrun"
+    args = row.prepare(row_dir, prepared)
+    started = time.monotonic()
+    code, output = run_in_process(row.script, args)
+    error_lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    return Outcome(output, code, time.monotonic() - started, {0: (code, error_lines[-1] if error_lines else "")})
+
+
 def prepare_run(root: Path) -> Path:
     """The shared run: a whole tiny lift, one process; returns ``root``."""
     run_single("launch/lift.py", ["--config", str(DEMO_CONFIG), f"run.root={root / 'runs'}", *MATRIX])
     return root
 
 
-def launch_all(rows: list[Row], base: Path) -> dict[str, tuple[Path, Outcome]]:
-    """Every row in its own directory under ``base`` (the shared run prepared first), run
-    ``CONCURRENT`` at a time; each row's directory and outcome by its name."""
+def launch_all(rows: list[Row], base: Path,
+               in_process: frozenset[str] = frozenset()) -> dict[str, tuple[Path, Outcome]]:
+    """Every row in its own directory under ``base`` (the shared run prepared first), under
+    torchrun ``CONCURRENT`` at a time, but the rows named in ``in_process``, run in this process
+    meanwhile; each row's directory and outcome by its name."""
     prepared = prepare_run(base / "prepared")
-    dirs = [base / row.name for row in rows]
+    under_torchrun = [row for row in rows if row.name not in in_process]
     with ThreadPoolExecutor(CONCURRENT) as pool:
-        outcomes = list(pool.map(lambda row, row_dir: launch(row, row_dir, prepared), rows, dirs))
-    return {row.name: (row_dir, outcome) for row, row_dir, outcome in zip(rows, dirs, outcomes)}
+        launched = pool.map(lambda row: launch(row, base / row.name, prepared), under_torchrun)
+        outcomes = {row.name: launch_in_process(row, base / row.name, prepared)
+                    for row in rows if row.name in in_process}
+        outcomes.update((row.name, outcome) for row, outcome in zip(under_torchrun, launched))
+    return {row.name: (base / row.name, outcomes[row.name]) for row in rows}
 
 
 # --------------------------------------------------------------------------- how each input is made
@@ -295,9 +315,17 @@ ROWS = [
 ]
 
 
+# the inputs that fail where another row's does (named first in each comment), run in the test process
+IN_PROCESS = frozenset({"missing_field", "non_string_field", "empty_file", "invalid_utf8",  # malformed_json
+                        "memory_line_count",  # memories_not_a_list
+                        "zero_candidates", "augment_on_top_b",  # truncated_candidates
+                        "missing_checkpoint", "tokenizer_mismatch",  # corrupted_weights
+                        "wrong_config_type"})  # unknown_config_key
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    return launch_all(ROWS, tmp_path_factory.mktemp("bad-inputs"))
+    return launch_all(ROWS, tmp_path_factory.mktemp("bad-inputs"), IN_PROCESS)
 
 
 def stages_done(row_dir: Path) -> list[str]:
@@ -309,13 +337,14 @@ def stages_done(row_dir: Path) -> list[str]:
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_bad_input_ends_every_rank_with_one_line(row, outcomes):
     row_dir, outcome = outcomes[row.name]
-    expected = row.lines(row_dir)
+    torchrun = row.name not in IN_PROCESS
+    expected = row.lines(row_dir, ranks=2 if torchrun else 1)
     assert outcome.returncode == 1, outcome.output[-4000:]
     # as each rank recorded it for torchrun's summary, and as it printed it: one line each
     assert {rank: line for rank, (_, line) in outcome.ranks.items()} == expected, outcome.output[-4000:]
     assert sorted(outcome.error_lines) == sorted(expected.values())
     # no rank printed a traceback: the one there is torchrun's own, ending in its summary
-    assert outcome.output.count("Traceback (most recent call last):") == 1
+    assert outcome.output.count("Traceback (most recent call last):") == int(torchrun)
     # a rank stopped by torchrun after the other's failure exits by SIGTERM (-15), after its line
     assert all(code != 0 for code, _ in outcome.ranks.values())
     assert outcome.seconds < WITHIN_S
