@@ -14,8 +14,8 @@ from conftest import DEMO_CONFIG, DEMO_DATA, REPO, _env
 
 from selfmem.common.io import read_jsonl
 
-# the demo's shipped generators (not trained further), 60 examples a split, one round
-SMALL = ["--config", str(DEMO_CONFIG), "train.max_epochs=0", "data.max_examples=60", "candidates.num_beams=4",
+# the demo's shipped generators (not trained further), 20 examples a split, one round
+SMALL = ["--config", str(DEMO_CONFIG), "train.max_epochs=0", "data.max_examples=20", "candidates.num_beams=4",
          "candidates.num_return=4", "candidates.hypothesis_beams=2", "lift.max_rounds=1"]
 
 
@@ -85,8 +85,8 @@ def round_0_dev(root):
 def test_seeds_run_the_experiment_once_each_and_report_across_them(tmp_path):
     prepared = tmp_path / "runs" / "tm" / "joint"  # as a CPU prepares it: here, nothing yet
     prepared.mkdir(parents=True)
-    # round 0 only, on 16 examples a split: quicker
-    done = run_script(tmp_path, "lift.max_rounds=0", "data.max_examples=16", SEEDS="1 2", FORKS="", LATER="")
+    # round 0 only: quicker
+    done = run_script(tmp_path, "lift.max_rounds=0", SEEDS="1 2", FORKS="", LATER="")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "out"
     for seed in (1, 2):
