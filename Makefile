@@ -45,7 +45,7 @@ demo-checkpoints: setup
 	$(PYTHON) data/pack_checkpoints.py runs/demo_pretrain data/demo/pretrained
 
 test: setup
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(PYTHON) bench/bm25.py
