@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import logging
 import os
@@ -10,8 +11,10 @@ import runpy
 import socket
 import subprocess
 import sys
+import traceback
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -87,28 +90,52 @@ def _check(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     return outputs
 
 
-def run_in_process(script: str, args: list[str]) -> tuple[int, str]:
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_in_process(script: str, args: list[str], timeout: float = 300) -> tuple[int, str]:
     """Run a launch script as one plain process would (no torchrun), inside this test process:
     a new interpreter spends seconds importing torch, most of a small run's time. The script
     runs as ``__main__`` with its arguments, from the repository; returns its exit status and
-    what it printed and logged."""
+    what it printed and logged (an exception that escapes it: status 1, its traceback printed,
+    as Python would). What a launch sets for its whole process is put back after it: the
+    logger, TF32, and glibc's malloc settings, left as they were. A run still going after
+    ``timeout`` seconds ends this process with every thread's traceback (a hang, not a slow run)."""
     output = io.StringIO()
     logger = logging.getLogger("selfmem")
     argv, handlers, level = sys.argv, logger.handlers[:], logger.level
+    tf32 = torch.backends.cuda.matmul.fp32_precision
     sys.argv = [str(REPO / script), *map(str, args)]
+    faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)
+    code = 0
     try:
-        with contextlib.chdir(REPO), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), \
-                warnings.catch_warnings():
+        with _working_directory(REPO), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), \
+                warnings.catch_warnings(), mock.patch("selfmem.common.entry.keep_freed_memory"):
             # torch elastic's record() enables faulthandler on stderr, here a buffer without a file descriptor
             warnings.filterwarnings("ignore", "Unable to enable fault handler")
             runpy.run_path(str(REPO / script), run_name="__main__")
-        code = 0
     except SystemExit as exc:
-        code = exc.code or 0
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:  # sys.exit("message"): Python prints it and exits 1
+            output.write(f"{exc.code}\n")
+            code = 1
+    except Exception:  # noqa: BLE001 - as an uncaught exception ends a process
+        output.write(traceback.format_exc())
+        code = 1
     finally:
+        faulthandler.cancel_dump_traceback_later()
         sys.argv = argv
         logger.handlers[:] = handlers
         logger.setLevel(level)
+        torch.backends.cuda.matmul.fp32_precision = tf32
     return code, output.getvalue()
 
 

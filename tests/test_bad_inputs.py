@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -106,13 +107,17 @@ def launch(row: Row, row_dir: Path, prepared: Path) -> Outcome:
 
 
 def launch_in_process(row: Row, row_dir: Path, prepared: Path) -> Outcome:
-    """Prepare ``row`` in ``row_dir`` and run its launcher in this process, as one rank."""
+    """Prepare ``row`` in ``row_dir`` and run its launcher in this process, as one rank; its
+    line for torchrun's summary read from the error file that torchrun would have named."""
     assert not row.env, f"{row.name}: its environment is for a launch under torchrun"
     args = row.prepare(row_dir, prepared)
+    error_file = row_dir / "error.json"
     started = time.monotonic()
-    code, output = run_in_process(row.script, args)
-    error_lines = [line for line in output.splitlines() if line.startswith("error: ")]
-    return Outcome(output, code, time.monotonic() - started, {0: (code, error_lines[-1] if error_lines else "")})
+    with mock.patch.dict(os.environ, {"TORCHELASTIC_ERROR_FILE": str(error_file)}):
+        code, output = run_in_process(row.script, args)
+    seconds = time.monotonic() - started
+    recorded = json.loads(error_file.read_text())["message"]["message"] if error_file.exists() else ""
+    return Outcome(output, code, seconds, {0: (code, recorded)})
 
 
 def prepare_run(root: Path) -> Path:
@@ -124,15 +129,16 @@ def prepare_run(root: Path) -> Path:
 def launch_all(rows: list[Row], base: Path,
                in_process: frozenset[str] = frozenset()) -> dict[str, tuple[Path, Outcome]]:
     """Every row in its own directory under ``base`` (the shared run prepared first), under
-    torchrun ``CONCURRENT`` at a time, but the rows named in ``in_process``, run in this process
-    meanwhile; each row's directory and outcome by its name."""
+    torchrun ``CONCURRENT`` at a time, then the rows named in ``in_process`` in this process
+    (after the launches: each sets this process's environment); each row's directory and
+    outcome by its name."""
     prepared = prepare_run(base / "prepared")
     under_torchrun = [row for row in rows if row.name not in in_process]
     with ThreadPoolExecutor(CONCURRENT) as pool:
-        launched = pool.map(lambda row: launch(row, base / row.name, prepared), under_torchrun)
-        outcomes = {row.name: launch_in_process(row, base / row.name, prepared)
-                    for row in rows if row.name in in_process}
-        outcomes.update((row.name, outcome) for row, outcome in zip(under_torchrun, launched))
+        outcomes = dict(zip((row.name for row in under_torchrun),
+                            pool.map(lambda row: launch(row, base / row.name, prepared), under_torchrun)))
+    outcomes.update((row.name, launch_in_process(row, base / row.name, prepared))
+                    for row in rows if row.name in in_process)
     return {row.name: (base / row.name, outcomes[row.name]) for row in rows}
 
 
@@ -340,7 +346,7 @@ def test_bad_input_ends_every_rank_with_one_line(row, outcomes):
     torchrun = row.name not in IN_PROCESS
     expected = row.lines(row_dir, ranks=2 if torchrun else 1)
     assert outcome.returncode == 1, outcome.output[-4000:]
-    # as each rank recorded it for torchrun's summary, and as it printed it: one line each
+    # as each rank recorded it for torchrun's summary (its error file), and as it printed it: one line each
     assert {rank: line for rank, (_, line) in outcome.ranks.items()} == expected, outcome.output[-4000:]
     assert sorted(outcome.error_lines) == sorted(expected.values())
     # no rank printed a traceback: the one there is torchrun's own, ending in its summary

@@ -60,11 +60,15 @@ def test_a_system_that_shares_the_generator_trains_it_once(driven):
     assert (runs / "topb4" / "generator" / "model.safetensors").read_bytes() == \
         (runs / "joint" / "generator" / "model.safetensors").read_bytes()
     assert topb4["round_1"]["fingerprint"] != joint["round_1"]["fingerprint"]
-    # B = 4 memories an example: its four best distinct candidates (fewer where it has fewer)
+    # B = 4 memory inputs an example, each one of its distinct candidates (fewer where it has fewer)
     pools = [{text for texts in r["candidates"] for text in texts}
              for r in read_jsonl(runs / "topb4" / "round_1" / "candidates" / "dev.jsonl")]
-    kept = [len(r["memories"]) for r in read_jsonl(runs / "topb4" / "round_1" / "memory" / "dev.jsonl")]
-    assert kept == [min(4, len(pool)) for pool in pools] and kept.count(4) > EXAMPLES // 2
+    kept = [r["memories"] for r in read_jsonl(runs / "topb4" / "round_1" / "memory" / "dev.jsonl")]
+    assert [len(memories) for memories in kept] == [min(4, len(pool)) for pool in pools]
+    for memories, pool in zip(kept, pools):
+        texts = [text for (text,) in memories]
+        assert len(set(texts)) == len(texts) and set(texts) <= pool
+    assert sum(len(memories) == 4 for memories in kept) > EXAMPLES // 2
 
 
 def test_a_second_call_resumes_and_redoes_nothing(driven):
@@ -192,6 +196,15 @@ def test_every_system_with_a_generator_of_its_own_reports_its_round_0(driven, tm
     text = report_only(tmp_path / "runs", data, tmp_path / "report.md")
     dev = {r["round"]: r["hyps"] for r in read_jsonl(runs / "joint" / "metrics.jsonl") if r["split"] == "dev"}
     assert f"| Transformer-Joint, augmented memory (BM25 memory, round 0) | 0 | {dev[0]:.2f} | " in text
+
+
+def test_the_driver_does_not_import_torch():
+    """It only reads runs and starts launch scripts: it starts in a moment, not in seconds."""
+    loaded = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.argv = ['translation.py', '--help']\n"
+                             f"try: runpy.run_path({str(REPO / 'results' / 'translation.py')!r}, run_name='__main__')\n"
+                             "except SystemExit: print('torch' in sys.modules)"],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.splitlines()[-1] == "False", loaded.stdout[-2000:] + loaded.stderr[-2000:]
 
 
 def translation_module():

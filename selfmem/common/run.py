@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+
 NO_MEMORY = "no_memory"  # the no-memory baseline's round in the metrics rows, and its stage
 
 
@@ -74,4 +75,3 @@ class RunPaths:
 
     def round_memory(self, k: int, split: str) -> Path:
         return self.round_dir(k) / "memory" / f"{split}.jsonl"
-
