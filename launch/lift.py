@@ -1,9 +1,11 @@
 r"""The whole Selfmem loop in one job, resumable: the same command continues a stopped run.
 
-reads:   data.dir/{train,dev,test}.jsonl; tokenizer.path, generator.init and lift.no_memory_init where set
+reads:   data.dir/{train,dev,test}.jsonl; tokenizer.path, generator.init, lift.no_memory_init and
+         selector.path where set
 writes:  RUN = run.root/run.name (runs/NAME): config.yaml, state.json, tokenizer/, memory/bm25/, generator/,
-         no_memory/ (lift.no_memory_baseline), selector_candidates/, selector/,
-         round_K/{candidates,memory,hyps}/, metrics.jsonl, report.md, lift.png (with matplotlib)
+         no_memory/ (lift.no_memory_baseline), selector_candidates/ and crossfit/ (selector.kind trained),
+         selector/, round_K/{candidates,samples,no_memory_scores,memory,hyps}/ and round_K/metrics.jsonl,
+         metrics.jsonl, report.md, lift.png (with matplotlib)
 example:
   torchrun --standalone --nproc_per_node 2 launch/lift.py --config configs/demo.yaml
   torchrun --nnodes N --nproc_per_node G --rdzv_backend c10d --rdzv_endpoint HOST:PORT \

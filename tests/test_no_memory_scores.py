@@ -129,8 +129,14 @@ def test_scores_of_other_candidates_are_refused(scored_run):
     with pytest.raises(DataError, match=r"f.jsonl:1: these no-memory scores are not of the candidates of c.jsonl:1"):
         parse_no_memory_scores("f.jsonl:1", record, [["another text"]], "c.jsonl:1")
     record["candidates_sha1"] = candidates_digest([["a", "b"]])
-    with pytest.raises(DataError, match=r"\"scores\" must be shaped like the candidates of c.jsonl:1"):
-        parse_no_memory_scores("f.jsonl:1", record, [["a", "b"]], "c.jsonl:1")
+    message = ("f.jsonl:1: \"scores\" must be a list of lists of numbers shaped like the candidates of "
+               "c.jsonl:1")
+    for scores in (record["scores"], [["x", None]], [[1.0, True]]):  # another shape, not numbers
+        with pytest.raises(DataError) as info:
+            parse_no_memory_scores("f.jsonl:1", {**record, "scores": scores}, [["a", "b"]], "c.jsonl:1")
+        assert str(info.value) == message
+    assert parse_no_memory_scores("f.jsonl:1", {**record, "scores": [[-1, -2.5]]}, [["a", "b"]],
+                                  "c.jsonl:1") == [-1.0, -2.5]
 
 
 def test_an_interrupted_scoring_keeps_the_lines_it_finished_that_still_match_their_candidates(

@@ -226,3 +226,17 @@ def test_augment_with_a_beam_is_refused_up_front(tmp_path):
     with pytest.raises(ValueError) as info:  # before the candidates file is even read
         select_memories(c, ONE_PROCESS, RunPaths(c.run_dir), "dev", 1, tmp_path / "none.jsonl")
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("keep_retrieved, max_memories", [(True, 1), (False, 0)])
+def test_augment_without_room_for_a_self_memory_is_refused_up_front(tmp_path, keep_retrieved, max_memories):
+    c = config(tmp_path, "selector.mode=augment", f"selector.max_memories={max_memories}",
+               f"selector.keep_retrieved={str(keep_retrieved).lower()}")
+    beside = " beside the retrieved one (selector.keep_retrieved)" if keep_retrieved else ""
+    message = (f"selector.mode augment adds each round's pick to a list of at most selector.max_memories "
+               f"({max_memories}) memories, which must hold a self memory{beside}: set it to "
+               f"{max_memories + 1} or more")
+    for check in (lambda: check_selector_config(c.selector), lambda: check_lift_config(c)):
+        with pytest.raises(ValueError) as info:
+            check()
+        assert str(info.value) == message

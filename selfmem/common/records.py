@@ -79,6 +79,13 @@ def is_texts(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def numbers_shaped_like(value: Any, lists: list[list]) -> bool:
+    """True for a list of lists of numbers (not booleans) with the lengths of ``lists``."""
+    return (isinstance(value, list) and len(value) == len(lists)
+            and all(isinstance(v, list) and len(v) == len(x) for v, x in zip(value, lists))
+            and all(isinstance(n, (int, float)) and not isinstance(n, bool) for v in value for n in v))
+
+
 def text_lists(where: str, record: dict[str, Any], name: str) -> list[list[str]]:
     """``record[name]`` checked to be a list of lists of strings."""
     value = field(where, record, name)

@@ -218,7 +218,8 @@ def lift(config: Config, env: DistEnv, paths: RunPaths, prepare_only: bool = Fal
     # forked from this one (results/translation.py) shares it once it is done
     baselines, baseline_key = [], None
     if config.lift.no_memory_baseline:
-        baseline_init = init if config.lift.no_memory_init is None else path_digest(config.lift.no_memory_init)
+        baseline_path = baseline_config(config).generator.init  # the checkpoint it trains from
+        baseline_init = init if baseline_path == config.generator.init else path_digest(baseline_path)
         baseline_key = state.run(NO_MEMORY, [tokenizer_key, config.data, baseline_generator(config.generator),
                                                baseline_init, train, decoding, seed],
                                  [paths.round_dir(NO_MEMORY)], lambda: _no_memory_baseline(config, env, paths))

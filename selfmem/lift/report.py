@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from selfmem.common.io import atomic_write_jsonl, atomic_write_text
+from selfmem.common.io import atomic_open, atomic_write_jsonl, atomic_write_text
 from selfmem.common.run import NO_MEMORY, stage_of
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,11 @@ def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure as a PNG at ``path`` whole or not at all, and close it."""
     import matplotlib.pyplot as plt
 
-    partial = path.with_name(f".{path.name}.tmp")
-    fig.savefig(partial, dpi=120, format="png")
-    plt.close(fig)
-    partial.replace(path)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_report(root: Path, name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],

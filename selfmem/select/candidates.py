@@ -12,7 +12,7 @@ from pathlib import Path
 
 from selfmem.common.config import Config, SelectorConfig
 from selfmem.common.data import Example
-from selfmem.common.records import DataError, describe, iter_aligned, text_lists
+from selfmem.common.records import DataError, describe, iter_aligned, numbers_shaped_like, text_lists
 from selfmem.common.metrics import sentence_bleu, sentence_rouge
 from selfmem.select.mbr import mbr_score_sets
 from selfmem.select.no_memory import parse_no_memory_scores
@@ -67,9 +67,7 @@ def parse_generator_scores(where: str, record: dict,
     if "scores" not in record:
         return None
     scores = record["scores"]
-    if not (isinstance(scores, list) and len(scores) == len(candidates)
-            and all(isinstance(s, list) and len(s) == len(c) for s, c in zip(scores, candidates))
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for s in scores for x in s)):
+    if not numbers_shaped_like(scores, candidates):
         raise DataError(f"{where}: \"scores\" must be a list of lists of numbers shaped like \"candidates\" "
                         f"(one generator score per candidate), got {describe(scores)}")
     return [float(x) for s in scores for x in s]

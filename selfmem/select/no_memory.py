@@ -35,7 +35,7 @@ from selfmem.common.data import Example, load_split
 from selfmem.common.distributed import DistEnv, agreed, all_gather, on_main
 from selfmem.common.generator_inputs import SpecialIds, collate, encode_examples
 from selfmem.common.io import json_line
-from selfmem.common.records import DataError, iter_aligned, text_lists
+from selfmem.common.records import DataError, iter_aligned, numbers_shaped_like, text_lists
 from selfmem.common.run import RunPaths
 from selfmem.common.shards import kept_lines, merge_shards, progress_log, shard_paths, write_shard
 from selfmem.common.tokenizer import load_tokenizer
@@ -151,7 +151,7 @@ def parse_no_memory_scores(where: str, record: dict, candidates: list[list[str]]
         raise DataError(f"{where}: these no-memory scores are not of the candidates of {candidates_where} (another "
                         f"decoding of them?): delete the file to score them again")
     scores = record.get("scores")
-    if not (isinstance(scores, list) and [len(s) if isinstance(s, list) else None for s in scores]
-            == [len(c) for c in candidates]):
-        raise DataError(f"{where}: \"scores\" must be shaped like the candidates of {candidates_where}")
+    if not numbers_shaped_like(scores, candidates):
+        raise DataError(f"{where}: \"scores\" must be a list of lists of numbers shaped like the candidates of "
+                        f"{candidates_where}")
     return [float(x) for s in scores for x in s]
