@@ -16,7 +16,7 @@ from selfmem.common.run import NO_MEMORY, stage_of
 
 log = logging.getLogger(__name__)
 
-# (key, title, format of a float)
+# (key, title, format spec of its cells)
 COLUMNS = [("hyps", "hypotheses", ".2f"), ("memory", "memory", ".2f"), ("oracle", "oracle pick", ".2f"),
            ("top1", "beam top-1", ".2f"), ("changed", "memories changed", "d"),
            ("retrieved_weight", "BM25 hits' weight", "g"), ("temperature", "temperature", "g"),
@@ -29,11 +29,11 @@ def best_round(rows: list[dict]) -> int:
     return max(dev, key=lambda r: (r["hyps"], -r["round"]))["round"]
 
 
-def _cell(value, spec: str = ".2f") -> str:
+def _cell(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _seconds(value: float | None, resumed: bool = False) -> str:
+def _seconds(value: float | None, resumed: bool) -> str:
     return "-" if value is None else f"{value:.1f}" + (" (resumed: its last attempt)" if resumed else "")
 
 
@@ -42,7 +42,7 @@ def _round_name(value) -> str:
 
 
 def render(name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],
-           resumed: set[str] = frozenset()) -> str:
+           resumed: set[str]) -> str:
     """The Markdown report: the result, a table per split, the wall time of each stage (of the
     last attempt only for the ``resumed`` stages)."""
     best = best_round(rows)
@@ -103,10 +103,11 @@ def save_figure(fig, path: Path) -> None:
 
 
 def write_report(root: Path, name: str, metric: str, rows: list[dict], seconds: dict[str, float | None],
-                 resumed: set[str] = frozenset()) -> str:
+                 resumed: set[str]) -> str:
     """Write the three report files under ``root``; returns the Markdown text."""
     atomic_write_jsonl(root / "metrics.jsonl", rows)
     text = render(name, metric, rows, seconds, resumed)
     atomic_write_text(root / "report.md", text)
-    plot(root / "lift.png", metric, rows)
+    if not plot(root / "lift.png", metric, rows):
+        log.info("no lift.png: matplotlib is not installed (pip install -e '.[plot]')")
     return text

@@ -60,9 +60,9 @@ def chrf_words(text: str) -> list[str]:
 class TokenStream:
     """Texts' tokens as one array of integer ids (``ids``) with each token's text (``owner``)."""
 
-    def __init__(self, ids: list[np.ndarray], num_texts: int):
-        self.num_texts = num_texts
-        self.owner = np.repeat(np.arange(num_texts), [len(x) for x in ids])
+    def __init__(self, ids: list[np.ndarray]):
+        self.num_texts = len(ids)
+        self.owner = np.repeat(np.arange(self.num_texts), [len(x) for x in ids])
         self.ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
 
     @classmethod
@@ -70,13 +70,12 @@ class TokenStream:
         """Texts given as their words, each word an id (BLEU's tokens)."""
         vocabulary: dict[str, int] = {}
         return cls([np.array([vocabulary.setdefault(w, len(vocabulary)) for w in words], dtype=np.int64)
-                    for words in texts], len(texts))
+                    for words in texts])
 
     @classmethod
     def of_characters(cls, texts: list[str]) -> TokenStream:
         """Texts as their characters without whitespace (chrF's tokens)."""
-        return cls([np.frombuffer("".join(t.split()).encode("utf-32-le"), dtype=np.uint32) for t in texts],
-                   len(texts))
+        return cls([np.frombuffer("".join(t.split()).encode("utf-32-le"), dtype=np.uint32) for t in texts])
 
 
 def common_bits(rows: np.ndarray) -> np.ndarray:

@@ -116,7 +116,7 @@ def score_without_memory(config: Config, env: DistEnv, paths: RunPaths, split: s
     log.info("no-memory scores %s: %d examples%s -> %s", split, len(examples), kept_note, output)
 
 
-def scores_of(output: Path, candidates_path: Path) -> bool:
+def holds_scores_of(output: Path, candidates_path: Path) -> bool:
     """Whether ``output`` holds a scores line for each line of ``candidates_path``, in order, each
     with the digest of that line's candidates (a file's age says nothing: a scores file may be
     another candidates file's, one decoded again since, or one read by a stand-alone script)."""
@@ -140,7 +140,7 @@ def ensure_no_memory_scores(config: Config, env: DistEnv, paths: RunPaths, split
                             output: Path) -> None:
     """Score the candidates without memory unless ``output`` holds their scores already (a
     round resumed, or dev's scores read twice)."""
-    if not agreed(lambda: scores_of(output, candidates_path)):
+    if not agreed(lambda: holds_scores_of(output, candidates_path)):
         score_without_memory(config, env, paths, split, candidates_path, output)
 
 

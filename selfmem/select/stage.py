@@ -183,7 +183,7 @@ def temperature_keys(cfg: SelectorConfig) -> tuple[str, ...]:
     return (TEMPERATURE_CHOICES,) if chooses_temperature(cfg) else ()
 
 
-def _finite_weight(weight: float) -> bool:
+def _valid_weight(weight: float) -> bool:
     return weight >= 0 and weight != float("inf")  # NaN fails the first test
 
 
@@ -191,10 +191,10 @@ def _check_weights(cfg: SelectorConfig, key: str, zero: str, needs_choices: bool
     """A weight setting and its ``_choices``: finite weights of 0 or more (0 means ``zero``),
     and some choices where it is null and dev would choose it (``needs_choices``)."""
     weight, choices = getattr(cfg, key), getattr(cfg, f"{key}_choices")
-    if weight is not None and not _finite_weight(weight):
+    if weight is not None and not _valid_weight(weight):
         raise ValueError(f"selector.{key} must be a finite weight of 0 or more (0: {zero}; null: chosen on dev), "
                          f"got {weight}")
-    if not all(_finite_weight(w) for w in choices):
+    if not all(_valid_weight(w) for w in choices):
         raise ValueError(f"selector.{key}_choices must be finite weights of 0 or more, got {choices}")
     if weight is None and needs_choices and not choices:
         raise ValueError(f"selector.{key} is null, to be chosen on dev among selector.{key}_choices, but there are "
