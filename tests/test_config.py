@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from selfmem.common.config import (
+    LIMITS,
     Config,
     ConfigError,
     DataConfig,
@@ -252,6 +253,56 @@ def test_top_level_not_a_mapping(tmp_path, text):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: expected a mapping of sections at the top level"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.max_examples=0", "data.max_examples must be at least 1, or null (every example), got 0"),
+    ("retrieval.b=1.5", "retrieval.b must be in [0, 1], got 1.5"),
+    ("generator.dropout=1.0", "generator.dropout must be in [0, 1), got 1.0"),
+    ("generator.num_memories=0", "generator.num_memories must be at least 1, got 0"),
+    ("train.clip_norm=-1", "train.clip_norm must be more than 0, got -1.0"),  # clipping would turn the gradient
+    ("train.max_steps=0", "train.max_steps must be at least 1, or null (no limit), got 0"),
+    ("train.log_every=0", "train.log_every must be at least 1, got 0"),
+    ("train.prefetch=-1", "train.prefetch must be 0 or more, got -1"),
+    ("candidates.epsilon=1", "candidates.epsilon must be in [0, 1), got 1.0"),
+    ("selector.temperature=0", "selector.temperature must be more than 0, got 0.0"),
+    ("selector.group_size=1", "selector.group_size must be at least 2, got 1"),
+    ("selector.rouge_weights=[1.0]",
+     "selector.rouge_weights must be two weights of 0 or more (ROUGE-1's and ROUGE-2's), got [1.0]"),
+    ("selector.rouge_weights=[0.5,-0.5]",
+     "selector.rouge_weights must be two weights of 0 or more (ROUGE-1's and ROUGE-2's), got [0.5, -0.5]"),
+    ("lift.patience=0", "lift.patience must be at least 1, got 0"),
+    ("candidates.num_beams=10",
+     "candidates.num_return (50) must be at most candidates.num_beams (10): a beam search returns at most its beams"),
+    ("candidates.max_len=2 candidates.min_len=2",
+     "candidates.min_len (2) must be below candidates.max_len (2) and generator.max_target_len (256), which cut "
+     "decoding"),
+    ("generator.max_target_len=3 candidates.min_len=3",
+     "candidates.min_len (3) must be below candidates.max_len (256) and generator.max_target_len (3), which cut "
+     "decoding"),
+])
+def test_a_value_out_of_range_is_refused_when_loaded_naming_the_key(override, message, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, override.split())
+    assert str(info.value) == message
+    key, value = override.split()[-1].split("=")  # the same from a file
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, yaml.safe_dump({section: {name: yaml.safe_load(value)}})),
+                    override.split()[:-1])
+    assert str(info.value) == message
+
+
+def test_every_limit_holds_at_the_defaults_and_refuses_just_past_its_bound():
+    defaults = Config()
+    for key, (valid, what) in LIMITS.items():
+        section, name = key.split(".")
+        assert valid(getattr(getattr(defaults, section), name)), key
+        if what.startswith("at least "):
+            low = int(what.split()[2].rstrip(","))
+            assert valid(low) and not valid(low - 1), key
+        elif what in ("0 or more", "more than 0"):
+            assert valid(1e-9) and not valid(-1e-9) and valid(0) == (what == "0 or more"), key
 
 
 def test_config_error_is_a_value_error():

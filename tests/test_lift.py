@@ -465,6 +465,35 @@ def test_lift_refuses_copy_epochs_that_leave_none_for_the_memory_before_any_stag
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["generator.init=null", "train.max_epochs=0"],
+     "train.max_epochs is 0, which keeps generator.init as it is, but there is none: the generator would stay "
+     "untrained; give train.max_epochs or generator.init"),
+    (["generator.engine=hf", "generator.init=INIT", "selector.kind=trained"],
+     "selector.backbone 'generator' copies the native generator's encoder; with generator.engine hf set "
+     "selector.backbone=hf and selector.path to an encoder directory"),
+    (["selector.kind=trained", "selector.backbone=hf"],
+     "selector.backbone is 'hf' but selector.path (an encoder directory) is not set"),
+    (["generator.engine=hf", "generator.init=INIT", "selector.kind=mbr", "selector.mbr_references=samples"],
+     "sampling (launch/generate.py --mode samples, and selector.mbr_references samples) needs generator.engine "
+     "native: HF generate's sampling is not rank-invariant"),
+    (["generator.init=null", "generator.d_model=30", "generator.heads=4"],
+     "generator.d_model (30) must be divisible by generator.heads (4): each head takes an equal share"),
+    (["generator.memory=dual", "generator.engine=hf", "generator.init=INIT"],
+     "generator.engine 'hf' supports generator.memory none or joint, not dual"),
+])
+def test_lift_refuses_settings_its_later_stages_cannot_use_before_any_stage(overrides, message, tmp_path):
+    """Each of these used to fail in the stage that reads it: after the generator's training for
+    the selector's and the sampler's, after the tokenizer and BM25 for the model's. (INIT: a
+    checkpoint directory, never read.)"""
+    overrides = [o.replace("INIT", str(tmp_path / "checkpoint")) for o in overrides]
+    config = load_config(DEMO_CONFIG, lift_args(tmp_path, *overrides)[2:])
+    with pytest.raises(ValueError) as info:
+        lift(config, DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1), RunPaths(config.run_dir))
+    assert str(info.value) == message
+    assert not (tmp_path / "demo").exists()
+
+
 def test_path_digest_follows_the_files_behind_a_path(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     (checkpoint / "sub").mkdir(parents=True)

@@ -94,7 +94,3 @@ def test_no_thread_is_left_when_training_stops_mid_epoch_or_fails(tmp_path):
     assert math.isnan(losses(tmp_path / "nonfinite")[0])
 
 
-def test_a_negative_prefetch_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="train.prefetch must be 0 or more micro-batches, got -1"):
-        fit(nn.Linear(1, 1), ToyTask(), toy_config(prefetch=-1), ONE_PROCESS, tmp_path, seed=0,
-            lr_schedule=lambda s: 1.0)

@@ -6,9 +6,8 @@ import re
 import pytest
 
 from conftest import DEMO_DATA, REPO, run_single, run_torchrun, start_torchrun
-from selfmem.common.config import load_config
+from selfmem.common.config import ConfigError, load_config
 from selfmem.retrieve.fuzzy import fuzzy_match
-from selfmem.retrieve.memory import build_bm25_memory
 
 SPLITS = ("train", "dev", "test")
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -59,15 +58,13 @@ def test_min_fuzzy_match_keeps_the_close_hits_of_the_unfiltered_memory(single_pr
         assert 0 < sum(bool(r["ids"]) for r in records) < len(records)
 
 
-def test_retrieval_settings_that_cannot_work_are_refused(tmp_path):
-    config = load_config(CONFIG, [f"run.root={tmp_path}", "retrieval.min_fuzzy_match=1.5"])
-    with pytest.raises(ValueError, match=r"retrieval.min_fuzzy_match must lie in \[0, 1\], got 1.5"):
-        build_bm25_memory(config, None, None)
-    for setting in ("retrieval.topk=0", "retrieval.batch_size=0"):
-        config = load_config(CONFIG, [f"run.root={tmp_path}", setting])
-        with pytest.raises(ValueError, match=r"retrieval.topk and retrieval.batch_size must be at least 1, got "
-                                             rf"{config.retrieval.topk} and {config.retrieval.batch_size}"):
-            build_bm25_memory(config, None, None)
+def test_retrieval_settings_that_cannot_work_are_refused_when_the_config_is_loaded(tmp_path):
+    for setting, message in (("retrieval.min_fuzzy_match=1.5", "retrieval.min_fuzzy_match must be in [0, 1], got 1.5"),
+                             ("retrieval.topk=0", "retrieval.topk must be at least 1, got 0"),
+                             ("retrieval.batch_size=0", "retrieval.batch_size must be at least 1, got 0")):
+        with pytest.raises(ConfigError) as info:
+            load_config(CONFIG, [f"run.root={tmp_path}", setting])
+        assert str(info.value) == message
 
 
 def test_two_processes_write_the_same_bytes(single_process_run, tmp_path):

@@ -362,8 +362,107 @@ def parse_override(text: str) -> dict[str, Any]:
     return tree
 
 
+def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {low}"
+
+
+def _at_least_or_null(low: int, null: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v is None or v >= low), f"at least {low}, or null ({null})"
+
+
+NON_NEGATIVE = ((lambda v: v >= 0), "0 or more")
+POSITIVE = ((lambda v: v > 0), "more than 0")
+PROBABILITY = ((lambda v: 0 <= v < 1), "in [0, 1)")
+UNIT = ((lambda v: 0 <= v <= 1), "in [0, 1]")
+
+# Each numeric key's valid values, checked when a config is loaded, before any work: a bad
+# value otherwise surfaces only in the stage that reads it, perhaps hours into a run, and
+# some (a negative clip norm, a temperature of 0) would not fail at all but train wrong.
+# Keys whose check depends on other keys, or on the run (selector.beam, train.global_batch,
+# the length budgets), are checked where those are known: check_lift_config and its callees.
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.max_examples": _at_least_or_null(1, "every example"),
+    "tokenizer.vocab_size": _at_least(1),
+    "tokenizer.character_coverage": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "tokenizer.max_sentences": _at_least(1),
+    "retrieval.topk": _at_least(1),
+    "retrieval.k1": NON_NEGATIVE,
+    "retrieval.b": UNIT,
+    "retrieval.min_fuzzy_match": UNIT,
+    "retrieval.batch_size": _at_least(1),
+    "retrieval.connect_attempts": _at_least(1),
+    "retrieval.connect_backoff": NON_NEGATIVE,
+    "generator.copy_epochs": NON_NEGATIVE,
+    "generator.num_memories": _at_least(1),
+    "generator.encoder_layers": _at_least(1),
+    "generator.decoder_layers": _at_least(1),
+    "generator.d_model": _at_least(1),
+    "generator.heads": _at_least(1),
+    "generator.ffn_dim": _at_least(1),
+    "generator.dropout": PROBABILITY,
+    "generator.attention_dropout": PROBABILITY,
+    "generator.max_source_len": _at_least(1),
+    "generator.max_memory_len": _at_least(1),
+    "generator.max_target_len": _at_least(2),  # a token and the end
+    "train.lr": NON_NEGATIVE,
+    "train.warmup_steps": NON_NEGATIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.label_smoothing": PROBABILITY,
+    "train.max_tokens": _at_least(1),
+    "train.accumulate": _at_least(1),
+    "train.clip_norm": POSITIVE,
+    "train.max_epochs": NON_NEGATIVE,
+    "train.max_steps": _at_least_or_null(1, "no limit"),
+    "train.patience": _at_least(1),
+    "train.save_every": _at_least(1),
+    "train.log_every": _at_least(1),
+    "train.max_nonfinite": _at_least(1),
+    "train.prefetch": NON_NEGATIVE,
+    "candidates.num_beams": _at_least(1),
+    "candidates.num_return": _at_least(1),
+    "candidates.hypothesis_beams": _at_least(1),
+    "candidates.min_len": NON_NEGATIVE,
+    "candidates.max_len": _at_least(2),
+    "candidates.no_repeat_ngram": NON_NEGATIVE,
+    "candidates.max_tokens": _at_least(1),
+    "candidates.stream_batches": _at_least(1),
+    "candidates.num_samples": _at_least(1),
+    "candidates.epsilon": PROBABILITY,
+    "selector.temperature": POSITIVE,
+    "selector.rouge_weights": ((lambda v: len(v) == 2 and min(v) >= 0),
+                               "two weights of 0 or more (ROUGE-1's and ROUGE-2's)"),
+    "selector.lr": NON_NEGATIVE,
+    "selector.group_size": _at_least(2),  # S learns by ranking a candidate against others
+    "selector.train_subset": _at_least(1),
+    "selector.max_epochs": _at_least(1),
+    "selector.max_memories": _at_least(1),
+    "selector.max_len": _at_least(2),
+    "selector.max_tokens": _at_least(1),
+    "lift.max_rounds": NON_NEGATIVE,
+    "lift.patience": _at_least(1),
+    "dist.timeout": POSITIVE,
+}
+
+
+def check_values(config: Config) -> None:
+    """Refuse a value outside its key's range (``LIMITS``) or two keys that contradict each other."""
+    for key, (valid, what) in LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not valid(value):
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+    c = config.candidates
+    if c.num_return > c.num_beams:
+        raise ConfigError(f"candidates.num_return ({c.num_return}) must be at most candidates.num_beams "
+                          f"({c.num_beams}): a beam search returns at most its beams")
+    if c.min_len >= min(c.max_len, config.generator.max_target_len):
+        raise ConfigError(f"candidates.min_len ({c.min_len}) must be below candidates.max_len ({c.max_len}) and "
+                          f"generator.max_target_len ({config.generator.max_target_len}), which cut decoding")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None), then apply overrides."""
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, and check
+    the values (``check_values``)."""
     config = Config()
     if path is not None:
         path = Path(path)
@@ -376,6 +475,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _apply(config, values, "", str(path))
     for override in overrides:
         _apply(config, parse_override(override), "", f"override {override!r}")
+    check_values(config)
     return config
 
 

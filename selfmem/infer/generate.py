@@ -70,6 +70,13 @@ def decode_settings(config: Config, mode: str) -> BeamSettings | SampleSettings:
                         early_stopping=c.early_stopping)
 
 
+def check_engine_decodes(config: Config, mode: str) -> None:
+    """Refuse a decoding mode the generator's engine cannot run as this project needs."""
+    if mode == "samples" and config.generator.engine != "native":
+        raise ValueError("sampling (launch/generate.py --mode samples, and selector.mbr_references samples) needs "
+                         "generator.engine native: HF generate's sampling is not rank-invariant")
+
+
 def load_generator(config: Config, paths: RunPaths, device: torch.device, tokenizer: Tokenizer) -> torch.nn.Module:
     """The run's trained generator, in eval mode on ``device``, refused if ``tokenizer`` (the
     run's) is not the one it was trained with."""
@@ -201,8 +208,7 @@ def decode_share(config: Config, env: DistEnv, paths: RunPaths, split: str, mode
     """
     gcfg = config.generator
     settings = decode_settings(config, mode)
-    if mode == "samples" and gcfg.engine != "native":
-        raise ValueError("--mode samples needs generator.engine native (HF generate's sampling is not rank-invariant)")
+    check_engine_decodes(config, mode)
     examples = load_split(config.data, split)
     if gcfg.memory == "none":
         sets = [[[]] for _ in examples]

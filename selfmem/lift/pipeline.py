@@ -26,10 +26,12 @@ from selfmem.common.io import atomic_write_jsonl, read_jsonl, read_lines
 from selfmem.common.metrics import headline_score
 from selfmem.common.run import NO_MEMORY, RunPaths
 from selfmem.common.tokenizer import prepare_run_tokenizer
-from selfmem.infer.generate import SAMPLING, decoding_path, generate
+from selfmem.infer.generate import SAMPLING, check_engine_decodes, decoding_path, generate
 from selfmem.lift.report import best_round, write_report
 from selfmem.lift.state import RunState
 from selfmem.models.budgets import check_length_budgets
+from selfmem.models.build import check_model_settings
+from selfmem.models.selector import check_selector_backbone
 from selfmem.retrieve.memory import build_bm25_memory, initial_memory
 from selfmem.select.candidates import baseline_picks, selector_examples, sentence_metric
 from selfmem.select.stage import (
@@ -170,12 +172,17 @@ def check_lift_config(config: Config) -> None:
                          f"({selector.max_memories}) but the generator reads generator.num_memories "
                          f"({config.generator.num_memories}) of them: set generator.num_memories >= "
                          f"{selector.max_memories} (it also trains on that many retrieved memories)")
-    if config.lift.max_rounds < 0 or config.lift.patience < 1:
-        raise ValueError(f"lift.max_rounds must be >= 0 and lift.patience >= 1, got {config.lift.max_rounds} "
-                         f"and {config.lift.patience}")
     if config.retrieval.topk < max(config.generator.num_memories, selector.beam):
         raise ValueError(f"retrieval.topk ({config.retrieval.topk}) must cover generator.num_memories "
                          f"({config.generator.num_memories}) and selector.beam ({selector.beam})")
+    if config.train.max_epochs == 0 and config.generator.init is None:
+        raise ValueError("train.max_epochs is 0, which keeps generator.init as it is, but there is none: the "
+                         "generator would stay untrained; give train.max_epochs or generator.init")
+    check_model_settings(config.generator)
+    if selector.kind == "trained":
+        check_selector_backbone(config)
+    if selector.mbr_references == "samples":
+        check_engine_decodes(config, "samples")
     check_length_budgets(config)
     check_copy_epochs(config)  # now, not after the no-memory baseline's hours of training
     if reads_no_memory(selector) and not config.lift.no_memory_baseline:

@@ -27,20 +27,29 @@ def is_native_checkpoint(path: str | Path) -> bool:
     return config_file.is_file() and "model_type" not in json.loads(config_file.read_text(encoding="utf-8"))
 
 
-def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
-    """A fresh native model, one started from the native checkpoint ``generator.init`` (a
-    trained run's ``generator/``), one imported from a HF checkpoint, or an `engine: hf` model."""
-    g = config.generator
+def check_model_settings(g: GeneratorConfig) -> None:
+    """Refuse generator settings no model can be built from (before a run's first stage)."""
     native_init = g.engine == "native" and g.init is not None and is_native_checkpoint(g.init)
     if g.joint_positions == "slots" and (g.engine == "hf" or (g.init and not native_init)):
         raise ValueError("generator.joint_positions 'slots' is for native models, trained from scratch or "
                          "from a native checkpoint; an imported or Hugging Face model keeps the positions it "
                          "was trained with")
+    if g.engine == "hf" and not g.init:
+        raise ValueError("generator.engine is 'hf' but generator.init (a checkpoint directory) is not set")
+    if g.engine == "hf" and g.memory == "dual":
+        raise ValueError("generator.engine 'hf' supports generator.memory none or joint, not dual")
+    if g.engine == "native" and g.init is None and g.d_model % g.heads:
+        raise ValueError(f"generator.d_model ({g.d_model}) must be divisible by generator.heads ({g.heads}): "
+                         f"each head takes an equal share")
+
+
+def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
+    """A fresh native model, one started from the native checkpoint ``generator.init`` (a
+    trained run's ``generator/``), one imported from a HF checkpoint, or an `engine: hf` model."""
+    g = config.generator
+    check_model_settings(g)
+    native_init = g.engine == "native" and g.init is not None and is_native_checkpoint(g.init)
     if g.engine == "hf":
-        if not g.init:
-            raise ValueError("generator.engine is 'hf' but generator.init (a checkpoint directory) is not set")
-        if g.memory == "dual":
-            raise ValueError("generator.engine 'hf' supports generator.memory none or joint, not dual")
         return HFSeq2Seq(g.init, tokenizer.pad_id)
     if g.init and not native_init:
         # transformers takes seconds to import; runs of native models never need it

@@ -72,12 +72,22 @@ def pair_encoder(selector: Selector, tokenizer, max_len: int) -> Callable[[str, 
     return encode
 
 
+def check_selector_backbone(config: Config) -> None:
+    """Refuse a backbone S cannot be built from: the generator's encoder of an HF generator, or
+    an HF encoder without its directory."""
+    cfg = config.selector
+    if cfg.backbone == "generator" and config.generator.engine != "native":
+        raise ValueError("selector.backbone 'generator' copies the native generator's encoder; with "
+                         "generator.engine hf set selector.backbone=hf and selector.path to an encoder directory")
+    if cfg.backbone == "hf" and not cfg.path:
+        raise ValueError("selector.backbone is 'hf' but selector.path (an encoder directory) is not set")
+
+
 def selector_tokenizer(config: Config, paths: RunPaths) -> Tokenizer:
     """The run's tokenizer for the generator backbone; the HF encoder's own for ``hf``."""
+    check_selector_backbone(config)
     if config.selector.backbone == "generator":
         return load_tokenizer(paths.tokenizer)
-    if not config.selector.path:
-        raise ValueError("selector.backbone is 'hf' but selector.path (an encoder directory) is not set")
     return HFTokenizer(config.selector.path)
 
 

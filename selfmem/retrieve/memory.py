@@ -78,11 +78,6 @@ def close_hits(query: str, hits: Hits, train: list[Example], min_fuzzy_match: fl
 def build_bm25_memory(config: Config, env: DistEnv, paths: RunPaths) -> None:
     """Write ``memory/bm25/{split}.jsonl`` for train, dev and test."""
     cfg = config.retrieval
-    if not 0 <= cfg.min_fuzzy_match <= 1:
-        raise ValueError(f"retrieval.min_fuzzy_match must lie in [0, 1], got {cfg.min_fuzzy_match}")
-    if cfg.topk < 1 or cfg.batch_size < 1:
-        raise ValueError(f"retrieval.topk and retrieval.batch_size must be at least 1, got {cfg.topk} and "
-                         f"{cfg.batch_size}")
     splits = {split: load_split(config.data, split) for split in SPLITS}
     train = splits["train"]
     own_pairs = same_pair_rows(train) if cfg.exclude_self else None

@@ -367,8 +367,6 @@ def fit(
     step, as ``train.global_batch``: the world size is free as long as the step stays the same.
     """
     per_step = micro_batches_per_step(config, env.world_size)
-    if config.prefetch < 0:
-        raise ValueError(f"train.prefetch must be 0 or more micro-batches, got {config.prefetch}")
     depends_on = {**{key: value for key, value in (depends_on or {}).items() if key not in STEP_SPLIT},
                   "train.global_batch": per_step}
     on_main(lambda: recover_directory(out_dir))  # a crash while saving the best model

@@ -27,6 +27,7 @@ from selfmem.models.selector import (
     GeneratorEncoderBackbone,
     HFEncoderBackbone,
     Selector,
+    check_selector_backbone,
     pair_encoder,
     selector_tokenizer,
 )
@@ -283,9 +284,7 @@ def train_selector(config: Config, env: DistEnv, paths: RunPaths) -> TrainState:
     if cfg.kind != "trained":
         raise ValueError(f"selector.kind is {cfg.kind}, which trains nothing: set selector.kind=trained to train S "
                          "(and for the stages that select with it)")
-    if cfg.backbone == "generator" and config.generator.engine != "native":
-        raise ValueError("selector.backbone 'generator' copies the native generator's encoder; with "
-                         "generator.engine hf set selector.backbone=hf and selector.path to an encoder directory")
+    check_selector_backbone(config)
     generate_selector_candidates(config, env, paths, only_missing=True)
     tokenizer = selector_tokenizer(config, paths)
     torch.manual_seed(config.run.seed)
