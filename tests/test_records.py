@@ -228,15 +228,15 @@ def test_augment_with_a_beam_is_refused_up_front(tmp_path):
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("keep_retrieved, max_memories", [(True, 1), (False, 0)])
-def test_augment_without_room_for_a_self_memory_is_refused_up_front(tmp_path, keep_retrieved, max_memories):
-    c = config(tmp_path, "selector.mode=augment", f"selector.max_memories={max_memories}",
-               f"selector.keep_retrieved={str(keep_retrieved).lower()}")
-    beside = " beside the retrieved one (selector.keep_retrieved)" if keep_retrieved else ""
-    message = (f"selector.mode augment adds each round's pick to a list of at most selector.max_memories "
-               f"({max_memories}) memories, which must hold a self memory{beside}: set it to "
-               f"{max_memories + 1} or more")
+def test_augment_without_room_for_a_self_memory_is_refused_up_front(tmp_path):
+    c = config(tmp_path, "selector.mode=augment", "selector.max_memories=1")
+    message = ("selector.mode augment adds each round's pick to a list of at most selector.max_memories (1) "
+               "memories, which must hold a self memory beside the retrieved one (selector.keep_retrieved): set it "
+               "to 2 or more")
     for check in (lambda: check_selector_config(c.selector), lambda: check_lift_config(c)):
         with pytest.raises(ValueError) as info:
             check()
         assert str(info.value) == message
+    # without the retrieved memory one is room enough (and fewer is refused when the config is loaded)
+    check_selector_config(config(tmp_path, "selector.mode=augment", "selector.max_memories=1",
+                                 "selector.keep_retrieved=false").selector)

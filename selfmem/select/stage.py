@@ -241,12 +241,10 @@ def check_selector_config(cfg: SelectorConfig) -> None:
         raise ValueError(f"selector.mode augment appends the selector's one top pick to each example's memory "
                          f"list, so selector.beam (B = {cfg.beam}, the memories kept per example) must be 1; "
                          f"keep B memories with selector.mode replace")
-    room = 2 if cfg.keep_retrieved else 1
-    if cfg.mode == "augment" and cfg.max_memories < room:
+    if cfg.mode == "augment" and cfg.keep_retrieved and cfg.max_memories < 2:
         raise ValueError(f"selector.mode augment adds each round's pick to a list of at most selector.max_memories "
-                         f"({cfg.max_memories}) memories, which must hold a self memory"
-                         + (" beside the retrieved one (selector.keep_retrieved)" if cfg.keep_retrieved else "")
-                         + f": set it to {room} or more")
+                         f"({cfg.max_memories}) memories, which must hold a self memory beside the retrieved one "
+                         f"(selector.keep_retrieved): set it to 2 or more")
 
 
 def augmented_list(line: CandidateLine) -> list[str]:
