@@ -60,6 +60,10 @@ def test_two_ranks_follow_the_single_process_loss_curve(prepared, tmp_path):
     assert len(curve_one) == len(curve_two) == 8
     assert curve_one == pytest.approx(curve_two, rel=1e-5)
     assert curve_one[-1] < curve_one[0]
+    # the evaluations decode and score the same dev batches on any number of ranks
+    evals_one = [(r["step"], r["eval"]) for r in log_records(one) if "eval" in r]
+    evals_two = [(r["step"], r["eval"]) for r in log_records(two) if "eval" in r]
+    assert len(evals_one) >= 1 and evals_one == evals_two
     [final] = [r for r in log_records(two) if "params_sha256" in r]
     assert len(final["params_sha256"]) == 2 and len(set(final["params_sha256"])) == 1
 

@@ -20,7 +20,6 @@ from selfmem.common.distributed import (
     agreed,
     gather_to_main,
     in_order,
-    shard_range,
 )
 from selfmem.common.generator_inputs import (
     EncodedExample,
@@ -102,34 +101,39 @@ class GeneratorTask:
     def loss(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._loss(model, tensors, self.config.train.label_smoothing)
 
-    def _dev_batches(self, indices: range) -> list[list[int]]:
-        sizes = [self.dev_sizes[i] for i in indices]
-        # a fixed order (epoch 0, seed 0) keeps evaluation identical across epochs
-        return [[indices[j] for j in b] for b in token_budget_batches(sizes, self.config.train.max_tokens, 0, 0)]
+    def _dev_batches(self) -> list[list[int]]:
+        # the whole dev set batched at once, in a fixed order (epoch 0, seed 0), then shared:
+        # each batch, its padding and so its figures are the same on any number of ranks
+        return token_budget_batches(self.dev_sizes, self.config.train.max_tokens, 0, 0)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """Dev loss (no smoothing) and the dev metric of greedy outputs; each rank takes a shard."""
+        """Dev loss (no smoothing) and the dev metric of greedy outputs; each rank takes a share of
+        the batches, and both figures come out the same on any number of ranks."""
         model.eval()
-        shard = shard_range(len(self.dev), self.env.rank, self.env.world_size)
-        loss_and_count = torch.zeros(2, dtype=torch.float64, device=self.env.device)
+        batches = self._dev_batches()
+        # each batch's loss and target count in a row of its own, zero on the other ranks: the
+        # all-reduce adds only zeros to them, and the sum below runs in batch order everywhere
+        losses = torch.zeros(len(batches), 2, dtype=torch.float64, device=self.env.device)
         hyps: dict[int, str] = {}
         max_len = self.config.generator.max_target_len
-        for batch in self._dev_batches(shard):
+        for b in self.env.share(range(len(batches))):
+            batch = batches[b]
             tensors = to_device(self._collate([self.dev[i] for i in batch]), self.env.device)
-            loss_and_count[0] += self._loss(model, tensors, 0.0).double()
-            loss_and_count[1] += sum(self.dev_sizes[i][1] for i in batch)
+            losses[b, 0] = self._loss(model, tensors, 0.0).double()
+            losses[b, 1] = sum(self.dev_sizes[i][1] for i in batch)
             src = tensors["src"]
             if isinstance(model, HFSeq2Seq):
                 outputs = model.greedy(src, max_len, self.ids.eos)
             else:
                 memory = tensors.get("memory")
                 greedy = BeamSettings(num_beams=1, max_len=max_len)  # one beam: the argmax path
-                outputs = [hyps[0].tokens for hyps in beam_search(model, src, memory, greedy, self.ids.decoder_start,
-                                                                 self.ids.eos)]
+                outputs = [found[0].tokens for found in beam_search(model, src, memory, greedy,
+                                                                    self.ids.decoder_start, self.ids.eos)]
             hyps.update((i, self.tokenizer.decode(out)) for i, out in zip(batch, outputs))
         if dist.is_initialized():
-            dist.all_reduce(loss_and_count)
+            dist.all_reduce(losses)
+        loss, count = losses.sum(0).tolist()
         gathered = gather_to_main(hyps)
 
         def score() -> float:
@@ -137,7 +141,7 @@ class GeneratorTask:
             return headline_score(self.config.data.metric, ordered, self.dev_references, self.config.data.bleu_tokenize)
 
         model.train()
-        return {"metric": agreed(score), "dev_loss": (loss_and_count[0] / loss_and_count[1]).item()}
+        return {"metric": agreed(score), "dev_loss": loss / count}
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
