@@ -1,15 +1,17 @@
 """Distributed generation for real: 1 rank against 2 (torchrun, gloo), batch sizes, memory inputs, modes."""
 
 import json
+import re
 import shutil
 from types import SimpleNamespace
 
 import pytest
+import sacrebleu
 import torch
 
-from conftest import DEMO_CONFIG, TINY, run_single, run_torchrun
+from conftest import DEMO_CONFIG, DEMO_DATA, TINY, run_single, run_torchrun
 
-from selfmem.common.config import load_config
+from selfmem.common.config import ConfigError, load_config
 from selfmem.common.run import RunPaths
 from selfmem.common.distributed import DistEnv
 from selfmem.common.shards import part_paths, shard_paths
@@ -219,7 +221,18 @@ def test_selector_trains_on_candidates_of_a_train_subset(run_root):
     evals = [json.loads(line)["eval"] for line in (selector / "train_log.jsonl").read_text().splitlines()
              if "eval" in json.loads(line)]
     assert len(evals) == 2
-    assert all(e["oracle"] >= max(e["metric"], e["top1"]) for e in evals)
+    # the top-1 and the oracle, from sacrebleu: each example's first candidate, and the one of
+    # best sentence BLEU against its reference (the first of equals)
+    references = [json.loads(line)["trg"] for line in open(DEMO_DATA / "dev.jsonl", encoding="utf-8")][:40]
+    sentence = sacrebleu.metrics.BLEU(effective_order=True)
+    pools = [r["candidates"][0] for r in dev]
+    top1 = [pool[0] for pool in pools]
+    oracle = [max(pool, key=lambda c, ref=ref: sentence.sentence_score(c, [ref]).score)
+              for pool, ref in zip(pools, references, strict=True)]
+    for e in evals:
+        assert e["top1"] == pytest.approx(sacrebleu.corpus_bleu(top1, [references]).score, abs=1e-9)
+        assert e["oracle"] == pytest.approx(sacrebleu.corpus_bleu(oracle, [references]).score, abs=1e-9)
+        assert e["oracle"] >= e["metric"]
     assert (selector / "selector.json").exists()
 
 
@@ -299,6 +312,10 @@ def test_a_slotted_generator_refuses_inputs_longer_than_its_slots(tmp_path):
                              memory="joint", source_slot=40, memory_slot=30)).save(paths.generator)
     tokenizer = SimpleNamespace(vocab_size=48, pad_id=0, bos_id=1, eos_id=2, sep_id=4)  # the ModelConfig's ids
     assert load_generator(config, paths, torch.device("cpu"), tokenizer).config.source_slot == 40
-    config.generator.max_memory_len = 31
-    with pytest.raises(ValueError, match="position slots of 40 source and 30 memory tokens.*max_memory_len = 31"):
-        load_generator(config, paths, torch.device("cpu"), tokenizer)
+    table = re.escape(str(paths.generator / "config.json"))
+    for key, value, slot, part in (("max_memory_len", 31, 30, "memory"), ("max_source_len", 41, 40, "source")):
+        too_long = load_config(DEMO_CONFIG, [f"run.root={tmp_path}", "generator.max_source_len=40",
+                                             "generator.max_memory_len=30", f"generator.{key}={value}"])
+        with pytest.raises(ConfigError, match=f"generator.{key} = {value} is more than the {slot} positions of each "
+                                              f"{part} slot of {table}: lower generator.{key} to {slot} or less"):
+            load_generator(too_long, paths, torch.device("cpu"), tokenizer)

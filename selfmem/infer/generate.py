@@ -90,12 +90,6 @@ def load_generator(config: Config, paths: RunPaths, device: torch.device, tokeni
         return model.to(device).eval()
     model = Seq2SeqModel.load(paths.generator, map_location=device)
     check_native_tokenizer(tokenizer, model.config, what)
-    g, slots = config.generator, model.config.joint_slots
-    if slots[0] and (g.max_source_len > slots[0] or g.max_memory_len > slots[1]):
-        # longer inputs would spill into the next slot's positions
-        raise ValueError(f"{paths.generator}: trained with position slots of {slots[0]} source and {slots[1]} "
-                         f"memory tokens; generator.max_source_len = {g.max_source_len} and max_memory_len = "
-                         f"{g.max_memory_len} must not exceed them")
     return model
 
 

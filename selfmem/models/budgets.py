@@ -6,8 +6,8 @@ T = generator.max_source_len, max_memory_len, max_target_len and N = generator.n
 the longest inputs need these many positions:
 
   encoder, joint memory    source sep memory_1 ... sep memory_N eos     S + N x M
-    slotted positions      (memory k starts at source_slot + (k - 1) x memory_slot)
-                                                                        max(S, source_slot + (N - 1) x memory_slot + M)
+    slotted positions      (memory k starts at source_slot + (k - 1) x memory_slot;
+                            S and M at most the slots)                  source_slot + (N - 1) x memory_slot + M
   encoder, none or dual    source eos                                   S
   dual, each memory        memory eos (encoded on its own)              M
   decoder                  start target (labels: target eos)            T
@@ -64,12 +64,17 @@ def budget_problems(config: Config, table: PositionTable) -> list[str]:
 
     if g.memory == "joint" and table.source_slot:
         s, m = table.source_slot, table.memory_slot
-        need = max(S, s + (N - 1) * m + M)
+        # a longer source or memory would spill into the next slot's positions
+        for key, value, slot, part in (("max_source_len", S, s, "source"), ("max_memory_len", M, m, "memory")):
+            if value > slot:
+                problems.append(f"generator.{key} = {value} is more than the {slot} positions of each {part} slot "
+                                f"of {table.origin}: lower generator.{key} to {slot} or less")
+        need = s + (N - 1) * m + min(M, m)
         if need > limit:
             problems.append(
                 over(need, f"the joint encoder input (memory slots of {m} after a source slot of {s}) needs "
-                           f"max(generator.max_source_len, {s} + (generator.num_memories - 1) x {m} + "
-                           f"generator.max_memory_len) = max({S}, {s} + {N - 1} x {m} + {M})")
+                           f"{s} + (generator.num_memories - 1) x {m} + generator.max_memory_len = "
+                           f"{s} + {N - 1} x {m} + {min(M, m)}")
                 + ": lower generator.num_memories or generator.max_memory_len")
     elif g.memory == "joint":
         need = S + N * M
