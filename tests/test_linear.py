@@ -129,6 +129,16 @@ def test_inside_frozen_weights_the_packed_copy_is_reused_without_checks_until_th
         torch.testing.assert_close(linear(x, weights, biases), reference(x, weights, biases), rtol=1e-5, atol=1e-5)
 
 
+def test_inside_frozen_weights_a_first_weight_alone_is_not_taken_for_its_stack():
+    weights, biases = layers()
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad(), frozen_weights():
+        stacked = linear(x, weights, biases)  # q, k and v in one product, remembered by the block
+        alone = linear(x, weights[:1], biases[:1])  # then q alone, by the same first weight
+    assert stacked.shape == (6, 80) and alone.shape == (6, 24)
+    torch.testing.assert_close(alone, reference(x, weights[:1], biases[:1]), rtol=1e-5, atol=1e-5)
+
+
 def test_inside_frozen_weights_autograd_still_gets_gradients():
     weights, biases = layers()
     x = torch.randn(6, 32, generator=torch.Generator().manual_seed(6))

@@ -42,15 +42,17 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 _packing_enabled = True
 # first weight -> ((id, version, storage) of every weight and bias, packed weight, stacked bias)
 _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
-# inside frozen_weights(): id of the first weight -> (that weight, packed weight, stacked bias);
-# holding the weight keeps its id from going to another tensor while the block lasts
-_frozen: dict[int, tuple[Tensor, Tensor, Tensor | None]] | None = None
+# inside frozen_weights(): (id of the first weight, number of weights) -> (that weight, packed
+# weight, stacked bias); holding the weight keeps its id from going to another tensor while the
+# block lasts, and the number tells q alone from q, k and v stacked
+_frozen: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor | None]] | None = None
 
 
 def linear(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> Tensor:
     """``x`` times the ``weights`` stacked along their output axis, plus the ``biases``: one
     matrix product for projections that read the same input, their outputs side by side."""
-    if _frozen is not None and (frozen := _frozen.get(id(weights[0]))) is not None and not torch.is_grad_enabled():
+    if (_frozen is not None and (frozen := _frozen.get((id(weights[0]), len(weights)))) is not None
+            and not torch.is_grad_enabled()):
         return _onednn_linear(x, *frozen[1:])
     if not _packs(x, weights[0]):
         return F.linear(x, *_stacked(weights, biases))
@@ -63,7 +65,7 @@ def linear(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]
         weight, bias = _stacked(weights, biases)
         entry = _packed[weights[0]] = (key, _pack(weight.detach()), None if bias is None else bias.detach())
     if _frozen is not None:
-        _frozen[id(weights[0])] = (weights[0], *entry[1:])
+        _frozen[id(weights[0]), len(weights)] = (weights[0], *entry[1:])
     return _onednn_linear(x, *entry[1:])
 
 
