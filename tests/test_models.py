@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -283,9 +284,9 @@ def test_joint_slots_keep_the_memory_at_one_distance_from_the_target():
     # without a separator the two position schemes are the same model
     src, dec, _ = batch("none")
     assert torch.equal(slotted(src, dec), continued(src, dec))
-    # padding past the last slot stays inside the position table
+    # padding past the last slot stays inside the position table, and changes nothing
     wide = torch.cat([torch.tensor([[9, SEP] + [7] * 7 + [EOS]]), torch.full((1, 50), PAD)], dim=1)
-    assert torch.isfinite(slotted(wide, dec)).all()
+    torch.testing.assert_close(slotted(wide, dec), slotted(wide[:, :10], dec), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="source_slot and memory_slot are both 0 or both positive"):
         small_model("joint", source_slot=12)
 
@@ -402,6 +403,14 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**values, "n_heads": 4}))
     with pytest.raises(ValueError, match="unknown key.*n_heads.*valid keys: vocab_size"):
         ModelConfig.load(tmp_path)
+    # a wrong value or a missing key: the message names the file too
+    path = re.escape(str(tmp_path / "config.json"))
+    (tmp_path / "config.json").write_text(json.dumps({**values, "d_model": 30, "heads": 4}))
+    with pytest.raises(ValueError, match=f"^{path}: ModelConfig: d_model 30 is not divisible by heads 4$"):
+        ModelConfig.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in values.items() if k != "vocab_size"}))
+    with pytest.raises(ValueError, match=f"^{path}: .*missing 1 required positional argument: 'vocab_size'$"):
+        ModelConfig.load(tmp_path)
     with pytest.raises(ValueError, match="memory"):
         ModelConfig(vocab_size=100, memory="both")
     with pytest.raises(ValueError, match="divisible"):
@@ -413,7 +422,7 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @torch.no_grad()
-def test_bf16_autocast_heavy_padding_is_finite(variant):
+def test_bf16_autocast_heavy_padding_follows_fp32(variant):
     model = variant_model(variant)
     memory = model.config.memory
     g = torch.Generator().manual_seed(4)
@@ -425,11 +434,16 @@ def test_bf16_autocast_heavy_padding_is_finite(variant):
     if memory == "dual":
         mem = torch.full((3, 3, 40), PAD)
         mem[:, 0, 0] = EOS  # an empty memory is just eos; the other slots are all padding
+    reference = model(src, dec, mem)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(src, dec, mem)
         encoder_out = model.encode(src, mem)
         step, _ = model.decode_step(dec[:, :1], encoder_out)
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all() and torch.isfinite(step).all()
+    assert logits.dtype == torch.float32
+    # fp32's logits up to bf16's rounding (8 bits of mantissa, about 0.4%, over a few layers;
+    # measured: at most 0.01 on logits up to 2.7), where a fully padded row would give NaN
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(step, reference[:, :1], atol=0.05, rtol=0.02)
 
 
 def test_importing_the_models_turns_cudnn_attention_off():

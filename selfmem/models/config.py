@@ -89,7 +89,10 @@ class ModelConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as e:  # a wrong type or value: say which file holds it
+            raise ValueError(f"{source}: {e}") from None
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/config.json`` atomically."""
