@@ -116,7 +116,7 @@ class TrainConfig:
     warmup_steps: int = 4000
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
-    max_tokens: int = 4096  # per rank and step: encoder input plus target tokens
+    max_tokens: int = 4096  # per micro-batch: encoder input plus target tokens
     accumulate: int = 1  # micro-batches each process adds up per step (with global_batch null)
     # micro-batches per step over all processes, whatever their number (each accumulates its
     # share): a job restarted on fewer or more processes continues the same training; null:

@@ -8,8 +8,8 @@ from selfmem.infer.beam import BeamSettings, Hypothesis
 from selfmem.models.hf_engine import plain_generate
 
 
-def generation_config(settings: BeamSettings, start_id: int, eos_id: int, pad_id: int, scores: bool = True):
-    """``settings`` as a transformers ``GenerationConfig``."""
+def generation_config(settings: BeamSettings, start_id: int, eos_id: int, pad_id: int):
+    """``settings`` as a transformers ``GenerationConfig``, returning the sequences' scores."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -17,7 +17,7 @@ def generation_config(settings: BeamSettings, start_id: int, eos_id: int, pad_id
         length_penalty=settings.length_penalty, early_stopping=settings.early_stopping,
         max_new_tokens=settings.max_len, min_new_tokens=settings.min_len or None,
         no_repeat_ngram_size=settings.no_repeat_ngram, decoder_start_token_id=start_id, eos_token_id=eos_id, pad_token_id=pad_id,
-        return_dict_in_generate=scores, output_scores=scores,
+        return_dict_in_generate=True, output_scores=True,
     )
 
 

@@ -92,8 +92,9 @@ def epsilon_draw(log_probs: Tensor, epsilon: float, keys: Tensor) -> Tensor:
 @frozen_weights()  # the weights stay as they are for the whole search
 def epsilon_sample(model, src: Tensor, memory: Tensor | None, settings: SampleSettings, start_id: int,
                    eos_id: int, seeds: Tensor, source_index: Tensor | None = None) -> list[list[Hypothesis]]:
-    """``settings.num_samples`` samples of every input row, in sample order, each scored like a
-    beam hypothesis (its log-probability under the model, per token, the eos counted).
+    """``settings.num_samples`` samples of every input row, in sample order, each scored by its
+    log-probability under the model per token, the eos counted (a beam hypothesis's score with
+    a length penalty of 1, whatever the beams' length penalty).
 
     ``seeds`` (int64, one per input row) fixes each row's draws; ``memory`` and
     ``source_index`` are as in ``beam_search``.

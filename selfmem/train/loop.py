@@ -93,14 +93,16 @@ class TrainTask(Protocol):
 
 @dataclass
 class TrainState:
-    step: int = 0
+    """Where a run is, saved in its checkpoint: what an exact resume needs besides the weights."""
+
+    step: int = 0  # optimizer steps taken, over all epochs
     epoch: int = 0
-    step_in_epoch: int = 0
+    step_in_epoch: int = 0  # steps of this epoch taken: a resume skips its first micro-batches
     best_metric: float = -math.inf  # the kept model's dev metric
     best_at_epoch_end: float = -math.inf  # what the next epoch end must beat
-    bad_epochs: int = 0
-    nonfinite_steps: int = 0
-    evaluated_step: int = -1
+    bad_epochs: int = 0  # epoch ends in a row without a better metric (train.patience)
+    nonfinite_steps: int = 0  # counted non-finite steps in a row, as last read from the device
+    evaluated_step: int = -1  # the step of the last evaluation; -1: none yet
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -123,7 +125,8 @@ def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
 
 
 def parameters_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal digests mean bit-identical models."""
+    """SHA-256 of the bytes of every tensor of the model's state dict (parameters and buffers):
+    equal digests mean bit-identical models."""
     digest = hashlib.sha256()
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

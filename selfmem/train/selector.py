@@ -103,7 +103,7 @@ class SelectorTask:
                  bleu_tokenize: str, env: DistEnv, seed: int):
         self.train, self.dev, self.dev_references = train, dev, dev_references
         self.pair, self.pad_id = pair, pad_id
-        self.config, self.metric, self.bleu_tokenize, self.env, self.seed = config, metric, bleu_tokenize, env, seed
+        self.config, self.metric_name, self.bleu_tokenize, self.env, self.seed = config, metric, bleu_tokenize, env, seed
         self.sizes = [(min(config.group_size, len(ex.candidates)) * self._longest_pair(ex),) for ex in train]
 
     def _longest_pair(self, example: SelectorExample) -> int:
@@ -170,7 +170,7 @@ class SelectorTask:
         must not hang on a near tie that float rounding breaks differently on another rank."""
 
         def corpus(texts: list[str]) -> float:
-            return headline_score(self.metric, texts, self.dev_references, self.bleu_tokenize)
+            return headline_score(self.metric_name, texts, self.dev_references, self.bleu_tokenize)
 
         def figures() -> dict[str, float]:
             picks = []
