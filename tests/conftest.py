@@ -28,7 +28,8 @@ DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 # hands out whole files (--dist loadfile) in collection order, and a long file begun last would
 # run on while the other worker idles (the Makefile turns off xdist's ordering by test count)
 SLOWEST_FIRST = ["test_lift.py", "test_train_generator.py", "test_results_translation.py", "test_train_compile.py",
-                 "test_select.py", "test_selector_minilm.py", "test_gpu_translation_script.py"]
+                 "test_select.py", "test_selector_minilm.py", "test_gpu_translation_script.py", "test_generate.py",
+                 "test_bad_inputs.py", "test_retrieve_distributed.py", "test_beam.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -120,6 +120,7 @@ def test_beam_search_ranking_blocks_of_the_vocabulary_equals_hf_generate(hf_pair
     ours = beam_search(native, src, None, settings, **ids)
     assert maxima  # the blocks' maxima were taken
     theirs = hf_beam_search(hf, src, settings, pad_id=config.pad_token_id, **ids)
+    assert len(ours) == len(theirs) == 40
     for a, b in zip(ours, theirs):
         assert same_up_to_near_ties(a, b), (a, b)
 
@@ -178,6 +179,7 @@ def test_beam_search_equals_hf_generate(hf_pair, settings):
     # differ by float32 rounding (about 1e-7) may be ranked in either order, because the two
     # implementations sum the same log-probabilities in a different order (seen: Marian's 39th
     # and 40th of 50 returned hypotheses, -1.37132144 and -1.37132156, swapped).
+    assert len(ours) == len(theirs) == 40
     for a, b in zip(ours, theirs):
         assert same_up_to_near_ties(a, b), (a, b)
     assert all(len(hyps) == settings.num_return for hyps in ours)

@@ -152,8 +152,10 @@ def test_queries_without_shared_tokens_get_no_hits(corpus):
 
 def test_fewer_matching_documents_than_topk():
     hits = BM25Retriever.build(["red apple", "green pear", "blue sky"]).search(["red pear"], topk=5)[0]
-    assert [doc for doc, _ in hits] == [0, 1] or [doc for doc, _ in hits] == [1, 0]
-    assert len(hits) == 2
+    # each matches one word of the same document frequency, in a document of the same length:
+    # the scores tie, and a tie goes to the lower id
+    assert [doc for doc, _ in hits] == [0, 1]
+    assert hits[0][1] == hits[1][1] > 0
 
 
 def test_saved_index_loads_and_gives_the_same_hits(corpus, tmp_path):

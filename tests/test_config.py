@@ -303,6 +303,13 @@ def test_every_limit_holds_at_the_defaults_and_refuses_just_past_its_bound():
             assert valid(low) and not valid(low - 1), key
         elif what in ("0 or more", "more than 0"):
             assert valid(1e-9) and not valid(-1e-9) and valid(0) == (what == "0 or more"), key
+        elif what in ("in [0, 1]", "in [0, 1)", "in (0, 1]"):
+            assert valid(0.5) and not valid(-1e-9) and not valid(1 + 1e-9), key
+            assert valid(0) == what.startswith("in [") and valid(1) == what.endswith("]"), key
+        elif key == "selector.rouge_weights":
+            assert valid([0, 0.5]) and not valid([0.5, -1e-9]) and not valid([0.5]) and not valid([0.2, 0.3, 0.5])
+        else:
+            pytest.fail(f"{key}: no bound checked for its limit '{what}'")
 
 
 def test_config_error_is_a_value_error():

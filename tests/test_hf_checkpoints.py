@@ -64,6 +64,8 @@ def test_an_encoder_with_a_pooler_trains_the_selector_on_two_ranks(tmp_path):
     selector = tmp_path / "debian_sum" / "selector"
     log = [json.loads(line) for line in (selector / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]  # 8 examples of 4 pairs, 300 tokens a batch
+    [final] = [r for r in log if "params_sha256" in r]  # the two ranks end with bit-identical weights
+    assert len(final["params_sha256"]) == 2 and len(set(final["params_sha256"])) == 1
     with safe_open(selector / "backbone" / "model.safetensors", "pt") as saved:
         assert saved.keys() and not [key for key in saved.keys() if "pooler" in key]
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import DEMO_DATA, REPO, run_single, run_torchrun, start_torchrun
 from selfmem.common.config import ConfigError, load_config
+from selfmem.retrieve.bm25 import BM25Retriever
 from selfmem.retrieve.fuzzy import fuzzy_match
 
 SPLITS = ("train", "dev", "test")
@@ -27,15 +28,22 @@ def single_process_run(tmp_path_factory):
 
 def test_memory_files_hold_train_targets_of_the_hits(single_process_run):
     train = [json.loads(line) for line in open(DEMO_DATA / "train.jsonl", encoding="utf-8")]
+    config = load_config(CONFIG)
+    retriever = BM25Retriever.build([ex["src"] for ex in train], config.retrieval.k1, config.retrieval.b)
+    rows_of_pair = {}  # a train query retrieves neither its own row nor another row holding its very pair
+    for j, ex in enumerate(train):
+        rows_of_pair.setdefault((ex["src"], ex["trg"]), []).append(j)
     for split in SPLITS:
+        queries = [json.loads(line)["src"] for line in open(DEMO_DATA / f"{split}.jsonl", encoding="utf-8")]
+        exclude = [rows_of_pair[ex["src"], ex["trg"]] for ex in train] if split == "train" else None
+        expected = retriever.search(queries, config.retrieval.topk, exclude)  # the whole split in one call
         lines = memory_files(single_process_run)[split].decode("utf-8").splitlines()
-        assert len(lines) == sum(1 for _ in open(DEMO_DATA / f"{split}.jsonl", encoding="utf-8"))
-        for i, line in enumerate(lines):
+        assert len(lines) == len(queries)
+        for i, (line, hits) in enumerate(zip(lines, expected, strict=True)):
             record = json.loads(line)
-            assert list(record) == ["memories", "scores", "ids"]
+            assert record == {"memories": [train[j]["trg"] for j, _ in hits],
+                              "scores": [round(score, 4) for _, score in hits], "ids": [j for j, _ in hits]}
             assert 1 <= len(record["ids"]) <= 5 or record == {"memories": [], "scores": [], "ids": []}
-            assert record["memories"] == [train[j]["trg"] for j in record["ids"]]
-            assert record["scores"] == sorted(record["scores"], reverse=True)
             if split == "train":
                 assert i not in record["ids"]
     config = (single_process_run / "demo" / "config.yaml").read_text()

@@ -49,6 +49,10 @@ def test_gradient_raises_the_best_candidate():
     listwise_kl(scores, metric, torch.ones(1, 4, dtype=torch.bool), 0.5).backward()
     assert scores.grad[0].argmin().item() == 1  # gradient descent moves the best score up most
     assert scores.grad[0, 1] < 0 and scores.grad[0, 2] > 0
+    # KL(target || softmax(scores)) has the gradient softmax(scores) - target; the target is the
+    # softmax of the metric scaled to [0, 1] in the row ((m - 12) / 43), over the temperature
+    target = torch.softmax(((metric - 12.0) / 43.0) / 0.5, dim=1)
+    torch.testing.assert_close(scores.grad, torch.full((1, 4), 0.25) - target, rtol=1e-6, atol=1e-7)
 
 
 def test_padding_and_ties():
@@ -109,9 +113,13 @@ def test_a_slotted_generator_encoder_reads_the_candidate_in_the_memory_slot():
     assert long == [1, 10, 11, 12, 13, 4, 20, 21, 22, 4]  # cls, 4 source tokens and sep; 3 candidate tokens and sep
     # the positions the generator gave its source and memory: the candidate starts the memory's slot
     assert slotted_positions(torch.tensor([long]), 4, 6, 4).tolist() == [list(range(10))]
-    assert encode("10 11", "20 21") == [1, 10, 11, 4, 20, 21, 4]
+    short = encode("10 11", "20 21")
+    assert short == [1, 10, 11, 4, 20, 21, 4]
+    assert slotted_positions(torch.tensor([short]), 4, 6, 4).tolist() == [[0, 1, 2, 3, 6, 7, 8]]
+    # the backbone is the generator's encoder, its slotted positions included
     with torch.no_grad():
-        assert torch.isfinite(selector(torch.tensor([long]))).all()
+        for ids in (long, short):
+            assert torch.equal(selector.backbone(torch.tensor([ids])), generator.eval().encoder(torch.tensor([ids]))[0])
 
 
 def test_hf_encoder_selector(tmp_path):
