@@ -42,10 +42,10 @@ from selfmem.select.stage import (
     WEIGHT_CHOICES,
     check_selector_config,
     reads_retrieved,
+    score_pairs,
 )
 from selfmem.train.generator import train_generator
 from selfmem.train.loop import RESUME_FREE, TrainState, fit, micro_batches_per_step
-from selfmem.train.prefetch import to_device
 
 log = logging.getLogger(__name__)
 
@@ -166,26 +166,29 @@ class SelectorTask:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """Rank 0's figures on every rank: the keep-best decision, which collectives follow,
-        must not hang on a near tie that float rounding breaks differently on another rank."""
-
-        def corpus(texts: list[str]) -> float:
-            return headline_score(self.metric_name, texts, self.dev_references, self.bleu_tokenize)
+        """The dev figures, the same on every rank: S scores the dev pairs as the selection stage
+        does (``score_pairs``: each rank a share of the batches, the scores all-gathered), so its
+        picks here are those it makes there, and every rank holds them."""
+        model.eval()
+        pairs = [self._pair(ex, c) for ex in self.dev for c in ex.candidates]
+        features = [row for ex in self.dev for row in ex.features] if self.config.features else None
+        flat = score_pairs(model, pairs, self.pad_id, self.env, self.config.max_tokens, features)
+        picks, start = [], 0
+        for ex in self.dev:
+            scores = flat[start:start + len(ex.candidates)]
+            picks.append(ex.candidates[max(range(len(scores)), key=scores.__getitem__)])  # the first of equals
+            start += len(scores)
+        model.train()
 
         def figures() -> dict[str, float]:
-            picks = []
-            for ex in self.dev:  # small dev sets: one example's candidates a batch
-                tensors = to_device(self._collate([ex], [list(range(len(ex.candidates)))]), self.env.device)
-                scores = self._scores(model, tensors)
-                picks.append(ex.candidates[int(scores[0].argmax())])
+            def corpus(texts: list[str]) -> float:
+                return headline_score(self.metric_name, texts, self.dev_references, self.bleu_tokenize)
+
             reference_picks = baseline_picks(self.dev)
             return {"metric": corpus(picks), "top1": corpus(reference_picks["top1"]),
                     "oracle": corpus(reference_picks["oracle"])}
 
-        model.eval()
-        result = agreed(figures)
-        model.train()
-        return result
+        return agreed(figures)  # scored once, on rank 0
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
