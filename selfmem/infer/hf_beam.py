@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from selfmem.infer.beam import BeamSettings, Hypothesis
-from selfmem.models.hf_engine import plain_generate
+from selfmem.models.hf_engine import plain_generate, until_eos
 
 
 def generation_config(settings: BeamSettings, start_id: int, eos_id: int, pad_id: int):
@@ -29,7 +29,5 @@ def hf_beam_search(hf_model, src: torch.Tensor, settings: BeamSettings, start_id
     out = plain_generate(hf_model, src, pad_id, config)
     hyps: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for row, (seq, score) in enumerate(zip(out.sequences[:, 1:].tolist(), out.sequences_scores.tolist())):
-        if eos_id in seq:  # a sequence without eos ended at max_len, the full width
-            seq = seq[: seq.index(eos_id)]
-        hyps[row // settings.num_return].append(Hypothesis(seq, score))
+        hyps[row // settings.num_return].append(Hypothesis(until_eos(seq, eos_id), score))
     return hyps

@@ -56,16 +56,18 @@ class HFSeq2Seq(nn.Module):
         plain = GenerationConfig(num_beams=1, do_sample=False, max_new_tokens=max_len, eos_token_id=eos_id,
                                  pad_token_id=self.pad_id, decoder_start_token_id=self.decoder_start_id)
         out = plain_generate(self.hf, src_ids, self.pad_id, plain)
-        hyps = []
-        for row in out[:, 1:].tolist():
-            row = row[: row.index(eos_id)] if eos_id in row else row
-            hyps.append([t for t in row if t != self.pad_id])
-        return hyps
+        return [until_eos(row, eos_id) for row in out[:, 1:].tolist()]
 
     def save(self, directory: str | Path) -> None:
         """``save_pretrained`` into ``directory``, replacing it as one unit."""
         with atomic_directory(directory) as staging:
             self.hf.save_pretrained(str(staging))
+
+
+def until_eos(tokens: list[int], eos_id: int) -> list[int]:
+    """A generated row's tokens before its first eos (``generate`` pads the rows that end
+    sooner after their eos); all of them where there is none (the row reached the length limit)."""
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
 def plain_generate(hf_model, src_ids: torch.Tensor, pad_id: int, generation_config):
