@@ -234,6 +234,18 @@ def test_unknown_key_in_override_names_the_override():
     assert "lr" in message.split("valid keys here: ")[1].split(", ")
 
 
+def test_invalid_yaml_is_one_line_naming_the_override_or_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["selector.features=[a"])
+    assert str(info.value) == ("override 'selector.features=[a': the value is not valid YAML (expected ',' or ']', "
+                               "but got '<stream end>' at line 1, column 3)")
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: not valid YAML (expected ',' or ']', but got '<stream end>' at line 3, column 1)"
+
+
 def test_wrong_type_in_override_names_the_override():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["retrieval.backend=solr"])

@@ -2,6 +2,7 @@ import base64
 import json
 import logging
 import os
+import re
 import threading
 import traceback
 import uuid
@@ -14,9 +15,13 @@ from elastic_transport import ApiResponseMeta, BaseNode, HttpHeaders
 from elasticsearch import Elasticsearch
 
 from conftest import free_port
-from selfmem.common.config import ConfigError
+from selfmem.common.config import ConfigError, load_config
+from selfmem.common.data import Example
+from selfmem.common.distributed import DistEnv
+from selfmem.common.run import RunPaths
 from selfmem.retrieve import elastic
 from selfmem.retrieve.bm25 import BM25Retriever
+from selfmem.retrieve.memory import memory_lines, open_retriever
 from selfmem.retrieve.elastic import (
     MAX_QUERY_WORDS,
     ElasticsearchRetrievalError,
@@ -416,6 +421,36 @@ def test_search_reports_the_failing_query_across_chunks(monkeypatch):
     client, calls = fake_client(answer)
     with pytest.raises(ElasticsearchRetrievalError, match=r"query 2 \(status 400\): parse_exception: bad query"):
         ElasticsearchRetriever(client, "idx").search(["a", "b", "c"], 3)
+
+
+def test_a_failing_query_is_named_by_its_example_in_the_split():
+    def answer(method, target, body):
+        n = len(_ndjson(body)) // 2
+        items = [{"status": 200, "hits": {"hits": []}}] * n
+        if len(calls) == 2:  # the second batch of 3: its second query fails
+            items[1] = {"status": 400, "error": {"type": "parse_exception", "reason": "bad query"}}
+        return 200, {"responses": items}
+
+    client, calls = fake_client(answer)
+    config = load_config(None, ["retrieval.batch_size=3"])
+    examples = [Example(f"source {i}", f"target {i}") for i in range(20)]
+    lines = memory_lines(config, ElasticsearchRetriever(client, "idx"), "dev", examples, range(10, 16), examples,
+                         None, show_progress=False)
+    with pytest.raises(RuntimeError, match=r"^retrieving dev examples 13 to 15 \(query i is example 13 \+ i\): "
+                                           r"Elasticsearch search failed for query 1 \(status 400\)"):
+        list(lines)
+
+
+def test_the_default_index_name_holds_the_run_directory(tmp_path, monkeypatch):
+    opened = []
+    monkeypatch.setattr(elastic, "reachable_client", lambda attempts, backoff: None)
+    monkeypatch.setattr(elastic.ElasticsearchRetriever, "build", lambda *args: None)
+    monkeypatch.setattr(elastic.ElasticsearchRetriever, "open", lambda name, client: opened.append(name))
+    for root in ("a", "b", "a"):
+        config = load_config(None, ["retrieval.backend=elasticsearch", f"run.root={tmp_path / root}",
+                                    "run.name=Joint"])
+        open_retriever(config, DistEnv(0, 1, 0, 1), [], RunPaths(config.run_dir))
+    assert opened[0] == opened[2] != opened[1] and re.fullmatch("selfmem-joint-[0-9a-f]{8}", opened[0])
 
 
 # ---------------------------------------------------------------- against a real server

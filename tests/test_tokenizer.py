@@ -175,6 +175,9 @@ def test_load_rejects_foreign_sentencepiece_model(tmp_path):
     (tmp_path / "spm.model").write_bytes(model.getvalue())
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "spm.model")) + ".*<sep>"):
         load_tokenizer(tmp_path)
+    (tmp_path / "spm.model").write_bytes(model.getvalue()[:100])  # a torn copy
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'spm.model'} is not a SentencePiece model (")):
+        load_tokenizer(tmp_path)
 
 
 # --- Hugging Face --------------------------------------------------------------------

@@ -13,8 +13,8 @@ import torch
 
 def bucket(width: int) -> int:
     """``width`` rounded up to the next of 8, 12, 16, 24, 32, 48, 64, ... (powers of two and
-    the points halfway between): a few lengths for a compiled model to see, at the cost of at
-    most half as much padding again (a third from 16 up)."""
+    the points halfway between): a few lengths for a compiled model to see, at the cost of
+    less than half as much padding again (the steps alternate x1.5 and x4/3)."""
     size = 8
     while size < width:
         size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3

@@ -347,12 +347,23 @@ def _apply(section: Any, values: dict[str, Any], prefix: str, source: str) -> No
             setattr(section, key, _coerce(value, hints[key], f"{source}: '{dotted}'"))
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error's problem and where it is, on one line."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(error).split())
+    return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """Turn ``a.b=value`` into ``{"a": {"b": value}}`` (the value read as YAML)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=5e-4")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     tree: dict[str, Any] = {}
     node = tree
     parts = key.strip().split(".")
@@ -469,7 +480,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         _apply(config, values, "", str(path))

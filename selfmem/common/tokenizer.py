@@ -76,7 +76,10 @@ class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model with pad 0, bos 1, eos 2, unk 3 and ``<sep>`` 4."""
 
     def __init__(self, model_proto: bytes, origin: str = "the model") -> None:
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError as e:  # sentencepiece's own message names no file
+            raise ValueError(f"{origin} is not a SentencePiece model ({' '.join(str(e).split())})") from None
         self.pad_id = self._sp.pad_id()
         self.bos_id = self._sp.bos_id()
         self.eos_id = self._sp.eos_id()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, Example, load_split
+from selfmem.common.digest import fingerprint
 from selfmem.common.distributed import DistEnv, barrier, on_main, shard_range
 from selfmem.common.io import atomic_write_jsonl, json_line
 from selfmem.common.metrics import headline_score
@@ -36,7 +37,10 @@ def open_retriever(config: Config, env: DistEnv, train: list[Example], paths: Ru
     if cfg.backend == "elasticsearch":
         from selfmem.retrieve.elastic import ElasticsearchRetriever, reachable_client
 
-        index_name = cfg.index_name or f"selfmem-{config.run.name}".lower()
+        # the run's directory in the default name: two roots' runs of one name on one server
+        # would otherwise rebuild, and read, each other's index
+        run_key = fingerprint([str(config.run_dir.resolve())])[:8]
+        index_name = cfg.index_name or f"selfmem-{config.run.name}-{run_key}".lower()
         on_main(lambda: ElasticsearchRetriever.build(
             documents, cfg.k1, cfg.b, index_name, reachable_client(cfg.connect_attempts, cfg.connect_backoff)))
         return ElasticsearchRetriever.open(index_name, reachable_client(cfg.connect_attempts, cfg.connect_backoff))
@@ -112,7 +116,12 @@ def memory_lines(config: Config, retriever, split: str, examples: list[Example],
         batch = range(start, min(start + cfg.batch_size, rows.stop))
         exclude = [own_pairs[i] for i in batch] if split == "train" and own_pairs is not None else None
         queries = [examples[i].source for i in batch]
-        for i, query, query_hits in zip(batch, queries, retriever.search(queries, cfg.topk, exclude)):
+        try:
+            hits = retriever.search(queries, cfg.topk, exclude)
+        except RuntimeError as e:  # a server's failure counts the batch's queries from 0
+            raise RuntimeError(f"retrieving {split} examples {batch.start} to {batch.stop - 1} (query i is "
+                               f"example {batch.start} + i): {e}") from e
+        for i, query, query_hits in zip(batch, queries, hits):
             yield i, json_line(memory_record(close_hits(query, query_hits, train, cfg.min_fuzzy_match), train))
 
 
