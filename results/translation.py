@@ -443,7 +443,8 @@ def plot(path: Path, corpus: str, runs: dict[str, list[dict]]) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in runs.items():
         dev = [r for r in rows if r["split"] == "dev" and isinstance(r["round"], int)]
-        ax.plot([r["round"] for r in dev], [r["hyps"] for r in dev], "o-", label=name)
+        if dev:  # a run with no round yet (its generator still training) has no line, nor a legend entry
+            ax.plot([r["round"] for r in dev], [r["hyps"] for r in dev], "o-", label=name)
         if name == "joint":  # its round 0 and its twin, where finished (a stage being redone has no row)
             for r in rows:
                 if r["split"] == "dev" and r["round"] == 0:
