@@ -27,10 +27,14 @@ def is_native_checkpoint(path: str | Path) -> bool:
     return config_file.is_file() and "model_type" not in json.loads(config_file.read_text(encoding="utf-8"))
 
 
+def starts_from_native_checkpoint(g: GeneratorConfig) -> bool:
+    """True where a native model starts from ``generator.init``, a native generator directory."""
+    return g.engine == "native" and g.init is not None and is_native_checkpoint(g.init)
+
+
 def check_model_settings(g: GeneratorConfig) -> None:
     """Refuse generator settings no model can be built from (before a run's first stage)."""
-    native_init = g.engine == "native" and g.init is not None and is_native_checkpoint(g.init)
-    if g.joint_positions == "slots" and (g.engine == "hf" or (g.init and not native_init)):
+    if g.joint_positions == "slots" and (g.engine == "hf" or (g.init and not starts_from_native_checkpoint(g))):
         raise ValueError("generator.joint_positions 'slots' is for native models, trained from scratch or "
                          "from a native checkpoint; an imported or Hugging Face model keeps the positions it "
                          "was trained with")
@@ -48,7 +52,7 @@ def build_model(config: Config, tokenizer: Tokenizer) -> torch.nn.Module:
     trained run's ``generator/``), one imported from a HF checkpoint, or an `engine: hf` model."""
     g = config.generator
     check_model_settings(g)
-    native_init = g.engine == "native" and g.init is not None and is_native_checkpoint(g.init)
+    native_init = starts_from_native_checkpoint(g)
     if g.engine == "hf":
         return HFSeq2Seq(g.init, tokenizer.pad_id)
     if g.init and not native_init:
