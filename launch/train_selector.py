@@ -7,7 +7,8 @@ writes:  RUN/selector/ (the best on dev, train_log.jsonl, a checkpoint to resume
          missing, the candidates RUN/selector_candidates/train.jsonl and RUN/round_1/candidates/dev.jsonl
 With selector.kind trained only (the default, mbr, trains nothing).
 example:
-  torchrun --nproc_per_node 2 launch/train_selector.py --config configs/libreoffice_ende.yaml selector.kind=trained
+  torchrun --nproc_per_node 2 launch/train_selector.py --config configs/libreoffice_ende.yaml selector.kind=trained \
+      selector.no_memory_weight=0
 """
 
 from selfmem.common.entry import launch

@@ -70,7 +70,7 @@ class RetrievalConfig:
     exclude_self: bool = True  # a train query never retrieves its own pair
     min_fuzzy_match: float = 0.0  # drop hits whose source's word fuzzy match is below this (0.5: NFR's)
     batch_size: int = 1024  # queries per retrieval call
-    index_name: Optional[str] = None  # Elasticsearch index; default selfmem-RUNNAME
+    index_name: Optional[str] = None  # Elasticsearch index; default selfmem-RUNNAME-<hash of the run directory>
     # Elasticsearch: probes of the server before giving up, the first retry after connect_backoff
     # seconds, each later one after twice the wait before (6 and 2: a minute for a restart)
     connect_attempts: int = 6

@@ -103,7 +103,8 @@ class SelectorTask:
                  bleu_tokenize: str, env: DistEnv, seed: int):
         self.train, self.dev, self.dev_references = train, dev, dev_references
         self.pair, self.pad_id = pair, pad_id
-        self.config, self.metric_name, self.bleu_tokenize, self.env, self.seed = config, metric, bleu_tokenize, env, seed
+        self.config, self.metric_name, self.bleu_tokenize = config, metric, bleu_tokenize
+        self.env, self.seed = env, seed
         self.sizes = [(min(config.group_size, len(ex.candidates)) * self._longest_pair(ex),) for ex in train]
 
     def _longest_pair(self, example: SelectorExample) -> int:
