@@ -218,14 +218,19 @@ def test_selector_trains_on_candidates_of_a_train_subset(run_root):
     dev = records(run_root / "demo" / "round_1" / "candidates" / "dev.jsonl")
     bm25 = records(run_root / "demo" / "memory" / "bm25" / "dev.jsonl")
     assert [r["memories"] for r in dev] == [[b["memories"][:1]] for b in bm25]
-    evals = [json.loads(line)["eval"] for line in (selector / "train_log.jsonl").read_text().splitlines()
-             if "eval" in json.loads(line)]
-    assert len(evals) == 2
-    # the top-1 and the oracle, from sacrebleu: each example's first candidate, and the one of
-    # best sentence BLEU against its reference (the first of equals)
+    assert len(selector_evaluations(run_root)) == 2
+    assert (selector / "selector.json").exists()
+
+
+def selector_evaluations(root):
+    """The selector's logged dev evaluations, their top-1 and oracle checked against sacrebleu:
+    each example's first candidate, and the one of best sentence BLEU against its reference
+    (the first of equals), on round 1's dev candidates."""
+    evals = [json.loads(line)["eval"] for line in (root / "demo" / "selector" / "train_log.jsonl").read_text()
+             .splitlines() if "eval" in json.loads(line)]
     references = [json.loads(line)["trg"] for line in open(DEMO_DATA / "dev.jsonl", encoding="utf-8")][:40]
     sentence = sacrebleu.metrics.BLEU(effective_order=True)
-    pools = [r["candidates"][0] for r in dev]
+    pools = [r["candidates"][0] for r in records(root / "demo" / "round_1" / "candidates" / "dev.jsonl")]
     top1 = [pool[0] for pool in pools]
     oracle = [max(pool, key=lambda c, ref=ref: sentence.sentence_score(c, [ref]).score)
               for pool, ref in zip(pools, references, strict=True)]
@@ -233,7 +238,7 @@ def test_selector_trains_on_candidates_of_a_train_subset(run_root):
         assert e["top1"] == pytest.approx(sacrebleu.corpus_bleu(top1, [references]).score, abs=1e-9)
         assert e["oracle"] == pytest.approx(sacrebleu.corpus_bleu(oracle, [references]).score, abs=1e-9)
         assert e["oracle"] >= e["metric"]
-    assert (selector / "selector.json").exists()
+    return evals
 
 
 def copy_run(run_root, tmp_path):
@@ -286,6 +291,7 @@ def test_selector_trains_from_dev(run_root, tmp_path):
                                                   *SELECTOR, "selector.train_from=dev"])
     assert "selector: 40 train examples (dev), 40 dev examples" in out
     assert not (root / "demo" / "selector_candidates").exists()  # no train candidates are made
+    assert len(selector_evaluations(root)) == 1
     assert (root / "demo" / "selector" / "selector.json").exists()
 
 
