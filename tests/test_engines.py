@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM, BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 from conftest import DEMO_DATA, FROM_SCRATCH
@@ -14,7 +15,7 @@ from selfmem.common.tokenizer import prepare_run_tokenizer
 from selfmem.models.hf_engine import HFSeq2Seq
 from selfmem.models.seq2seq import Seq2SeqModel
 from selfmem.retrieve.memory import build_bm25_memory
-from selfmem.train.generator import train_generator
+from selfmem.train.generator import prepare_generator, train_generator
 
 ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
@@ -70,6 +71,16 @@ def test_engine_hf_trains_a_transformers_model_through_the_loop(tmp_path, bart_c
     original = AutoModelForSeq2SeqLM.from_pretrained(str(bart_checkpoint), local_files_only=True)
     assert type(trained) is BartForConditionalGeneration
     assert not torch.equal(trained.model.shared.weight, original.model.shared.weight)
+    # the first step's loss is transformers' own: the checkpoint in training mode on the first
+    # micro-batch, its dropout seeded as the loop seeds it, label-smoothed cross-entropy per target
+    _, task = prepare_generator(config, ONE_PROCESS, paths)
+    tensors = task.collate(task.epoch_batches(0)[0])
+    torch.manual_seed(config.run.seed * 1_000_003)  # step 0, micro-batch 0
+    logits = original.train()(input_ids=tensors["src"], attention_mask=tensors["src"].ne(original.config.pad_token_id),
+                              decoder_input_ids=tensors["decoder_input"]).logits
+    expected = F.cross_entropy(logits.flatten(0, 1)[tensors["target_rows"]], tensors["labels"],
+                               label_smoothing=config.train.label_smoothing, reduction="sum") / len(tensors["labels"])
+    assert curve[0] == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_engine_hf_refuses_dual_memory(tmp_path, bart_checkpoint):
