@@ -289,6 +289,15 @@ def test_the_selector_task_trains_the_feature_weights():
                                                     heads=2, ffn_dim=32, max_positions=32, dropout=0.0))
     selector = Selector(backbone, dropout=0.0, features=config.features)
     task.epoch_batches(0)
-    task.loss(selector, task.collate(list(range(len(with_features))))).backward()
+    tensors = task.collate(list(range(len(with_features))))
+    task.loss(selector, tensors).backward()
     # a larger weight on the informative feature lowers the loss
     assert selector.head.feature_weights.grad[0].item() < 0
+    # the closed form: each pair's (softmax of its row's scores - its target) times its features
+    with torch.no_grad():
+        flat = selector(tensors["ids"], tensors["features"])
+        mask = tensors["mask"]
+        scores = torch.full(mask.shape, -torch.inf).flatten().index_copy(0, tensors["slots"], flat).view(mask.shape)
+        residual = torch.softmax(scores, dim=1) - metric_targets(tensors["metric"], mask, config.temperature)
+    expected = (residual.flatten()[tensors["slots"], None] * tensors["features"]).sum(0)
+    torch.testing.assert_close(selector.head.feature_weights.grad, expected, rtol=1e-5, atol=1e-6)
