@@ -292,6 +292,8 @@ def test_top_level_not_a_mapping(tmp_path, text):
     ("generator.max_target_len=3 candidates.min_len=3",
      "candidates.min_len (3) must be below candidates.max_len (256) and generator.max_target_len (3), which cut "
      "decoding"),
+    ("retrieval.backend=elasticsearch retrieval.topk=10001",
+     "retrieval.topk (10001) must be at most 10000 with the elasticsearch backend (its index.max_result_window)"),
 ])
 def test_a_value_out_of_range_is_refused_when_loaded_naming_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError) as info:

@@ -455,6 +455,10 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# Elasticsearch's default `index.max_result_window`: a larger `size` is refused.
+MAX_RESULT_WINDOW = 10_000
+
+
 def check_values(config: Config) -> None:
     """Refuse a value outside its key's range (``LIMITS``) or two keys that contradict each other."""
     for key, (valid, what) in LIMITS.items():
@@ -469,6 +473,10 @@ def check_values(config: Config) -> None:
     if c.min_len >= min(c.max_len, config.generator.max_target_len):
         raise ConfigError(f"candidates.min_len ({c.min_len}) must be below candidates.max_len ({c.max_len}) and "
                           f"generator.max_target_len ({config.generator.max_target_len}), which cut decoding")
+    r = config.retrieval
+    if r.backend == "elasticsearch" and r.topk > MAX_RESULT_WINDOW:  # else refused by the first search, hours in
+        raise ConfigError(f"retrieval.topk ({r.topk}) must be at most {MAX_RESULT_WINDOW} with the elasticsearch "
+                          f"backend (its index.max_result_window)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch, helpers
 
-from selfmem.common.config import ConfigError
+from selfmem.common.config import MAX_RESULT_WINDOW, ConfigError
 from selfmem.retrieve.bm25 import WORD_PATTERN, Hits
 
 # Elasticsearch's `indices.query.bool.max_clause_count` was 1024 by default (8.x derives
@@ -34,8 +34,6 @@ from selfmem.retrieve.bm25 import WORD_PATTERN, Hits
 # the two backends agree only for queries of at most this many words, unless the
 # embedded backend is given the same truncated queries.
 MAX_QUERY_WORDS = 1000
-# Elasticsearch's default `index.max_result_window`: a larger `size` is refused.
-MAX_RESULT_WINDOW = 10_000
 # Queries per _msearch request: large enough to amortize the round trip, small enough
 # that one request's body and response stay a few MB for long queries and topk 100.
 MSEARCH_CHUNK = 256
