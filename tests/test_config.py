@@ -244,6 +244,10 @@ def test_invalid_yaml_is_one_line_naming_the_override_or_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: not valid YAML (expected ',' or ']', but got '<stream end>' at line 3, column 1)"
+    path.write_bytes(b"train:\n  lr: \xff\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: not UTF-8 text (invalid start byte at byte 13)"
 
 
 def test_wrong_type_in_override_names_the_override():

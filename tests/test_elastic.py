@@ -432,11 +432,11 @@ def test_a_failing_query_is_named_by_its_example_in_the_split():
         return 200, {"responses": items}
 
     client, calls = fake_client(answer)
-    config = load_config(None, ["retrieval.batch_size=3"])
+    config = load_config(None, ["retrieval.batch_size=3", "retrieval.backend=elasticsearch"])
     examples = [Example(f"source {i}", f"target {i}") for i in range(20)]
     lines = memory_lines(config, ElasticsearchRetriever(client, "idx"), "dev", examples, range(10, 16), examples,
                          None, show_progress=False)
-    with pytest.raises(RuntimeError, match=r"^retrieving dev examples 13 to 15 \(query i is example 13 \+ i\): "
+    with pytest.raises(ElasticsearchRetrievalError, match=r"^retrieving dev examples 13 to 15 \(query i is example 13 \+ i\): "
                                            r"Elasticsearch search failed for query 1 \(status 400\)"):
         list(lines)
 

@@ -84,12 +84,14 @@ def test_one_run_holds_every_round_and_its_report(uninterrupted):
     sentence = sacrebleu.metrics.BLEU(effective_order=True)
     for r in rows:
         split, k = r["split"], r["round"]
-        references = [json.loads(line)["trg"] for line in (REPO / "data" / "demo" / f"{split}.jsonl").open()][:40]
+        lines = (REPO / "data" / "demo" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        references = [json.loads(line)["trg"] for line in lines[:40]]
 
         def bleu(texts, references=references):
             return pytest.approx(sacrebleu.corpus_bleu(texts, [references]).score, abs=1e-9)
 
-        assert r["hyps"] == bleu((run / f"round_{k}" / "hyps" / f"{split}.txt").read_text().split("\n")[:-1])
+        assert r["hyps"] == bleu((run / f"round_{k}" / "hyps" / f"{split}.txt").read_text(encoding="utf-8")
+                                 .split("\n")[:-1])
         if k == 0:
             assert r["memory"] == bleu([(m["memories"] or [""])[0] for m in read_jsonl(run / "memory" / "bm25" /
                                                                                       f"{split}.jsonl")])

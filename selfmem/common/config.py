@@ -492,6 +492,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
                 values = yaml.safe_load(f) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         _apply(config, values, "", str(path))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from selfmem.common.config import Config
 from selfmem.common.data import SPLITS, Example, load_split
 from selfmem.common.digest import fingerprint
-from selfmem.common.distributed import DistEnv, barrier, on_main, shard_range
+from selfmem.common.distributed import DistEnv, agreed, barrier, on_main, shard_range
 from selfmem.common.io import atomic_write_jsonl, json_line
 from selfmem.common.metrics import headline_score
 from selfmem.common.records import DataError, describe, field, is_texts, iter_aligned, iter_records
@@ -38,9 +38,10 @@ def open_retriever(config: Config, env: DistEnv, train: list[Example], paths: Ru
         from selfmem.retrieve.elastic import ElasticsearchRetriever, reachable_client
 
         # the run's directory in the default name: two roots' runs of one name on one server
-        # would otherwise rebuild, and read, each other's index
-        run_key = fingerprint([str(config.run_dir.resolve())])[:8]
-        index_name = cfg.index_name or f"selfmem-{config.run.name}-{run_key}".lower()
+        # would otherwise rebuild, and read, each other's index; rank 0's name, since another
+        # node may mount the run directory under another path
+        index_name = cfg.index_name or agreed(lambda: "selfmem-{}-{}".format(
+            config.run.name, fingerprint([str(config.run_dir.resolve())])[:8]).lower())
         on_main(lambda: ElasticsearchRetriever.build(
             documents, cfg.k1, cfg.b, index_name, reachable_client(cfg.connect_attempts, cfg.connect_backoff)))
         return ElasticsearchRetriever.open(index_name, reachable_client(cfg.connect_attempts, cfg.connect_backoff))
@@ -118,9 +119,12 @@ def memory_lines(config: Config, retriever, split: str, examples: list[Example],
         queries = [examples[i].source for i in batch]
         try:
             hits = retriever.search(queries, cfg.topk, exclude)
-        except RuntimeError as e:  # a server's failure counts the batch's queries from 0
-            raise RuntimeError(f"retrieving {split} examples {batch.start} to {batch.stop - 1} (query i is "
-                               f"example {batch.start} + i): {e}") from e
+        except RuntimeError as e:
+            if cfg.backend != "elasticsearch":
+                raise
+            # the server's failure names a query by its place in this batch: name the split's rows
+            raise type(e)(f"retrieving {split} examples {batch.start} to {batch.stop - 1} (query i is example "
+                          f"{batch.start} + i): {e}") from e
         for i, query, query_hits in zip(batch, queries, hits):
             yield i, json_line(memory_record(close_hits(query, query_hits, train, cfg.min_fuzzy_match), train))
 

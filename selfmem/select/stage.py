@@ -59,13 +59,13 @@ CHUNK_EXAMPLES = 4096
 
 @torch.no_grad()
 def score_pairs(selector: Selector, pairs: list[list[int]], pad_id: int, env: DistEnv, max_tokens: int,
-                features: list[list[float]] | None = None) -> list[float]:
+                features: list[list[float]] | None = None, progress: bool = True) -> list[float]:
     """The selector's score of every encoded pair (with its candidate's feature values, for a
-    selector with features), in order: the same list on every rank."""
+    selector with features), in order: the same list on every rank; ``progress`` shows a bar."""
     batches = token_budget_batches([(len(p),) for p in pairs], max_tokens, seed=0, epoch=0)
     mine = env.share(batches)
     scores: dict[int, float] = {}
-    for batch in tqdm(mine, desc="select", unit="batch", disable=not env.is_main):
+    for batch in tqdm(mine, desc="select", unit="batch", disable=not (progress and env.is_main)):
         width = max(len(pairs[i]) for i in batch)
         ids = torch.tensor([pairs[i] + [pad_id] * (width - len(pairs[i])) for i in batch], device=env.device)
         values = None if features is None else torch.tensor([features[i] for i in batch], device=env.device)

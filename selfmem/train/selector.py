@@ -167,13 +167,13 @@ class SelectorTask:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """The dev figures, the same on every rank: S scores the dev pairs as the selection stage
-        does (``score_pairs``: each rank a share of the batches, the scores all-gathered), so its
-        picks here are those it makes there, and every rank holds them."""
+        """The dev figures, the same on every rank and on any number of ranks: S scores the dev
+        pairs with the selection stage's ``score_pairs`` (each rank a share of the batches, the
+        scores all-gathered), so every rank holds the same picks."""
         model.eval()
         pairs = [self._pair(ex, c) for ex in self.dev for c in ex.candidates]
         features = [row for ex in self.dev for row in ex.features] if self.config.features else None
-        flat = score_pairs(model, pairs, self.pad_id, self.env, self.config.max_tokens, features)
+        flat = score_pairs(model, pairs, self.pad_id, self.env, self.config.max_tokens, features, progress=False)
         picks, start = [], 0
         for ex in self.dev:
             scores = flat[start:start + len(ex.candidates)]
