@@ -106,7 +106,10 @@ def kept_lines(output: Path, wanted: Callable[[int], bool]) -> dict[int, str]:
         with open(part, "rb") as f:
             for raw in f:
                 key, tab, line = raw.partition(b"\t")
-                if not (tab and key.isdigit() and raw.endswith(b"\n")):  # cut short (or lost) by a crash
+                # cut short (or lost) by a kill; or, after a machine's crash, holding a block of zeros
+                # the file system never wrote (JSON lines escape a NUL; a text line holding one
+                # would only be decoded again)
+                if not (tab and key.isdigit() and raw.endswith(b"\n")) or b"\0" in line:
                     break
                 if wanted(int(key)):
                     kept[int(key)] = line.decode("utf-8")
