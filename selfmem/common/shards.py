@@ -31,6 +31,11 @@ SYNC_SECONDS = 10.0  # how often a part file reaches the disk, at most
 Keyed = tuple[int, bytes]  # an example's index and its output line, newline included
 
 
+def _keyed_line(key: int, line: str) -> bytes:
+    """One line of a shard or part file: the example's index, a tab, its output line."""
+    return b"%d\t%s" % (key, line.encode("utf-8"))
+
+
 def shard_paths(output: Path, world_size: int) -> list[Path]:
     """Each rank's shard of ``output``: hidden files beside it (on the shared file system)."""
     return [output.parent / f".{output.name}.rank{rank}" for rank in range(world_size)]
@@ -48,7 +53,7 @@ def write_shard(path: Path, lines: Iterable[tuple[int, str]]) -> None:
             if key <= previous:  # the merge relies on it: a bug in the caller, not in the data
                 raise ValueError(f"{path}: example {key} written after example {previous}; keys must ascend")
             previous = key
-            f.write(b"%d\t%s" % (key, line.encode("utf-8")))
+            f.write(_keyed_line(key, line))
 
 
 def read_shard(path: Path) -> Iterator[Keyed]:
@@ -127,7 +132,7 @@ def progress_log(output: Path, rank: int) -> Iterator[Callable[[Iterable[tuple[i
     synced = [time.monotonic()]
     with open(path, "ab") as f:
         def append(lines: Iterable[tuple[int, str]]) -> None:
-            f.write(b"".join(b"%d\t%s" % (key, line.encode("utf-8")) for key, line in lines))
+            f.write(b"".join(_keyed_line(key, line) for key, line in lines))
             f.flush()
             if time.monotonic() - synced[0] >= SYNC_SECONDS:
                 os.fsync(f.fileno())
