@@ -287,11 +287,11 @@ def finished_rows(run: Path) -> list[dict]:
         rows += read_jsonl(done)
 
 
-def best_self_round(dev: dict) -> int | None:
-    """The round of self memory (1 on) with the best dev metric, the earliest of equals; None
-    before the first ends. ``dev``: round -> dev metric."""
-    rounds = [k for k in dev if isinstance(k, int) and k > 0]
-    return max(rounds, key=lambda k: (dev[k], -k)) if rounds else None
+def best_self_round(rows: list[dict]) -> int | None:
+    """The round of self memory (1 on) with the best dev metric, the earliest of equals (the
+    lift's rule, ``best_round``); None before the first ends."""
+    rounds = [r for r in rows if isinstance(r["round"], int) and r["round"] > 0 and r["split"] == "dev"]
+    return best_round(rounds) if rounds else None
 
 
 def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> float:
@@ -307,7 +307,7 @@ def copied_share(run: Path, round_k: int, split: str, num_memories: int) -> floa
 def stage_times(run: Path) -> str:
     """The wall seconds of each stage the run finished itself (not one it forked from another
     run), a resumed stage marked: its figure is its last attempt's only."""
-    stages = json.loads(RunPaths(run).state.read_text(encoding="utf-8"))["stages"]
+    stages = stages_of(run, "the report")
     return ", ".join(f"{stage} {record['seconds']:.0f}" + (" (resumed: its last attempt)" if record.get("resumed") else "")
                      for stage, record in stages.items()
                      if record.get("seconds") is not None and "forked_from" not in record) or "none yet"
@@ -336,7 +336,7 @@ def corpus_report(setup: Setup, corpus: str) -> tuple[list[str], dict[str, list[
             row("Transformer (no memory)", root / corpus / name, NO_MEMORY, dev[NO_MEMORY])
         if BY_NAME[name].trains_generator and 0 in dev:
             row(f"Transformer-{LABELS[name]} (BM25 memory, round 0)", root / corpus / name, 0, dev[0])
-        best = best_self_round(dev)
+        best = best_self_round(rows)
         if best is not None:
             row(f"Selfmem {LABELS[name]}", root / corpus / name, best, dev[best])
     upper = root / corpus / UPPER / "round_0" / "hyps"
@@ -386,14 +386,15 @@ class RunGain(NamedTuple):
 def run_gain(run: Path, references: list[str], bleu_tokenize: str) -> RunGain | None:
     """A run's round 0 and best round of self memory on dev, test scored at each; None before
     its round 0 ends."""
-    dev = {r["round"]: r["hyps"] for r in finished_rows(run) if r["split"] == "dev"}
+    rows = finished_rows(run)
+    dev = {r["round"]: r["hyps"] for r in rows if r["split"] == "dev"}
     if 0 not in dev:
         return None
 
     def test(k: int) -> float:
         return scores(read_lines(RunPaths(run).hyps(k, "test")), references, bleu_tokenize)[0]
 
-    best = best_self_round(dev)
+    best = best_self_round(rows)
     if best is None:
         return RunGain(dev[0], test(0), None, None, None)
     return RunGain(dev[0], test(0), best, dev[best], test(best))
