@@ -105,8 +105,7 @@ def connect_from_env() -> Elasticsearch:
         return Elasticsearch(url, **options)
     except Exception as error:
         # the client's own messages quote the URL whole, userinfo included
-        message = _scrub(str(error).replace(url, redact_url(url)), [api_key, password, _url_password(url)])
-        failure = f"{type(error).__name__}: {message}"
+        failure = f"{type(error).__name__}: {_without_credentials(str(error), url)}"
     # raised outside the handler so that the original error is not attached as context
     raise RuntimeError(
         f"cannot configure an Elasticsearch client for {redact_url(url)} (from SELFMEM_ES_URL): {failure}"
@@ -136,8 +135,7 @@ def reachable_client(attempts: int, backoff: float) -> Elasticsearch:
         if wait is not None:
             time.sleep(wait)
     url = os.environ["SELFMEM_ES_URL"].strip()
-    reason = _scrub(reason.replace(url, redact_url(url)), [os.environ.get("SELFMEM_ES_API_KEY"),
-                                                           os.environ.get("SELFMEM_ES_PASSWORD"), _url_password(url)])
+    reason = _without_credentials(reason, url)
     raise ElasticsearchUnreachable(
         f"no Elasticsearch server answers at {redact_url(url)} (SELFMEM_ES_URL) after {attempts} "
         f"attempt{'s' if attempts > 1 else ''} over {sum(waits):g} s: {reason}; start the server or set "
@@ -159,8 +157,11 @@ def _url_password(url: str) -> str | None:
         return None
 
 
-def _scrub(text: str, secrets: Iterable[str | None]) -> str:
-    for secret in secrets:
+def _without_credentials(text: str, url: str) -> str:
+    """``text`` with ``url`` quoted without its password, and every credential of the
+    environment (the API key, the password, the URL's own password) replaced by ***."""
+    text = text.replace(url, redact_url(url))
+    for secret in (os.environ.get("SELFMEM_ES_API_KEY"), os.environ.get("SELFMEM_ES_PASSWORD"), _url_password(url)):
         if secret:
             text = text.replace(secret, "***")
     return text
