@@ -249,6 +249,7 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
+        """The run's directory, run.root/run.name, where every stage writes."""
         return Path(self.run.root) / self.run.name
 
     def to_dict(self) -> dict[str, Any]:

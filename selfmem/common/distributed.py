@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistEnv:
+    """This process's place in the job: its rank among ``world_size`` processes, and among the
+    ``local_world_size`` on its node (``local_rank``, which picks its GPU)."""
+
     rank: int
     world_size: int
     local_rank: int

@@ -18,6 +18,9 @@ def stage_of(round_name: int | str) -> str:
 
 @dataclass(frozen=True)
 class RunPaths:
+    """Where each artifact of a run lives under its directory ``root`` (run.root/run.name):
+    one place that names them, for every stage, launcher and report."""
+
     root: Path
     generator_dir: str = "generator"  # relative to root: no_memory/generator for the lift's baseline
     # relative to root: bench/selector_quality.py trains each selector variant beside the others

@@ -130,6 +130,7 @@ class BM25Retriever:
 
     @classmethod
     def load(cls, directory: str | Path, threads: int | None = None) -> "BM25Retriever":
+        """The retriever whose index ``save`` wrote into ``directory``."""
         index = LuceneBM25.load(str(directory), show_progress=False, verbosity=0)
         return cls(index, threads)
 
