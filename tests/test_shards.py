@@ -98,8 +98,9 @@ def test_the_parts_an_interrupted_attempt_left_give_their_complete_lines(tmp_pat
     rank1 = next(p for p in parts if p.name.startswith(".out.jsonl.part-1-"))
     rank1.write_bytes(b"3\t" + line(3).encode() + b"\0\0\0\n" + b"1\t" + line(1).encode())
     assert kept_lines(output, lambda i: True) == {i: line(i) for i in (0, 2, 3, 4)}
-    # a machine's crash can leave a framed line with zeros inside, where a block was never written
-    rank1.write_bytes(b"3\t" + line(3).encode() + b"1\t" + line(1).encode()[:5] + b"\0" * 8 + b"\n")
+    # a machine's crash can leave a framed line with zeros inside, where a block was never written:
+    # that line is skipped, the lines after it kept
+    rank1.write_bytes(b"1\t" + line(1).encode()[:5] + b"\0" * 8 + b"\n" + b"3\t" + line(3).encode())
     assert kept_lines(output, lambda i: True) == {i: line(i) for i in (0, 2, 3, 4)}
     # the merged output makes them garbage
     shards = write_round_robin(output, 5, 2)

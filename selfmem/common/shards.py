@@ -111,11 +111,13 @@ def kept_lines(output: Path, wanted: Callable[[int], bool]) -> dict[int, str]:
         with open(part, "rb") as f:
             for raw in f:
                 key, tab, line = raw.partition(b"\t")
-                # cut short (or lost) by a kill; or, after a machine's crash, holding a block of zeros
-                # the file system never wrote (JSON lines escape a NUL; a text line holding one
-                # would only be decoded again)
-                if not (tab and key.isdigit() and raw.endswith(b"\n")) or b"\0" in line:
+                if not (tab and key.isdigit() and raw.endswith(b"\n")):  # cut short (or lost) by a kill
                     break
+                # after a machine's crash a block the file system never wrote reads as zeros, and holds
+                # no newline: every line it touches holds a NUL. Skipped, so decoded again (as is a
+                # hypothesis that holds one: a byte-fallback token can decode to it)
+                if b"\0" in line:
+                    continue
                 if wanted(int(key)):
                     kept[int(key)] = line.decode("utf-8")
     return kept

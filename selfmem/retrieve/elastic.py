@@ -158,7 +158,7 @@ def _url_password(url: str) -> str | None:
 
 
 def _without_credentials(text: str, url: str) -> str:
-    """``text`` with ``url`` quoted without its password, and every credential of the
+    """``text`` with ``url`` quoted without its userinfo (``redact_url``), and every credential of the
     environment (the API key, the password, the URL's own password) replaced by ***."""
     text = text.replace(url, redact_url(url))
     for secret in (os.environ.get("SELFMEM_ES_API_KEY"), os.environ.get("SELFMEM_ES_PASSWORD"), _url_password(url)):
