@@ -312,6 +312,9 @@ ROWS = [
     Row("wrong_config_type", "a config value of the wrong type (train.lr: fast)", LIFT,
         bad_config("  lr: 1.0e-3\n", "  lr: fast\n"),
         "{row}/config.yaml: 'train.lr': expected float, got 'fast'"),
+    Row("invalid_config_yaml", "a config file that is not valid YAML (train.lr: [1.0e-3, a list left open)", LIFT,
+        bad_config("  lr: 1.0e-3\n", "  lr: [1.0e-3\n"),
+        "{row}/config.yaml: not valid YAML (expected ',' or ']', but got ':' at line 37, column 15)"),
     Row("unreachable_elasticsearch", "an Elasticsearch address where no server listens (retrieval, "
         "3 attempts)", "launch/retrieve.py", unreachable_elasticsearch,
         "no Elasticsearch server answers at http://127.0.0.1:9 (SELFMEM_ES_URL) after 3 attempts over 0.3 s: "
@@ -326,7 +329,7 @@ IN_PROCESS = frozenset({"missing_field", "non_string_field", "empty_file", "inva
                         "memory_line_count",  # memories_not_a_list
                         "zero_candidates", "augment_on_top_b",  # truncated_candidates
                         "missing_checkpoint", "tokenizer_mismatch",  # corrupted_weights
-                        "wrong_config_type"})  # unknown_config_key
+                        "wrong_config_type", "invalid_config_yaml"})  # unknown_config_key
 
 
 @pytest.fixture(scope="module")
