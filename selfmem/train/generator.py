@@ -57,6 +57,10 @@ class GeneratorTask:
         self.train, self.dev, self.dev_references = train, dev, dev_references
         self.train_sizes = self._sizes(train)
         self.dev_sizes = self._sizes(dev)
+        # the whole dev set batched once, in a fixed order (epoch 0, seed 0), then shared among the
+        # ranks: each batch, its padding and so the figures are the same on any number of ranks
+        self.dev_batches = token_budget_batches(self.dev_sizes, config.train.max_tokens, 0, 0)
+        self.dev_targets = sum(size[1] for size in self.dev_sizes)
         g = config.generator
         self.copy_epochs = g.copy_epochs if self.mode != "none" else 0
         copies = [dataclasses.replace(ex, memories=[ex.target[: g.max_memory_len - 1]])
@@ -101,27 +105,21 @@ class GeneratorTask:
     def loss(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._loss(model, tensors, self.config.train.label_smoothing)
 
-    def _dev_batches(self) -> list[list[int]]:
-        # the whole dev set batched at once, in a fixed order (epoch 0, seed 0), then shared:
-        # each batch, its padding and so its figures are the same on any number of ranks
-        return token_budget_batches(self.dev_sizes, self.config.train.max_tokens, 0, 0)
-
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         """Dev loss (no smoothing) and the dev metric of greedy outputs; each rank takes a share of
         the batches, and both figures come out the same on any number of ranks."""
         model.eval()
-        batches = self._dev_batches()
-        # each batch's loss and target count in a row of its own, zero on the other ranks: the
-        # all-reduce adds only zeros to them, and the sum below runs in batch order everywhere
-        losses = torch.zeros(len(batches), 2, dtype=torch.float64, device=self.env.device)
+        batches = self.dev_batches
+        # each batch's loss in a slot of its own, zero on the other ranks: the all-reduce adds only
+        # zeros to it, and the sum below runs in batch order everywhere
+        losses = torch.zeros(len(batches), dtype=torch.float64, device=self.env.device)
         hyps: dict[int, str] = {}
         max_len = self.config.generator.max_target_len
         for b in self.env.share(range(len(batches))):
             batch = batches[b]
             tensors = to_device(self._collate([self.dev[i] for i in batch]), self.env.device)
-            losses[b, 0] = self._loss(model, tensors, 0.0).double()
-            losses[b, 1] = sum(self.dev_sizes[i][1] for i in batch)
+            losses[b] = self._loss(model, tensors, 0.0).double()
             src = tensors["src"]
             if isinstance(model, HFSeq2Seq):
                 outputs = model.greedy(src, max_len, self.ids.eos)
@@ -133,7 +131,7 @@ class GeneratorTask:
             hyps.update((i, self.tokenizer.decode(out)) for i, out in zip(batch, outputs))
         if dist.is_initialized():
             dist.all_reduce(losses)
-        loss, count = losses.sum(0).tolist()
+        loss = losses.sum().item()
         gathered = gather_to_main(hyps)
 
         def score() -> float:
@@ -141,7 +139,7 @@ class GeneratorTask:
             return headline_score(self.config.data.metric, ordered, self.dev_references, self.config.data.bleu_tokenize)
 
         model.train()
-        return {"metric": agreed(score), "dev_loss": loss / count}
+        return {"metric": agreed(score), "dev_loss": loss / self.dev_targets}
 
     def save_model(self, model, directory: Path) -> None:
         model.save(directory)
