@@ -3,7 +3,9 @@
     python bench/beam.py --model DIR --tokenizer DIR --data FILE [--examples 200] [--repeats 3]
 
 ``--model`` is a local HF Marian/BART/mBART/Pegasus checkpoint; the native model is
-imported from it, so both decode the same weights. Both decode the same inputs (the
+imported from it, so both decode the same weights. It may also be a native checkpoint (a
+run's ``generator/`` or ``no_memory/generator/`` without memory): then the native searches
+alone run. Both decode the same inputs (the
 first --examples sources of --data, sorted by length into batches of --batch) with the
 same rules (``early_stopping`` True, length penalty 1.0, no n-gram blocking), in this one
 process (CTranslate2 apart), for (5 beams, 1 returned) and (50 beams, 50 returned).
@@ -18,6 +20,9 @@ native search given all the sources as one stream, in the same order, at most --
 time (``max_examples``): the next enters as soon as one is done. Both processes keep freed CPU memory for reuse, as
 the launch scripts do (`selfmem/common/cpu_memory.py`). ``selfmem, no oneDNN`` is the native search with
 PyTorch's own matrix products (``selfmem.models.linear``'s oneDNN path off, as before it).
+``selfmem, read every N`` is the native search with the host reading the search state on
+the schedule the device does not default to (every ``HOST_READ_EVERY`` steps on a CPU, every
+step on a GPU): what the sync-free steps gain or cost there.
 Where the ``ctranslate2`` package is installed and the model is a Marian one, CTranslate2's
 float32 beam search on the converted weights is a further line (on CPU), run in a child
 process (see ``CTranslate2Process``) with the same number of threads, the batches sent to it
@@ -45,8 +50,10 @@ sys.path.insert(0, str(REPO))
 
 from selfmem.common.cpu_memory import keep_freed_memory, release_freed_memory  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
-from selfmem.infer.beam import BeamSettings, Hypothesis, beam_search  # noqa: E402
+from selfmem.infer.beam import HOST_READ_EVERY, BeamSettings, Hypothesis, beam_search  # noqa: E402
 from selfmem.infer.hf_beam import hf_beam_search  # noqa: E402
+from selfmem.models import Seq2SeqModel  # noqa: E402
+from selfmem.models.build import is_native_checkpoint  # noqa: E402
 from selfmem.models.hf_import import import_hf  # noqa: E402
 from selfmem.models.hf_weights import from_pretrained_safe  # noqa: E402
 from selfmem.models.linear import weight_packing  # noqa: E402
@@ -228,13 +235,18 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     from transformers import AutoModelForSeq2SeqLM
 
-    hf = from_pretrained_safe(AutoModelForSeq2SeqLM, args.model).to(device, dtype).eval()
-    native = import_hf(args.model, memory="none").to(device, dtype).eval()
-    config = hf.config
-    ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
+    if is_native_checkpoint(args.model):
+        hf, native = None, Seq2SeqModel.load(args.model, map_location=device).to(dtype).eval()
+        start_id, eos_id, pad_id = native.config.decoder_start_id, native.config.eos_id, native.config.pad_id
+    else:
+        hf = from_pretrained_safe(AutoModelForSeq2SeqLM, args.model).to(device, dtype).eval()
+        native = import_hf(args.model, memory="none").to(device, dtype).eval()
+        start_id, eos_id, pad_id = (hf.config.decoder_start_token_id, hf.config.eos_token_id,
+                                    hf.config.pad_token_id)
+    ids = dict(start_id=start_id, eos_id=eos_id)
     tokenizer = load_tokenizer(args.tokenizer)
     lines = args.data.read_text(encoding="utf-8").splitlines()[: args.examples]
-    sources = [tokenizer.encode(json.loads(line)[args.field])[:255] + [config.eos_token_id] for line in lines]
+    sources = [tokenizer.encode(json.loads(line)[args.field])[:255] + [eos_id] for line in lines]
     print(f"{native.num_parameters() / 1e6:.1f}M parameters, {len(sources)} examples, {device} "
           f"({torch.get_num_threads()} threads), {args.dtype}, batches of {args.batch}")
 
@@ -244,20 +256,25 @@ def main() -> None:
 
     # each decodes the batches one after the other, but the continuous search: it takes them
     # as one stream, the same sources in the same order, at most --batch of them at a time
+    other_reads = HOST_READ_EVERY if device.type == "cpu" else 1  # the schedule the device does not default to
     engines = {
         "selfmem": lambda src, s: beam_search(native, src, None, s, **ids),
         "selfmem, continuous": lambda stream, s: beam_search(native, stream, None, s, max_examples=args.batch, **ids),
         "selfmem, no oneDNN": no_onednn,
-        "hf generate": lambda src, s: hf_beam_search(hf, src, s, pad_id=config.pad_token_id, **ids),
+        f"selfmem, read every {other_reads}": lambda src, s: beam_search(native, src, None, s, read_every=other_reads,
+                                                                         **ids),
     }
+    if hf is not None:
+        engines["hf generate"] = lambda src, s: hf_beam_search(hf, src, s, pad_id=pad_id, **ids)
     work_dir = Path(tempfile.mkdtemp(prefix="bench-beam-"))
-    ct2_dir = convert_to_ctranslate2(args.model, args.tokenizer, work_dir) if device.type == "cpu" else None
+    ct2_dir = (convert_to_ctranslate2(args.model, args.tokenizer, work_dir)
+               if device.type == "cpu" and hf is not None else None)
     if ct2_dir is not None:
-        engines["ctranslate2"] = CTranslate2Process(ct2_dir, args.tokenizer, config.pad_token_id)
+        engines["ctranslate2"] = CTranslate2Process(ct2_dir, args.tokenizer, pad_id)
     for beams, returned in (map(int, pair.split(":")) for pair in args.settings.split(",")):
         settings = BeamSettings(num_beams=beams, num_return=returned, max_len=args.max_len, early_stopping=True)
-        inputs = batches(sources, args.batch, config.pad_token_id, device)
-        stream = batches(sources, 0, config.pad_token_id, device)
+        inputs = batches(sources, args.batch, pad_id, device)
+        stream = batches(sources, 0, pad_id, device)
         speed: dict[str, list[float]] = {name: [] for name in engines}
         peak: dict[str, int] = {}
         best: dict[str, list[list[int]]] = {}
@@ -288,7 +305,7 @@ def main() -> None:
             # each repeat runs the engines back to back: their ratio within a repeat is
             # steadier than the ratio of medians when the host's speed drifts
             ratio = statistics.median(ours / theirs for ours, theirs in zip(speed["selfmem"], speed[name]))
-            print(f"  {name:18s} {statistics.median(speed[name]):8.1f} examples/s (runs: {runs}), "
+            print(f"  {name:24s} {statistics.median(speed[name]):8.1f} examples/s (runs: {runs}), "
                   f"peak memory {peak[name] / 2**20:.0f} MiB, best hypothesis as selfmem's on {same:.1%}"
                   + ("" if name == "selfmem" else f", selfmem is {ratio:.2f}x faster" if ratio >= 1
                      else f", {name} is {1 / ratio:.2f}x faster"))

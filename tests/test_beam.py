@@ -64,7 +64,8 @@ def exhaustive(model, src: torch.Tensor, memory, settings: BeamSettings) -> list
     dict(length_penalty=0.0, min_len=2),
     dict(length_penalty=1.0, no_repeat_ngram=2),
 ])
-def test_beam_search_equals_exhaustive_search(memory, settings):
+@pytest.mark.parametrize("read_every", [1, 3])
+def test_beam_search_equals_exhaustive_search(memory, settings, read_every):
     # 5 tokens, sequences of at most 4: 4**3 live prefixes x 5 tokens = 320 continuations at
     # the last step, so 320 beams keep every candidate and the search is exhaustive.
     model = tiny_model(vocab_size=5, memory=memory)
@@ -72,7 +73,7 @@ def test_beam_search_equals_exhaustive_search(memory, settings):
     sources = [torch.tensor([4, 3, 4, EOS]), torch.tensor([3, EOS, PAD, PAD])]
     memories = [None, None] if memory == "none" else [torch.tensor([[4, 4, EOS]]), torch.tensor([[3, EOS, PAD]])]
     got = beam_search(model, torch.stack(sources), None if memory == "none" else torch.stack(memories), settings,
-                      START, EOS)
+                      START, EOS, read_every=read_every)
     for hyps, src, mem in zip(got, sources, memories):
         expected = exhaustive(model, src, mem, settings)[: settings.num_return]
         assert [h.tokens for h in hyps] == [h.tokens for h in expected]
@@ -168,12 +169,13 @@ SETTINGS = [dict(num_beams=b, num_return=r, length_penalty=lp, early_stopping=es
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
-def test_beam_search_equals_hf_generate(hf_pair, settings):
+@pytest.mark.parametrize("read_every", [1, 4])
+def test_beam_search_equals_hf_generate(hf_pair, settings, read_every):
     hf, native, config = hf_pair
     settings = BeamSettings(max_len=20, **settings)
     src = random_sources(40, config.vocab_size, config.eos_token_id, config.pad_token_id)
     ids = dict(start_id=config.decoder_start_token_id, eos_id=config.eos_token_id)
-    ours = beam_search(native, src, None, settings, **ids)
+    ours = beam_search(native, src, None, settings, read_every=read_every, **ids)
     theirs = hf_beam_search(hf, src, settings, pad_id=config.pad_token_id, **ids)
     # Where the two differ it can only be the order of a near tie: two hypotheses whose scores
     # differ by float32 rounding (about 1e-7) may be ranked in either order, because the two
@@ -220,8 +222,9 @@ def varied_length_model(positions: str) -> Seq2SeqModel:
                                                            "unigram-blocking"])
 @pytest.mark.parametrize("max_examples", [1, 3])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("read_every", [1, 3])
 def test_inputs_entering_as_others_finish_decode_as_in_a_batch_of_their_own(positions, settings, max_examples,
-                                                                              monkeypatch):
+                                                                              read_every, monkeypatch):
     # continuous batching: the rows of an input that enters later start mid-cache, at other
     # positions, beside inputs of other lengths; a batch of one is emptied before the next enters
     model = varied_length_model(positions)
@@ -232,7 +235,7 @@ def test_inputs_entering_as_others_finish_decode_as_in_a_batch_of_their_own(posi
     monkeypatch.setattr(model, "decode_step", lambda ids, *a: rows.append(len(ids)) or decode_step(ids, *a))
     monkeypatch.setattr(LayerCache, "refill", lambda self, examples, *a: entered_beside.append(
         len(self.self_kv) > len(examples) * settings.num_beams) or refill(self, examples, *a))
-    streamed = beam_search(model, src, None, settings, START, EOS, max_examples=max_examples)
+    streamed = beam_search(model, src, None, settings, START, EOS, max_examples=max_examples, read_every=read_every)
     assert max(rows) <= max_examples * settings.num_beams
     assert any(entered_beside) == (max_examples > 1)  # the premise: inputs entered beside others decoding
     for i in range(len(src)):
@@ -267,3 +270,42 @@ def test_one_source_with_several_memories_is_encoded_once():
     assert [h.score for hyps in shared for h in hyps] == pytest.approx([h.score for hyps in repeated for h in hyps],
                                                                        abs=1e-6)
     assert [h.tokens for h in shared[0]] != [h.tokens for h in shared[1]]  # the memory matters
+
+
+HOST_READS = ["__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "unique", "masked_select"]
+
+
+@pytest.mark.parametrize("read_every", [1, 4])
+def test_the_host_reads_the_search_state_only_every_read_every_steps(read_every, monkeypatch):
+    # On a GPU a read waits for the device; the steps between reads must make none (the
+    # decoder's own position check reads on a CPU only, so the decoding step is left out).
+    model = varied_length_model("learned")
+    settings = BeamSettings(num_beams=4, num_return=2, max_len=20, min_len=2, no_repeat_ngram=2)
+    src = random_sources(10, 12, EOS, PAD, seed=7)
+    events, decoding = [], [False]
+    decode_step = model.decode_step
+
+    def counted_step(ids, *args):
+        events.append(len(ids))
+        decoding[0] = True
+        try:
+            return decode_step(ids, *args)
+        finally:
+            decoding[0] = False
+    monkeypatch.setattr(model, "decode_step", counted_step)
+    for name in HOST_READS:
+        method = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _m=method, **kw: (
+            decoding[0] or events.append("read")) and False or _m(self, *a, **kw))
+    found = beam_search(model, src, None, settings, START, EOS, read_every=read_every)
+    monkeypatch.undo()
+    rows = [e for e in events if e != "read"]  # the rows decoded at each step
+    read_after = sorted({sum(e != "read" for e in events[:i]) for i, e in enumerate(events) if e == "read"} - {0})
+    if read_every == 1:
+        assert read_after == list(range(1, len(rows) + 1))  # a CPU reads every step
+    else:
+        assert read_after == [n for n in range(1, len(rows) + 1) if n % read_every == 0 or n == len(rows)]
+    shrank_after = [n for n in range(1, len(rows)) if rows[n] < rows[n - 1]]  # after step n, counted from 1
+    assert shrank_after and set(shrank_after) <= set(read_after)  # done examples leave when the host reads
+    assert [[h.tokens for h in hyps] for hyps in found] == [
+        [h.tokens for h in hyps] for hyps in beam_search(model, src, None, settings, START, EOS)]

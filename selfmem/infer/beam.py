@@ -20,10 +20,18 @@ Speed comes from what the decoder does not repeat: an example's encoder output a
 cross-attention keys/values exist once and are shared by its beams (see
 ``MultiheadAttention``), the first step runs one row per example, and an example that is
 done leaves the batch.
+
+The finished hypotheses are kept on the device (each example's ``num_beams`` best, scores
+and tokens), so a step needs nothing back from the device. On a CPU, where reading a value
+costs nothing, the host reads the search's state every step and done examples leave at
+once; on an accelerator it reads it every ``HOST_READ_EVERY`` steps only, and an example
+done in between stays in the batch, frozen, until the next read: the steps between reads
+make no host synchronisation (the premise of capturing them as a CUDA graph).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -66,6 +74,7 @@ class Hypothesis:
 
 
 FILLER = -1  # the token history before an example's start token, for examples that entered later
+HOST_READ_EVERY = 8  # steps between the host's reads of the search state on an accelerator (not tuned: no GPU yet)
 
 
 def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
@@ -189,11 +198,42 @@ def trimmed(cache: DecoderCache, encoder_out: EncoderOut, inputs_too: bool) -> t
             encoder_out.trim(source_len, memory_len))
 
 
+def with_finished(pool: Tensor, pool_tokens: Tensor, offered: Tensor, tokens: Tensor, beam: Tensor,
+                  token: Tensor) -> tuple[Tensor, Tensor]:
+    """The pool of finished hypotheses, ``pool`` (examples, beams) scores best first and
+    ``pool_tokens`` their token histories, joined by the ``offered`` continuations (their
+    normalised scores, -inf where not offered; beam ``beam`` of ``tokens`` extended by
+    ``token``), its ``beams`` best kept. Ties keep the earlier hypothesis first, as a stable
+    sort of every finished hypothesis in order of finishing would."""
+    examples, beams, length = tokens.shape
+    seqs = torch.cat([tokens.gather(1, beam[:, :, None].expand(-1, -1, length)), token[:, :, None]], dim=2)
+    held = torch.nn.functional.pad(pool_tokens, (0, length + 1 - pool_tokens.size(2)), value=FILLER)
+    scores = torch.cat([pool, offered], dim=1)
+    order = scores.sort(dim=1, descending=True, stable=True).indices[:, :pool.size(1)]
+    histories = torch.cat([held, seqs], dim=1).gather(1, order[:, :, None].expand(-1, -1, length + 1))
+    return scores.gather(1, order), histories
+
+
+def pooled_hypotheses(pool: Tensor, pool_tokens: Tensor, eos_id: int) -> list[list[Hypothesis]]:
+    """The finished hypotheses of each row of the pool, best first: the generated tokens of
+    each history (after its fillers and start token), without a final eos."""
+    found = []
+    for scores, histories in zip(pool.tolist(), pool_tokens.tolist()):
+        hyps = []
+        for score, history in zip(scores, histories):
+            if score == -math.inf:  # the rest of the row is empty too
+                break
+            seq = [t for t in history if t != FILLER][1:]
+            hyps.append(Hypothesis(seq[:-1] if seq and seq[-1] == eos_id else seq, score))
+        found.append(hyps)
+    return found
+
+
 @torch.no_grad()
 @frozen_weights()  # the weights stay as they are for the whole search
 def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSettings,
                 start_id: int, eos_id: int, source_index: Tensor | None = None,
-                max_examples: int | None = None) -> list[list[Hypothesis]]:
+                max_examples: int | None = None, read_every: int | None = None) -> list[list[Hypothesis]]:
     """The ``settings.num_return`` best hypotheses of every input row, best first (fewer, or
     none, where every continuation is forbidden before enough finish: n-gram blocking that bans
     every token while ``min_len`` still bans the end).
@@ -206,15 +246,20 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
     next enters the batch as soon as one is done (continuous batching): the batch stays
     full instead of shrinking, step after step, to the beams of its longest input. An input's
     hypotheses are those it has in a batch of its own, up to float rounding.
+
+    ``read_every``: steps between the host's reads of the search state (which examples are
+    done), by default 1 on a CPU and ``HOST_READ_EVERY`` elsewhere; the steps in between make
+    no host synchronisation. The hypotheses do not depend on it.
     """
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1, got {max_examples}")
+    device = src.device
+    read_every = read_every or (1 if device.type == "cpu" else HOST_READ_EVERY)
     num_inputs = src.size(0) if source_index is None else source_index.size(0)
     stream = max_examples is not None and max_examples < num_inputs
     next_input = max_examples if stream else num_inputs
     encoder_out = (encode_inputs(model, src, memory, source_index, slice(0, next_input)) if stream
                    else model.encode(src, memory, source_index))
-    device = src.device
     beams = settings.num_beams
     # each step's length normalisation, as Python computes step ** length_penalty
     norm = (torch.arange(settings.max_len + 1, dtype=torch.float64) ** settings.length_penalty).float().to(device)
@@ -224,6 +269,9 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
     tokens = torch.full((next_input, 1, 1), start_id, device=device)  # (examples, beams, length)
     running = torch.zeros(next_input, 1, device=device)  # sum of log-probs of each beam
     pool = torch.full((next_input, beams), -torch.inf, device=device)  # each active example's best finished scores, sorted
+    pool_tokens = tokens.new_full((next_input, beams, 0), FILLER)  # their token histories, columns as in `tokens`
+    frozen = None  # the examples done since the last read, still in the batch (None: none can be)
+    longest, step = 1, 0  # the largest of `steps` (known on the host without a read) and the steps made
     finished: list[list[Hypothesis]] = [[] for _ in range(num_inputs)]
     waiting = Waiting(model, src, memory, source_index, chunk=max_examples) if stream else None
 
@@ -243,18 +291,13 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         ends = top_token.eq(eos_id) | at_max_len[:, None]
 
         # finished hypotheses: ending continuations among the first `beams`, if they enter the pool
-        normalised = top_scores / norm[steps, None]
-        offered = ends & top_scores.isfinite() & (normalised > pool[:, -1:])
-        offered[:, beams:] = False
-        if offered.any():
-            pool = torch.cat([pool, normalised.masked_fill(~offered, -torch.inf)], 1).topk(beams).values
-            row, rank = offered.nonzero(as_tuple=True)
-            seqs = torch.cat([tokens[row, top_beam[row, rank]], top_token[row, rank, None]], dim=1).tolist()
-            length = tokens.size(2)
-            for example, step, seq, score in zip(alive[row].tolist(), steps[row].tolist(), seqs,
-                                                 normalised[row, rank].tolist()):
-                seq = seq[length - step + 1:]  # the tokens it generated (its start token and fillers before them)
-                finished[example].append(Hypothesis(seq[:-1] if seq[-1] == eos_id else seq, score))
+        normalised = top_scores[:, :beams] / norm[steps, None]
+        offered = (ends & top_scores.isfinite())[:, :beams] & (normalised > pool[:, -1:])
+        if frozen is not None:
+            offered &= ~frozen[:, None]
+        if read_every > 1 or offered.any():  # where reads are free, one saves the join on most steps
+            pool, pool_tokens = with_finished(pool, pool_tokens, normalised.masked_fill(~offered, -torch.inf),
+                                              tokens, top_beam[:, :beams], top_token[:, :beams])
 
         # the next beams: the best continuations that do not end
         running, keep = top_scores.masked_fill(ends, -torch.inf).topk(min(beams, top_scores.size(1)), dim=1)
@@ -266,35 +309,50 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
         else:
             done = full & (best_running / norm[steps] <= pool[:, -1])
         done |= ~best_running.isfinite() | at_max_len
-        if done.all() and next_input == num_inputs:
-            break
+        if frozen is not None:
+            done |= frozen
 
-        entering = min(int(done.sum()), num_inputs - next_input) if stream else 0
-        if entering:  # the first done examples' rows stay, for the next inputs
-            refilled = done.nonzero().squeeze(1)[:entering]
-            done[refilled] = False
-        kept = (~done).nonzero().squeeze(1)
+        step += 1
+        read = read_every == 1 or step % read_every == 0 or longest == settings.max_len
+        kept = entering = None
+        if read:
+            leaving = done.nonzero().squeeze(1)
+            if len(leaving):
+                for example, hyps in zip(alive[leaving].tolist(),
+                                         pooled_hypotheses(pool[leaving], pool_tokens[leaving], eos_id)):
+                    finished[example] = hyps[:settings.num_return]
+            if len(leaving) == active and next_input == num_inputs:
+                break
+            entering = min(len(leaving), num_inputs - next_input) if stream else 0
+            if entering:  # the first done examples' rows stay, for the next inputs
+                refilled = leaving[:entering]
+                done[refilled] = False
+            kept = (~done).nonzero().squeeze(1)
+            frozen = None
+        else:  # a done example stays, frozen, until the host reads that it is done
+            frozen = done
         if width == parent.size(1):  # a full beam: put the new beams where their caches mostly are
             slots = stable_slots(parent)
             parent, next_token, running = (torch.empty_like(t).scatter_(1, slots, t)
                                            for t in (parent, next_token, running))
-        if len(kept) < active:  # examples that are done leave the batch: gather whole rows
-            parent, next_token, running, tokens, pool, steps = (t[kept] for t in (parent, next_token, running,
-                                                                                  tokens, pool, steps))
+        if kept is not None and len(kept) < active:  # examples that are done leave the batch: gather whole rows
+            parent, next_token, running, tokens, pool, pool_tokens, steps = (
+                t[kept] for t in (parent, next_token, running, tokens, pool, pool_tokens, steps))
             alive = alive[kept]
             encoder_out = encoder_out.select(kept)
             cache = [layer.select((kept[:, None] * width + parent).flatten(), kept) for layer in cache]
-        elif width == parent.size(1):  # a full beam: copy only the rows of beams that moved
+        elif width == parent.size(1) and read_every == 1:  # a full beam: copy only the rows of beams that moved
             row, slot = parent.ne(torch.arange(width, device=device)).nonzero(as_tuple=True)
             source, target = row * width + parent[row, slot], row * width + slot
             for layer in cache:
                 layer.copy_rows(source, target)
-        else:  # the first step or a narrow beam: gather whole rows
+        else:  # the first step, a narrow beam, or no reads allowed: gather whole rows
             rows = (torch.arange(active, device=device)[:, None] * width + parent).flatten()
             cache = [layer.select(rows) for layer in cache]
         history = tokens.gather(1, parent[:, :, None].expand(-1, -1, tokens.size(2)))
         tokens = torch.cat([history, next_token[:, :, None]], dim=2)
         steps = steps + 1
+        longest += 1
 
         if entering:  # the next inputs take the rows of done examples, each as one beam and beams at -inf
             examples = torch.searchsorted(kept, refilled)
@@ -311,11 +369,15 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
             steps[examples] = 1
             running[examples] = torch.cat([running.new_zeros(1), running.new_full((width - 1,), -torch.inf)])
             pool[examples] = -torch.inf
+            pool_tokens[examples] = FILLER
             tokens[examples] = FILLER
             tokens[examples, :, -1] = start_id
             next_input += entering
-        if stream and (len(kept) < active or entering):
+        if read and read_every > 1:
+            longest = int(steps.max())
+        if read and stream and (len(kept) < active or entering):
             cache, encoder_out = trimmed(cache, encoder_out, inputs_too=next_input == num_inputs)
-            tokens = tokens[:, :, tokens.size(2) - int(steps.max()):]  # no column of fillers only
+            cut = tokens.size(2) - int(steps.max())  # no column of fillers only
+            tokens, pool_tokens = tokens[:, :, cut:], pool_tokens[:, :, cut:]
 
-    return [sorted(hyps, key=lambda h: -h.score)[: settings.num_return] for hyps in finished]
+    return finished
