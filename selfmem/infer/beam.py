@@ -26,7 +26,8 @@ and tokens), so a step needs nothing back from the device. On a CPU, where readi
 costs nothing, the host reads the search's state every step and done examples leave at
 once; on an accelerator it reads it every ``HOST_READ_EVERY`` steps only, and an example
 done in between stays in the batch, frozen, until the next read: the steps between reads
-make no host synchronisation (the premise of capturing them as a CUDA graph).
+make no host synchronisation (a precondition of capturing them as a CUDA graph, not enough
+on its own: the caches still grow by a position a step).
 """
 
 from __future__ import annotations
@@ -249,12 +250,16 @@ def beam_search(model, src: Tensor, memory: Tensor | None, settings: BeamSetting
 
     ``read_every``: steps between the host's reads of the search state (which examples are
     done), by default 1 on a CPU and ``HOST_READ_EVERY`` elsewhere; the steps in between make
-    no host synchronisation. The hypotheses do not depend on it.
+    no host synchronisation. The hypotheses do not depend on it, up to float rounding (between
+    reads the batch still holds the rows of done examples).
     """
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1, got {max_examples}")
+    if read_every is not None and read_every < 1:
+        raise ValueError(f"read_every must be at least 1, got {read_every}")
     device = src.device
-    read_every = read_every or (1 if device.type == "cpu" else HOST_READ_EVERY)
+    if read_every is None:
+        read_every = 1 if device.type == "cpu" else HOST_READ_EVERY
     num_inputs = src.size(0) if source_index is None else source_index.size(0)
     stream = max_examples is not None and max_examples < num_inputs
     next_input = max_examples if stream else num_inputs
