@@ -7,7 +7,9 @@ precision's rounding (relative L2 differences of the logits, of the whole gradie
 its worst parameter): fp32 without TF32 should agree to about 1e-5; bf16 autocast, set
 against fp32 on a CPU, differs by 3e-3 (logits) and 1e-2 (gradient), where the source's
 padding attended as if it were text gives 6e-2 and 9e-2. Last, 5-beam search with the
-model on both: the share of inputs with the same best hypothesis (all, but for near-ties). Added 2026-12-04,
+model on both: the share of inputs with the same best hypothesis (all, but for near-ties), and
+the GPU search's host synchronisations on the steps between its reads of the search state
+(torch.cuda's sync debug mode; there should be none). Added 2026-12-04,
 when the H200's generators came out weaker than the CPU's at the same steps (docs/results.md).
 
     python bench/gpu_parity.py [--memory joint] [--rows 32] [--seed 0]
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selfmem.common.entry import use_tf32  # noqa: E402
-from selfmem.infer.beam import BeamSettings, beam_search  # noqa: E402
+from selfmem.infer.beam import HOST_READ_EVERY, BeamSettings, beam_search  # noqa: E402
 from selfmem.models.config import ModelConfig  # noqa: E402
 from selfmem.models.seq2seq import Seq2SeqModel  # noqa: E402
 
@@ -93,6 +96,33 @@ def beam_agreement(model: Seq2SeqModel, src: torch.Tensor, memory: torch.Tensor 
     return same, max(abs(a[0].score - b[0].score) for a, b in zip(cpu, gpu))
 
 
+def syncs_after_steps(marks: list[int], syncs: int) -> list[int]:
+    """The host synchronisations of each decoding step (its decoder call and the bookkeeping
+    after it), from ``marks`` (the count of syncs seen when each step began) and ``syncs``
+    (the count at the end)."""
+    return [end - start for start, end in zip(marks, marks[1:] + [syncs])]
+
+
+def syncs_between_reads(model: Seq2SeqModel, src: torch.Tensor, memory: torch.Tensor | None) -> tuple[int, int]:
+    """The GPU search's host synchronisations on the steps after which the host does not read
+    the search state (every ``HOST_READ_EVERY``-th step and the last do), and on those it does."""
+    settings = BeamSettings(num_beams=5, num_return=1, max_len=24)
+    marks, decode_step = [], model.decode_step
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.decode_step = lambda *args: marks.append(len(caught)) or decode_step(*args)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            beam_search(model, src.cuda(), None if memory is None else memory.cuda(), settings, START,
+                        model.config.eos_id)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            del model.decode_step
+    after = syncs_after_steps(marks, len(caught))
+    read = [n % HOST_READ_EVERY == 0 or n == len(after) for n in range(1, len(after) + 1)]
+    return sum(c for c, r in zip(after, read) if not r), sum(c for c, r in zip(after, read) if r)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory", choices=["none", "joint", "dual"], default="none")
@@ -130,6 +160,9 @@ def main() -> None:
     sharp = Seq2SeqModel(dataclasses.replace(config, init_std=0.5)).eval()
     same, score = beam_agreement(sharp, batch["src"], batch.get("memory"))
     print(f"5-beam search, fp32: the same best hypothesis for {same:.0%} of the inputs, scores within {score:.1e}")
+    between, at_reads = syncs_between_reads(sharp, batch["src"], batch.get("memory"))
+    print(f"5-beam search on the GPU: {between} host syncs on the steps between reads (should be 0), "
+          f"{at_reads} on the read steps")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,8 @@ def test_gradient_differences_are_relative_and_name_the_worst_parameter():
     assert abs(whole - (0.5 ** 2 + 0.001 ** 2) ** 0.5 / 5.0) < 1e-7
     # b's own norm is 0: its difference is taken against a thousandth of a's norm, 0.005
     assert worst == "b" and abs(difference - 0.2) < 1e-6
+
+
+def test_syncs_are_counted_after_the_step_they_follow():
+    # syncs seen when steps 1, 2, 3 began: 0, 0, 4; 6 in all: none after step 1, 4 after step 2, 2 after step 3
+    assert gpu_parity.syncs_after_steps([0, 0, 4], 6) == [0, 4, 2]
