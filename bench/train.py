@@ -206,7 +206,10 @@ def main() -> None:
           f"max_tokens {config.train.max_tokens}, {args.steps} steps, median of {args.repeats}")
     # one model and task for every run (encoding the data is slow), each run from the same weights
     model, task = prepare_generator(config, ONE_PROCESS, paths)
-    task.dev, task.dev_references = task.dev[:8], task.dev_references[:8]  # keep the closing evaluation short
+    # the closing evaluation kept short: the first 8 dev examples, in a task of their own (a task
+    # batches its dev set when it is built)
+    task = GeneratorTask(config, ONE_PROCESS, task.ids, task.tokenizer, task.train, task.dev[:8],
+                         task.dev_references[:8])
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     precisions = args.precisions.split(",")
     runs = {} if args.no_baseline else {"baseline fp32": lambda: baseline(config, model, task, initial, args.steps)}
