@@ -13,8 +13,9 @@ with their top BM25 memory, joint input) in this one process, on one CPU or GPU:
   (separate q/k/v products, logits for every target position, pads included, batches
   packed by summed lengths, PyTorch's matrix products instead of oneDNN's; see `old_paths`); the loop's device-side non-finite guard stays, since on a CPU a host sync
   costs nothing (operations run synchronously);
-- ours, no oneDNN (fp32 on a CPU): the new paths with PyTorch's own matrix products, to
-  tell the oneDNN path's share (`selfmem.models.linear`);
+- ours, no oneDNN or ours, oneDNN (fp32 on a CPU): the new paths with the product path this
+  CPU does not train with by default (`selfmem.models.linear`: oneDNN's where PyTorch's CPU
+  kernels run AVX-512, PyTorch's own elsewhere), to tell the two apart;
 - ours, compiled (with --compile): the new paths with train.compile (the layers through
   torch.compile, one graph per layer class, dynamic shapes, bucketed padded lengths);
 - baseline: a plain loop, fixed-size batches in random order padded to the longest
@@ -50,7 +51,7 @@ from selfmem.common.distributed import DistEnv  # noqa: E402
 from selfmem.common.run import RunPaths  # noqa: E402
 from selfmem.common.tokenizer import prepare_run_tokenizer  # noqa: E402
 from selfmem.retrieve.memory import build_bm25_memory  # noqa: E402
-from selfmem.models.linear import weight_packing  # noqa: E402
+from selfmem.models.linear import TRAINS_ON_ONEDNN, weight_packing  # noqa: E402
 from selfmem.models import seq2seq  # noqa: E402
 from selfmem.train.generator import GeneratorTask, prepare_generator  # noqa: E402
 from selfmem.train.loop import fit, inverse_sqrt_schedule  # noqa: E402
@@ -111,7 +112,7 @@ def old_paths():
 
 
 def ours(config, model, task, initial: dict, steps: int, precision: str, new_paths: bool = True,
-         compile: bool = False, onednn: bool = True) -> float:
+         compile: bool = False, onednn: bool | None = None) -> float:
     """Tokens/s of `fit` from the ``initial`` weights over the second half of ``steps`` steps
     (its own log's figure).
 
@@ -124,7 +125,8 @@ def ours(config, model, task, initial: dict, steps: int, precision: str, new_pat
     config.train.log_every = steps // 2
     config.train.save_every = 10**9
     model.load_state_dict(initial)
-    with (tempfile.TemporaryDirectory() as out, weight_packing(onednn),
+    # onednn: None, the CPU's default product path in training; True or False, oneDNN's or PyTorch's
+    with (tempfile.TemporaryDirectory() as out, weight_packing(onednn is not False, training=onednn),
           (nullcontext() if new_paths else old_paths())):
         fit(model, task, config.train, ONE_PROCESS, Path(out), config.run.seed,
             inverse_sqrt_schedule(config.train.warmup_steps))
@@ -200,7 +202,9 @@ def main() -> None:
         return
 
     device = ONE_PROCESS.device
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}")
+    cpu = (f"CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, training's products "
+           f"{'oneDNN' if TRAINS_ON_ONEDNN else 'PyTorch'}'s by default")
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else cpu}")
     print(f"config: {args.config} ({config.generator.memory} memory, d_model {config.generator.d_model}, "
           f"{config.generator.encoder_layers}+{config.generator.decoder_layers} layers), "
           f"max_tokens {config.train.max_tokens}, {args.steps} steps, median of {args.repeats}")
@@ -216,8 +220,10 @@ def main() -> None:
     for p in precisions:
         runs[f"ours {p}, old paths"] = lambda p=p: ours(config, model, task, initial, args.steps, p, new_paths=False)
         runs[f"ours {p}"] = lambda p=p: ours(config, model, task, initial, args.steps, p)
-        if device.type == "cpu" and p == "fp32":
-            runs[f"ours {p}, no oneDNN"] = lambda p=p: ours(config, model, task, initial, args.steps, p, onednn=False)
+        if device.type == "cpu" and p == "fp32":  # the product path this CPU does not train with
+            other = "no oneDNN" if TRAINS_ON_ONEDNN else "oneDNN"
+            runs[f"ours {p}, {other}"] = lambda p=p: ours(config, model, task, initial, args.steps, p,
+                                                          onednn=not TRAINS_ON_ONEDNN)
         if args.compile:
             runs[f"ours {p}, compiled"] = lambda p=p: ours(config, model, task, initial, args.steps, p, compile=True)
     figures = {name: [] for name in runs}

@@ -1,9 +1,9 @@
 """The native model's linear maps, through oneDNN on CPUs with weights in its layout.
 
 On a CPU in float32, ``F.linear`` goes to MKL's sgemm, which repacks the weight matrix into
-its blocked layout on every call and, on the AMD EPYC machine of docs/benchmarks.md, runs
-at half the speed of oneDNN's kernels on the same shapes. So there, the model's products go
-through oneDNN instead:
+its blocked layout on every call and, on the AMD EPYC machine with AVX-512 of
+docs/benchmarks.md, runs at half the speed of oneDNN's kernels on the same shapes. So
+there, the model's products go through oneDNN instead:
 
 - without autograd (decoding, scoring, evaluation), the weights are packed on first use and
   the packed copy is kept beside them until they change (their version counters move on
@@ -17,7 +17,11 @@ through oneDNN instead:
   of 2.1. The packed copies take as much memory again as the weights they stand for;
 - with autograd (training), the weight is packed at each call (it changes every step) and
   the backward's product with the weight goes through oneDNN too; the weight's gradient,
-  a product over all the batch's rows, stays with PyTorch, as fast there.
+  a product over all the batch's rows, stays with PyTorch, as fast there. Only where
+  PyTorch's CPU kernels run AVX-512, though: there a training step was 1.31-1.35x faster
+  this way, and on an AVX2 machine (another AMD EPYC, where MKL's sgemm runs as fast as
+  oneDNN's kernels and the packing at each call is a loss) 0.89x (docs/benchmarks.md).
+  Elsewhere training keeps PyTorch's products (``TRAINS_ON_ONEDNN``).
 
 A decoding loop calls each product some twenty times a step with weights that do not change:
 inside ``frozen_weights()`` the packed copy is found by the first weight's identity alone,
@@ -39,7 +43,9 @@ from torch.autograd.function import once_differentiable
 from torch.utils.weak import WeakIdKeyDictionary
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_packing_enabled = True
+# training through oneDNN where PyTorch's CPU kernels run AVX-512 (measured on AMD EPYCs only)
+TRAINS_ON_ONEDNN = torch.backends.cpu.get_cpu_capability() == "AVX512"
+_packing_enabled, _packing_in_training = True, TRAINS_ON_ONEDNN
 # first weight -> ((id, version, storage) of every weight and bias, packed weight, stacked bias)
 _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # inside frozen_weights(): (id of the first weight, number of weights) -> (that weight, packed
@@ -104,7 +110,8 @@ def _onednn_linear(x: Tensor, packed_weight: Tensor, bias: Tensor | None) -> Ten
 
 
 def _packs(x: Tensor, weight: Tensor) -> bool:
-    return (_ONEDNN and _packing_enabled and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    return (_ONEDNN and _packing_enabled and (_packing_in_training or not torch.is_grad_enabled())
+            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
@@ -129,11 +136,14 @@ def frozen_weights() -> Iterator[None]:
 
 
 @contextmanager
-def weight_packing(enabled: bool) -> Iterator[None]:
-    """Turn the oneDNN path on or off inside the block (benchmarks, tests)."""
-    global _packing_enabled
-    before, _packing_enabled = _packing_enabled, enabled
+def weight_packing(enabled: bool, training: bool | None = None) -> Iterator[None]:
+    """Turn the oneDNN path on or off inside the block (benchmarks, tests); ``training``, where
+    given, also sets whether products with autograd take it (by default ``TRAINS_ON_ONEDNN``)."""
+    global _packing_enabled, _packing_in_training
+    before = _packing_enabled, _packing_in_training
+    _packing_enabled = enabled
+    _packing_in_training = _packing_in_training if training is None else training
     try:
         yield
     finally:
-        _packing_enabled = before
+        _packing_enabled, _packing_in_training = before
