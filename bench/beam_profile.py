@@ -9,9 +9,10 @@ threads (1 by default: the lift's decoding processes on a CPU run one each). Pri
 1. its seconds (median of --repeats) split into the decoder's steps, the encoder and the
    search's own parts, each timed by a wrapper around the function that does it (the
    selection, the log-softmax, the join of finished hypotheses, the moves of beams' cache
-   rows, the rows kept when examples leave; the rest of the loop as "the rest");
+   rows, the cache rows gathered when examples leave; the rest of the loop as "the rest");
 2. the operators' time under ``torch.profiler`` (one more pass): the matrix products, the
-   attention and the others, with their calls per decoding step;
+   attention and the others, with the calls the search and the model make a decoding step
+   (not those operators make inside other operators) and their time a call;
 3. the decoding step's matrix products alone, at its shapes, through this project's oneDNN
    path (``selfmem.models.linear``) and through ``F.linear`` (MKL on x86): microseconds and
    GFLOP/s, against which the search's products can be read.
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from selfmem.common.cpu_memory import keep_freed_memory  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 from selfmem.infer import beam  # noqa: E402
 from selfmem.models import Seq2SeqModel  # noqa: E402
@@ -42,7 +44,8 @@ from selfmem.models.seq2seq import LayerCache  # noqa: E402
 # (label, owner, attribute) of what table 1 times; model.encode and decode_step are added per model
 SEARCH_PARTS = [("selection", beam, "best_continuations"), ("log-softmax", torch, "log_softmax"),
                 ("finished hypotheses joined", beam, "with_finished"), ("new beams' slots", beam, "stable_slots"),
-                ("moved beams' cache rows", LayerCache, "copy_rows"), ("rows kept as examples leave", LayerCache, "select"),
+                ("moved beams' cache rows", LayerCache, "copy_rows"),
+                ("cache rows gathered (examples leaving, the first step)", LayerCache, "select"),
                 ("hypotheses read out", beam, "pooled_hypotheses")]
 
 
@@ -117,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    keep_freed_memory()  # as the launch scripts and bench/beam.py do
 
     tokenizer = load_tokenizer(args.tokenizer)
     model = Seq2SeqModel.load(args.model, map_location="cpu").eval()
@@ -135,9 +139,9 @@ def main() -> None:
     rows = [0]  # the decoder's row-steps in the timed pass
     timed_step = model.decode_step
 
-    def counted_step(tokens, *rest):
+    def counted_step(tokens, *args, **kwargs):
         rows[0] += tokens.size(0)
-        return timed_step(tokens, *rest)
+        return timed_step(tokens, *args, **kwargs)
 
     model.decode_step = counted_step
 
@@ -157,7 +161,7 @@ def main() -> None:
         runs.append((total, dict(timer.seconds), dict(timer.calls)))
     total, seconds, calls = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
     steps = calls["decoder steps"]
-    mean_rows = rows[0] // steps
+    mean_rows = round(rows[0] / steps)
     print(f"{len(sources)} sources, batches of {args.batch}, 5 beams, {args.threads} thread(s): "
           f"{len(sources) / total:.1f} examples/s (median of {args.repeats}), {steps} decoding steps, "
           f"{rows[0]} row-steps ({rows[0] / steps:.1f} rows a step)")
@@ -169,18 +173,21 @@ def main() -> None:
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         search()
-    groups = Counter()
-    op_calls = Counter()
+    def group(name: str) -> str:
+        return ("matrix products" if "linear" in name or name in ("aten::mm", "aten::addmm")
+                else "attention" if "scaled_dot_product" in name else "other operators")
+
+    seconds_in = Counter()  # self time: an operator's own, without the operators it calls
     for event in profile.key_averages():
-        group = ("matrix products" if "linear" in event.key or event.key in ("aten::mm", "aten::addmm")
-                 else "attention" if "scaled_dot_product" in event.key else "other operators")
-        groups[group] += event.self_cpu_time_total / 1e6
-        op_calls[group] += event.count
-    operators = sum(groups.values())
+        seconds_in[group(event.key)] += event.self_cpu_time_total / 1e6
+    # calls made by the search and the model themselves, not by other operators inside them
+    calls_of = Counter(group(event.name) for event in profile.events() if event.cpu_parent is None)
+    operators = sum(seconds_in.values())
     print(f"\noperators under torch.profiler (one more pass, slowed by it): {operators:.3f} s of operator time\n"
-          "| operators | seconds | share | calls a decoding step, nested calls counted |\n|---|---:|---:|---:|")
-    for group, spent in groups.most_common():
-        print(f"| {group} | {spent:.3f} | {spent / operators:.1%} | {op_calls[group] / steps:.0f} |")
+          "| operators | seconds | share | calls a decoding step | microseconds a call |\n|---|---:|---:|---:|---:|")
+    for name, spent in seconds_in.most_common():
+        print(f"| {name} | {spent:.3f} | {spent / operators:.1%} | {calls_of[name] / steps:.0f} "
+              f"| {1e6 * spent / calls_of[name]:.0f} |")
 
     source_tokens = sum(map(len, sources)) // len(batches)
     print(f"\nthe step's products alone ({mean_rows} rows, the mean; the encoder's at {source_tokens} tokens, a batch's)\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from unittest import mock
 
 import pytest
@@ -46,7 +45,7 @@ def test_packed_equals_f_linear_up_to_rounding(count, shape):
 def test_with_autograd_the_output_and_gradients_equal_f_linear_up_to_rounding():
     weights, biases = layers(d_in=256, sizes=(96, 96, 96))
     x = torch.randn(3, 50, 256, generator=torch.Generator().manual_seed(2), requires_grad=True)
-    with (weight_packing(True, training=True),  # whatever this CPU trains with by default
+    with (weight_packing(True, training=True),  # oneDNN in training, whatever this CPU's default
           mock.patch.object(linear_module, "_onednn_linear", wraps=linear_module._onednn_linear) as onednn):
         output = linear(x, weights, biases)
         grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(3))
@@ -59,26 +58,26 @@ def test_with_autograd_the_output_and_gradients_equal_f_linear_up_to_rounding():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("trains_on_onednn", [False, True])
-def test_training_takes_onednn_only_where_the_cpu_runs_avx512_and_decoding_takes_it_everywhere(trains_on_onednn):
+def test_training_takes_onednn_by_default_only_where_the_cpu_runs_avx512():
     # 1.31-1.35x a training step where PyTorch's CPU kernels run AVX-512, 0.89x on an AVX2 machine
+    assert linear_module.TRAINS_ON_ONEDNN == (torch.backends.cpu.get_cpu_capability() == "AVX512")
+    assert linear_module._packing_in_training == linear_module.TRAINS_ON_ONEDNN
+
+
+@pytest.mark.parametrize("in_training", [False, True])
+def test_with_autograd_onednn_runs_only_if_training_takes_it_and_decoding_takes_it_always(in_training):
     weights, biases = layers()
     x = torch.randn(5, 32, generator=torch.Generator().manual_seed(2), requires_grad=True)
-    capability = "AVX512" if trains_on_onednn else "AVX2"
-    with mock.patch.object(torch.backends.cpu, "get_cpu_capability", return_value=capability):
-        trains = importlib.reload(linear_module).TRAINS_ON_ONEDNN
-    try:
-        assert trains == trains_on_onednn
-        with mock.patch.object(linear_module, "_onednn_linear", wraps=linear_module._onednn_linear) as onednn:
-            trained = linear_module.linear(x, weights, biases)
-            assert onednn.call_count == trains_on_onednn
-            with torch.no_grad():
-                linear_module.linear(x, weights, biases)
-            assert onednn.call_count == trains_on_onednn + 1
-        if not trains_on_onednn:
-            assert torch.equal(trained, reference(x, weights, biases))
-    finally:
-        importlib.reload(linear_module)
+    with (weight_packing(True, training=in_training),
+          mock.patch.object(linear_module, "_onednn_linear", wraps=linear_module._onednn_linear) as onednn):
+        trained = linear(x, weights, biases)
+        assert onednn.call_count == in_training
+        with torch.no_grad():
+            linear(x, weights, biases)
+        assert onednn.call_count == in_training + 1
+    if not in_training:
+        assert torch.equal(trained, reference(x, weights, biases))
+    assert linear_module._packing_in_training == linear_module.TRAINS_ON_ONEDNN  # restored after the block
 
 
 def test_with_packing_off_it_is_f_linear_to_the_bit():

@@ -21,14 +21,18 @@ there, the model's products go through oneDNN instead:
   PyTorch's CPU kernels run AVX-512, though: there a training step was 1.31-1.35x faster
   this way, and on an AVX2 machine (another AMD EPYC, where MKL's sgemm runs as fast as
   oneDNN's kernels and the packing at each call is a loss) 0.89x (docs/benchmarks.md).
-  Elsewhere training keeps PyTorch's products (``TRAINS_ON_ONEDNN``).
+  Elsewhere training keeps PyTorch's products (``TRAINS_ON_ONEDNN``). Both machines were AMD
+  EPYCs, where MKL does not run AVX-512 kernels; on an Intel CPU with AVX-512 MKL does, and
+  which path trains faster there is not measured. The capability is PyTorch's (its
+  ``ATEN_CPU_CAPABILITY`` variable lowers it).
 
 A decoding loop calls each product some twenty times a step with weights that do not change:
 inside ``frozen_weights()`` the packed copy is found by the first weight's identity alone,
 skipping the checks above (7 us of the 30 a small product's call costs on that machine).
 
 Results differ from ``F.linear``'s by float rounding only. Under autocast, on GPUs, in
-compiled code, or on a build without oneDNN, ``F.linear`` runs as before.
+compiled code, with autograd on a CPU without AVX-512, or on a build without oneDNN,
+``F.linear`` runs as before.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # training through oneDNN where PyTorch's CPU kernels run AVX-512 (measured on AMD EPYCs only)
-TRAINS_ON_ONEDNN = torch.backends.cpu.get_cpu_capability() == "AVX512"
+TRAINS_ON_ONEDNN = _ONEDNN and torch.backends.cpu.get_cpu_capability() == "AVX512"
 _packing_enabled, _packing_in_training = True, TRAINS_ON_ONEDNN
 # first weight -> ((id, version, storage) of every weight and bias, packed weight, stacked bias)
 _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -138,7 +142,8 @@ def frozen_weights() -> Iterator[None]:
 @contextmanager
 def weight_packing(enabled: bool, training: bool | None = None) -> Iterator[None]:
     """Turn the oneDNN path on or off inside the block (benchmarks, tests); ``training``, where
-    given, also sets whether products with autograd take it (by default ``TRAINS_ON_ONEDNN``)."""
+    given, also sets whether products with autograd take it (left as it is otherwise:
+    ``TRAINS_ON_ONEDNN`` outside any such block)."""
     global _packing_enabled, _packing_in_training
     before = _packing_enabled, _packing_in_training
     _packing_enabled = enabled
