@@ -34,6 +34,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.beam import batches as length_sorted_batches  # noqa: E402
 from selfmem.common.cpu_memory import keep_freed_memory  # noqa: E402
 from selfmem.common.tokenizer import load_tokenizer  # noqa: E402
 from selfmem.infer import beam  # noqa: E402
@@ -47,19 +48,6 @@ SEARCH_PARTS = [("selection", beam, "best_continuations"), ("log-softmax", torch
                 ("moved beams' cache rows", LayerCache, "copy_rows"),
                 ("cache rows gathered (examples leaving, the first step)", LayerCache, "select"),
                 ("hypotheses read out", beam, "pooled_hypotheses")]
-
-
-def length_sorted_batches(sources: list[list[int]], size: int, pad_id: int) -> list[torch.Tensor]:
-    """Batches of ``size`` sources in length order, right-padded."""
-    ordered = sorted(sources, key=len)
-    out = []
-    for i in range(0, len(ordered), size):
-        part = ordered[i:i + size]
-        batch = torch.full((len(part), max(map(len, part))), pad_id)
-        for row, ids in enumerate(part):
-            batch[row, :len(ids)] = torch.tensor(ids)
-        out.append(batch)
-    return out
 
 
 class PartTimer:
@@ -129,7 +117,7 @@ def main() -> None:
     with open(args.data, encoding="utf-8") as lines:
         texts = [json.loads(line)["src"] for line, _ in zip(lines, range(args.examples))]
     sources = [tokenizer.encode(text)[:255] + [tokenizer.eos_id] for text in texts]  # as bench/beam.py
-    batches = length_sorted_batches(sources, args.batch, tokenizer.pad_id)
+    batches = length_sorted_batches(sources, args.batch, tokenizer.pad_id, "cpu")
     settings = beam.BeamSettings(num_beams=5, num_return=1, max_len=128)
     ids = {"start_id": model.config.decoder_start_id, "eos_id": model.config.eos_id}
 

@@ -58,10 +58,13 @@ def test_with_autograd_the_output_and_gradients_equal_f_linear_up_to_rounding():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_training_takes_onednn_by_default_only_where_the_cpu_runs_avx512():
+def test_by_default_training_takes_onednn_only_where_the_cpu_runs_avx512():
     # 1.31-1.35x a training step where PyTorch's CPU kernels run AVX-512, 0.89x on an AVX2 machine
-    assert linear_module.TRAINS_ON_ONEDNN == (torch.backends.cpu.get_cpu_capability() == "AVX512")
-    assert linear_module._packing_in_training == linear_module.TRAINS_ON_ONEDNN
+    weights, biases = layers()
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    with mock.patch.object(linear_module, "_onednn_linear", wraps=linear_module._onednn_linear) as onednn:
+        linear(x, weights, biases)
+    assert onednn.call_count == (torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
 @pytest.mark.parametrize("in_training", [False, True])
